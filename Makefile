@@ -1,0 +1,36 @@
+# Two commands for a new user: `make demo` and `make test`. Each sets itself up first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export PYTHONUNBUFFERED := 1
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export BENTOML_DO_NOT_TRACK := true
+export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
+
+.PHONY: setup demo test test-slow bench clean help
+
+help:
+	@echo "make demo       set up, then onboard a generated demo narrator (see demo/)"
+	@echo "make test       set up, then run the test suite (minus slow tests)"
+	@echo "make test-slow  the slow tests only"
+	@echo "make bench      run the benchmarks in bench/ and print their tables"
+	@echo "make clean      remove generated demo output and caches (keeps .venv)"
+
+setup:
+	@VENV=$(VENV) bash scripts/setup.sh
+
+demo: setup
+	$(VENV)/bin/narrator demo --out demo
+
+test: setup
+	$(PY) -m pytest -m "not slow" -q
+
+test-slow: setup
+	$(PY) -m pytest -m slow -q
+
+bench: setup
+	$(PY) -m bench
+
+clean:
+	rm -rf demo .pytest_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

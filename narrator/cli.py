@@ -1,0 +1,168 @@
+"""The `narrator` command line: one thin front over the pipeline steps in `components/`.
+
+Exit status: 0 success, 2 the input was refused (the message says why and what to do), 1 any other error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from narrator.errors import NarratorError
+
+EPILOG = """\
+examples:
+  narrator validate recordings/alice --out runs/alice/validated
+  narrator validate s3://voices/alice --out runs/alice/validated
+  narrator prepare runs/alice/validated --out runs/alice/prepared
+  narrator demo --out demo
+  narrator config --defaults
+
+Settings come from ./params.yaml (or --params FILE); override one with --set section.key=value.
+"""
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--params", metavar="FILE", help="params file (default: ./params.yaml, else built-in defaults)")
+    parser.add_argument("--set", metavar="SECTION.KEY=VALUE", action="append", default=[],
+                        help="override one setting, e.g. --set validate.min_clip_s=2 (repeatable)")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-format", default="text", choices=["text", "json"], help="json: one object per line")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="narrator", description="Turn one minute of a narrator's consented speech into a production voice.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"narrator {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("validate", help="check recordings, transcripts and consent; quarantine rejected clips",
+                       description="Validate a narrator's recordings before training. Writes report.json, "
+                                   "report.html, accepted.list and quarantine/ into --out. Sources are never "
+                                   "modified. Exit 0: accepted; 2: dataset refused; 1: internal error.")
+    p.add_argument("source", help="folder or s3://bucket/prefix with audio, transcripts and consent.yaml")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    _common(p)
+    p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("prepare", help="trim, cut and normalise accepted clips into 32 kHz and 16 kHz training audio",
+                       description="Prepare the accepted clips of a validated dataset: trim silence, cut long "
+                                   "recordings at pauses, normalise loudness, write wav32k/, wav16k/ and "
+                                   "prepared.list. Re-running skips finished clips.")
+    p.add_argument("validated", metavar="VALIDATED_DIR", help="the --out folder of `narrator validate`")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    _common(p)
+    p.set_defaults(func=_cmd_prepare)
+
+    p = sub.add_parser("demo", help="generate a demo narrator with espeak-ng and run the pipeline on it",
+                       description="Generate a demo narrator (espeak-ng speech, transcripts, consent record) and "
+                                   "run validate and prepare on it. What `make demo` runs.")
+    p.add_argument("--out", default="demo", metavar="DIR", help="output folder (default: demo)")
+    _common(p)
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("config", help="print the resolved configuration (or every default)",
+                       description="Print the configuration as the steps see it, after params.yaml and --set.")
+    p.add_argument("--defaults", action="store_true", help="print the built-in defaults of every key")
+    _common(p)
+    p.set_defaults(func=_cmd_config)
+    return parser
+
+
+def _version() -> str:
+    from narrator import __version__
+
+    return __version__
+
+
+def _load(args):
+    from narrator.config import load_params, parse_set_option
+
+    return load_params(args.params, parse_set_option(args.set))
+
+
+def _cmd_validate(args) -> int:
+    from components.validate import validate
+
+    report = validate(args.source, args.out, _load(args))
+    out = Path(args.out)
+    t = report.totals
+    print(f"{report.verdict.upper()}: {t['accepted']} accepted, {t['warning']} warnings, {t['rejected']} rejected; "
+          f"{t['accepted_speech_s']:.1f} s of accepted speech (need {t['required_speech_s']:g} s)")
+    for message in report.messages:
+        print(f"  - {message}", file=sys.stderr)
+    print(f"report: {out / 'report.html'}")
+    return 0 if report.accepted else 2
+
+
+def _cmd_prepare(args) -> int:
+    from components.prepare import prepare
+
+    report = prepare(args.validated, args.out, _load(args))
+    print(f"prepared {len(report.segments)} segments, {report.total_duration_s:.1f} s; "
+          f"{len(report.rejected)} clips rejected -> {Path(args.out) / 'prepared.list'}")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from components.prepare import prepare
+    from components.validate import validate
+    from narrator.demo import build_demo_narrator
+
+    params = _load(args)
+    out = Path(args.out)
+    source = out / "narrator"
+    if not (source / "consent.yaml").exists():
+        print(f"generating demo narrator '{params.demo.speaker}' with espeak-ng in {source} ...")
+        build_demo_narrator(source, params.demo)
+    report = validate(str(source), out / "validated", params)
+    t = report.totals
+    print(f"validate: {report.verdict}; {t['accepted']} accepted, {t['rejected']} rejected, "
+          f"{t['accepted_speech_s']:.1f} s of speech")
+    if not report.accepted:
+        for message in report.messages:
+            print(f"  - {message}", file=sys.stderr)
+        return 2
+    prepared = prepare(out / "validated", out / "prepared", params)
+    print(f"prepare: {len(prepared.segments)} segments, {prepared.total_duration_s:.1f} s -> "
+          f"{out / 'prepared' / 'prepared.list'}")
+    print(f"\nOpen the validation report: {(out / 'validated' / 'report.html').resolve()}")
+    return 0
+
+
+def _cmd_config(args) -> int:
+    import yaml
+
+    from narrator.config import defaults_yaml
+
+    if args.defaults:
+        print(defaults_yaml(), end="")
+    else:
+        print(yaml.safe_dump(_load(args).model_dump(by_alias=True, mode="json"), sort_keys=False), end="")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 1
+    from narrator.log import setup_logging
+
+    setup_logging(args.log_level, args.log_format)
+    try:
+        return args.func(args)
+    except NarratorError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,208 @@
+"""Typed configuration: `params.yaml` is read once into these models, and every step takes its section.
+
+Unknown keys and wrong types fail with a message that names the key (and the closest valid one), so a typo in
+params.yaml never silently falls back to a default. Defaults here are the project's defaults; params.yaml at the
+repository root repeats them so DVC can track each value.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from narrator.errors import ConfigError
+
+DEFAULT_PARAMS_FILE = "params.yaml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StorageConfig(_Section):
+    """Where `s3://` URIs resolve. Credentials come from the usual AWS environment variables or profiles."""
+
+    s3_endpoint_url: str | None = Field(None, description="e.g. http://127.0.0.1:9000 for MinIO; None for AWS")
+    s3_region: str | None = None
+    cache_dir: str = Field(".narrator-cache", description="where downloaded s3:// objects are kept")
+
+
+class ValidateConfig(_Section):
+    """Thresholds of `narrator validate` (components/validate.py). Each maps to one reason code."""
+
+    audio_extensions: tuple[str, ...] = (".wav", ".flac", ".mp3", ".ogg", ".m4a")
+    consent_file: str = "consent.yaml"
+    min_clip_s: float = Field(1.0, gt=0, description="shorter clips: too_short")
+    max_clip_s: float = Field(10.0, gt=0, description="longer clips: too_long (routed to slicing when possible)")
+    max_source_s: float = Field(1800.0, gt=0, description="longer recordings are rejected (too_long) outright")
+    min_sample_rate_hz: int = Field(16000, gt=0, description="lower rates: low_sample_rate")
+    clip_level: float = Field(0.999, gt=0, le=1, description="|sample| at or above this counts as clipped")
+    max_clipped_fraction: float = Field(0.001, ge=0, le=1, description="more clipped samples: clipped")
+    silence_peak_dbfs: float = Field(-50.0, description="peak below this: silent")
+    min_speech_ratio: float = Field(0.3, ge=0, le=1, description="less voice activity: low_speech_ratio")
+    vad_threshold: float = Field(0.5, gt=0, lt=1, description="speech probability of the VAD model")
+    min_snr_db: float = Field(15.0, description="lower estimated signal-to-noise ratio: low_snr")
+    min_lufs: float = Field(-40.0, description="quieter integrated loudness: loudness_out_of_range")
+    max_lufs: float = Field(-8.0, description="louder integrated loudness: loudness_out_of_range")
+    languages: tuple[str, ...] = Field(("zh", "en"), description="languages the text front-end supports")
+    duplicate_min_correlation: float = Field(
+        0.995, gt=0, le=1, description="log-mel correlation above which two clips are the same audio: duplicate"
+    )
+    speaker_min_similarity: float = Field(
+        0.8, ge=-1, le=1, description="cosine to the set's voice below this: speaker_outlier"
+    )
+    consent_min_similarity: float = Field(
+        0.75, ge=-1, le=1, description="cosine of consent recording to the set's voice below this: refused"
+    )
+    min_total_speech_s: float = Field(60.0, ge=0, description="accepted speech below this: dataset refused")
+    warn_reasons: tuple[str, ...] = Field(
+        ("loudness_out_of_range",), description="reason codes that warn (prepare fixes them) instead of reject"
+    )
+    workers: int = Field(0, ge=0, description="parallel processes; 0 = one per CPU core")
+    report_pictures: int = Field(24, ge=0, description="at most this many rejected clips get pictures in report.html")
+
+
+class PrepareConfig(_Section):
+    """Settings of `narrator prepare` (components/prepare.py)."""
+
+    sample_rate_hz: int = Field(32000, description="SoVITS training audio")
+    ssl_sample_rate_hz: int = Field(16000, description="HuBERT and speaker-model audio")
+    min_segment_s: float = Field(2.0, gt=0)
+    max_segment_s: float = Field(10.0, gt=0)
+    max_whole_clip_s: float = Field(
+        15.0, gt=0, description="without ASR, a long clip is kept whole up to this duration (it has one transcript)"
+    )
+    min_pause_s: float = Field(0.3, gt=0, description="a cut needs at least this much silence")
+    silence_threshold_db: float = Field(-40.0, description="frames this far below the clip's peak are silence")
+    keep_silence_s: float = Field(0.15, ge=0, description="silence kept at each edge after trimming")
+    target_lufs: float = Field(-20.0, description="loudness every segment is normalised to")
+    peak_limit_dbfs: float = Field(-1.0, le=0, description="peak ceiling after loudness normalisation")
+    asr_model_dir: str | None = Field(None, description="local Whisper directory; transcribes cut segments")
+    asr_language: str | None = Field(None, description="force the ASR language (zh/en); None = the clip's")
+
+    @model_validator(mode="after")
+    def _segments_fit(self) -> "PrepareConfig":
+        if self.min_segment_s >= self.max_segment_s:
+            raise ValueError("min_segment_s must be smaller than max_segment_s")
+        return self
+
+
+class DemoConfig(_Section):
+    """The generated demo narrator of `make demo`."""
+
+    voice: str = Field("en-us+m3", description="espeak-ng voice of the demo narrator")
+    speaker: str = "Demo Narrator"
+    organisation: str = "Narrator Demo Org"
+    clips: int = Field(24, ge=1)
+    speed_wpm: int = Field(150, ge=80, le=400)
+
+
+class Params(_Section):
+    """The whole params.yaml."""
+
+    storage: StorageConfig = StorageConfig()
+    validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
+    prepare: PrepareConfig = PrepareConfig()
+    demo: DemoConfig = DemoConfig()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The valid keys of the section that `loc` (a pydantic error location) points into."""
+    for part in loc[:-1]:
+        field = None
+        for name, info in model.model_fields.items():
+            if part in (name, info.alias):
+                field = info
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return []
+        model = field.annotation
+    return [info.alias or name for name, info in model.model_fields.items()]
+
+
+def _explain(error: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for item in error.errors():
+        loc = tuple(item["loc"])
+        key = ".".join(str(p) for p in loc)
+        if item["type"] == "extra_forbidden":
+            valid = _fields_at(Params, loc)
+            close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else f" (valid keys: {', '.join(valid)})"
+            lines.append(f"  unknown key '{key}'{hint}")
+        else:
+            lines.append(f"  '{key}': {item['msg']} (got {item.get('input')!r})")
+    lines.append("Fix these keys in params.yaml; `narrator config --defaults` prints every key with its default.")
+    return "\n".join(lines)
+
+
+def parse_params(data: dict[str, Any] | None, source: str = "params") -> Params:
+    """Validate a plain dict (as read from YAML) into Params, with readable errors."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(data).__name__}")
+    try:
+        return Params.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_explain(error, source)) from None
+
+
+def load_params(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Params:
+    """Read params.yaml once into typed config.
+
+    `path` None means `./params.yaml` when it exists, else the built-in defaults. `overrides` is a nested dict
+    merged over the file (used by tests and by `--set section.key=value`).
+    """
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is None and Path(DEFAULT_PARAMS_FILE).exists():
+        path = DEFAULT_PARAMS_FILE
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"params file {path} does not exist; pass --params PATH or create it")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path} is not valid YAML: {error}") from None
+        source = str(path)
+    if overrides:
+        data = _merge(data, overrides)
+    return parse_params(data, source)
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_set_option(assignments: list[str]) -> dict[str, Any]:
+    """Turn `["validate.min_clip_s=2", ...]` into a nested override dict (values parsed as YAML scalars)."""
+    out: dict[str, Any] = {}
+    for item in assignments:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. --set validate.min_clip_s=2")
+        key, raw = item.split("=", 1)
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(raw)
+    return out
+
+
+def defaults_yaml() -> str:
+    """Every key with its default, as YAML (what `narrator config --defaults` prints)."""
+    return yaml.safe_dump(Params().model_dump(by_alias=True, mode="json"), sort_keys=False)
+
