@@ -112,8 +112,8 @@ def plan_segments(mono: np.ndarray, rate: int, cfg: PrepareConfig) -> tuple[list
     return segments, complete
 
 
-def normalise_loudness(mono: np.ndarray, rate: int, target_lufs: float, peak_limit_dbfs: float) -> np.ndarray:
-    """Gain to `target_lufs` integrated loudness, then lowered if needed so the peak stays under the ceiling."""
+def normalise_loudness(mono: np.ndarray, rate: int, target_lufs: float) -> np.ndarray:
+    """`mono` with the gain that brings its integrated loudness to `target_lufs` (unchanged when unmeasurable)."""
     import pyloudnorm
 
     out = mono.astype(np.float32, copy=True)
@@ -121,11 +121,17 @@ def normalise_loudness(mono: np.ndarray, rate: int, target_lufs: float, peak_lim
         loudness = pyloudnorm.Meter(rate).integrated_loudness(out.astype(np.float64))
         if np.isfinite(loudness):
             out *= np.float32(10 ** ((target_lufs - loudness) / 20))
-    peak = float(np.max(np.abs(out))) if len(out) else 0.0
-    ceiling = 10 ** (peak_limit_dbfs / 20)
-    if peak > ceiling:
-        out *= np.float32(ceiling / peak)
     return out
+
+
+def limit_peaks(signals: list[np.ndarray], peak_limit_dbfs: float) -> list[np.ndarray]:
+    """Scale all `signals` by one gain so that none peaks above the ceiling (applied after resampling,
+    which can overshoot)."""
+    peak = max((float(np.max(np.abs(s))) for s in signals if len(s)), default=0.0)
+    ceiling = 10 ** (peak_limit_dbfs / 20)
+    if peak <= ceiling:
+        return signals
+    return [s * np.float32(ceiling / peak) for s in signals]
 
 
 @dataclass
@@ -253,9 +259,9 @@ def _prepare_clip(clip: dict, out_dir: Path, cfg: PrepareConfig, settings_hash: 
         return
     written = []
     for index, seg in enumerate(segments):
-        piece = normalise_loudness(mono[seg.start:seg.end], rate, cfg.target_lufs, cfg.peak_limit_dbfs)
-        wav32 = resample(piece, rate, cfg.sample_rate_hz)
-        wav16 = resample(piece, rate, cfg.ssl_sample_rate_hz)
+        piece = normalise_loudness(mono[seg.start:seg.end], rate, cfg.target_lufs)
+        wav32, wav16 = limit_peaks([resample(piece, rate, cfg.sample_rate_hz),
+                                    resample(piece, rate, cfg.ssl_sample_rate_hz)], cfg.peak_limit_dbfs)
         name = stem if len(segments) == 1 else f"{stem}_{index:03d}"
         if len(segments) == 1:
             text = clip["text"]

@@ -162,29 +162,36 @@ def validate(source: str, out_dir: str | Path, params: Params) -> ValidationRepo
 
 def _analyse_all(clips: list[Clip], reports, analyses, cfg: ValidateConfig, params: Params, vad, speaker,
                  batch_clips: int = 48) -> None:
-    """Measure clips in batches: decode and signal checks per clip, then VAD and embeddings per batch."""
+    """Measure clips in batches: decoding, signal checks and VAD of the next batch run in a worker thread while
+    the speaker model embeds the current one (both release the GIL, so two cores stay busy)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from tqdm import tqdm
 
-    with tqdm(total=len(clips), desc="validate", unit="clip", disable=None) as progress:
-        for start in range(0, len(clips), batch_clips):
-            batch = range(start, min(start + batch_clips, len(clips)))
-            wavs16: dict[int, np.ndarray] = {}
-            for i in batch:
-                wav16 = _measure_clip(clips[i], reports[i], cfg, params)
-                if wav16 is not None:
-                    wavs16[i] = wav16
-            order = list(wavs16)
-            probabilities = vad.probabilities([wavs16[i] for i in order])
+    def measure(batch: range):
+        wavs16 = {}
+        for i in batch:
+            wav16 = _measure_clip(clips[i], reports[i], cfg, params)
+            if wav16 is not None:
+                wavs16[i] = wav16
+        return batch, wavs16, vad.probabilities(list(wavs16.values()))
+
+    batches = [range(s, min(s + batch_clips, len(clips))) for s in range(0, len(clips), batch_clips)]
+    with ThreadPoolExecutor(max_workers=1) as pool, \
+            tqdm(total=len(clips), desc="validate", unit="clip", disable=None) as progress:
+        pending = pool.submit(measure, batches[0])
+        for index in range(len(batches)):
+            batch, wavs16, probabilities = pending.result()
+            if index + 1 < len(batches):
+                pending = pool.submit(measure, batches[index + 1])
             to_embed = []
-            for i, probs in zip(order, probabilities):
+            for i, probs in zip(wavs16, probabilities):
                 _speech_checks(reports[i], wavs16[i], probs, cfg)
-                mel = ge2e_mel(wavs16[i])
-                analyses[i].fingerprint = _fingerprint(mel)
+                analyses[i].fingerprint = _fingerprint(ge2e_mel(wavs16[i]))
                 if not (set(reports[i].reasons) & _AUDIO_FAULTS):
                     to_embed.append((i, voiced(wavs16[i], probs, cfg.vad_threshold)))
             if to_embed:
-                embeddings = speaker.embed([w for _, w in to_embed])
-                for (i, _), emb in zip(to_embed, embeddings):
+                for (i, _), emb in zip(to_embed, speaker.embed([w for _, w in to_embed])):
                     analyses[i].embedding = emb
             progress.update(len(batch))
 

@@ -26,7 +26,7 @@ _MEL_WINDOW = 400  # 25 ms at 16 kHz (GE2E front end)
 _MEL_HOP = 160  # 10 ms
 _MEL_BANDS = 40
 _PARTIAL_FRAMES = 160  # 1.6 s per partial utterance
-_PARTIAL_STEP = 80  # 50 % overlap
+_PARTIAL_STEP = 160  # no overlap: half the cost of 50 %, same verdicts on whole clips
 _MIN_LAST_COVERAGE = 0.75
 
 
@@ -150,7 +150,7 @@ def _normalise_volume(wav: np.ndarray, target_dbfs: float = -30.0) -> np.ndarray
 
 
 def _partials(mel: np.ndarray) -> list[np.ndarray]:
-    """Cut `(frames, 40)` into 160-frame partials with 50 % overlap; zero-pad a last partial that covers 75 %."""
+    """Cut `(frames, 40)` into 160-frame partials; zero-pad a last partial that covers 75 %."""
     n = len(mel)
     if n <= _PARTIAL_FRAMES:
         return [np.pad(mel, ((0, _PARTIAL_FRAMES - n), (0, 0)))]

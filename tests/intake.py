@@ -84,7 +84,7 @@ def add_bad_files(folder: Path) -> dict[str, set[str]]:
     intruder, _ = speech(SENTENCES[23], voice=INTRUDER_VOICE, seed=14)
     clip("second_voice.wav", intruder, rate, {"speaker_outlier"}, text=SENTENCES[23])
     quiet, _ = speech(SENTENCES[24], seed=15)
-    clip("very_quiet.wav", quiet * 0.01, rate, {"loudness_out_of_range"}, text=SENTENCES[24])
+    clip("very_quiet.wav", quiet * 0.05, rate, {"loudness_out_of_range"}, text=SENTENCES[24])
     return expected
 
 

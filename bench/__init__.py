@@ -1,0 +1,1 @@
+"""Benchmarks. Each module prints a table; `python -m bench` runs them all."""
