@@ -266,7 +266,11 @@ def _prepare_clip(clip: dict, out_dir: Path, cfg: PrepareConfig, settings_hash: 
         if len(segments) == 1:
             text = clip["text"]
         else:
-            text = transcriber(wav16, clip.get("language") or None)
+            text = transcriber(wav16, cfg.asr_language or clip.get("language") or None)
+            if not text.strip():
+                report.rejected.append({"path": f"{clip['path']}#{index}", "reason": "asr_empty",
+                                        "message": "the ASR model heard no words in this segment; it is left out"})
+                continue
         path32 = write_wav(out_dir / "wav32k" / f"{name}.wav", wav32, cfg.sample_rate_hz)
         path16 = write_wav(out_dir / "wav16k" / f"{name}.wav", wav16, cfg.ssl_sample_rate_hz)
         written.append(PreparedSegment(

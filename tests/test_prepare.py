@@ -133,3 +133,21 @@ def test_prepare_report_is_written(prepared):
     _, out = prepared
     data = json.loads((out / "prepare.json").read_text())
     assert data["total_duration_s"] > 60 and len(data["segments"]) == 20
+
+
+def test_configured_whisper_directory_transcribes_cut_segments(validated, tmp_path):
+    from tests.tiny_whisper import build_tiny_whisper
+
+    model_dir = build_tiny_whisper(tmp_path / "whisper")
+    params = load_params(None, {"prepare": {"asr_model_dir": str(model_dir)}})
+    report = prepare(validated / "validated", tmp_path / "prepared", params)
+    pieces = [s for s in report.segments if s.source.endswith("long.wav")]
+    dropped = [r for r in report.rejected if r["reason"] == "asr_empty"]
+    assert len(pieces) + len(dropped) >= 2  # cut, and every piece went through the model
+    assert all(isinstance(p.text, str) and p.text.strip() for p in pieces)
+
+
+def test_missing_whisper_directory_names_the_setting(validated, tmp_path):
+    params = load_params(None, {"prepare": {"asr_model_dir": str(tmp_path / "no-model")}})
+    with pytest.raises(PrepareError, match="prepare.asr_model_dir"):
+        prepare(validated / "validated", tmp_path / "prepared", params)
