@@ -162,6 +162,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as error:  # a bug: say so, keep the traceback for --log-level debug
+        import logging
+
+        logging.getLogger("narrator").debug("internal error", exc_info=True)
+        print(f"internal error: {type(error).__name__}: {error}\n"
+              "This is a bug in narrator. Re-run with --log-level debug for the traceback and report it.",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -69,3 +69,15 @@ def test_json_logs_are_one_object_per_line(narrator, tmp_path):
     records = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
     assert any(r["message"].startswith("verdict accepted") for r in records)
     assert all({"time", "level", "logger", "message"} <= set(r) for r in records)
+
+
+def test_unexpected_failure_exits_1_with_a_bug_report_hint(tmp_path, capsys, monkeypatch):
+    import components.validate
+
+    def broken(*args, **kwargs):
+        raise ZeroDivisionError("boom")
+
+    monkeypatch.setattr(components.validate, "validate", broken)
+    assert main(["validate", str(tmp_path), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "internal error: ZeroDivisionError: boom" in err and "--log-level debug" in err
