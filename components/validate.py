@@ -470,7 +470,8 @@ def render_html(report: ValidationReport, cfg: ValidateConfig) -> str:
                 for code, n in sorted(totals["reason_counts"].items(), key=lambda kv: -kv[1])]
         body.append("<h2>Reasons</h2>" + html.table(["code", "clips", "meaning and fix"], rows, numeric={1}))
     rows = []
-    for clip in report.clips:
+    order = {"rejected": 0, "warning": 1, "accepted": 2}
+    for clip in sorted(report.clips, key=lambda c: (order[c.status], c.rel)):  # problems first
         css = {"accepted": "ok", "warning": "warn", "rejected": "bad"}[clip.status]
         pills = "".join(f"<span class='pill{' warn' if clip.status == 'warning' else ''}' title='"
                         f"{html.esc(clip.details.get(r, ''))}'>{html.esc(r)}</span>" for r in clip.reasons)
