@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -62,7 +62,6 @@ class ValidateConfig(_Section):
     warn_reasons: tuple[str, ...] = Field(
         ("loudness_out_of_range",), description="reason codes that warn (prepare fixes them) instead of reject"
     )
-    workers: int = Field(0, ge=0, description="parallel processes; 0 = one per CPU core")
     report_pictures: int = Field(24, ge=0, description="at most this many rejected clips get pictures in report.html")
 
 
@@ -91,6 +90,24 @@ class PrepareConfig(_Section):
         return self
 
 
+class PretrainedConfig(_Section):
+    """Where the official base models live: local paths or s3:// URIs. Nothing is ever downloaded from a hub."""
+
+    sovits: str | None = Field(None, description="SoVITS generator, e.g. gsv-v2final-pretrained/s2G2333k.pth")
+    sovits_discriminator: str | None = Field(None, description="SoVITS discriminator, e.g. s2D2333k.pth")
+    gpt: str | None = Field(None, description="GPT, e.g. s1bert25hz-5kh-longer-epoch=12-step=369668.ckpt")
+    hubert_dir: str | None = Field(None, description="chinese-hubert-base directory (transformers layout)")
+    bert_dir: str | None = Field(None, description="chinese-roberta-wwm-ext-large directory (transformers layout)")
+    sv_checkpoint: str | None = Field(None, description="v2Pro speaker verification: pretrained_eres2netv2w24s4ep4.ckpt")
+
+
+class FeaturesConfig(_Section):
+    """Settings of `narrator features` (components/features.py)."""
+
+    device: str = Field("auto", description="auto (cuda when available), cpu or cuda[:N]")
+    bert_dtype: Literal["float32", "float16"] = Field("float16", description="storage type of BERT features")
+
+
 class DemoConfig(_Section):
     """The generated demo narrator of `make demo`."""
 
@@ -107,6 +124,8 @@ class Params(_Section):
     storage: StorageConfig = StorageConfig()
     validate_: ValidateConfig = Field(ValidateConfig(), alias="validate")
     prepare: PrepareConfig = PrepareConfig()
+    pretrained: PretrainedConfig = PretrainedConfig()
+    features: FeaturesConfig = FeaturesConfig()
     demo: DemoConfig = DemoConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
@@ -203,6 +222,16 @@ def parse_set_option(assignments: list[str]) -> dict[str, Any]:
 
 
 def defaults_yaml() -> str:
-    """Every key with its default, as YAML (what `narrator config --defaults` prints)."""
-    return yaml.safe_dump(Params().model_dump(by_alias=True, mode="json"), sort_keys=False)
+    """Every key with its default and its description as a comment (what `narrator config --defaults` prints)."""
+    lines = []
+    defaults = Params().model_dump(by_alias=True, mode="json")
+    for name, field in Params.model_fields.items():
+        section = field.alias or name
+        lines.append(f"{section}:  # {(field.annotation.__doc__ or '').strip().splitlines()[0]}")
+        for key, info in field.annotation.model_fields.items():
+            value = yaml.safe_dump(defaults[section][key], default_flow_style=True, width=1000).strip()
+            value = value.removesuffix("\n...").strip()
+            comment = f"  # {info.description}" if info.description else ""
+            lines.append(f"  {key}: {value}{comment}")
+    return "\n".join(lines) + "\n"
 

@@ -103,6 +103,38 @@ def download_prefix(uri: str, cfg: StorageConfig, cache_dir: Path | None = None)
     return target
 
 
+def fetch(uri: str | os.PathLike, cfg: StorageConfig, key: str, cache_dir: Path | None = None) -> Path:
+    """A local path for a model file or directory named in params.yaml (`key` names the setting in errors).
+
+    Local paths are used in place; an s3:// URI is downloaded once into the cache (a single object when the URI
+    names one, else every object under the prefix).
+    """
+    if not is_s3(uri):
+        path = Path(uri).expanduser()
+        if not path.exists():
+            raise SourceError(f"{key}: {path} does not exist; fix {key} in params.yaml (a local path or s3:// URI)")
+        return path
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, object_key = split_s3(str(uri))
+    target = Path(cache_dir or cfg.cache_dir).expanduser() / "s3" / bucket / object_key
+    client = s3_client(cfg)
+    try:
+        head = client.head_object(Bucket=bucket, Key=object_key) if object_key and not object_key.endswith("/") else None
+    except ClientError:
+        head = None
+    except BotoCoreError as error:
+        raise SourceError(f"{key}: cannot reach {uri} ({error}); check storage.s3_endpoint_url and credentials") from None
+    if head is None:
+        return download_prefix(str(uri), cfg, cache_dir)
+    etag_file = target.with_name(target.name + ".etag")
+    if not (target.exists() and etag_file.exists() and etag_file.read_text() == head.get("ETag", "")):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        client.download_file(bucket, object_key, str(target))
+        etag_file.write_text(head.get("ETag", ""))
+    return target
+
+
 def upload_file(local: Path, uri: str, cfg: StorageConfig) -> None:
     """Copy one local file to an s3:// URI."""
     bucket, key = split_s3(uri)

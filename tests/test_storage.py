@@ -81,3 +81,31 @@ def test_unreachable_endpoint_names_the_setting(tmp_path, monkeypatch):
     params = load_params(None, {"storage": {"s3_endpoint_url": f"http://127.0.0.1:{_free_port()}"}})
     with pytest.raises(SourceError, match="storage.s3_endpoint_url"):
         open_source("s3://voices/alex", params.storage, tmp_path)
+
+
+def test_model_file_named_by_s3_uri_is_fetched_once(s3, tmp_path):
+    from narrator.storage import fetch
+
+    s3["client"].put_object(Bucket="voices", Key="models/base.pth", Body=b"weights")
+    params = load_params(None, {"storage": {"s3_endpoint_url": s3["endpoint"]}})
+    path = fetch("s3://voices/models/base.pth", params.storage, "pretrained.sovits", tmp_path)
+    assert path.read_bytes() == b"weights"
+    mtime = path.stat().st_mtime_ns
+    assert fetch("s3://voices/models/base.pth", params.storage, "pretrained.sovits", tmp_path).stat().st_mtime_ns == mtime
+
+
+def test_model_directory_named_by_s3_prefix_is_fetched_whole(s3, tmp_path):
+    from narrator.storage import fetch
+
+    for name in ("config.json", "model.safetensors"):
+        s3["client"].put_object(Bucket="voices", Key=f"models/hubert/{name}", Body=b"{}")
+    params = load_params(None, {"storage": {"s3_endpoint_url": s3["endpoint"]}})
+    folder = fetch("s3://voices/models/hubert", params.storage, "pretrained.hubert_dir", tmp_path)
+    assert sorted(p.name for p in folder.iterdir() if not p.name.endswith(".etag")) == ["config.json", "model.safetensors"]
+
+
+def test_missing_local_model_path_names_the_key(tmp_path):
+    from narrator.storage import fetch
+
+    with pytest.raises(SourceError, match="pretrained.gpt"):
+        fetch(tmp_path / "nope.ckpt", load_params(None).storage, "pretrained.gpt")
