@@ -16,6 +16,7 @@ examples:
   narrator validate recordings/alice --out runs/alice/validated
   narrator validate s3://voices/alice --out runs/alice/validated
   narrator prepare runs/alice/validated --out runs/alice/prepared
+  narrator features runs/alice/prepared --out runs/alice/features
   narrator demo --out demo
   narrator config --defaults
 
@@ -56,6 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     _common(p)
     p.set_defaults(func=_cmd_prepare)
+
+    p = sub.add_parser("features", help="phones, BERT, HuBERT, semantic tokens and spectrograms per prepared clip",
+                       description="Compute the GPT-SoVITS training features of every prepared segment into "
+                                   "--out (manifest.json + entries/NAME/*.pt) and the voice fingerprint. Needs "
+                                   "pretrained.sovits and pretrained.hubert_dir (and pretrained.bert_dir for "
+                                   "Chinese) in params.yaml. Re-running skips finished clips.")
+    p.add_argument("prepared", metavar="PREPARED_DIR", help="the --out folder of `narrator prepare`")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    _common(p)
+    p.set_defaults(func=_cmd_features)
 
     p = sub.add_parser("demo", help="generate a demo narrator with espeak-ng and run the pipeline on it",
                        description="Generate a demo narrator (espeak-ng speech, transcripts, consent record) and "
@@ -104,6 +115,15 @@ def _cmd_prepare(args) -> int:
     report = prepare(args.validated, args.out, _load(args))
     print(f"prepared {len(report.segments)} segments, {report.total_duration_s:.1f} s; "
           f"{len(report.rejected)} clips rejected -> {Path(args.out) / 'prepared.list'}")
+    return 0
+
+
+def _cmd_features(args) -> int:
+    from components.features import extract_features
+
+    manifest = extract_features(args.prepared, args.out, _load(args))
+    print(f"features for {len(manifest.entries)} segments ({manifest.sovits_version}) -> "
+          f"{Path(args.out) / 'manifest.json'}")
     return 0
 
 
