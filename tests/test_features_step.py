@@ -84,3 +84,27 @@ def test_missing_base_sovits_names_the_params_key(setup, tmp_path):
 def test_missing_prepare_output_says_to_prepare_first(tmp_path):
     with pytest.raises(FeaturesError, match="narrator prepare"):
         extract_features(tmp_path, tmp_path / "f", load_params(None))
+
+
+def test_chinese_segments_get_bert_features_and_v2pro_gets_sv_embeddings(setup, tmp_path):
+    from tests.models.tiny_hf import build_tiny_bert
+
+    root, params, _, _ = setup
+    prepared = tmp_path / "prepared"
+    shutil.copytree(root / "prepared", prepared)
+    report = json.loads((prepared / "prepare.json").read_text())
+    report["segments"][0].update(text="你好世界。", language="zh")
+    (prepared / "prepare.json").write_text(json.dumps(report))
+    gsv = shared_root() / "gsv"
+    pro = load_params(None, {"pretrained": {"sovits": str(gsv / "golden_A_s2_v2Pro.pth"),
+                                            "sv_checkpoint": str(gsv / "golden_sv_eres2netv2_small.ckpt"),
+                                            "hubert_dir": params.pretrained.hubert_dir,
+                                            "bert_dir": str(build_tiny_bert(tmp_path / "bert"))},
+                             "features": {"device": "cpu"}})
+    manifest = extract_features(prepared, tmp_path / "features", pro)
+    assert manifest.sovits_version == "v2Pro"
+    zh = load_entry(tmp_path / "features", manifest.entries[0])
+    assert zh["bert"].shape == (40, 9) and zh["bert"].abs().sum() > 0  # 4 characters x 2 phones + "."
+    assert manifest.entries[0].phones[:2] == ["n", "i2"]  # 你好: third-tone sandhi
+    assert all(e.has_sv for e in manifest.entries)
+    assert zh["sv"].ndim == 1 and zh["sv"].shape[0] > 0
