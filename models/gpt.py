@@ -94,8 +94,8 @@ class GPTConfig:
     eos: int = 1024
     dropout: float = 0.0
     max_sec: int = 54  # data.max_sec: the official caller stops after 50 * max_sec new tokens
-    # Everything else in the official config dict (train/optimizer/data/inference sections, ignored model keys
-    # such as linear_units), kept verbatim so that `to_official` round-trips `from_official`.
+    # The official config dict as read (train/optimizer/data/inference sections, ignored model keys such as
+    # linear_units), kept so that `to_official` round-trips `from_official`; the fields above override it.
     extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
