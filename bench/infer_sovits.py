@@ -1,7 +1,7 @@
 """SoVITS decode speed on CPU: real-time factor for N seconds of audio at full v2 size (random weights).
 
-    .venv/bin/python bench/infer_sovits.py                 # 10 s of audio, 2 threads, float32 + bfloat16
-    .venv/bin/python bench/infer_sovits.py --seconds 5 --repeats 2 --modes fp32-fast
+    python -m bench.infer_sovits                 # 10 s of audio, 2 threads, float32 + bfloat16
+    python -m bench.infer_sovits --seconds 5 --repeats 2 --modes fp32-fast
 
 Each mode runs in its own child process so that the peak-memory figure (max RSS) belongs to that mode only.
 Modes:
@@ -27,8 +27,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 MODES = ("fp32-plain", "fp32-fast", "bf16-fast")
 
@@ -138,9 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     results = []
     for mode in modes:
-        cmd = [sys.executable, __file__, "--_child", mode, "--seconds", str(args.seconds), "--repeats",
+        cmd = [sys.executable, "-m", "bench.infer_sovits", "--_child", mode, "--seconds", str(args.seconds), "--repeats",
                str(args.repeats), "--threads", str(args.threads), "--out", str(out_dir)]
-        subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
+        subprocess.run(cmd, check=True, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
         results.append(json.loads((out_dir / f"{mode}.json").read_text()))
 
     gflop = _decoder_gflops(args.seconds)

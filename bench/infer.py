@@ -1,0 +1,82 @@
+"""Whole-sentence inference on CPU at full v2 size (random weights): GPT decodes 250 semantic tokens (10 s of
+speech at 25 Hz) from a sentence and a 150-token prompt, then SoVITS decodes them to 32 kHz audio.
+
+The per-token GPT figures are in bench/infer_gpt.py and the SoVITS decode figures in bench/infer_sovits.py;
+this table adds the whole path, with the official implementation's figures measured on a 2-core machine of
+this kind (float32, 2 threads; from the issue) as the baseline and the goal (twice as fast) beside them.
+
+    python -m bench.infer [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import resource
+import time
+
+import torch
+
+TOKENS = 250
+AUDIO_S = TOKENS / 25
+OFFICIAL_SENTENCE_RTF = 0.75  # float32, 2 threads, measured with the official code (issue 3)
+GOAL_SENTENCE_RTF = 0.37
+
+
+def _measure(dtype_name: str, threads: int) -> dict:
+    from bench.infer_gpt import _model, _prompt, _sentence
+    from bench.infer_sovits import _inputs
+    from models.sovits import SoVITS, SoVITSConfig
+
+    torch.set_num_threads(threads)
+    dtype = getattr(torch, dtype_name)
+    gpt = _model(dtype)
+    sovits = SoVITS(SoVITSConfig()).eval().to(dtype)
+    sovits.prepare_inference(channels_last=True)
+    phones, bert = _sentence(60, 0)
+    prompt = _prompt(150)
+    _, text, refer, _ = _inputs(AUDIO_S)
+    with torch.inference_mode():
+        gpt.generate(phones, bert.to(dtype), prompt, top_k=15, early_stop_num=10, seed=0)  # warm-up
+        start = time.perf_counter()
+        tokens = gpt.generate(phones, bert.to(dtype), prompt, top_k=15, early_stop_num=TOKENS - 1, seed=0)
+        gpt_s = time.perf_counter() - start
+        start = time.perf_counter()
+        wav = sovits.decode(tokens[None], text, [refer.to(dtype)], noise_scale=0.5)
+        sovits_s = time.perf_counter() - start
+    audio_s = wav.shape[-1] / 32000
+    return {"dtype": dtype_name, "tokens": int(tokens.shape[1]), "audio_s": audio_s, "gpt_s": gpt_s,
+            "sovits_s": sovits_s, "rtf": (gpt_s + sovits_s) / audio_s,
+            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def run(threads: int = 2, dtypes: tuple[str, ...] = ("float32", "bfloat16")) -> list[dict]:
+    ctx = mp.get_context("spawn")
+    rows = []
+    for name in dtypes:
+        with ctx.Pool(1) as pool:
+            rows.append(pool.apply(_measure, (name, threads)))
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| dtype | tokens | audio s | GPT s | SoVITS s | sentence RTF | vs official | goal | peak RSS MB |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['dtype']} | {r['tokens']} | {r['audio_s']:.1f} | {r['gpt_s']:.2f} | {r['sovits_s']:.2f} "
+                     f"| {r['rtf']:.3f} | {OFFICIAL_SENTENCE_RTF / r['rtf']:.2f}x | {GOAL_SENTENCE_RTF} "
+                     f"| {r['peak_mb']:.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    print(f"whole sentence ({TOKENS} tokens + decode), full v2 size, random weights, {args.threads} threads; "
+          f"official float32: RTF {OFFICIAL_SENTENCE_RTF}")
+    print(table(run(args.threads)))
+
+
+if __name__ == "__main__":
+    main()
