@@ -221,9 +221,27 @@ def _as_plain(obj: Any) -> Any:
     return obj
 
 
-def _format_keys(keys: list[str], limit: int = 12) -> str:
+def format_keys(keys: list[str], limit: int = 12) -> str:
     shown = ", ".join(keys[:limit])
     return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def state_dict_problems(expected: Mapping[str, torch.Tensor], actual: Mapping[str, Any], *,
+                        optional: tuple[str, ...] = (), shown_prefix: str = "") -> list[str]:
+    """How a state dict differs from what a model expects: missing keys (other than those under an `optional`
+    prefix), unexpected keys and wrong shapes, each as one readable line. Empty when it fits."""
+    missing = [k for k in expected if k not in actual and not k.startswith(optional or ("\0",))]
+    unexpected = [k for k in actual if k not in expected]
+    wrong = [f"{shown_prefix}{k} {tuple(actual[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+             if k in actual and tuple(actual[k].shape) != tuple(v.shape)]
+    problems = []
+    if missing:
+        problems.append(f"missing {len(missing)} key(s): {format_keys([shown_prefix + k for k in missing])}")
+    if unexpected:
+        problems.append(f"unexpected {len(unexpected)} key(s): {format_keys([shown_prefix + k for k in unexpected])}")
+    if wrong:
+        problems.append(f"wrong shapes ({len(wrong)}): {format_keys(wrong, 6)}")
+    return problems
 
 
 def _looks_like_gpt(obj: Mapping[str, Any]) -> bool:
@@ -320,26 +338,11 @@ def load_sovits(
     except (SoVITSError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{p}: its config cannot build a {version} SoVITS model ({exc})") from None
 
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in weight and not k.startswith("enc_q.")]
-    unexpected = [k for k in weight if k not in expected]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} key(s): {_format_keys(missing)}")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} key(s): {_format_keys(unexpected)}")
+    problems = state_dict_problems(model.state_dict(), weight, optional=("enc_q.",))
+    if problems:
         raise CheckpointError(
-            f"{p} does not match a {version} SoVITS model built from its own config ({'; '.join(parts)}); "
+            f"{p} does not match a {version} SoVITS model built from its own config ({'; '.join(problems)}); "
             "the file is damaged or was edited"
-        )
-    wrong = [
-        f"{k} {tuple(weight[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-        if k in weight and tuple(weight[k].shape) != tuple(v.shape)
-    ]
-    if wrong:
-        raise CheckpointError(
-            f"{p}: tensor shapes do not match its config ({_format_keys(wrong, 6)}); the config or weights were edited"
         )
     model.load_state_dict(dict(weight), strict=False)
     model.hparams = hps
@@ -463,21 +466,10 @@ def load_gpt(path: str | os.PathLike, device: str | torch.device = "cpu", dtype:
     except NarratorError as exc:
         raise CheckpointError(f"{p}: {exc}") from None
     sd = {k[len("model."):] if str(k).startswith("model.") else k: v for k, v in weight.items()}
-    expected = gpt.state_dict()
-    missing = [k for k in expected if k not in sd]
-    unexpected = [k for k in sd if k not in expected]
-    wrong = [f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-             if k in sd and tuple(sd[k].shape) != tuple(v.shape)]
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} key(s): {_format_keys(['model.' + k for k in missing])}")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} key(s): {_format_keys(['model.' + k for k in unexpected])}")
-        if wrong:
-            parts.append(f"wrong shapes: {_format_keys(wrong, 6)}")
+    problems = state_dict_problems(gpt.state_dict(), sd, shown_prefix="model.")
+    if problems:
         raise CheckpointError(
-            f"{p} does not match the GPT model its own config describes ({'; '.join(parts)}); the file is damaged "
+            f"{p} does not match the GPT model its own config describes ({'; '.join(problems)}); the file is damaged "
             "or was edited"
         )
     gpt.load_state_dict(sd)

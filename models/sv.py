@@ -364,12 +364,6 @@ class ERes2NetV2(nn.Module):
 _SV_MARKERS = ("conv1.weight", "layer1.0.conv1.weight", "layer1.0.convs.0.weight", "layer3_ds.weight")
 
 
-def _format_keys(keys: Sequence[str], limit: int = 12) -> str:
-    keys = sorted(keys)
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
-
-
 def _infer_base_width(planes: Sequence[int], widths: Sequence[int]) -> int | None:
     """Smallest base width giving `floor(p * bw / 64) == w` for every stage (24 for the official model)."""
     if widths[0] < 1:
@@ -425,21 +419,9 @@ def infer_sv_config(state_dict: Mapping[str, torch.Tensor]) -> SVConfig:
 
 def check_sv_state_dict(model: ERes2NetV2, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint") -> None:
     """Raise `SVCheckpointError` naming every missing, extra or mis-shaped key of `state_dict` for `model`."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    extra = [k for k in state_dict if k not in expected]
-    shapes = [
-        f"{k} {tuple(state_dict[k].shape)} != {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing keys ({len(missing)}): {_format_keys(missing)}")
-    if extra:
-        problems.append(f"unexpected keys ({len(extra)}): {_format_keys(extra)}")
-    if shapes:
-        problems.append(f"wrong shapes ({len(shapes)}): {'; '.join(shapes[:8])}")
+    from models.checkpoints import state_dict_problems
+
+    problems = state_dict_problems(model.state_dict(), state_dict)
     if problems:
         raise SVCheckpointError(f"{source} does not fit ERes2NetV2 ({model.config}): " + " | ".join(problems))
 
@@ -449,7 +431,7 @@ def _describe_foreign(obj: Mapping[str, Any]) -> str:
         return "it looks like a SoVITS checkpoint (has 'weight' and 'config')"
     if "state_dict" in obj or "config" in obj:
         return "it looks like a GPT checkpoint or a training container (has 'state_dict'/'config')"
-    return f"its first keys are {_format_keys(list(obj)[:6], limit=6)}"
+    return f"its first keys are {', '.join(sorted(map(str, obj))[:6])}"
 
 
 def load_sv(

@@ -16,20 +16,6 @@ from models.checkpoints import CheckpointError, load_gpt, load_sovits, save_gpt,
 from models.sovits import SoVITS, SoVITSConfig
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These models are tiny: one intra-op thread is faster and immune to a busy machine's oversubscription."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def golden(gsv_dir):
-    return torch.load(gsv_dir / "golden_A.pt", weights_only=False)
-
-
 def _pickle_records(path) -> dict[str, bytes]:
     """Zip records of a (possibly version-tagged) torch container, keyed without the archive folder name."""
     data = Path(path).read_bytes()

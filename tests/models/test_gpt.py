@@ -14,11 +14,6 @@ ATOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def golden(gsv_dir):
-    return torch.load(gsv_dir / "golden_A.pt", weights_only=False)
-
-
-@pytest.fixture(scope="module")
 def gpt(golden) -> GPT:
     """The reduced official model (64 wide, 2 layers) with the golden weights, float32, eval mode."""
     model = GPT(GPTConfig.from_official(golden["config"]["s1"])).eval()

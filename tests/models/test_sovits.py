@@ -16,20 +16,6 @@ VERSIONS = ["v2", "v2Pro"]
 INTERMEDIATES = ["enc_p_x", "m_p", "logs_p", "y_mask", "z_after_flow_reverse", "dec_input_z_masked"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These models are tiny: one intra-op thread is faster and immune to a busy machine's oversubscription."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def golden(gsv_dir):
-    return torch.load(gsv_dir / "golden_A.pt", weights_only=False)
-
-
 @pytest.fixture(scope="module")
 def models(gsv_dir):
     return {v: load_sovits(gsv_dir / f"golden_A_s2_{v}.pth") for v in VERSIONS}

@@ -289,8 +289,8 @@ def test_checkpoint_with_wrong_keys_lists_missing_and_extra(tmp_path, small_stat
     with pytest.raises(SVCheckpointError) as info:
         load_sv(path)
     message = str(info.value)
-    assert "missing keys (1): fuse34.local_att.0.bias" in message
-    assert "unexpected keys (1): layer9.0.conv1.weight" in message
+    assert "missing 1 key(s): fuse34.local_att.0.bias" in message
+    assert "unexpected 1 key(s): layer9.0.conv1.weight" in message
 
 
 def test_checkpoint_with_a_wrong_shape_names_the_key(tmp_path, small_state_dict):
