@@ -11,11 +11,12 @@ this kind (float32, 2 threads; from the issue) as the baseline and the goal (twi
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import resource
 import time
 
 import torch
+
+from bench._child import in_child
 
 TOKENS = 250
 AUDIO_S = TOKENS / 25
@@ -51,12 +52,7 @@ def _measure(dtype_name: str, threads: int) -> dict:
 
 
 def run(threads: int = 2, dtypes: tuple[str, ...] = ("float32", "bfloat16")) -> list[dict]:
-    ctx = mp.get_context("spawn")
-    rows = []
-    for name in dtypes:
-        with ctx.Pool(1) as pool:
-            rows.append(pool.apply(_measure, (name, threads)))
-    return rows
+    return [in_child(_measure, name, threads) for name in dtypes]
 
 
 def table(rows: list[dict]) -> str:

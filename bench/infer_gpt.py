@@ -13,7 +13,6 @@ Targets on the 2-core reference machine: <= 11 ms/token at 200 positions, <= 13 
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
 import resource
 import statistics
@@ -21,6 +20,7 @@ import time
 
 import torch
 
+from bench._child import in_child
 from models.gpt import GPT, GPTConfig
 
 TARGETS = {"ms_per_token@200": 11.0, "ms_per_token@1700": 13.0, "tokens_per_s_single": 80.0}
@@ -89,12 +89,7 @@ def _measure(dtype_name: str, threads: int, repeats: int) -> dict:
 
 def bench_gpt(dtypes: tuple[str, ...] = ("float32", "bfloat16"), threads: int = 2, repeats: int = 3) -> list[dict]:
     """One row per dtype, each measured in a fresh process."""
-    ctx = mp.get_context("spawn")
-    rows = []
-    for name in dtypes:
-        with ctx.Pool(1) as pool:
-            rows.append(pool.apply(_measure, (name, threads, repeats)))
-    return rows
+    return [in_child(_measure, name, threads, repeats) for name in dtypes]
 
 
 def format_table(rows: list[dict]) -> str:

@@ -13,11 +13,12 @@ Goal on a 2-core machine: at least 100x real time for `narrator validate`, speak
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import random
 import resource
 import time
 from pathlib import Path
+
+from bench._child import in_child
 
 CACHE = Path(".bench-cache")
 WORDS = ("river mountain quiet yellow window morning garden letter silver journey market evening lantern "
@@ -93,26 +94,21 @@ VARIANTS = {"decode only": _decode_only, "per-clip models (baseline)": _per_clip
             "narrator validate": _narrator_validate}
 
 
-def _child(name: str, folder: str, queue) -> None:
+def _measure(name: str, folder: str) -> tuple[float, float, float]:
     import torch
 
     torch.set_num_threads(2)
     started = time.perf_counter()
     audio_s = VARIANTS[name](Path(folder))
     wall = time.perf_counter() - started
-    queue.put((audio_s, wall, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+    return audio_s, wall, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run(minutes: float = 30.0) -> list[dict]:
     folder = build_dataset(minutes)
-    ctx = mp.get_context("spawn")
     rows = []
     for name in VARIANTS:
-        queue = ctx.Queue()
-        proc = ctx.Process(target=_child, args=(name, str(folder), queue))
-        proc.start()
-        audio_s, wall, peak_mb = queue.get()
-        proc.join()
+        audio_s, wall, peak_mb = in_child(_measure, name, str(folder))
         rows.append({"variant": name, "audio_s": audio_s, "wall_s": wall, "x_realtime": audio_s / wall,
                      "peak_mb": peak_mb})
     baseline = next(r for r in rows if r["variant"].endswith("(baseline)"))
