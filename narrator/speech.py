@@ -41,11 +41,11 @@ class VoiceActivityDetector:
     """
 
     def __init__(self, batch_size: int = 64):
-        import onnxruntime
-        from silero_vad.utils_vad import OnnxWrapper  # noqa: F401  (fails early if the package is broken)
-        import importlib.resources as resources
+        import importlib.resources
 
-        model_path = resources.files("silero_vad.data").joinpath("silero_vad.onnx")
+        import onnxruntime
+
+        model_path = importlib.resources.files("silero_vad.data").joinpath("silero_vad.onnx")
         options = onnxruntime.SessionOptions()
         options.inter_op_num_threads = 1
         options.intra_op_num_threads = 1
@@ -167,10 +167,10 @@ def _partials(mel: np.ndarray) -> list[np.ndarray]:
 
 def voiced(wav_16k: np.ndarray, probabilities: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     """The samples of `wav_16k` in frames the VAD marked as speech (all of it when no frame is speech)."""
-    mask = np.repeat(probabilities >= threshold, VAD_FRAME_SAMPLES)[: len(wav_16k)]
-    if mask.sum() < SAMPLE_RATE_HZ // 2:
+    mask = np.repeat(probabilities >= threshold, VAD_FRAME_SAMPLES)[: len(wav_16k)]  # frames cover the clip
+    if mask.sum() < SAMPLE_RATE_HZ // 2:  # under half a second of speech: keep everything
         return wav_16k
-    return wav_16k[mask[: len(wav_16k)]] if len(mask) == len(wav_16k) else wav_16k[: len(mask)][mask]
+    return wav_16k[mask]
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
