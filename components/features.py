@@ -92,10 +92,8 @@ def extract_features(prepared_dir: str | Path, out_dir: str | Path, params: Para
     """Compute every segment's features into `out_dir` (see the module docstring for the layout)."""
     from tqdm import tqdm
 
-    from models.audio import spectrogram
     from models.checkpoints import load_sovits
-    from models.features import BertExtractor, HubertExtractor, bert_for_segments, pick_device, \
-        semantic_tokens, training_hubert_input
+    from models.features import BertExtractor, HubertExtractor, bert_for_results, pick_device, training_hubert_input
     from models.text import g2p
 
     prepared_dir, out_dir = Path(prepared_dir), Path(out_dir)
@@ -123,41 +121,59 @@ def extract_features(prepared_dir: str | Path, out_dir: str | Path, params: Para
         "sv_checkpoint": pre.sv_checkpoint if sv_model is not None else None})
     entries_dir = out_dir / "entries"
     entries_dir.mkdir(parents=True, exist_ok=True)
-    for seg in tqdm(segments, desc="features", unit="clip", disable=None):
-        folder = entries_dir / seg["name"]
-        meta_file = folder / "entry.json"
-        if (folder / "done").exists() and meta_file.exists():
-            manifest.entries.append(FeatureEntry(**json.loads(meta_file.read_text(encoding="utf-8"))))
-            continue
-        folder.mkdir(parents=True, exist_ok=True)
-        result = g2p(seg["text"], seg["language"])
-        bert_features = bert_for_segments(bert, result.segments, result.word2ph)
-        _save(bert_features.to(bert_dtype), folder / "bert.pt")
-        wav16 = read_audio(seg["wav_16k"]).mono()
-        (ssl,) = hubert([training_hubert_input(wav16)])
-        _save(ssl, folder / "hubert.pt")
-        codes = semantic_tokens(sovits, ssl[None])
-        _save(codes, folder / "semantic.pt")
-        wav32 = torch.from_numpy(read_audio(seg["wav_32k"]).mono())
-        spec = spectrogram(wav32[None])[0]
-        _save(spec, folder / "spec.pt")
-        if sv_model is not None:
-            from models.sv import sv_embedding
-
-            _save(sv_embedding(wav32[None].to(device), sv_model)[0].cpu(), folder / "sv.pt")
-        entry = FeatureEntry(
-            name=seg["name"], text=result.text, language=seg["language"], phones=list(result.phones),
-            ids=[int(i) for i in result.ids], word2ph=[int(w) for w in result.word2ph],
-            duration_s=float(seg["duration_s"]), wav_32k=seg["wav_32k"], hubert_frames=int(ssl.shape[1]),
-            semantic_frames=int(codes.shape[0]), spec_frames=int(spec.shape[1]), has_sv=sv_model is not None)
-        meta_file.write_text(json.dumps(asdict(entry), ensure_ascii=False), encoding="utf-8")
-        (folder / "done").write_text("ok")
-        manifest.entries.append(entry)
+    done: dict[str, FeatureEntry] = {}
+    pending = []
+    for seg in segments:
+        meta_file = entries_dir / seg["name"] / "entry.json"
+        if (entries_dir / seg["name"] / "done").exists() and meta_file.exists():
+            done[seg["name"]] = FeatureEntry(**json.loads(meta_file.read_text(encoding="utf-8")))
+        else:
+            pending.append(seg)
+    with tqdm(total=len(segments), initial=len(done), desc="features", unit="clip", disable=None) as progress:
+        for start in range(0, len(pending), cfg.batch_size):
+            chunk = pending[start:start + cfg.batch_size]
+            results = [g2p(seg["text"], seg["language"]) for seg in chunk]
+            berts = bert_for_results(bert, [(r.segments, r.word2ph) for r in results])
+            ssls = hubert([training_hubert_input(read_audio(seg["wav_16k"]).mono()) for seg in chunk],
+                          batch_size=cfg.batch_size)
+            for seg, result, bert_features, ssl in zip(chunk, results, berts, ssls):
+                done[seg["name"]] = _write_entry(entries_dir / seg["name"], seg, result, bert_features.to(bert_dtype),
+                                                 ssl, sovits, sv_model, device)
+                progress.update(1)
+    manifest.entries = [done[seg["name"]] for seg in segments]
     _write_voice_fingerprint(segments, out_dir / manifest.voice_fingerprint)
     manifest.elapsed_s = round(time.monotonic() - started, 3)
     (out_dir / "manifest.json").write_text(manifest.to_json(), encoding="utf-8")
     log.info("features for %d segments in %.1f s -> %s", len(manifest.entries), manifest.elapsed_s, out_dir)
     return manifest
+
+
+def _write_entry(folder: Path, seg: dict, result, bert_features: torch.Tensor, ssl: torch.Tensor, sovits, sv_model,
+                 device: torch.device) -> FeatureEntry:
+    """Compute the rest of one segment's features, write its files, and mark it done (last)."""
+    from models.audio import spectrogram
+    from models.features import semantic_tokens
+
+    folder.mkdir(parents=True, exist_ok=True)
+    _save(bert_features, folder / "bert.pt")
+    _save(ssl, folder / "hubert.pt")
+    codes = semantic_tokens(sovits, ssl[None])
+    _save(codes, folder / "semantic.pt")
+    wav32 = torch.from_numpy(read_audio(seg["wav_32k"]).mono())
+    spec = spectrogram(wav32[None])[0]
+    _save(spec, folder / "spec.pt")
+    if sv_model is not None:
+        from models.sv import sv_embedding
+
+        _save(sv_embedding(wav32[None].to(device), sv_model)[0].cpu(), folder / "sv.pt")
+    entry = FeatureEntry(
+        name=seg["name"], text=result.text, language=seg["language"], phones=list(result.phones),
+        ids=[int(i) for i in result.ids], word2ph=[int(w) for w in result.word2ph],
+        duration_s=float(seg["duration_s"]), wav_32k=seg["wav_32k"], hubert_frames=int(ssl.shape[1]),
+        semantic_frames=int(codes.shape[0]), spec_frames=int(spec.shape[1]), has_sv=sv_model is not None)
+    (folder / "entry.json").write_text(json.dumps(asdict(entry), ensure_ascii=False), encoding="utf-8")
+    (folder / "done").write_text("ok")
+    return entry
 
 
 def _load_sv(params: Params, device: torch.device):

@@ -106,6 +106,7 @@ class FeaturesConfig(_Section):
 
     device: str = Field("auto", description="auto (cuda when available), cpu or cuda[:N]")
     bert_dtype: Literal["float32", "float16"] = Field("float16", description="storage type of BERT features")
+    batch_size: int = Field(8, ge=1, description="segments per batch through BERT (and HuBERT, for equal lengths)")
 
 
 class DemoConfig(_Section):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.features import (BertExtractor, FeatureError, HubertExtractor, bert_for_segments,
+from models.features import (BertExtractor, FeatureError, HubertExtractor, bert_for_results, bert_for_segments,
                              training_hubert_input)
 from tests.models.tiny_hf import build_tiny_bert, build_tiny_hubert
 
@@ -72,3 +72,36 @@ def test_missing_model_directory_names_the_params_key(extractor, key, tmp_path):
         extractor(tmp_path / "absent")
     with pytest.raises(FeatureError, match=key):
         extractor(None)
+
+
+def test_batched_bert_equals_each_text_alone(bert):
+    texts = ["你好", "今天天气很不错", "我们一起去公园吧"]
+    batched = bert.characters_batch(texts)
+    for text, features in zip(texts, batched):
+        assert torch.allclose(features, bert.characters_batch([text])[0], atol=1e-5)
+        assert features.shape == (len(text), 40)
+
+
+def test_bert_batches_segments_of_several_results(bert):
+    results = [([("zh", "你好", 0, 4)], [2, 2]), ([("en", "hi", 0, 2), ("zh", "世界", 2, 6)], [2, 2, 2])]
+    first, second = bert_for_results(bert, results)
+    assert torch.allclose(first, bert.phone_features("你好", [2, 2]), atol=1e-5)
+    assert second[:, :2].abs().sum() == 0
+    assert torch.allclose(second[:, 2:], bert.phone_features("世界", [2, 2]), atol=1e-5)
+
+
+def test_hubert_batches_only_clips_of_equal_length(hubert):
+    rng = np.random.default_rng(2)
+    a, b, c = (rng.standard_normal(n).astype(np.float32) * 0.1 for n in (16000, 16000, 24000))
+    together = hubert([a, b, c], batch_size=8)
+    alone = [hubert([x])[0] for x in (a, b, c)]
+    for t, s in zip(together, alone):
+        assert t.shape == s.shape and torch.allclose(t, s, atol=1e-4)
+
+
+def test_reference_input_appends_the_official_9600_zero_samples():
+    from models.features import reference_hubert_input
+
+    wav = np.ones(16000, np.float32) * 0.5
+    padded = reference_hubert_input(wav)
+    assert padded.shape == (25600,) and np.all(padded[16000:] == 0) and np.all(padded[:16000] == 0.5)
