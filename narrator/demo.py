@@ -80,8 +80,9 @@ def espeak(text: str, path: str | Path, voice: str = "en-us+m3", speed_wpm: int 
     return write_wav(path, mono, audio.sample_rate_hz)
 
 
-def build_demo_narrator(folder: str | Path, cfg: DemoConfig = DemoConfig(), sentences=SENTENCES) -> Path:
+def build_demo_narrator(folder: str | Path, cfg: DemoConfig | None = None, sentences=SENTENCES) -> Path:
     """Write a narrator folder: clips/NNN.wav, a GPT-SoVITS `.list`, consent.yaml and consent.wav."""
+    cfg = cfg or DemoConfig()
     folder = Path(folder)
     lines = []
     for index in range(cfg.clips):
