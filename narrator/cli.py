@@ -17,6 +17,7 @@ examples:
   narrator validate s3://voices/alice --out runs/alice/validated
   narrator prepare runs/alice/validated --out runs/alice/prepared
   narrator features runs/alice/prepared --out runs/alice/features
+  narrator finetune-gpt runs/alice/features --out runs/alice/gpt
   narrator demo --out demo
   narrator config --defaults
 
@@ -67,6 +68,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     _common(p)
     p.set_defaults(func=_cmd_features)
+
+    p = sub.add_parser("finetune-gpt", help="fine-tune the text-to-semantic GPT on a narrator's features",
+                       description="Fine-tune the GPT (stage 1) from pretrained.gpt (or finetune_gpt.random_init) on "
+                                   "the output of `narrator features`. Checkpoints every training."
+                                   "checkpoint_every_steps into --out; re-running resumes from the last one. Writes "
+                                   "gpt.ckpt (official container) and result.json; logs to MLflow.")
+    p.add_argument("features", metavar="FEATURES_DIR", help="the --out folder of `narrator features`")
+    p.add_argument("--out", required=True, metavar="DIR", help="run folder (checkpoints, gpt.ckpt)")
+    _common(p)
+    p.set_defaults(func=_cmd_finetune_gpt)
 
     p = sub.add_parser("demo", help="generate a demo narrator with espeak-ng and run the pipeline on it",
                        description="Generate a demo narrator (espeak-ng speech, transcripts, consent record) and "
@@ -124,6 +135,15 @@ def _cmd_features(args) -> int:
     manifest = extract_features(args.prepared, args.out, _load(args))
     print(f"features for {len(manifest.entries)} segments ({manifest.sovits_version}) -> "
           f"{Path(args.out) / 'manifest.json'}")
+    return 0
+
+
+def _cmd_finetune_gpt(args) -> int:
+    from components.finetune_gpt import finetune_gpt
+
+    summary = finetune_gpt(args.features, args.out, _load(args))
+    print(f"GPT fine-tuned: {summary['steps']} steps in {summary['seconds']:.0f} s -> {summary['checkpoint']} "
+          f"(sha256 {summary['sha256'][:12]})")
     return 0
 
 

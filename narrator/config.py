@@ -109,6 +109,35 @@ class FeaturesConfig(_Section):
     batch_size: int = Field(8, ge=1, description="segments per batch through BERT (and HuBERT, for equal lengths)")
 
 
+class TrainingConfig(_Section):
+    """The loop shared by the fine-tuning steps (components/training.py)."""
+
+    seed: int = 1234
+    device: str = Field("auto", description="auto (cuda when available), cpu or cuda[:N]")
+    checkpoint_every_steps: int = Field(50, ge=1, description="a killed run resumes from the last of these")
+    keep_checkpoints: int = Field(2, ge=1)
+    log_every_steps: int = Field(10, ge=1)
+    mlflow_tracking_uri: str | None = Field("sqlite:///mlflow.db", description="None disables MLflow logging")
+    mlflow_experiment: str = "narrator"
+
+
+class FinetuneGPTConfig(_Section):
+    """`narrator finetune-gpt` (components/finetune_gpt.py). Schedule shape of the official recipe; AdamW."""
+
+    epochs: int = Field(15, ge=1, description="official WebUI default")
+    batch_size: int = Field(8, ge=1)
+    accumulate_batches: int = Field(4, ge=1, description="optimizer step every N batches (official: 4)")
+    lr: float = Field(2e-4, gt=0, description="peak learning rate (AdamW-sized; the official ScaledAdam uses 0.01)")
+    lr_init: float = Field(1e-6, gt=0)
+    lr_end: float = Field(1e-5, gt=0)
+    warmup_steps: int = Field(20, ge=0, description="optimizer steps of linear warm-up")
+    decay_steps: int = Field(400, ge=1, description="optimizer steps of cosine decay after warm-up")
+    weight_decay: float = Field(0.01, ge=0)
+    grad_clip: float = Field(2.0, gt=0, description="official: 2.0")
+    random_init: dict[str, int] | None = Field(
+        None, description="GPTConfig sizes for a model from scratch (tests, demo) instead of pretrained.gpt")
+
+
 class DemoConfig(_Section):
     """The generated demo narrator of `make demo`."""
 
@@ -127,6 +156,8 @@ class Params(_Section):
     prepare: PrepareConfig = PrepareConfig()
     pretrained: PretrainedConfig = PretrainedConfig()
     features: FeaturesConfig = FeaturesConfig()
+    training: TrainingConfig = TrainingConfig()
+    finetune_gpt: FinetuneGPTConfig = FinetuneGPTConfig()
     demo: DemoConfig = DemoConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

@@ -1,0 +1,188 @@
+"""`narrator finetune-gpt`: fine-tune the text-to-semantic GPT on a narrator's features.
+
+Teacher-forced cross-entropy on the semantic tokens (the official stage-1 loss, summed), length-bucketed batches,
+gradient accumulation, a warm-up then cosine learning-rate schedule, on the shared loop (components/training.py):
+checkpoints every N steps, exact resume, MLflow. The result is exported as an official GPT `.ckpt`.
+
+Differences from the official recipe, on purpose for now: AdamW instead of ScaledAdam (so the peak learning rate
+is AdamW-sized), and fp32/bf16 autocast instead of Lightning's 16-mixed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from components.features import FeatureEntry, load_entry
+from components.training import LoopSettings, TrainingError, mlflow_logger, run, seed_everything
+from narrator.config import FinetuneGPTConfig, Params
+from narrator.log import get_logger
+from narrator.storage import fetch, sha256_file
+
+log = get_logger("finetune_gpt")
+
+
+@dataclass
+class GPTExample:
+    name: str
+    phones: torch.Tensor  # (Lx,) int64
+    bert: torch.Tensor  # (1024, Lx) float32
+    semantic: torch.Tensor  # (Ty,) int64
+
+
+def load_examples(features_dir: Path, max_codes: int) -> list[GPTExample]:
+    manifest_file = features_dir / "manifest.json"
+    if not manifest_file.exists():
+        raise TrainingError(f"{manifest_file} not found; run `narrator features PREPARED_DIR --out {features_dir}`")
+    manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
+    examples = []
+    for raw in manifest["entries"]:
+        entry = FeatureEntry(**raw)
+        tensors = load_entry(features_dir, entry)
+        if tensors["semantic"].numel() == 0 or tensors["semantic"].numel() > max_codes:
+            log.warning("skipping %s: %d semantic tokens (limit %d)", entry.name, tensors["semantic"].numel(), max_codes)
+            continue
+        examples.append(GPTExample(entry.name, torch.tensor(entry.ids, dtype=torch.long),
+                                   tensors["bert"].float(), tensors["semantic"].long()))
+    if not examples:
+        raise TrainingError(f"no usable examples in {manifest_file}")
+    return examples
+
+
+def collate(examples: list[GPTExample]) -> dict[str, torch.Tensor]:
+    """Right-padded batch: phones (B, Lx), bert (B, 1024, Lx), semantic (B, Ty) and their lengths (B,)."""
+    lx = max(e.phones.numel() for e in examples)
+    ty = max(e.semantic.numel() for e in examples)
+    b = len(examples)
+    phones = torch.zeros(b, lx, dtype=torch.long)
+    bert = torch.zeros(b, examples[0].bert.shape[0], lx)
+    semantic = torch.zeros(b, ty, dtype=torch.long)
+    for i, e in enumerate(examples):
+        phones[i, :e.phones.numel()] = e.phones
+        bert[i, :, :e.phones.numel()] = e.bert
+        semantic[i, :e.semantic.numel()] = e.semantic
+    return {"phones": phones, "bert": bert, "semantic": semantic,
+            "phone_lens": torch.tensor([e.phones.numel() for e in examples]),
+            "semantic_lens": torch.tensor([e.semantic.numel() for e in examples])}
+
+
+def warmup_cosine(step: int, cfg: FinetuneGPTConfig) -> float:
+    """Learning-rate multiplier (of cfg.lr): linear warm-up from lr_init, cosine decay to lr_end."""
+    if step < cfg.warmup_steps:
+        return (cfg.lr_init + (cfg.lr - cfg.lr_init) * step / max(cfg.warmup_steps, 1)) / cfg.lr
+    progress = min(1.0, (step - cfg.warmup_steps) / max(cfg.decay_steps, 1))
+    return (cfg.lr_end + 0.5 * (cfg.lr - cfg.lr_end) * (1 + math.cos(math.pi * progress))) / cfg.lr
+
+
+class GPTTask:
+    """The GPT fine-tuning task for the shared loop."""
+
+    def __init__(self, gpt, examples: list[GPTExample], cfg: FinetuneGPTConfig, seed: int, device: torch.device):
+        self.gpt, self.examples, self.cfg, self.seed, self.device = gpt.to(device).train(), examples, cfg, seed, device
+        self.optimizer = torch.optim.AdamW(self.gpt.parameters(), lr=cfg.lr, betas=(0.9, 0.95),
+                                           weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: warmup_cosine(s, cfg))
+        self.micro = 0  # batches since the last optimizer step
+
+    def batches(self, epoch: int) -> list[list[GPTExample]]:
+        """Length-bucketed: sorted by token count, cut into batches, batch order shuffled per epoch."""
+        ordered = sorted(self.examples, key=lambda e: (e.semantic.numel(), e.name))
+        chunks = [ordered[i:i + self.cfg.batch_size] for i in range(0, len(ordered), self.cfg.batch_size)]
+        order = torch.randperm(len(chunks), generator=torch.Generator().manual_seed(self.seed * 1000 + epoch))
+        return [chunks[i] for i in order.tolist()]
+
+    def train_step(self, batch: list[GPTExample]) -> dict[str, float]:
+        data = {k: v.to(self.device) for k, v in collate(batch).items()}
+        loss = self.gpt.training_loss(data["phones"], data["bert"], data["semantic"], data["phone_lens"],
+                                      data["semantic_lens"])
+        tokens = float(data["semantic_lens"].sum() + len(batch))
+        (loss / self.cfg.accumulate_batches).backward()
+        self.micro += 1
+        if self.micro >= self.cfg.accumulate_batches:
+            torch.nn.utils.clip_grad_norm_(self.gpt.parameters(), self.cfg.grad_clip)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+            self.micro = 0
+        return {"loss_per_token": float(loss.detach()) / tokens, "lr": self.optimizer.param_groups[0]["lr"]}
+
+    def end_epoch(self, epoch: int) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.gpt.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "micro": self.micro}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.gpt.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.micro = state["micro"]
+
+
+def base_gpt(params: Params):
+    """The starting model: the official base checkpoint from pretrained.gpt, or random weights of
+    finetune_gpt.random_init sizes (tests and the demo)."""
+    from models.checkpoints import load_gpt
+    from models.gpt import GPT, GPTConfig
+
+    cfg = params.finetune_gpt
+    if cfg.random_init is not None:
+        torch.manual_seed(params.training.seed)
+        return GPT(GPTConfig(**cfg.random_init))
+    if not params.pretrained.gpt:
+        raise TrainingError("set pretrained.gpt in params.yaml to the official GPT base checkpoint (e.g. "
+                            "s1bert25hz-5kh-longer-epoch=12-step=369668.ckpt), or finetune_gpt.random_init for a "
+                            "small model from scratch")
+    return load_gpt(fetch(params.pretrained.gpt, params.storage, "pretrained.gpt"))
+
+
+def finetune_gpt(features_dir: str | Path, out_dir: str | Path, params: Params, stop_after_steps: int | None = None,
+                 logger=None) -> dict[str, Any]:
+    """Fine-tune the GPT on `features_dir` (the output of `narrator features`); resumable in `out_dir`.
+
+    Returns a summary (also written to out_dir/result.json) with the exported checkpoint and its sha256.
+    """
+    from models.checkpoints import save_gpt
+    from models.features import pick_device
+
+    features_dir, out_dir = Path(features_dir), Path(out_dir)
+    cfg, train = params.finetune_gpt, params.training
+    seed_everything(train.seed)
+    gpt = base_gpt(params)  # built (and a base file validated) before any training starts
+    examples = load_examples(features_dir, max_codes=50 * gpt.cfg.max_sec)
+    device = pick_device(train.device)
+    task = GPTTask(gpt, examples, cfg, train.seed, device)
+    mlflow_run = None
+    if logger is None and train.mlflow_tracking_uri:
+        logger, mlflow_run = mlflow_logger(train.mlflow_tracking_uri, train.mlflow_experiment, "finetune-gpt",
+                                           {**cfg.model_dump(), "examples": len(examples), "device": str(device)})
+    try:
+        result = run(task, out_dir, LoopSettings(epochs=cfg.epochs, checkpoint_every_steps=train.checkpoint_every_steps,
+                                                 keep_checkpoints=train.keep_checkpoints,
+                                                 log_every_steps=train.log_every_steps,
+                                                 stop_after_steps=stop_after_steps), logger)
+        summary: dict[str, Any] = {"steps": result.steps, "resumed_from_step": result.resumed_from_step,
+                                   "stopped_early": result.stopped_early, "seconds": round(result.seconds, 2),
+                                   "examples": len(examples), "history": result.history}
+        if not result.stopped_early:
+            exported = save_gpt(task.gpt.cpu().eval(), out_dir / "gpt.ckpt", info=f"GPT-e{cfg.epochs}")
+            summary.update(checkpoint=str(exported), sha256=sha256_file(exported))
+            if mlflow_run is not None:
+                import mlflow
+
+                mlflow.log_artifact(str(exported))
+                mlflow.set_tag("gpt_sha256", summary["sha256"])
+        (out_dir / "result.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+        return summary
+    finally:
+        if mlflow_run is not None:
+            import mlflow
+
+            mlflow.end_run()
+
