@@ -78,6 +78,17 @@ class WNConv2d(_WeightNormMixin, nn.Conv2d):
         return self._conv_forward(x, self.compute_weight(), self.bias)
 
 
+def _conv_stack(convs: nn.ModuleList, conv_post: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The convs with leaky ReLU, then `conv_post`: (flattened logits `(batch, -1)`, every layer's output)."""
+    fmaps: list[torch.Tensor] = []
+    for conv in convs:
+        x = F.leaky_relu(conv(x), LRELU_SLOPE)
+        fmaps.append(x)
+    x = conv_post(x)
+    fmaps.append(x)
+    return torch.flatten(x, 1, -1), fmaps
+
+
 class DiscriminatorS(nn.Module):
     """Scale discriminator on the raw waveform.
 
@@ -102,13 +113,7 @@ class DiscriminatorS(nn.Module):
         self.conv_post = WNConv1d(1024, 1, 3, 1, padding=1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        fmaps: list[torch.Tensor] = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LRELU_SLOPE)
-            fmaps.append(x)
-        x = self.conv_post(x)
-        fmaps.append(x)
-        return torch.flatten(x, 1, -1), fmaps
+        return _conv_stack(self.convs, self.conv_post, x)
 
 
 class DiscriminatorP(nn.Module):
@@ -140,13 +145,7 @@ class DiscriminatorP(nn.Module):
             x = F.pad(x, (0, n_pad), "reflect")
             t = t + n_pad
         x = x.view(b, c, t // self.period, self.period)
-        fmaps: list[torch.Tensor] = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), LRELU_SLOPE)
-            fmaps.append(x)
-        x = self.conv_post(x)
-        fmaps.append(x)
-        return torch.flatten(x, 1, -1), fmaps
+        return _conv_stack(self.convs, self.conv_post, x)
 
 
 class MultiPeriodDiscriminator(nn.Module):
