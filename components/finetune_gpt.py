@@ -4,8 +4,9 @@ Teacher-forced cross-entropy on the semantic tokens (the official stage-1 loss, 
 gradient accumulation, a warm-up then cosine learning-rate schedule, on the shared loop (components/training.py):
 checkpoints every N steps, exact resume, MLflow. The result is exported as an official GPT `.ckpt`.
 
-Differences from the official recipe, on purpose for now: AdamW instead of ScaledAdam (so the peak learning rate
-is AdamW-sized), and fp32/bf16 autocast instead of Lightning's 16-mixed.
+Mixed precision (training.precision), gradient checkpointing, and DistributedDataParallel under torchrun come from
+the shared loop's helpers. Difference from the official recipe, on purpose for now: AdamW instead of ScaledAdam
+(so the peak learning rate is AdamW-sized).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from typing import Any
 import torch
 
 from components.features import FeatureEntry, load_entry
-from components.training import LoopSettings, TrainingError, mlflow_logger, run, seed_everything
+from components.training import (Distributed, LoopSettings, Precision, TrainingError, auto_batch_size,
+                                 length_buckets, mlflow_logger, run, seed_everything)
 from narrator.config import FinetuneGPTConfig, Params
 from narrator.log import get_logger
 from narrator.storage import fetch, sha256_file
@@ -79,11 +81,27 @@ def warmup_cosine(step: int, cfg: FinetuneGPTConfig) -> float:
     return (cfg.lr_end + 0.5 * (cfg.lr - cfg.lr_end) * (1 + math.cos(math.pi * progress))) / cfg.lr
 
 
+class _LossModule(torch.nn.Module):
+    """The GPT with `training_loss` as its forward, so DistributedDataParallel sees (and syncs) the pass."""
+
+    def __init__(self, gpt) -> None:
+        super().__init__()
+        self.gpt = gpt
+
+    def forward(self, phones, bert, semantic, phone_lens, semantic_lens) -> torch.Tensor:
+        return self.gpt.training_loss(phones, bert, semantic, phone_lens, semantic_lens)
+
+
 class GPTTask:
     """The GPT fine-tuning task for the shared loop."""
 
-    def __init__(self, gpt, examples: list[GPTExample], cfg: FinetuneGPTConfig, seed: int, device: torch.device):
+    def __init__(self, gpt, examples: list[GPTExample], cfg: FinetuneGPTConfig, seed: int, device: torch.device,
+                 batch_size: int | None = None, precision: Precision | None = None,
+                 dist: Distributed | None = None) -> None:
         self.gpt, self.examples, self.cfg, self.seed, self.device = gpt.to(device).train(), examples, cfg, seed, device
+        self.batch_size = batch_size or auto_batch_size(cfg.batch_size, device)
+        self.precision = precision or Precision("fp32", device)
+        self.loss = (dist or Distributed()).wrap(_LossModule(self.gpt), device)
         self.optimizer = torch.optim.AdamW(self.gpt.parameters(), lr=cfg.lr, betas=(0.9, 0.95),
                                            weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: warmup_cosine(s, cfg))
@@ -91,37 +109,38 @@ class GPTTask:
 
     def batches(self, epoch: int) -> list[list[GPTExample]]:
         """Length-bucketed: sorted by token count, cut into batches, batch order shuffled per epoch."""
-        ordered = sorted(self.examples, key=lambda e: (e.semantic.numel(), e.name))
-        chunks = [ordered[i:i + self.cfg.batch_size] for i in range(0, len(ordered), self.cfg.batch_size)]
-        order = torch.randperm(len(chunks), generator=torch.Generator().manual_seed(self.seed * 1000 + epoch))
-        return [chunks[i] for i in order.tolist()]
+        return length_buckets(self.examples, lambda e: e.semantic.numel(), self.batch_size, self.seed, epoch)
 
     def train_step(self, batch: list[GPTExample]) -> dict[str, float]:
         data = {k: v.to(self.device) for k, v in collate(batch).items()}
-        loss = self.gpt.training_loss(data["phones"], data["bert"], data["semantic"], data["phone_lens"],
-                                      data["semantic_lens"])
+        with self.precision.autocast():
+            loss = self.loss(data["phones"], data["bert"], data["semantic"], data["phone_lens"],
+                             data["semantic_lens"])
         tokens = float(data["semantic_lens"].sum() + len(batch))
-        (loss / self.cfg.accumulate_batches).backward()
+        self.precision.backward(loss / self.cfg.accumulate_batches)
         self.micro += 1
         if self.micro >= self.cfg.accumulate_batches:
-            torch.nn.utils.clip_grad_norm_(self.gpt.parameters(), self.cfg.grad_clip)
-            self.optimizer.step()
+            self.precision.step(self.optimizer, self.gpt.parameters(), self.cfg.grad_clip)
             self.optimizer.zero_grad(set_to_none=True)
+            self.precision.update()
             self.scheduler.step()
             self.micro = 0
-        return {"loss_per_token": float(loss.detach()) / tokens, "lr": self.optimizer.param_groups[0]["lr"]}
+        return {"loss_per_token": float(loss.detach()) / tokens, "lr": self.optimizer.param_groups[0]["lr"],
+                "samples": float(len(batch)), "tokens": tokens}
 
     def end_epoch(self, epoch: int) -> None:
         pass
 
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.gpt.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "micro": self.micro}
+                "scheduler": self.scheduler.state_dict(), "precision": self.precision.state_dict(),
+                "micro": self.micro}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.gpt.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self.precision.load_state_dict(state.get("precision", {}))
         self.micro = state["micro"]
 
 
@@ -149,28 +168,37 @@ def finetune_gpt(features_dir: str | Path, out_dir: str | Path, params: Params, 
     Returns a summary (also written to out_dir/result.json) with the exported checkpoint and its sha256.
     """
     from models.checkpoints import save_gpt
-    from models.features import pick_device
 
     features_dir, out_dir = Path(features_dir), Path(out_dir)
     cfg, train = params.finetune_gpt, params.training
+    dist = Distributed.from_environment()
+    device = dist.device(train.device)
     seed_everything(train.seed)
     gpt = base_gpt(params)  # built (and a base file validated) before any training starts
+    gpt.h.gradient_checkpointing = train.gradient_checkpointing
     examples = load_examples(features_dir, max_codes=50 * gpt.cfg.max_sec)
-    device = pick_device(train.device)
-    task = GPTTask(gpt, examples, cfg, train.seed, device)
+    dist.start(device)
+    seed_everything(train.seed + dist.rank)
+    precision = Precision(train.precision, device)
+    batch_size = auto_batch_size(cfg.batch_size, device)
+    task = GPTTask(gpt, examples, cfg, train.seed, device, batch_size, precision, dist)
     mlflow_run = None
-    if logger is None and train.mlflow_tracking_uri:
-        logger, mlflow_run = mlflow_logger(train.mlflow_tracking_uri, train.mlflow_experiment, "finetune-gpt",
-                                           {**cfg.model_dump(), "examples": len(examples), "device": str(device)})
+    if logger is None and train.mlflow_tracking_uri and dist.is_main:
+        logger, mlflow_run = mlflow_logger(
+            train.mlflow_tracking_uri, train.mlflow_experiment, "finetune-gpt",
+            {**cfg.model_dump(), "examples": len(examples), "device": str(device), "batch_size": batch_size,
+             "precision": precision.name, "processes": dist.world_size})
     try:
         result = run(task, out_dir, LoopSettings(epochs=cfg.epochs, checkpoint_every_steps=train.checkpoint_every_steps,
                                                  keep_checkpoints=train.keep_checkpoints,
                                                  log_every_steps=train.log_every_steps,
-                                                 stop_after_steps=stop_after_steps), logger)
+                                                 stop_after_steps=stop_after_steps), logger, dist)
+        dist.check_same_weights(task.gpt)
         summary: dict[str, Any] = {"steps": result.steps, "resumed_from_step": result.resumed_from_step,
                                    "stopped_early": result.stopped_early, "seconds": round(result.seconds, 2),
-                                   "examples": len(examples), "history": result.history}
-        if not result.stopped_early:
+                                   "examples": len(examples), "batch_size": batch_size, "precision": precision.name,
+                                   "processes": dist.world_size, "history": result.history}
+        if not result.stopped_early and dist.is_main:
             exported = save_gpt(task.gpt.cpu().eval(), out_dir / "gpt.ckpt", info=f"GPT-e{cfg.epochs}")
             summary.update(checkpoint=str(exported), sha256=sha256_file(exported))
             if mlflow_run is not None:
@@ -178,11 +206,12 @@ def finetune_gpt(features_dir: str | Path, out_dir: str | Path, params: Params, 
 
                 mlflow.log_artifact(str(exported))
                 mlflow.set_tag("gpt_sha256", summary["sha256"])
-        (out_dir / "result.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+        if dist.is_main:
+            (out_dir / "result.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
         return summary
     finally:
         if mlflow_run is not None:
             import mlflow
 
             mlflow.end_run()
-
+        dist.stop()

@@ -3,9 +3,14 @@
 A task (GPT or SoVITS) says how to make its batches and how to take one training step; this loop owns what is
 the same for both: epochs, deterministic batch order, checkpoints every N steps with model, optimizer, scheduler
 and RNG state, resuming from the last checkpoint after a kill (ending with the same weights as an uninterrupted
-run, exactly, on CPU), throughput, and MLflow logging.
+run, exactly, on CPU), throughput, sample audio, MLflow logging, mixed precision and several processes.
 
     run_dir/checkpoints/step-00000050.pt   {"task": task.state_dict(), "step", "epoch", "batch", "rng"}
+    run_dir/samples/step-00000100.wav      what the model says at that step (tasks that can synthesize)
+
+Several GPUs: the same command under `torchrun --nproc_per_node N` runs one process per device; `Distributed`
+reads torchrun's environment, each process takes every N-th batch of the epoch, tasks wrap their models in
+DistributedDataParallel (gradients are averaged), and only rank 0 writes checkpoints, samples and logs.
 """
 
 from __future__ import annotations
@@ -47,6 +52,8 @@ class TrainTask(Protocol):
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
+    # optional: `write_sample(path: Path) -> None` writes a short synthesized wav (logged every K steps)
+
 
 @dataclass
 class LoopSettings:
@@ -55,6 +62,7 @@ class LoopSettings:
     keep_checkpoints: int = 2
     log_every_steps: int = 10
     stop_after_steps: int | None = None  # stop early (after a checkpoint) — for tests and time-boxed runs
+    sample_every_steps: int = 0  # 0: never; else call task.write_sample every N steps (rank 0)
 
 
 @dataclass
@@ -65,6 +73,172 @@ class LoopResult:
     seconds: float
     history: list[dict[str, float]] = field(default_factory=list)
     stopped_early: bool = False
+
+
+# --------------------------------------------------------------------------------------------------------------
+# mixed precision
+# --------------------------------------------------------------------------------------------------------------
+
+
+class Precision:
+    """Autocast and loss scaling for one run: "fp32", "bf16" (autocast, no scaler) or "fp16" (autocast + a
+    GradScaler). "auto" picks bf16 on a GPU that supports it, fp16 on an older GPU and fp32 on the CPU.
+
+    Use: `with precision.autocast(): loss = ...`; `precision.backward(loss)`; for each optimizer
+    `precision.step(optimizer, params, clip)`; then once per iteration `precision.update()`.
+    """
+
+    def __init__(self, name: str, device: torch.device) -> None:
+        if name == "auto":
+            if device.type == "cuda":
+                name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            else:
+                name = "fp32"
+        if name not in ("fp32", "bf16", "fp16"):
+            raise TrainingError(f"training.precision must be auto, fp32, bf16 or fp16, got {name!r}")
+        if name == "fp16" and device.type != "cuda":
+            raise TrainingError("fp16 training needs a CUDA GPU (it relies on loss scaling); use bf16 or fp32 on CPU")
+        self.name, self.device = name, device
+        self.dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+        self.scaler = torch.amp.GradScaler(device.type) if name == "fp16" else None
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None)
+
+    def backward(self, loss: torch.Tensor, inputs: list[torch.Tensor] | None = None) -> None:
+        """Backward of `loss` (scaled for fp16); `inputs` restricts which tensors receive gradients."""
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward(inputs=inputs)
+
+    def step(self, optimizer: torch.optim.Optimizer, params, clip: float | None) -> float:
+        """Unscale, clip (when `clip`), step; returns the gradient norm before clipping."""
+        if self.scaler is not None:
+            self.scaler.unscale_(optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(list(params), clip if clip is not None else float("inf"))
+        if self.scaler is not None:
+            self.scaler.step(optimizer)
+        else:
+            optimizer.step()
+        return float(norm)
+
+    def update(self) -> None:
+        if self.scaler is not None:
+            self.scaler.update()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "scaler": self.scaler.state_dict() if self.scaler is not None else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# several processes (torchrun)
+# --------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Distributed:
+    """This process's place in a torchrun job (world_size 1 when run directly)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_environment(cls) -> "Distributed":
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        return cls(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+    def device(self, preference: str) -> torch.device:
+        """The device of this process: `preference` (auto/cpu/cuda[:N]); under torchrun, cuda:LOCAL_RANK."""
+        from models.features import pick_device
+
+        device = pick_device(preference)
+        if self.enabled and device.type == "cuda":
+            device = torch.device("cuda", self.local_rank)
+            torch.cuda.set_device(device)
+        return device
+
+    def start(self, device: torch.device) -> None:
+        """Join the process group (gloo on CPU, nccl on GPUs); a no-op for one process."""
+        import torch.distributed as dist
+
+        if self.enabled and not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+    def wrap(self, module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+        """`module` inside DistributedDataParallel when several processes run, else unchanged."""
+        if not self.enabled:
+            return module
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [device.index] if device.type == "cuda" else None
+        return DistributedDataParallel(module, device_ids=ids, find_unused_parameters=False)
+
+    def shard(self, batches: list[Any]) -> list[Any]:
+        """This rank's batches: every world_size-th, the same count on every rank (a short tail is dropped)."""
+        if not self.enabled:
+            return batches
+        if len(batches) < self.world_size:
+            raise TrainingError(f"{len(batches)} batches per epoch cannot feed {self.world_size} processes; use a "
+                                "smaller batch size or fewer processes")
+        usable = len(batches) - len(batches) % self.world_size
+        return batches[self.rank:usable:self.world_size]
+
+    def check_same_weights(self, module: torch.nn.Module) -> None:
+        """Raise if the processes ended with different weights (they must stay identical under DDP)."""
+        if not self.enabled:
+            return
+        import torch.distributed as dist
+
+        total = torch.stack([p.detach().double().sum() for p in module.parameters()]).sum().reshape(1)
+        low, high = total.clone(), total.clone()
+        dist.all_reduce(low, dist.ReduceOp.MIN)
+        dist.all_reduce(high, dist.ReduceOp.MAX)
+        if not torch.equal(low, high):
+            raise TrainingError(f"the {self.world_size} processes ended with different weights ({float(low)} vs "
+                                f"{float(high)}); this is a bug, please report it")
+
+    def barrier(self) -> None:
+        if self.enabled:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def stop(self) -> None:
+        import torch.distributed as dist
+
+        if self.enabled and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def auto_batch_size(requested: int | str, device: torch.device, cpu_default: int = 4) -> int:
+    """`requested`, or for "auto" the official rule of one example per 2 GB of GPU memory (1..32), else
+    `cpu_default` on the CPU."""
+    if requested != "auto":
+        return int(requested)
+    if device.type == "cuda":
+        total_gb = torch.cuda.get_device_properties(device).total_memory / 2 ** 30
+        return int(max(1, min(32, total_gb // 2)))
+    return cpu_default
+
+
+def length_buckets(items: list[Any], length, batch_size: int, seed: int, epoch: int) -> list[list[Any]]:
+    """Sort by `length(item)`, cut into batches of `batch_size` (similar lengths pad little), and shuffle the
+    batch order with a generator seeded by (seed, epoch) — the same on every rank and after a resume."""
+    ordered = sorted(items, key=lambda e: (length(e), getattr(e, "name", "")))
+    chunks = [ordered[i:i + batch_size] for i in range(0, len(ordered), batch_size)]
+    order = torch.randperm(len(chunks), generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+    return [chunks[i] for i in order.tolist()]
 
 
 def seed_everything(seed: int) -> None:
@@ -105,11 +279,15 @@ def _save_checkpoint(run_dir: Path, task: TrainTask, step: int, epoch: int, batc
     return path
 
 
-def run(task: TrainTask, run_dir: str | Path, settings: LoopSettings, logger=None) -> LoopResult:
+def run(task: TrainTask, run_dir: str | Path, settings: LoopSettings, logger=None,
+        dist: Distributed | None = None) -> LoopResult:
     """Train `task` for `settings.epochs`, resuming from the newest checkpoint in `run_dir` if there is one.
 
-    `logger(metrics: dict, step: int)` receives the logged metrics (MLflow in production, a list in tests).
+    `logger(metrics: dict, step: int)` receives the logged metrics (MLflow in production, a list in tests); a
+    `logger.log_artifact(path)` attribute, when present, receives the sample audio files.
+    Under torchrun (`dist.enabled`) each process trains on its share of the batches; rank 0 writes.
     """
+    dist = dist or Distributed()
     from tqdm import tqdm
 
     run_dir = Path(run_dir)
@@ -130,10 +308,10 @@ def run(task: TrainTask, run_dir: str | Path, settings: LoopSettings, logger=Non
     started = time.monotonic()
     window_start, window_steps = time.monotonic(), 0
     for epoch in range(start_epoch, settings.epochs):
-        batches = task.batches(epoch)
+        batches = dist.shard(task.batches(epoch))
         first = start_batch if epoch == start_epoch else 0
         for index in tqdm(range(first, len(batches)), desc=f"epoch {epoch + 1}/{settings.epochs}", unit="batch",
-                          disable=None, leave=False):
+                          disable=None if dist.is_main else True, leave=False):
             metrics = task.train_step(batches[index])
             step += 1
             window_steps += 1
@@ -142,22 +320,39 @@ def run(task: TrainTask, run_dir: str | Path, settings: LoopSettings, logger=Non
                 metrics = dict(metrics, steps_per_s=window_steps / max(elapsed, 1e-9), epoch=epoch)
                 window_start, window_steps = time.monotonic(), 0
                 result.history.append(dict(metrics, step=step))
-                if logger is not None:
+                if logger is not None and dist.is_main:
                     logger(metrics, step)
+            if settings.sample_every_steps and step % settings.sample_every_steps == 0 and dist.is_main:
+                _write_sample(task, run_dir, step, logger)
             next_epoch, next_batch = (epoch, index + 1) if index + 1 < len(batches) else (epoch + 1, 0)
             due = step % settings.checkpoint_every_steps == 0
             stop = settings.stop_after_steps is not None and step >= settings.stop_after_steps
             if next_batch == 0:
                 task.end_epoch(epoch)
             if due or stop:
-                _save_checkpoint(run_dir, task, step, next_epoch, next_batch, settings.keep_checkpoints)
+                if dist.is_main:
+                    _save_checkpoint(run_dir, task, step, next_epoch, next_batch, settings.keep_checkpoints)
+                dist.barrier()
             if stop:
                 result.steps, result.stopped_early = step, True
                 result.seconds = time.monotonic() - started
                 return result
-    _save_checkpoint(run_dir, task, step, settings.epochs, 0, settings.keep_checkpoints)
+    if dist.is_main:
+        _save_checkpoint(run_dir, task, step, settings.epochs, 0, settings.keep_checkpoints)
+    dist.barrier()
     result.steps, result.seconds = step, time.monotonic() - started
     return result
+
+
+def _write_sample(task: TrainTask, run_dir: Path, step: int, logger) -> None:
+    write = getattr(task, "write_sample", None)
+    if write is None:
+        return
+    path = run_dir / "samples" / f"step-{step:08d}.wav"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write(path)
+    if logger is not None and hasattr(logger, "log_artifact"):
+        logger.log_artifact(str(path))
 
 
 def mlflow_logger(tracking_uri: str, experiment: str, run_name: str, params: dict[str, Any]):
@@ -172,4 +367,5 @@ def mlflow_logger(tracking_uri: str, experiment: str, run_name: str, params: dic
     def log_fn(metrics: dict[str, float], step: int) -> None:
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
 
+    log_fn.log_artifact = lambda path: mlflow.log_artifact(path, "samples")  # type: ignore[attr-defined]
     return log_fn, active

@@ -38,32 +38,36 @@ class DiscriminatorConfig:
     """Periods of the `DiscriminatorP` members (the scale discriminator is always there).
 
     Default: v2 (2, 3, 5, 7, 11). `DiscriminatorConfig.v2pro()` adds 17 and 23 (v2Pro and v2ProPlus).
+    `channel_divisor` > 1 narrows every layer (small models for tests and the demo; the official files use 1).
     """
 
     periods: tuple[int, ...] = V2_PERIODS
+    channel_divisor: int = 1
 
     def __post_init__(self) -> None:
         periods = tuple(int(p) for p in self.periods)
         if not periods or any(p < 1 for p in periods):
             raise ValueError(f"discriminator periods must be positive integers, got {self.periods!r}")
         object.__setattr__(self, "periods", periods)
+        if self.channel_divisor < 1 or self.channel_divisor & (self.channel_divisor - 1):
+            raise ValueError(f"channel_divisor must be a power of two, got {self.channel_divisor}")
 
     @classmethod
-    def v2(cls) -> "DiscriminatorConfig":
-        return cls(V2_PERIODS)
+    def v2(cls, channel_divisor: int = 1) -> "DiscriminatorConfig":
+        return cls(V2_PERIODS, channel_divisor)
 
     @classmethod
-    def v2pro(cls) -> "DiscriminatorConfig":
+    def v2pro(cls, channel_divisor: int = 1) -> "DiscriminatorConfig":
         """v2Pro / v2ProPlus: periods (2, 3, 5, 7, 11, 17, 23)."""
-        return cls(V2PRO_PERIODS)
+        return cls(V2PRO_PERIODS, channel_divisor)
 
     @classmethod
-    def for_version(cls, version: str) -> "DiscriminatorConfig":
+    def for_version(cls, version: str, channel_divisor: int = 1) -> "DiscriminatorConfig":
         """"v2" -> 5 periods; "v2Pro" / "v2ProPlus" -> 7 periods."""
         if version == "v2":
-            return cls.v2()
+            return cls.v2(channel_divisor)
         if version in ("v2Pro", "v2ProPlus"):
-            return cls.v2pro()
+            return cls.v2pro(channel_divisor)
         raise ValueError(f"no discriminator layout for SoVITS version {version!r} (use v2, v2Pro or v2ProPlus)")
 
 
@@ -96,9 +100,9 @@ class DiscriminatorS(nn.Module):
     6 conv outputs after leaky ReLU and the `conv_post` output). T' = ceil(T / 256) (four stride-4 convs).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, channel_divisor: int = 1) -> None:
         super().__init__()
-        # (in, out, kernel, stride, groups, padding)
+        # (in, out, kernel, stride, groups, padding) of the official layout
         layout = [
             (1, 16, 15, 1, 1, 7),
             (16, 64, 41, 4, 4, 20),
@@ -107,10 +111,12 @@ class DiscriminatorS(nn.Module):
             (1024, 1024, 41, 4, 256, 20),
             (1024, 1024, 5, 1, 1, 2),
         ]
+        d = channel_divisor
+        narrow = lambda c: c if c == 1 else max(1, c // d)  # noqa: E731
         self.convs = nn.ModuleList(
-            WNConv1d(i, o, k, s, groups=g, padding=p) for i, o, k, s, g, p in layout
+            WNConv1d(narrow(i), narrow(o), k, s, groups=max(1, g // d), padding=p) for i, o, k, s, g, p in layout
         )
-        self.conv_post = WNConv1d(1024, 1, 3, 1, padding=1)
+        self.conv_post = WNConv1d(narrow(1024), 1, 3, 1, padding=1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         return _conv_stack(self.convs, self.conv_post, x)
@@ -124,18 +130,18 @@ class DiscriminatorP(nn.Module):
     period)`, the 5 conv outputs after leaky ReLU and the `conv_post` output).
     """
 
-    def __init__(self, period: int, kernel_size: int = 5, stride: int = 3) -> None:
+    def __init__(self, period: int, kernel_size: int = 5, stride: int = 3, channel_divisor: int = 1) -> None:
         super().__init__()
         self.period = int(period)
         pad = (kernel_size - 1) // 2
-        chans = [1, 32, 128, 512, 1024]
+        chans = [1] + [max(1, c // channel_divisor) for c in (32, 128, 512, 1024)]
         convs = [
             WNConv2d(chans[i], chans[i + 1], (kernel_size, 1), (stride, 1), padding=(pad, 0))
             for i in range(len(chans) - 1)
         ]
-        convs.append(WNConv2d(1024, 1024, (kernel_size, 1), 1, padding=(pad, 0)))
+        convs.append(WNConv2d(chans[-1], chans[-1], (kernel_size, 1), 1, padding=(pad, 0)))
         self.convs = nn.ModuleList(convs)
-        self.conv_post = WNConv2d(1024, 1, (3, 1), 1, padding=(1, 0))
+        self.conv_post = WNConv2d(chans[-1], 1, (3, 1), 1, padding=(1, 0))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         b, c, t = x.shape
@@ -160,7 +166,8 @@ class MultiPeriodDiscriminator(nn.Module):
         super().__init__()
         self.config = config or DiscriminatorConfig()
         self.discriminators = nn.ModuleList(
-            [DiscriminatorS()] + [DiscriminatorP(p) for p in self.config.periods]
+            [DiscriminatorS(self.config.channel_divisor)]
+            + [DiscriminatorP(p, channel_divisor=self.config.channel_divisor) for p in self.config.periods]
         )
 
     def forward(
@@ -276,7 +283,9 @@ def load_discriminator(path: str | os.PathLike, periods: Sequence[int] | None = 
                 "Pass `periods=` explicitly for another layout"
             )
         periods = by_count[n]
-    model = MultiPeriodDiscriminator(DiscriminatorConfig(tuple(periods)))
+    first = sd.get("discriminators.0.convs.0.weight_v")
+    divisor = 16 // int(first.shape[0]) if first is not None and 0 < first.shape[0] <= 16 else 1
+    model = MultiPeriodDiscriminator(DiscriminatorConfig(tuple(periods), divisor))
     expected = model.state_dict()
     problems = state_dict_problems(expected, sd)
     if problems:

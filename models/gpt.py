@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+import torch.utils.checkpoint
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -351,11 +352,16 @@ class Transformer(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.gradient_checkpointing = False  # training: recompute each block's activations in backward
 
     def forward(self, x: Tensor, mask: Tensor | None, cache: KVCache | None = None) -> Tensor:
         """Whole sequence; with a cache (empty on entry) also fills positions [0, T)."""
+        recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled() and cache is None
         for i, block in enumerate(self.layers):
-            x = block(x, mask, cache, i)
+            if recompute:
+                x = torch.utils.checkpoint.checkpoint(block, x, mask, None, i, use_reentrant=False)
+            else:
+                x = block(x, mask, cache, i)
         if cache is not None:
             cache.length = x.shape[1]
         return x

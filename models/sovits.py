@@ -25,6 +25,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from narrator.errors import NarratorError
@@ -739,6 +740,7 @@ class Generator(nn.Module):
                 self.resblocks.append(ResBlock1(ch, k, d))
         self.conv_post = nn.Conv1d(ch, 1, 7, 1, padding=3, bias=False)
         self.channels_last = False  # inference layout switch, see SoVITS.prepare_inference
+        self.gradient_checkpointing = False  # training: recompute each upsampling stage in backward
         if gin_channels:
             self.cond = nn.Conv1d(gin_channels, upsample_initial_channel, 1)
 
@@ -750,17 +752,25 @@ class Generator(nn.Module):
         if self.channels_last and inplace:
             # (B, C, T) -> (B, C, 1, T) stored as (B, T, C): the oneDNN kernels are much faster this way on CPU
             x = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
-        for i, up in enumerate(self.ups):
-            x = up(F.leaky_relu(x, LRELU_SLOPE))
-            blocks = self.resblocks[i * self.num_kernels:(i + 1) * self.num_kernels]
-            xs = blocks[0](x)
-            for block in blocks[1:]:
-                xs = xs.add_(block(x)) if inplace else xs + block(x)
-            x = xs.div_(self.num_kernels) if inplace else xs / self.num_kernels
+        recompute = self.gradient_checkpointing and torch.is_grad_enabled()
+        for i in range(self.num_upsamples):
+            if recompute:
+                x = torch.utils.checkpoint.checkpoint(self._stage, x, i, False, use_reentrant=False)
+            else:
+                x = self._stage(x, i, inplace)
         if x.dim() == 4:
             x = x.squeeze(2).contiguous()
         x = self.conv_post(F.leaky_relu(x))  # default slope 0.01 here, as in HiFi-GAN/VITS
         return torch.tanh(x)
+
+    def _stage(self, x: torch.Tensor, i: int, inplace: bool) -> torch.Tensor:
+        """Upsampling stage i: transposed conv, then the mean of its multi-receptive-field resblocks."""
+        x = self.ups[i](F.leaky_relu(x, LRELU_SLOPE))
+        blocks = self.resblocks[i * self.num_kernels:(i + 1) * self.num_kernels]
+        xs = blocks[0](x)
+        for block in blocks[1:]:
+            xs = xs.add_(block(x)) if inplace else xs + block(x)
+        return xs.div_(self.num_kernels) if inplace else xs / self.num_kernels
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -1040,6 +1050,15 @@ class SoVITS(nn.Module):
     def samples_per_code(self) -> int:
         """Waveform samples per 25 Hz semantic token (1280 at 32 kHz)."""
         return self.config.upsample_factor * (2 if self.config.semantic_frame_rate == "25hz" else 1)
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        """Training: recompute the decoder's activations stage by stage in backward (less memory, slower)."""
+        return self.dec.gradient_checkpointing
+
+    @gradient_checkpointing.setter
+    def gradient_checkpointing(self, on: bool) -> None:
+        self.dec.gradient_checkpointing = bool(on)
 
     # -- inference ----------------------------------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ examples:
   narrator prepare runs/alice/validated --out runs/alice/prepared
   narrator features runs/alice/prepared --out runs/alice/features
   narrator finetune-gpt runs/alice/features --out runs/alice/gpt
+  narrator finetune-sovits runs/alice/features --out runs/alice/sovits
   narrator demo --out demo
   narrator config --defaults
 
@@ -78,6 +79,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="run folder (checkpoints, gpt.ckpt)")
     _common(p)
     p.set_defaults(func=_cmd_finetune_gpt)
+
+    p = sub.add_parser("finetune-sovits", help="fine-tune the SoVITS synthesizer on a narrator's features",
+                       description="Fine-tune SoVITS (stage 2) from pretrained.sovits and pretrained."
+                                   "sovits_discriminator (or finetune_sovits.random_init) on the output of `narrator "
+                                   "features`, with the official losses and schedule. Checkpoints into --out; "
+                                   "re-running resumes. Writes sovits.pth (official container), the discriminator, "
+                                   "samples/*.wav and result.json; logs to MLflow. Several GPUs: run it under "
+                                   "`torchrun --nproc_per_node N -m narrator.cli finetune-sovits ...`.")
+    p.add_argument("features", metavar="FEATURES_DIR", help="the --out folder of `narrator features`")
+    p.add_argument("--out", required=True, metavar="DIR", help="run folder (checkpoints, sovits.pth)")
+    _common(p)
+    p.set_defaults(func=_cmd_finetune_sovits)
 
     p = sub.add_parser("demo", help="generate a demo narrator with espeak-ng and run the pipeline on it",
                        description="Generate a demo narrator (espeak-ng speech, transcripts, consent record) and "
@@ -142,8 +155,20 @@ def _cmd_finetune_gpt(args) -> int:
     from components.finetune_gpt import finetune_gpt
 
     summary = finetune_gpt(args.features, args.out, _load(args))
+    if "checkpoint" not in summary:  # ranks other than 0 under torchrun
+        return 0
     print(f"GPT fine-tuned: {summary['steps']} steps in {summary['seconds']:.0f} s -> {summary['checkpoint']} "
           f"(sha256 {summary['sha256'][:12]})")
+    return 0
+
+
+def _cmd_finetune_sovits(args) -> int:
+    from components.finetune_sovits import finetune_sovits
+
+    summary = finetune_sovits(args.features, args.out, _load(args))
+    if "checkpoint" in summary:  # rank 0 (the only process when not under torchrun)
+        print(f"SoVITS fine-tuned: {summary['steps']} steps in {summary['seconds']:.0f} s -> {summary['checkpoint']} "
+              f"(sha256 {summary['sha256'][:12]})")
     return 0
 
 

@@ -119,13 +119,17 @@ class TrainingConfig(_Section):
     log_every_steps: int = Field(10, ge=1)
     mlflow_tracking_uri: str | None = Field("sqlite:///mlflow.db", description="None disables MLflow logging")
     mlflow_experiment: str = "narrator"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 on GPUs that have it, fp16 with loss scaling on older GPUs, fp32 on CPU")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in backward: less memory, ~30% slower")
+    sample_every_steps: int = Field(200, ge=0, description="write (and log to MLflow) a sample wav every N steps; 0: never")
 
 
 class FinetuneGPTConfig(_Section):
     """`narrator finetune-gpt` (components/finetune_gpt.py). Schedule shape of the official recipe; AdamW."""
 
     epochs: int = Field(15, ge=1, description="official WebUI default")
-    batch_size: int = Field(8, ge=1)
+    batch_size: int | Literal["auto"] = Field(8, description="examples per batch; auto: one per 2 GB of GPU memory")
     accumulate_batches: int = Field(4, ge=1, description="optimizer step every N batches (official: 4)")
     lr: float = Field(2e-4, gt=0, description="peak learning rate (AdamW-sized; the official ScaledAdam uses 0.01)")
     lr_init: float = Field(1e-6, gt=0)
@@ -136,6 +140,28 @@ class FinetuneGPTConfig(_Section):
     grad_clip: float = Field(2.0, gt=0, description="official: 2.0")
     random_init: dict[str, int] | None = Field(
         None, description="GPTConfig sizes for a model from scratch (tests, demo) instead of pretrained.gpt")
+
+
+class FinetuneSoVITSConfig(_Section):
+    """`narrator finetune-sovits` (components/finetune_sovits.py). The official stage-2 recipe (s2_train.py)."""
+
+    epochs: int = Field(8, ge=1, description="official WebUI default")
+    batch_size: int | Literal["auto"] = Field("auto", description="segments per batch; auto: one per 2 GB of GPU "
+                                                                   "memory (the official rule), 4 on CPU")
+    accumulate_batches: int = Field(1, ge=1, description="optimizer step every N batches")
+    lr: float = Field(1e-4, gt=0, description="AdamW learning rate of generator and discriminator")
+    betas: tuple[float, float] = (0.8, 0.99)
+    eps: float = Field(1e-9, gt=0)
+    text_lr_weight: float = Field(0.4, gt=0, description="learning-rate factor of the text embedding, text encoder "
+                                                         "and MRTE (official text_low_lr_rate)")
+    lr_decay: float = Field(0.999875, gt=0, le=1, description="ExponentialLR gamma, applied per epoch")
+    c_mel: float = Field(45.0, ge=0, description="weight of the L1 mel loss")
+    c_kl: float = Field(1.0, ge=0, description="weight of the KL loss")
+    grad_clip: float | None = Field(None, description="gradient-norm clip; None: no clipping (official)")
+    random_init: dict[str, Any] | None = Field(
+        None, description="SoVITSConfig sizes for a model from scratch (tests, demo) instead of pretrained.sovits")
+    random_init_discriminator_divisor: int = Field(
+        1, ge=1, description="with random_init: narrow the discriminator's layers by this power of two")
 
 
 class DemoConfig(_Section):
@@ -158,6 +184,7 @@ class Params(_Section):
     features: FeaturesConfig = FeaturesConfig()
     training: TrainingConfig = TrainingConfig()
     finetune_gpt: FinetuneGPTConfig = FinetuneGPTConfig()
+    finetune_sovits: FinetuneSoVITSConfig = FinetuneSoVITSConfig()
     demo: DemoConfig = DemoConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

@@ -263,3 +263,22 @@ def test_prompt_codes_out_of_range_are_refused(gpt, s1):
     phones, bert, prompt, _ = s1
     with pytest.raises(NarratorError, match="semantic codes"):
         gpt.generate(phones, bert, prompt + 1024)
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(golden, s1):
+    from models.gpt import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32)).train()  # dropout 0: both passes see the same network
+    phones, bert, _, _ = s1
+    target = golden["inputs"]["s1"]["forward_old_target_semantic"]
+    grads = []
+    for recompute in (False, True):
+        model.zero_grad()
+        model.h.gradient_checkpointing = recompute
+        loss = model.training_loss(phones, bert, target)
+        loss.backward()
+        grads.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    for a, b in zip(grads[0][1], grads[1][1]):
+        torch.testing.assert_close(a, b)

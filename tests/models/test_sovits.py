@@ -212,3 +212,17 @@ def test_bfloat16_model_keeps_exact_codes_and_a_close_waveform(gsv_dir, golden):
     )
     assert wav.dtype == torch.bfloat16
     _assert_close(wav, outputs["wav_ns0"], atol=0.05 * outputs["wav_ns0"].abs().max().item())
+
+
+def test_decoder_gradient_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    dec = SoVITS(_tiny_config()).dec.train()
+    z, g = torch.randn(2, 8, 6), torch.randn(2, 32, 1)
+    grads = []
+    for recompute in (False, True):
+        dec.zero_grad()
+        dec.gradient_checkpointing = recompute
+        dec(z, g).pow(2).mean().backward()
+        grads.append([p.grad.clone() for p in dec.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
