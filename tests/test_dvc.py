@@ -31,7 +31,7 @@ def project(tmp_path_factory) -> Path:
     _run(["git", "init", "-q"], root)
     _run([sys.executable, "-m", "dvc", "init", "-q"], root)
     _run([sys.executable, "-m", "dvc", "config", "core.analytics", "false"], root)
-    _run([sys.executable, "-m", "dvc", "repro"], root)
+    _run([sys.executable, "-m", "dvc", "repro", "prepare"], root)  # features onwards need the pretrained models
     return root
 
 
@@ -41,13 +41,24 @@ def test_repro_runs_validate_then_prepare(project):
 
 
 def test_repro_without_changes_runs_nothing(project):
-    out = _run([sys.executable, "-m", "dvc", "repro"], project)
+    out = _run([sys.executable, "-m", "dvc", "repro", "prepare"], project)
     assert "didn't change, skipping" in out and "Running stage" not in out
 
 
 def test_changing_a_prepare_param_reruns_only_prepare(project):
     params = project / "params.yaml"
     params.write_text(params.read_text().replace("target_lufs: -20.0", "target_lufs: -22.0"))
-    out = _run([sys.executable, "-m", "dvc", "repro"], project)
+    out = _run([sys.executable, "-m", "dvc", "repro", "prepare"], project)
     assert "Running stage 'prepare'" in out
     assert "Running stage 'validate'" not in out
+
+
+def test_every_step_is_a_stage_that_runs_its_narrator_command(project):
+    import yaml
+
+    stages = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
+    assert list(stages) == ["validate", "prepare", "features", "finetune_sovits", "finetune_gpt"]
+    for name, stage in stages.items():
+        assert stage["cmd"].startswith(f"narrator {name.replace('_', '-')} ")
+    out = _run([sys.executable, "-m", "dvc", "status", "finetune_gpt"], project)
+    assert "finetune_gpt" in out or "changed" in out
