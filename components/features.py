@@ -13,7 +13,8 @@ For every prepared segment (the output of `narrator prepare`):
         sv.pt                  (20480,) float32: v2Pro speaker-verification embedding (v2Pro/v2ProPlus bases only)
         done                   written last: the entry is complete
 
-A manifest entry: name, text (normalised), language, phones, ids, word2ph, duration_s, wav_32k, and the frame counts.
+A manifest entry: name, text (normalised), language, phones, ids, word2ph, duration_s, wav_32k, the frame counts, and
+split ("train", or "holdout" for segments prepare kept out of training; the fine-tuning steps skip those).
 Re-running skips complete entries, so a killed run resumes where it stopped.
 """
 
@@ -57,6 +58,7 @@ class FeatureEntry:
     semantic_frames: int
     spec_frames: int
     has_sv: bool
+    split: str = "train"  # "holdout": kept out of training (see prepare.holdout_share), used by evaluate
 
 
 @dataclass
@@ -126,7 +128,9 @@ def extract_features(prepared_dir: str | Path, out_dir: str | Path, params: Para
     for seg in segments:
         meta_file = entries_dir / seg["name"] / "entry.json"
         if (entries_dir / seg["name"] / "done").exists() and meta_file.exists():
-            done[seg["name"]] = FeatureEntry(**json.loads(meta_file.read_text(encoding="utf-8")))
+            entry = FeatureEntry(**json.loads(meta_file.read_text(encoding="utf-8")))
+            entry.split = seg.get("split", "train")  # the split may change with prepare.holdout_share
+            done[seg["name"]] = entry
         else:
             pending.append(seg)
     with tqdm(total=len(segments), initial=len(done), desc="features", unit="clip", disable=None) as progress:
@@ -170,7 +174,8 @@ def _write_entry(folder: Path, seg: dict, result, bert_features: torch.Tensor, s
         name=seg["name"], text=result.text, language=seg["language"], phones=list(result.phones),
         ids=[int(i) for i in result.ids], word2ph=[int(w) for w in result.word2ph],
         duration_s=float(seg["duration_s"]), wav_32k=seg["wav_32k"], hubert_frames=int(ssl.shape[1]),
-        semantic_frames=int(codes.shape[0]), spec_frames=int(spec.shape[1]), has_sv=sv_model is not None)
+        semantic_frames=int(codes.shape[0]), spec_frames=int(spec.shape[1]), has_sv=sv_model is not None,
+        split=seg.get("split", "train"))
     (folder / "entry.json").write_text(json.dumps(asdict(entry), ensure_ascii=False), encoding="utf-8")
     (folder / "done").write_text("ok")
     return entry
@@ -195,6 +200,11 @@ def _write_voice_fingerprint(segments: list[dict], path: Path) -> None:
     centre = centre / max(float(np.linalg.norm(centre)), 1e-9)
     path.write_text(json.dumps({"model": "resemblyzer-ge2e-256", "segments": len(segments),
                                 "embedding": [round(float(v), 6) for v in centre]}), encoding="utf-8")
+
+
+def training_entries(manifest: dict) -> list[FeatureEntry]:
+    """The manifest's entries that training may use (held-out segments are left for evaluation)."""
+    return [FeatureEntry(**raw) for raw in manifest["entries"] if raw.get("split", "train") == "train"]
 
 
 def load_entry(features_dir: str | Path, entry: FeatureEntry) -> dict[str, torch.Tensor]:

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from components.features import FeatureEntry, load_entry
+from components.features import load_entry, training_entries
 from components.training import (Distributed, LoopSettings, Precision, TrainingError, auto_batch_size,
                                  length_buckets, mlflow_logger, run, seed_everything)
 from narrator.config import FinetuneGPTConfig, Params
@@ -43,8 +43,7 @@ def load_examples(features_dir: Path, max_codes: int) -> list[GPTExample]:
         raise TrainingError(f"{manifest_file} not found; run `narrator features PREPARED_DIR --out {features_dir}`")
     manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
     examples = []
-    for raw in manifest["entries"]:
-        entry = FeatureEntry(**raw)
+    for entry in training_entries(manifest):
         tensors = load_entry(features_dir, entry)
         if tensors["semantic"].numel() == 0 or tensors["semantic"].numel() > max_codes:
             log.warning("skipping %s: %d semantic tokens (limit %d)", entry.name, tensors["semantic"].numel(), max_codes)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from components.features import FeatureEntry, load_entry
+from components.features import load_entry, training_entries
 from components.training import (Distributed, LoopSettings, Precision, TrainingError, auto_batch_size,
                                  length_buckets, mlflow_logger, run, seed_everything)
 from narrator.config import FinetuneSoVITSConfig, Params
@@ -65,8 +65,7 @@ def load_examples(features_dir: Path, version: str, min_frames: int) -> list[SoV
         raise TrainingError(f"{features_dir} was made for a {made_for} base but the model is {version}; re-run "
                             "`narrator features` with the same pretrained.sovits")
     examples = []
-    for raw in manifest["entries"]:
-        entry = FeatureEntry(**raw)
+    for entry in training_entries(manifest):
         if entry.spec_frames < min_frames:
             log.warning("skipping %s: %d frames, shorter than the %d-frame training segment", entry.name,
                         entry.spec_frames, min_frames)

@@ -2,7 +2,9 @@
 
 For each accepted clip: trim silence, cut recordings longer than `prepare.max_segment_s` at pauses into
 `min_segment_s`..`max_segment_s` segments, normalise loudness, and write mono 32 kHz audio (SoVITS) and 16 kHz
-audio (HuBERT and the speaker models), plus `prepared.list` in GPT-SoVITS format.
+audio (HuBERT and the speaker models), plus `prepared.list` in GPT-SoVITS format. A share of the segments
+(prepare.holdout_share) is held out of training for `narrator evaluate`: marked "holdout" in prepare.json and
+listed in `holdout.list` instead of `prepared.list`.
 
 A segment cut from a longer recording needs its own transcript: with `prepare.asr_model_dir` (a local Whisper
 directory) each segment is transcribed; without it a long clip is kept whole when it fits
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -145,6 +148,20 @@ class PreparedSegment:
     language: str
     wav_32k: str
     wav_16k: str
+    split: str = "train"  # or "holdout": kept out of training, used by `narrator evaluate`
+
+
+def assign_holdout(segments: list[PreparedSegment], share: float) -> None:
+    """Mark ceil(share * n) segments (at least one when share > 0 and n > 1) as "holdout", chosen by a hash of the
+    name: the same segments whatever order the clips were processed in, and stable when clips are added."""
+    for seg in segments:
+        seg.split = "train"
+    if share <= 0 or len(segments) < 2:
+        return
+    count = min(len(segments) - 1, max(1, math.ceil(share * len(segments))))
+    ranked = sorted(segments, key=lambda seg: hashlib.sha1(seg.name.encode()).hexdigest())
+    for seg in ranked[:count]:
+        seg.split = "holdout"
 
 
 @dataclass
@@ -212,8 +229,11 @@ def prepare(validated_dir: str | Path, out_dir: str | Path, params: Params, tran
     for clip in tqdm(clips, desc="prepare", unit="clip", disable=None):
         _prepare_clip(clip, out_dir, cfg, settings_hash, transcriber, report)
     report.total_duration_s = round(sum(s.duration_s for s in report.segments), 3)
-    lines = [list_line(Path(s.wav_32k).resolve(), speaker, s.language, s.text) for s in report.segments]
-    (out_dir / "prepared.list").write_text("\n".join(lines) + ("\n" if lines else ""), encoding="utf-8")
+    assign_holdout(report.segments, cfg.holdout_share)
+    for split, name in (("train", "prepared.list"), ("holdout", "holdout.list")):
+        lines = [list_line(Path(s.wav_32k).resolve(), speaker, s.language, s.text) for s in report.segments
+                 if s.split == split]
+        (out_dir / name).write_text("\n".join(lines) + ("\n" if lines else ""), encoding="utf-8")
     (out_dir / "prepare.json").write_text(report.to_json(), encoding="utf-8")
     log.info("prepared %d segments (%.1f s) from %d clips in %.1f s; %d clips rejected", len(report.segments),
              report.total_duration_s, len(clips), time.monotonic() - started, len(report.rejected))

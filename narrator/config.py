@@ -82,6 +82,8 @@ class PrepareConfig(_Section):
     peak_limit_dbfs: float = Field(-1.0, le=0, description="peak ceiling after loudness normalisation")
     asr_model_dir: str | None = Field(None, description="local Whisper directory; transcribes cut segments")
     asr_language: str | None = Field(None, description="force the ASR language (zh/en); None = the clip's")
+    holdout_share: float = Field(0.1, ge=0, lt=0.5, description="share of segments kept out of training for "
+                                                                "`narrator evaluate` (at least one when > 0)")
 
     @model_validator(mode="after")
     def _segments_fit(self) -> "PrepareConfig":

@@ -37,7 +37,8 @@ def project(tmp_path_factory) -> Path:
 
 def test_repro_runs_validate_then_prepare(project):
     assert (project / "runs" / "validated" / "report.json").exists()
-    assert len((project / "runs" / "prepared" / "prepared.list").read_text().splitlines()) == 20
+    assert len((project / "runs" / "prepared" / "prepared.list").read_text().splitlines()) == 18
+    assert len((project / "runs" / "prepared" / "holdout.list").read_text().splitlines()) == 2
 
 
 def test_repro_without_changes_runs_nothing(project):

@@ -194,3 +194,15 @@ def test_cli_fine_tunes_and_prints_the_export(features, tmp_path, capsys):
     assert code == 0
     assert "SoVITS fine-tuned: 2 steps" in capsys.readouterr().out
     assert (tmp_path / "run" / "sovits.pth").exists()
+
+
+def test_held_out_segments_are_not_trained_on(features, tmp_path):
+    import shutil
+
+    copy = tmp_path / "features"
+    shutil.copytree(features, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["entries"][0]["split"] = "holdout"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    summary = finetune_sovits(copy, tmp_path / "run", _params(epochs=1, batch_size=1))
+    assert summary["examples"] == 3 and summary["steps"] == 3

@@ -103,7 +103,8 @@ def test_long_clip_fitting_the_whole_clip_limit_is_kept_whole(validated, tmp_pat
 def test_prepared_list_is_gpt_sovits_format(prepared):
     report, out = prepared
     lines = (out / "prepared.list").read_text().splitlines()
-    assert len(lines) == len(report.segments) == 20
+    held_out = (out / "holdout.list").read_text().splitlines()
+    assert len(lines) + len(held_out) == len(report.segments) == 20 and len(held_out) == 2
     path, speaker, lang, text = lines[0].split("|")
     assert path.endswith(".wav") and "wav32k" in path and speaker == "Alex Reader" and lang == "en" and text
 
@@ -150,3 +151,14 @@ def test_missing_whisper_directory_names_the_setting(validated, tmp_path):
     params = load_params(None, {"prepare": {"asr_model_dir": str(tmp_path / "no-model")}})
     with pytest.raises(PrepareError, match="prepare.asr_model_dir"):
         prepare(validated / "validated", tmp_path / "prepared", params)
+
+
+def test_a_share_of_segments_is_held_out_of_training_stably(prepared):
+    from components.prepare import assign_holdout
+
+    report, _ = prepared
+    held = sorted(s.name for s in report.segments if s.split == "holdout")
+    assert len(held) == 2
+    shuffled = list(reversed(report.segments))
+    assign_holdout(shuffled, 0.1)
+    assert sorted(s.name for s in shuffled if s.split == "holdout") == held
