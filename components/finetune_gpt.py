@@ -20,11 +20,11 @@ from typing import Any
 import torch
 
 from components.features import load_entry, training_entries
-from components.training import (Distributed, LoopSettings, Precision, TrainingError, auto_batch_size,
-                                 length_buckets, mlflow_logger, run, seed_everything)
+from components.training import (Distributed, LoopSettings, Precision, TrainingError, auto_batch_size, finish,
+                                 length_buckets, mlflow_logger, record_export, run, run_summary, seed_everything)
 from narrator.config import FinetuneGPTConfig, Params
 from narrator.log import get_logger
-from narrator.storage import fetch, sha256_file
+from narrator.storage import fetch
 
 log = get_logger("finetune_gpt")
 
@@ -187,30 +187,18 @@ def finetune_gpt(features_dir: str | Path, out_dir: str | Path, params: Params, 
             train.mlflow_tracking_uri, train.mlflow_experiment, "finetune-gpt",
             {**cfg.model_dump(), "examples": len(examples), "device": str(device), "batch_size": batch_size,
              "precision": precision.name, "processes": dist.world_size})
+    summary = None
     try:
         result = run(task, out_dir, LoopSettings(epochs=cfg.epochs, checkpoint_every_steps=train.checkpoint_every_steps,
                                                  keep_checkpoints=train.keep_checkpoints,
                                                  log_every_steps=train.log_every_steps,
                                                  stop_after_steps=stop_after_steps), logger, dist)
         dist.check_same_weights(task.gpt)
-        summary: dict[str, Any] = {"steps": result.steps, "resumed_from_step": result.resumed_from_step,
-                                   "stopped_early": result.stopped_early, "seconds": round(result.seconds, 2),
-                                   "examples": len(examples), "batch_size": batch_size, "precision": precision.name,
-                                   "processes": dist.world_size, "history": result.history}
+        summary = run_summary(result, examples=len(examples), batch_size=batch_size, precision=precision.name,
+                              processes=dist.world_size)
         if not result.stopped_early and dist.is_main:
             exported = save_gpt(task.gpt.cpu().eval(), out_dir / "gpt.ckpt", info=f"GPT-e{cfg.epochs}")
-            summary.update(checkpoint=str(exported), sha256=sha256_file(exported))
-            if mlflow_run is not None:
-                import mlflow
-
-                mlflow.log_artifact(str(exported))
-                mlflow.set_tag("gpt_sha256", summary["sha256"])
-        if dist.is_main:
-            (out_dir / "result.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+            record_export(summary, exported, "gpt_sha256", mlflow_run)
         return summary
     finally:
-        if mlflow_run is not None:
-            import mlflow
-
-            mlflow.end_run()
-        dist.stop()
+        finish(out_dir, summary, mlflow_run, dist)

@@ -27,11 +27,11 @@ import torch
 import torch.nn.functional as F
 
 from components.features import load_entry, training_entries
-from components.training import (Distributed, LoopSettings, Precision, TrainingError, auto_batch_size,
-                                 length_buckets, mlflow_logger, run, seed_everything)
+from components.training import (Distributed, LoopSettings, Precision, TrainingError, auto_batch_size, finish,
+                                 length_buckets, mlflow_logger, record_export, run, run_summary, seed_everything)
 from narrator.config import FinetuneSoVITSConfig, Params
 from narrator.log import get_logger
-from narrator.storage import fetch, sha256_file
+from narrator.storage import fetch
 
 log = get_logger("finetune_sovits")
 
@@ -314,33 +314,22 @@ def finetune_sovits(features_dir: str | Path, out_dir: str | Path, params: Param
             train.mlflow_tracking_uri, train.mlflow_experiment, "finetune-sovits",
             {**cfg.model_dump(), "examples": len(examples), "device": str(device), "batch_size": batch_size,
              "precision": precision.name, "processes": dist.world_size, "version": sovits.version})
+    summary = None
     try:
         result = run(task, out_dir, LoopSettings(
             epochs=cfg.epochs, checkpoint_every_steps=train.checkpoint_every_steps,
             keep_checkpoints=train.keep_checkpoints, log_every_steps=train.log_every_steps,
             stop_after_steps=stop_after_steps, sample_every_steps=train.sample_every_steps), logger, dist)
         dist.check_same_weights(task.sovits)
-        summary: dict[str, Any] = {"steps": result.steps, "resumed_from_step": result.resumed_from_step,
-                                   "stopped_early": result.stopped_early, "seconds": round(result.seconds, 2),
-                                   "examples": len(examples), "batch_size": batch_size, "precision": precision.name,
-                                   "processes": dist.world_size, "version": sovits.version, "history": result.history}
+        summary = run_summary(result, examples=len(examples), batch_size=batch_size, precision=precision.name,
+                              processes=dist.world_size, version=sovits.version)
         if not result.stopped_early and dist.is_main:
             exported = save_sovits(task.sovits.cpu().eval(), out_dir / "sovits.pth",
                                    info=f"{cfg.epochs}epoch_{result.steps}iteration")
             disc_file = out_dir / "sovits_discriminator.pth"
             torch.save({"model": task.discriminator.cpu().state_dict()}, disc_file)
-            summary.update(checkpoint=str(exported), sha256=sha256_file(exported), discriminator=str(disc_file))
-            if mlflow_run is not None:
-                import mlflow
-
-                mlflow.log_artifact(str(exported))
-                mlflow.set_tag("sovits_sha256", summary["sha256"])
-        if dist.is_main:
-            (out_dir / "result.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+            record_export(summary, exported, "sovits_sha256", mlflow_run)
+            summary["discriminator"] = str(disc_file)
         return summary
     finally:
-        if mlflow_run is not None:
-            import mlflow
-
-            mlflow.end_run()
-        dist.stop()
+        finish(out_dir, summary, mlflow_run, dist)

@@ -15,6 +15,7 @@ DistributedDataParallel (gradients are averaged), and only rank 0 writes checkpo
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -369,3 +370,36 @@ def mlflow_logger(tracking_uri: str, experiment: str, run_name: str, params: dic
 
     log_fn.log_artifact = lambda path: mlflow.log_artifact(path, "samples")  # type: ignore[attr-defined]
     return log_fn, active
+
+
+def run_summary(result: LoopResult, **details: Any) -> dict[str, Any]:
+    """What a fine-tuning step reports in result.json: the loop's counters, `details`, and the logged history."""
+    return {"steps": result.steps, "resumed_from_step": result.resumed_from_step,
+            "stopped_early": result.stopped_early, "seconds": round(result.seconds, 2), **details,
+            "history": result.history}
+
+
+def record_export(summary: dict[str, Any], exported: Path, tag: str, mlflow_run) -> None:
+    """Add the exported file and its sha256 to `summary`; with an MLflow run, log the file and tag the hash."""
+    from narrator.storage import sha256_file
+
+    summary.update(checkpoint=str(exported), sha256=sha256_file(exported))
+    if mlflow_run is not None:
+        import mlflow
+
+        mlflow.log_artifact(str(exported))
+        mlflow.set_tag(tag, summary["sha256"])
+
+
+def finish(out_dir: Path, summary: dict[str, Any] | None, mlflow_run, dist: Distributed) -> None:
+    """Write result.json (rank 0), end the MLflow run, leave the process group. Safe to call after an error
+    (summary None)."""
+    try:
+        if summary is not None and dist.is_main:
+            (out_dir / "result.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    finally:
+        if mlflow_run is not None:
+            import mlflow
+
+            mlflow.end_run()
+        dist.stop()
