@@ -19,6 +19,10 @@ examples:
   narrator features runs/alice/prepared --out runs/alice/features
   narrator finetune-gpt runs/alice/features --out runs/alice/gpt
   narrator finetune-sovits runs/alice/features --out runs/alice/sovits
+  narrator evaluate runs/alice/features --sovits runs/alice/sovits/sovits.pth --gpt runs/alice/gpt/gpt.ckpt \
+      --out runs/alice/evaluation
+  narrator watermark embed speech.wav marked.wav --payload 00c0ffee
+  narrator watermark detect marked.wav
   narrator demo --out demo
   narrator config --defaults
 
@@ -91,6 +95,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="run folder (checkpoints, sovits.pth)")
     _common(p)
     p.set_defaults(func=_cmd_finetune_sovits)
+
+    p = sub.add_parser("evaluate", help="measure a fine-tuned voice against held-out data; pass or fail its gates",
+                       description="Speak the held-out transcripts and the fixed evaluation sentences with the voice, "
+                                   "measure speaker similarity, WER/CER, MCD, F0, duration robustness, speed and the "
+                                   "watermark, and apply evaluate.gates. Writes report.json, report.html, "
+                                   "verdict.json and samples/ into --out. Exit 0: passed; 2: a gate failed.")
+    p.add_argument("features", metavar="FEATURES_DIR", help="the --out folder of `narrator features`")
+    p.add_argument("--sovits", required=True, metavar="PTH", help="the voice's SoVITS file (finetune-sovits output)")
+    p.add_argument("--gpt", required=True, metavar="CKPT", help="the voice's GPT file (finetune-gpt output)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    _common(p)
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("watermark", help="embed a 32-bit payload in audio, or detect it and read it back",
+                       description="Keyed, inaudible audio watermark (500 Hz - 4 kHz) that survives mp3/ogg, "
+                                   "resampling, noise, gain, low-pass and cutting. The key comes from "
+                                   "$NARRATOR_WATERMARK_KEY or the file named by $NARRATOR_WATERMARK_KEY_FILE.")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    a = actions.add_parser("embed", help="write a marked copy of an audio file",
+                           description="Embed --payload (8 hex digits) into IN and write OUT (.wav or .flac, same "
+                                       "rate and channels).")
+    a.add_argument("input", metavar="IN", help="audio file (wav, flac, mp3, ogg, m4a)")
+    a.add_argument("output", metavar="OUT", help="marked audio to write (.wav or .flac)")
+    a.add_argument("--payload", required=True, metavar="HEX", help="32-bit payload as 8 hex digits, e.g. 00c0ffee")
+    _common(a)
+    a.set_defaults(func=_cmd_watermark_embed)
+    a = actions.add_parser("detect", help="look for the mark; print JSON {detected, payload, score}",
+                           description="Look for the mark in IN and print {\"detected\", \"payload\", \"score\"} as "
+                                       "JSON (payload: 8 hex digits, or null when it cannot be read; it needs about "
+                                       "10 s of marked audio). Exit 0 whether or not a mark is found; 1 when the file "
+                                       "cannot be read.")
+    a.add_argument("input", metavar="IN", help="audio file (wav, flac, mp3, ogg, m4a)")
+    _common(a)
+    a.set_defaults(func=_cmd_watermark_detect)
 
     p = sub.add_parser("demo", help="generate a demo narrator with espeak-ng and run the pipeline on it",
                        description="Generate a demo narrator (espeak-ng speech, transcripts, consent record) and "
@@ -169,6 +207,37 @@ def _cmd_finetune_sovits(args) -> int:
     if "checkpoint" in summary:  # rank 0 (the only process when not under torchrun)
         print(f"SoVITS fine-tuned: {summary['steps']} steps in {summary['seconds']:.0f} s -> {summary['checkpoint']} "
               f"(sha256 {summary['sha256'][:12]})")
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    from components.evaluate import evaluate
+
+    report = evaluate(args.features, args.sovits, args.gpt, args.out, _load(args))
+    shown = ", ".join(f"{k} {v:.3g}" for k, v in report.metrics.items() if v is not None)
+    print(f"{'PASSED' if report.verdict['passed'] else 'FAILED'}: {shown}")
+    for line in report.verdict["reasons"] + report.warnings:
+        print(f"  - {line}", file=sys.stderr)
+    print(f"report: {Path(args.out) / 'report.html'}")
+    return 0 if report.verdict["passed"] else 2
+
+
+def _cmd_watermark_embed(args) -> int:
+    from components.watermark import embed_file
+    from models.watermark import load_key
+
+    out = embed_file(args.input, args.output, args.payload, load_key())
+    print(f"watermarked {args.input} with payload {args.payload.lower()} -> {out}")
+    return 0
+
+
+def _cmd_watermark_detect(args) -> int:
+    import json
+
+    from components.watermark import detect_file
+    from models.watermark import load_key
+
+    print(json.dumps(detect_file(args.input, load_key())))
     return 0
 
 

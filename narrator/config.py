@@ -166,6 +166,28 @@ class FinetuneSoVITSConfig(_Section):
         1, ge=1, description="with random_init: narrow the discriminator's layers by this power of two")
 
 
+class EvaluateConfig(_Section):
+    """`narrator evaluate` (components/evaluate.py): held-out comparison, fixed sentences, quality gates."""
+
+    device: str = Field("auto", description="auto (cuda when available), cpu or cuda[:N]")
+    max_holdout_segments: int = Field(8, ge=0, description="held-out segments the voice re-speaks")
+    sentences_per_language: int = Field(4, ge=0, le=6, description="fixed evaluation sentences spoken")
+    asr_model_dir: str | None = Field(None, description="local Whisper directory for WER/CER (else "
+                                                        "prepare.asr_model_dir; none: skipped with a warning)")
+    speaker_model_dir: str | None = Field(None, description="WavLM-SV / ECAPA x-vector directory (transformers); "
+                                                            "None: the intake GE2E model")
+    duration_tolerance: float = Field(0.5, gt=0, description="an utterance whose duration over the one the "
+                                                             "narrator's rate predicts is outside [1/(1+t), 1+t] "
+                                                             "is an outlier (repeated or skipped words)")
+    seed: int = 0
+    gates: dict[str, float | None] = Field(
+        {"speaker_similarity": 0.75, "wer": 0.10, "cer": 0.10, "mcd_db": 8.0, "f0_rmse_cents": 300.0,
+         "duration_outliers_share": 0.1, "rtf": 1.0, "watermark_detected_share": 1.0},
+        description="metric: threshold; speaker_similarity, f0_correlation and watermark_detected_share must be at "
+                    "least it, the others at most it; null disables a gate. A metric that was not measured is skipped, "
+                    "not failed")
+
+
 class DemoConfig(_Section):
     """The generated demo narrator of `make demo`."""
 
@@ -187,6 +209,7 @@ class Params(_Section):
     training: TrainingConfig = TrainingConfig()
     finetune_gpt: FinetuneGPTConfig = FinetuneGPTConfig()
     finetune_sovits: FinetuneSoVITSConfig = FinetuneSoVITSConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
     demo: DemoConfig = DemoConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

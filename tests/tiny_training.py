@@ -21,16 +21,16 @@ TINY_SOVITS = {
 TINY_GPT = {"n_layer": 2, "n_head": 2, "n_embd": 32}
 
 
-def make_features(root: Path, clips: int = 4, seed: int = 0) -> Path:
+def make_features(root: Path, clips: int = 4, seed: int = 0, max_s: float = 3.0, speed_wpm: int = 190) -> Path:
     """A features folder (manifest.json + entries/NAME/*.pt) over `clips` espeak sentences, plus their 32 kHz
     wavs in root/wav32k. HuBERT features are seeded noise (the quantizer turns them into codes all the same)."""
     g = torch.Generator().manual_seed(seed)
     entries = []
     for i in range(clips):
         name = f"seg{i:03d}"
-        raw = espeak(SENTENCES[i % len(SENTENCES)], root / "raw" / f"{name}.wav", speed_wpm=190, seed=i)
+        raw = espeak(SENTENCES[i % len(SENTENCES)], root / "raw" / f"{name}.wav", speed_wpm=speed_wpm, seed=i)
         audio = read_audio(raw)
-        wav = resample(audio.mono(), audio.sample_rate_hz, 32000)[:32000 * 3]
+        wav = resample(audio.mono(), audio.sample_rate_hz, 32000)[:int(32000 * max_s)]
         wav = (0.5 * wav / max(float(np.abs(wav).max()), 1e-6)).astype(np.float32)
         frames = len(wav) // 640
         frames -= frames % 2
@@ -45,7 +45,7 @@ def make_features(root: Path, clips: int = 4, seed: int = 0) -> Path:
         torch.save(torch.randint(0, 1024, (frames // 2,), generator=g), folder / "semantic.pt")
         torch.save(spec, folder / "spec.pt")
         (folder / "done").write_text("")
-        entries.append({"name": name, "text": "x", "language": "en", "phones": ["a"] * n_phones,
+        entries.append({"name": name, "text": SENTENCES[i % len(SENTENCES)], "language": "en", "phones": ["a"] * n_phones,
                         "ids": torch.randint(1, 732, (n_phones,), generator=g).tolist(), "word2ph": [1] * n_phones,
                         "duration_s": len(wav) / 32000, "wav_32k": str(path), "hubert_frames": frames,
                         "semantic_frames": frames // 2, "spec_frames": frames, "has_sv": False})
