@@ -233,6 +233,7 @@ def evaluate(features_dir: str | Path, sovits_path: str, gpt_path: str, out_dir:
 
     utterances: list[Utterance] = []
     samples_dir = out_dir / "samples"
+    synthesized_16k: dict[str, np.ndarray] = {}  # held-out syntheses, for the report's pairs
     for index, (kind, name, text, lang) in enumerate(tqdm(jobs, desc="evaluate", unit="utt", disable=None)):
         speech = synth.speak(text, reference, lang, seed=cfg.seed + index)
         write_wav(samples_dir / f"{name}.wav", speech.samples, speech.sample_rate_hz)
@@ -245,6 +246,7 @@ def evaluate(features_dir: str | Path, sovits_path: str, gpt_path: str, out_dir:
         target = real_embeddings[list(real_16k).index(name)] if name in real_16k else voice_centre
         u.speaker_similarity = round(float(np.dot(embedding, target)), 4)
         if kind == "holdout":
+            synthesized_16k[name] = syn_16k
             u.mcd_db = round(M.mel_cepstral_distortion(real_16k[name], syn_16k, EVAL_RATE_HZ), 3)
             f0 = M.f0_metrics(real_16k[name], syn_16k, EVAL_RATE_HZ)
             u.f0_rmse_cents, u.f0_correlation = _finite(f0.rmse_cents), _finite(f0.correlation)
@@ -276,7 +278,7 @@ def evaluate(features_dir: str | Path, sovits_path: str, gpt_path: str, out_dir:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").write_text(report.to_json(), encoding="utf-8")
     (out_dir / "verdict.json").write_text(json.dumps(report.verdict, indent=1), encoding="utf-8")
-    (out_dir / "report.html").write_text(_html(report, real_16k, samples_dir), encoding="utf-8")
+    (out_dir / "report.html").write_text(_html(report, real_16k, synthesized_16k), encoding="utf-8")
     _log_to_mlflow(report, out_dir, params, logger)
     log.info("evaluation %s in %.0f s: %s", "passed" if verdict.passed else "FAILED", report.seconds,
              "; ".join(verdict.reasons) or "every gate met")
@@ -367,7 +369,8 @@ def _aggregate(utterances: list[Utterance]) -> dict[str, float | None]:
     return metrics
 
 
-def _html(report: EvaluationReport, real_16k: dict[str, np.ndarray], samples_dir: Path) -> str:
+def _html(report: EvaluationReport, real_16k: dict[str, np.ndarray], synthesized_16k: dict[str, np.ndarray]
+          ) -> str:
     from narrator.report import audio_tag, cards, esc, fmt, page, table, waveform_and_spectrogram
 
     v = report.verdict
@@ -397,8 +400,7 @@ def _html(report: EvaluationReport, real_16k: dict[str, np.ndarray], samples_dir
     for u in report.utterances:
         if u.kind != "holdout" or u.name not in real_16k:
             continue
-        syn = read_audio(samples_dir / f"{u.name}.wav")
-        syn_16k = resample(syn.mono(), syn.sample_rate_hz, EVAL_RATE_HZ)
+        syn_16k = synthesized_16k[u.name]
         body.append(f"<h3>{esc(u.name)}: {esc(u.text)}</h3><div class=cards><figure>"
                     + waveform_and_spectrogram(real_16k[u.name], EVAL_RATE_HZ, "real")
                     + audio_tag(_wav_bytes(real_16k[u.name])) + "</figure><figure>"
