@@ -15,7 +15,8 @@ Metrics (each in report.json, report.html and MLflow):
                               narrator's own rate (repeated or skipped words, the GPT stage's usual failure);
                               with ASR, the repeated and skipped words themselves
     rtf, first_audio_s        real-time factor and time to first audio
-    watermark_detected_share  the synthesized audio, marked as the service marks it, is detected with its payload
+    watermark_detected_share  the synthesized audio, marked as the service marks it, is detected (with its payload
+                              from 10 s): each utterance of 3 s or more alone, and all of them joined
 The verdict applies evaluate.gates; `verdict.json` ({"passed": bool, "reasons": [...]}) is what the DAG branches on.
 """
 
@@ -59,6 +60,9 @@ EVAL_SENTENCES = {
 }
 HIGHER_IS_BETTER = {"speaker_similarity", "f0_correlation", "watermark_detected_share"}
 WATERMARK_EVAL_PAYLOAD = 0x4E415252  # "NARR": the payload the evaluation marks its samples with
+WATERMARK_MIN_UTTERANCE_S = 3.0  # shorter utterances are checked only within the joined outputs (presence: 3 s)
+WATERMARK_PAYLOAD_S = 10.0  # from this length the payload must be read back too (the detector's specification)
+WATERMARK_JOIN_GAP_S = 0.25  # silence between utterances in the joined check
 
 
 class EvaluationError(NarratorError):
@@ -234,6 +238,7 @@ def evaluate(features_dir: str | Path, sovits_path: str, gpt_path: str, out_dir:
     utterances: list[Utterance] = []
     samples_dir = out_dir / "samples"
     synthesized_16k: dict[str, np.ndarray] = {}  # held-out syntheses, for the report's pairs
+    marked: list[tuple[np.ndarray, int]] = []  # every output as the service would mark it, (samples, rate)
     for index, (kind, name, text, lang) in enumerate(tqdm(jobs, desc="evaluate", unit="utt", disable=None)):
         speech = synth.speak(text, reference, lang, seed=cfg.seed + index)
         write_wav(samples_dir / f"{name}.wav", speech.samples, speech.sample_rate_hz)
@@ -258,14 +263,12 @@ def evaluate(features_dir: str | Path, sovits_path: str, gpt_path: str, out_dir:
             issues = M.repeated_or_skipped_words(text, u.asr_text, lang)
             u.repeated, u.skipped = list(issues.repeated), list(issues.skipped)
         if key is not None:
-            from models.watermark import detect, embed
-
-            marked = embed(speech.samples, speech.sample_rate_hz, WATERMARK_EVAL_PAYLOAD, key)
-            found = detect(marked, speech.sample_rate_hz, key)
-            u.watermark_detected = bool(found.detected and found.payload == WATERMARK_EVAL_PAYLOAD)
+            marked.append(_mark_and_check(u, speech.samples, speech.sample_rate_hz, key))
         utterances.append(u)
 
     metrics = _aggregate(utterances)
+    if marked:
+        metrics["watermark_detected_share"] = _watermark_share(utterances, marked, key)
     gates = [M.Gate(metric, ">=" if metric in HIGHER_IS_BETTER else "<=", float(threshold))
              for metric, threshold in cfg.gates.items() if threshold is not None]
     verdict = M.evaluate_gates(metrics, gates)
@@ -307,6 +310,45 @@ def _log_to_mlflow(report: EvaluationReport, out_dir: Path, params: Params, logg
             mlflow.log_artifact(str(out_dir / name))
     finally:
         mlflow.end_run()
+
+
+def _mark_and_check(u: Utterance, samples: np.ndarray, sample_rate_hz: int, key: bytes) -> tuple[np.ndarray, int]:
+    """Mark one output as the service does; when it is long enough for the detector on its own
+    (WATERMARK_MIN_UTTERANCE_S), set `u.watermark_detected` (presence and the exact payload). Returns the marked
+    samples and their rate."""
+    from models.watermark import detect, embed
+
+    marked = embed(samples, sample_rate_hz, WATERMARK_EVAL_PAYLOAD, key)
+    if len(marked) / sample_rate_hz >= WATERMARK_MIN_UTTERANCE_S:
+        u.watermark_detected = _mark_found(detect(marked, sample_rate_hz, key), len(marked) / sample_rate_hz)
+    return marked, sample_rate_hz
+
+
+def _mark_found(found, duration_s: float) -> bool:
+    """Present, and carrying the evaluation payload: read back exactly from WATERMARK_PAYLOAD_S on; below that an
+    unread payload is allowed (presence is what a short excerpt proves) but a wrong one never is."""
+    if not found.detected:
+        return False
+    if found.payload is None:
+        return duration_s < WATERMARK_PAYLOAD_S
+    return found.payload == WATERMARK_EVAL_PAYLOAD
+
+
+def _watermark_share(utterances: list[Utterance], marked: list[tuple[np.ndarray, int]], key: bytes) -> float:
+    """Share of watermark checks passed: one per utterance long enough to check alone, plus one on all outputs
+    joined with short pauses (so short utterances are covered too, as a listener of a whole session hears them)."""
+    from models.watermark import detect
+
+    rate = marked[0][1]
+    gap = np.zeros(int(WATERMARK_JOIN_GAP_S * rate), dtype=np.float32)
+    pieces = []
+    for samples, sr in marked:
+        pieces += [resample(samples, sr, rate) if sr != rate else samples, gap]
+    joined = np.concatenate(pieces)
+    checks = [u.watermark_detected for u in utterances if u.watermark_detected is not None]
+    found = detect(joined, rate, key)  # separately marked pieces: presence, and no wrong payload
+    checks.append(bool(found.detected and found.payload in (None, WATERMARK_EVAL_PAYLOAD)))
+    return round(sum(checks) / len(checks), 4)
 
 
 def _watermark_key() -> tuple[bytes | None, str | None]:
@@ -363,8 +405,7 @@ def _aggregate(utterances: list[Utterance]) -> dict[str, float | None]:
         if utterances else None,
         "rtf": round(sum(u.synthesis_s for u in utterances) / max(total_audio, 1e-9), 4) if utterances else None,
         "first_audio_s": round(float(np.median([u.first_audio_s for u in utterances])), 4) if utterances else None,
-        "watermark_detected_share": _mean([float(u.watermark_detected) for u in utterances
-                                           if u.watermark_detected is not None]),
+        "watermark_detected_share": None,  # set by _watermark_share when a key is available
     }
     return metrics
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -127,3 +129,21 @@ def test_metrics_and_verdict_go_to_mlflow(voice, tmp_path):
     (run,) = client.search_runs([client.get_experiment_by_name("narrator").experiment_id])
     assert {"speaker_similarity", "mcd_db", "rtf"} <= set(run.data.metrics) and run.data.tags["verdict"] == "passed"
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"report.html", "verdict.json"}
+
+
+
+def test_short_outputs_are_checked_for_the_watermark_within_the_joined_outputs():
+    from components.evaluate import Utterance, _mark_and_check, _watermark_share
+
+    rng = np.random.default_rng(0)
+    key = bytes(range(32))
+    utterances, marked = [], []
+    for i, seconds in enumerate((1.5, 2.0, 1.8, 4.0)):
+        u = Utterance("sentence", f"s{i}", "text", "en", seconds, 10, 0.1, 0.1)
+        samples = (0.1 * rng.standard_normal(int(seconds * 32000))).astype(np.float32)
+        marked.append(_mark_and_check(u, samples, 32000, key))
+        utterances.append(u)
+    assert [u.watermark_detected for u in utterances] == [None, None, None, True]
+    assert _watermark_share(utterances, marked, key) == 1.0
+    unmarked = [(rng.standard_normal(len(m)).astype(np.float32) * 0.1, sr) for m, sr in marked]
+    assert _watermark_share(utterances, unmarked, key) == 0.5  # the joined check fails, the 4 s one stands
