@@ -144,7 +144,7 @@ class SpeakerModel:
         return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
 
 
-def _synthesizer(sovits_path: str, gpt_path: str, params: Params):
+def synthesizer(sovits_path: str, gpt_path: str, params: Params):
     from models.checkpoints import load_gpt, load_sovits
     from models.features import BertExtractor, HubertExtractor, pick_device
     from models.tts import Synthesizer
@@ -166,7 +166,7 @@ def _synthesizer(sovits_path: str, gpt_path: str, params: Params):
     return Synthesizer(sovits, gpt, hubert=hubert, bert=bert, sv_model=sv_model)
 
 
-def _pick_reference(entries: list[FeatureEntry]) -> FeatureEntry:
+def pick_reference(entries: list[FeatureEntry]) -> FeatureEntry:
     """The training segment of 3-10 s closest to 6 s (a typical official reference length)."""
     from models.tts import REFERENCE_MAX_S, REFERENCE_MIN_S
 
@@ -202,7 +202,7 @@ def evaluate(features_dir: str | Path, sovits_path: str, gpt_path: str, out_dir:
     if not holdout:
         warnings.append("no held-out segments (prepare.holdout_share is 0): speaker similarity is measured against "
                         "training segments and MCD/F0 are skipped")
-    synth = _synthesizer(sovits_path, gpt_path, params)
+    synth = synthesizer(sovits_path, gpt_path, params)
     speaker = SpeakerModel(cfg.speaker_model_dir)
     asr_dir = cfg.asr_model_dir or params.prepare.asr_model_dir
     transcriber = None
@@ -213,7 +213,7 @@ def evaluate(features_dir: str | Path, sovits_path: str, gpt_path: str, out_dir:
     else:
         warnings.append("no ASR model configured (evaluate.asr_model_dir): WER/CER and the repeated/skipped word "
                         "check are skipped")
-    reference_entry = _pick_reference(train)
+    reference_entry = pick_reference(train)
     ref_audio = read_audio(reference_entry.wav_32k)
     reference = synth.reference(ref_audio.mono(), ref_audio.sample_rate_hz, reference_entry.text,
                                 reference_entry.language)

@@ -62,3 +62,64 @@ def detect_file(path: str | Path, key: bytes | str, config: WatermarkConfig | No
               "score": round(float(found.score), 3)}
     log.info("watermark detection", extra={"source": str(path), **result, "threshold": round(found.threshold, 3)})
     return result
+
+
+class WatermarkCheckFailed(WatermarkError):
+    """The voice's output, marked as the service marks it, did not give the mark back."""
+
+
+def check_voice(features_dir: str | Path, sovits_path: str, gpt_path: str, out_dir: str | Path, params,
+                payload_hex: str = "4e415252", min_speech_s: float = 10.0) -> dict:
+    """The pipeline's watermark check: the fine-tuned voice speaks the evaluation sentences (at least
+    `min_speech_s`, enough to read the payload back), the result is marked with the production key as the service
+    marks every output, and both a 3 s excerpt (presence) and the whole (payload) must be found.
+
+    Writes `sample.wav` (the marked speech, at the voice's rate) and `watermark.json` into `out_dir`; returns the
+    JSON. Raises WatermarkCheckFailed when the mark is not found, and the key errors of `load_key` when no key is
+    configured (the check never runs with a throwaway key)."""
+    import json
+
+    import numpy as np
+
+    from components.evaluate import EVAL_SENTENCES, pick_reference, synthesizer
+    from components.features import training_entries
+    from models.watermark import load_key
+
+    key = load_key()
+    features_dir, out_dir = Path(features_dir), Path(out_dir)
+    manifest = json.loads((features_dir / "manifest.json").read_text(encoding="utf-8"))
+    entries = training_entries(manifest)
+    reference_entry = pick_reference(entries)
+    synth = synthesizer(sovits_path, gpt_path, params)
+    ref = read_audio(reference_entry.wav_32k)
+    reference = synth.reference(ref.mono(), ref.sample_rate_hz, reference_entry.text, reference_entry.language)
+    language = reference_entry.language if reference_entry.language in EVAL_SENTENCES else "en"
+    pieces, rate, spoken_s = [], 32000, 0.0
+    for index in range(64):  # sentences, repeated if short, until min_speech_s
+        text = EVAL_SENTENCES[language][index % len(EVAL_SENTENCES[language])]
+        speech = synth.speak(text, reference, language, seed=index)
+        rate = speech.sample_rate_hz
+        pieces.append(speech.samples)
+        spoken_s += len(speech.samples) / rate
+        if spoken_s >= min_speech_s:
+            break
+    payload = parse_payload(payload_hex)
+    marked = embed(np.concatenate(pieces), rate, payload, key)
+    whole = detect(marked, rate, key)
+    start = (len(marked) - 3 * rate) // 2
+    excerpt = detect(marked[max(start, 0):max(start, 0) + 3 * rate], rate, key)
+    result = {"payload": format_payload(payload), "speech_s": round(spoken_s, 2), "sample_rate_hz": rate,
+              "excerpt_3s_detected": bool(excerpt.detected), "excerpt_3s_score": round(float(excerpt.score), 3),
+              "detected": bool(whole.detected), "payload_read": format_payload(whole.payload),
+              "score": round(float(whole.score), 3)}
+    result["passed"] = bool(result["excerpt_3s_detected"] and whole.detected and whole.payload == payload)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_wav(out_dir / "sample.wav", marked, rate)
+    (out_dir / "watermark.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+    log.info("watermark check", extra=result)
+    if not result["passed"]:
+        raise WatermarkCheckFailed(
+            f"the voice's marked output did not give the mark back (3 s excerpt detected: "
+            f"{result['excerpt_3s_detected']}, payload read: {result['payload_read']}); see {out_dir / 'watermark.json'}"
+            ". The output may be near-silent or clipped: listen to sample.wav and check the fine-tuning")
+    return result

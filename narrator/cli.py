@@ -6,16 +6,24 @@ Exit status: 0 success, 2 the input was refused (the message says why and what t
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from narrator.errors import NarratorError
+
+if TYPE_CHECKING:
+    from narrator.config import Params
 
 EPILOG = """\
 examples:
   narrator validate recordings/alice --out runs/alice/validated
   narrator validate s3://voices/alice --out runs/alice/validated
   narrator prepare runs/alice/validated --out runs/alice/prepared
+  narrator prepare s3://voices/runs/alice/validated --out s3://voices/runs/alice/prepared   # any path: s3:// too
   narrator features runs/alice/prepared --out runs/alice/features
   narrator finetune-gpt runs/alice/features --out runs/alice/gpt
   narrator finetune-sovits runs/alice/features --out runs/alice/sovits
@@ -23,6 +31,14 @@ examples:
       --out runs/alice/evaluation
   narrator watermark embed speech.wav marked.wav --payload 00c0ffee
   narrator watermark detect marked.wav
+  narrator register alice --validated runs/alice/validated --prepared runs/alice/prepared \
+      --features runs/alice/features --sovits runs/alice/sovits --gpt runs/alice/gpt --evaluation runs/alice/evaluation
+  narrator approve alice 3 --by "Dana Reviewer"
+  narrator lineage alice@3
+  narrator onboard recordings/alice --voice alice
+  narrator pipeline compile onboard --out onboard.yaml
+  narrator pipeline run onboard --host http://kubeflow:8888 --source s3://voices/alice --voice alice
+  narrator pipeline schedule retrain --host http://kubeflow:8888 --source s3://voices/alice --voice alice
   narrator demo --out demo
   narrator config --defaults
 
@@ -118,7 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
                                        "rate and channels).")
     a.add_argument("input", metavar="IN", help="audio file (wav, flac, mp3, ogg, m4a)")
     a.add_argument("output", metavar="OUT", help="marked audio to write (.wav or .flac)")
-    a.add_argument("--payload", required=True, metavar="HEX", help="32-bit payload as 8 hex digits, e.g. 00c0ffee")
+    which = a.add_mutually_exclusive_group(required=True)
+    which.add_argument("--payload", metavar="HEX", help="32-bit payload as 8 hex digits, e.g. 00c0ffee")
+    which.add_argument("--voice", metavar="VOICE@VERSION", help="the payload of a registered voice version, looked "
+                                                               "up in the registry (e.g. alice@3)")
     _common(a)
     a.set_defaults(func=_cmd_watermark_embed)
     a = actions.add_parser("detect", help="look for the mark; print JSON {detected, payload, score}",
@@ -127,12 +146,120 @@ def build_parser() -> argparse.ArgumentParser:
                                        "10 s of marked audio). Exit 0 whether or not a mark is found; 1 when the file "
                                        "cannot be read.")
     a.add_argument("input", metavar="IN", help="audio file (wav, flac, mp3, ogg, m4a)")
+    a.add_argument("--lookup", action="store_true", help="also name the voice and version the payload belongs to "
+                                                         "(looked up in the registry)")
     _common(a)
     a.set_defaults(func=_cmd_watermark_detect)
+    a = actions.add_parser("check", help="check that a fine-tuned voice's marked output gives the mark back",
+                           description="The pipeline's watermark check: the voice speaks the evaluation sentences "
+                                       "(10 s or more), the result is marked with the production key, and a 3 s "
+                                       "excerpt must show the mark and the whole must give the payload back. Writes "
+                                       "sample.wav and watermark.json into --out. Exit 0: passed; 1: not found.")
+    a.add_argument("features", metavar="FEATURES_DIR", help="the --out folder of `narrator features`")
+    a.add_argument("--sovits", required=True, metavar="PTH", help="the voice's SoVITS file (finetune-sovits output)")
+    a.add_argument("--gpt", required=True, metavar="CKPT", help="the voice's GPT file (finetune-gpt output)")
+    a.add_argument("--payload", default="4e415252", metavar="HEX", help="payload to embed (default: 4e415252)")
+    a.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    _common(a)
+    a.set_defaults(func=_cmd_watermark_check)
 
-    p = sub.add_parser("demo", help="generate a demo narrator with espeak-ng and run the pipeline on it",
-                       description="Generate a demo narrator (espeak-ng speech, transcripts, consent record) and "
-                                   "run validate and prepare on it. What `make demo` runs.")
+    p = sub.add_parser("register", help="register an evaluated voice in the MLflow model registry (and promote it)",
+                       description="Log the fine-tuned voice with its lineage (consent, dataset hash, code commit, "
+                                   "params, base checkpoints, fine-tuning hashes, evaluation) as a new version of "
+                                   "the registered model registry.model_prefix + VOICE with the alias challenger. A "
+                                   "version that passed its gates and beats the champion on registry."
+                                   "promotion_metric becomes champion (registry.deployment_policy auto) or waits "
+                                   "for `narrator approve` (manual). Prints the registration as JSON.")
+    p.add_argument("voice", metavar="VOICE", help="voice name, e.g. alice (letters, digits, '.', '_', '-')")
+    p.add_argument("--validated", required=True, metavar="DIR", help="the --out folder of `narrator validate`")
+    p.add_argument("--prepared", required=True, metavar="DIR", help="the --out folder of `narrator prepare`")
+    p.add_argument("--features", required=True, metavar="DIR", help="the --out folder of `narrator features`")
+    p.add_argument("--sovits", required=True, metavar="DIR", help="the --out folder of `narrator finetune-sovits`")
+    p.add_argument("--gpt", required=True, metavar="DIR", help="the --out folder of `narrator finetune-gpt`")
+    p.add_argument("--evaluation", required=True, metavar="DIR", help="the --out folder of `narrator evaluate`")
+    p.add_argument("--tag", metavar="KEY=VALUE", action="append", default=[],
+                   help="an extra tag on the model version, e.g. source_fingerprint=abc123 (repeatable)")
+    p.add_argument("--out", metavar="FILE", help="also write the registration JSON to FILE")
+    _common(p)
+    p.set_defaults(func=_cmd_register)
+
+    p = sub.add_parser("approve", help="make a registered version the champion (manual deployment policy)",
+                       description="Move the alias champion to VERSION of VOICE, recording who approved it in "
+                                   "the audit log and as version tags. Only a version that passed its evaluation "
+                                   "gates can be approved; approving an earlier version rolls back.")
+    p.add_argument("voice", metavar="VOICE", help="voice name, e.g. alice")
+    p.add_argument("version", metavar="VERSION", type=int, help="model version number, e.g. 3")
+    p.add_argument("--by", required=True, metavar="NAME", help="who approves (recorded in the audit log)")
+    _common(p)
+    p.set_defaults(func=_cmd_approve)
+
+    p = sub.add_parser("lineage", help="show where a registered voice version came from",
+                       description="Print the chain consent -> dataset -> code -> params -> base checkpoints -> "
+                                   "fine-tuning -> evaluation -> registry (with audit events) -> bento of VOICE's "
+                                   "champion (or latest version), or of VOICE@VERSION.")
+    p.add_argument("voice", metavar="VOICE[@VERSION]", help="e.g. alice or alice@3")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _common(p)
+    p.set_defaults(func=_cmd_lineage)
+
+    p = sub.add_parser("package", help="bundle a registered voice version for serving, with a watermarked sample",
+                       description="Bundle VOICE version --version (its fine-tuned files, reference clip and "
+                                   "voice.yaml) into --out and the BentoML model store as narrator-VOICE:vVERSION, "
+                                   "speak package.sample_text with it, watermarked with the version's payload, and "
+                                   "tag the registered version with the store tag.")
+    p.add_argument("voice", metavar="VOICE", help="voice name, e.g. alice")
+    p.add_argument("--version", required=True, type=int, metavar="N", help="registered version number")
+    p.add_argument("--features", required=True, metavar="DIR", help="the --out folder of `narrator features`")
+    p.add_argument("--sovits", required=True, metavar="PTH", help="the version's SoVITS file")
+    p.add_argument("--gpt", required=True, metavar="CKPT", help="the version's GPT file")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (bundle/, package.json)")
+    _common(p)
+    p.set_defaults(func=_cmd_package)
+
+    p = sub.add_parser("pipeline", help="compile, run or schedule a Kubeflow pipeline (onboard, batch, retrain)",
+                       description="The Kubeflow Pipelines (kfp v2) DAGs of pipelines/: onboard (one narrator), "
+                                   "batch (many), retrain (new recordings -> challenger). Run here with kfp's local "
+                                   "runner (--local) or on a cluster (--host URL).")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    a = actions.add_parser("compile", help="write the pipeline YAML", description="Compile a pipeline to YAML.")
+    a.add_argument("name", choices=["onboard", "batch", "retrain"])
+    a.add_argument("--out", metavar="FILE", help="YAML to write (default: NAME.yaml)")
+    _common(a)
+    a.set_defaults(func=_cmd_pipeline_compile)
+    for action, text in (("run", "run once, here (--local) or on a cluster (--host URL)"),
+                         ("schedule", "create a recurring run on a cluster (pipeline.retrain_cron)")):
+        a = actions.add_parser(action, help=text, description=text[0].upper() + text[1:] + ".")
+        a.add_argument("name", choices=["onboard", "batch", "retrain"])
+        if action == "run":
+            where = a.add_mutually_exclusive_group(required=True)
+            where.add_argument("--local", action="store_true", help="run on this machine with kfp's local runner")
+            where.add_argument("--host", metavar="URL", help="Kubeflow Pipelines API URL")
+        else:
+            a.add_argument("--host", metavar="URL", help="Kubeflow Pipelines API URL (default: pipeline.kfp_host)")
+            a.add_argument("--cron", metavar="EXPR", help="six-field cron (default: pipeline.retrain_cron)")
+        a.add_argument("--source", metavar="DIR|S3", help="the narrator's recordings (onboard, retrain)")
+        a.add_argument("--voice", metavar="NAME", help="voice name (onboard, retrain)")
+        a.add_argument("--narrators", metavar="JSON", help="batch: a JSON file listing {source, voice} objects")
+        _common(a)
+        a.set_defaults(func=_cmd_pipeline_run if action == "run" else _cmd_pipeline_schedule)
+
+    p = sub.add_parser("onboard", help="one command: recordings in, a registered, packaged voice out (runs locally)",
+                       description="Run the onboarding pipeline on this machine (kfp local runner, MLflow on "
+                                   "sqlite, local files): validate, prepare, features, fine-tune SoVITS and GPT, "
+                                   "evaluate, check the watermark, register and package. A failed step stops the "
+                                   "run with its error; running the same command again resumes after the last "
+                                   "finished step. Needs the watermark key ($NARRATOR_WATERMARK_KEY[_FILE]).")
+    p.add_argument("source", metavar="SOURCE", help="folder or s3://bucket/prefix with the narrator's recordings")
+    p.add_argument("--voice", required=True, metavar="NAME", help="voice name, e.g. alice")
+    _common(p)
+    p.set_defaults(func=_cmd_onboard)
+
+    p = sub.add_parser("demo", help="onboard a generated demo narrator end to end and speak a watermarked sample",
+                       description="What `make demo` runs: generate a demo narrator (espeak-ng speech, "
+                                   "transcripts, consent record) and small random base models (no official "
+                                   "weights are downloaded), then `narrator onboard` it with demo settings (few "
+                                   "epochs, a demo watermark key, the registry and model store under --out) and "
+                                   "print the packaged voice, its lineage and its watermarked sample.")
     p.add_argument("--out", default="demo", metavar="DIR", help="output folder (default: demo)")
     _common(p)
     p.set_defaults(func=_cmd_demo)
@@ -157,77 +284,161 @@ def _load(args):
     return load_params(args.params, parse_set_option(args.set))
 
 
+@contextmanager
+def _on_local_disk(args: argparse.Namespace, folders: tuple[str, ...] = (), files: tuple[str, ...] = (),
+                   out: str | None = None, out_file: str | None = None, passthrough: tuple[str, ...] = (),
+                   params: Params | None = None, upload: bool = True) -> Iterator[argparse.Namespace]:
+    """The arguments with every s3:// location replaced by a local path, so the steps only see local paths.
+
+    `folders` and `files` name the input arguments (mirrored from S3 into the cache, or fetched), `out` the output
+    folder (staged in the cache, resumed from and uploaded back on exit, also on failure) and `out_file` a single
+    output file (uploaded on success). `passthrough` names inputs the step reads from S3 itself (only checked not
+    to overlap the output). Local paths are left exactly as given; `params` are loaded only when a URI needs them.
+    `upload=False` stages the output without uploading it (ranks other than 0 of a distributed run).
+    """
+    from narrator import storage
+
+    local = argparse.Namespace(**vars(args))
+    names = (*folders, *files, *passthrough, *(n for n in (out, out_file) if n))
+    for name in names:
+        storage.check_location(getattr(args, name))
+    remote = [name for name in names if storage.is_s3(getattr(args, name))]
+    if not remote:
+        yield local
+        return
+    cfg = (params or _load(args)).storage
+    for name in (out, out_file):
+        if name:
+            storage.ensure_apart(getattr(args, name), [getattr(args, n) for n in (*folders, *files, *passthrough)])
+    for name in folders:
+        if name in remote:
+            setattr(local, name, str(storage.local_dir(getattr(args, name), cfg)))
+    for name in files:
+        if name in remote:
+            setattr(local, name, str(storage.fetch(getattr(args, name), cfg, key=name)))
+    with ExitStack() as stack:
+        if out in remote:
+            setattr(local, out, str(stack.enter_context(storage.output_dir(getattr(args, out), cfg, upload=upload))))
+        if out_file in remote:
+            setattr(local, out_file, str(stack.enter_context(storage.output_file(getattr(args, out_file), cfg))))
+        yield local
+
+
+def _is_rank_zero() -> bool:
+    """False in the processes of a torchrun launch other than rank 0 (they write no files)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _as_named(path, local_root: str, named_root: str) -> str:
+    """A path the step returned, inside its local output `local_root`, as the user named the output (an s3:// URI
+    when `named_root` is one); local paths are shown as the step returned them."""
+    from narrator.storage import is_s3
+
+    if not is_s3(named_root):
+        return str(path)
+    rel = Path(path).resolve().relative_to(Path(local_root).resolve()).as_posix()
+    return named_root if rel == "." else f"{named_root.rstrip('/')}/{rel}"
+
+
+def _shown(location: str, name: str) -> str:
+    """Where a file of an output folder is, as the user named the folder (a local path or an s3:// prefix)."""
+    from narrator.storage import is_s3
+
+    return f"{location.rstrip('/')}/{name}" if is_s3(location) else str(Path(location) / name)
+
+
 def _cmd_validate(args) -> int:
     from components.validate import validate
 
-    report = validate(args.source, args.out, _load(args))
-    out = Path(args.out)
+    params = _load(args)
+    with _on_local_disk(args, out="out", passthrough=("source",), params=params) as local:
+        report = validate(args.source, local.out, params)
     t = report.totals
     print(f"{report.verdict.upper()}: {t['accepted']} accepted, {t['warning']} warnings, {t['rejected']} rejected; "
           f"{t['accepted_speech_s']:.1f} s of accepted speech (need {t['required_speech_s']:g} s)")
     for message in report.messages:
         print(f"  - {message}", file=sys.stderr)
-    print(f"report: {out / 'report.html'}")
+    print(f"report: {_shown(args.out, 'report.html')}")
     return 0 if report.accepted else 2
 
 
 def _cmd_prepare(args) -> int:
     from components.prepare import prepare
 
-    report = prepare(args.validated, args.out, _load(args))
+    params = _load(args)
+    with _on_local_disk(args, folders=("validated",), out="out", params=params) as local:
+        report = prepare(local.validated, local.out, params)
     print(f"prepared {len(report.segments)} segments, {report.total_duration_s:.1f} s; "
-          f"{len(report.rejected)} clips rejected -> {Path(args.out) / 'prepared.list'}")
+          f"{len(report.rejected)} clips rejected -> {_shown(args.out, 'prepared.list')}")
     return 0
 
 
 def _cmd_features(args) -> int:
     from components.features import extract_features
 
-    manifest = extract_features(args.prepared, args.out, _load(args))
+    params = _load(args)
+    with _on_local_disk(args, folders=("prepared",), out="out", params=params) as local:
+        manifest = extract_features(local.prepared, local.out, params)
     print(f"features for {len(manifest.entries)} segments ({manifest.sovits_version}) -> "
-          f"{Path(args.out) / 'manifest.json'}")
+          f"{_shown(args.out, 'manifest.json')}")
     return 0
 
 
 def _cmd_finetune_gpt(args) -> int:
     from components.finetune_gpt import finetune_gpt
 
-    summary = finetune_gpt(args.features, args.out, _load(args))
+    params = _load(args)
+    with _on_local_disk(args, folders=("features",), out="out", params=params, upload=_is_rank_zero()) as local:
+        summary = finetune_gpt(local.features, local.out, params)
     if "checkpoint" not in summary:  # ranks other than 0 under torchrun
         return 0
-    print(f"GPT fine-tuned: {summary['steps']} steps in {summary['seconds']:.0f} s -> {summary['checkpoint']} "
-          f"(sha256 {summary['sha256'][:12]})")
+    print(f"GPT fine-tuned: {summary['steps']} steps in {summary['seconds']:.0f} s -> "
+          f"{_as_named(summary['checkpoint'], local.out, args.out)} (sha256 {summary['sha256'][:12]})")
     return 0
 
 
 def _cmd_finetune_sovits(args) -> int:
     from components.finetune_sovits import finetune_sovits
 
-    summary = finetune_sovits(args.features, args.out, _load(args))
+    params = _load(args)
+    with _on_local_disk(args, folders=("features",), out="out", params=params, upload=_is_rank_zero()) as local:
+        summary = finetune_sovits(local.features, local.out, params)
     if "checkpoint" in summary:  # rank 0 (the only process when not under torchrun)
-        print(f"SoVITS fine-tuned: {summary['steps']} steps in {summary['seconds']:.0f} s -> {summary['checkpoint']} "
-              f"(sha256 {summary['sha256'][:12]})")
+        print(f"SoVITS fine-tuned: {summary['steps']} steps in {summary['seconds']:.0f} s -> "
+              f"{_as_named(summary['checkpoint'], local.out, args.out)} (sha256 {summary['sha256'][:12]})")
     return 0
 
 
 def _cmd_evaluate(args) -> int:
     from components.evaluate import evaluate
 
-    report = evaluate(args.features, args.sovits, args.gpt, args.out, _load(args))
+    params = _load(args)
+    with _on_local_disk(args, folders=("features",), files=("sovits", "gpt"), out="out", params=params) as local:
+        report = evaluate(local.features, local.sovits, local.gpt, local.out, params)
     shown = ", ".join(f"{k} {v:.3g}" for k, v in report.metrics.items() if v is not None)
     print(f"{'PASSED' if report.verdict['passed'] else 'FAILED'}: {shown}")
     for line in report.verdict["reasons"] + report.warnings:
         print(f"  - {line}", file=sys.stderr)
-    print(f"report: {Path(args.out) / 'report.html'}")
+    print(f"report: {_shown(args.out, 'report.html')}")
     return 0 if report.verdict["passed"] else 2
 
 
 def _cmd_watermark_embed(args) -> int:
-    from components.watermark import embed_file
+    from components.watermark import embed_file, format_payload
     from models.watermark import load_key
 
-    out = embed_file(args.input, args.output, args.payload, load_key())
-    print(f"watermarked {args.input} with payload {args.payload.lower()} -> {out}")
+    if args.voice:
+        from components.register import RegistryError, payload_for
+
+        voice, _, version = args.voice.partition("@")
+        if not version.isdigit():
+            raise RegistryError(f"--voice {args.voice!r}: give VOICE@VERSION with a version number, e.g. alice@3")
+        args.payload = format_payload(payload_for(voice, int(version), _load(args)))
+
+    with _on_local_disk(args, files=("input",), out_file="output") as local:
+        out = embed_file(local.input, local.output, args.payload, load_key())
+    shown = _as_named(out, local.output, args.output)
+    print(f"watermarked {args.input} with payload {args.payload.lower()} -> {shown}")
     return 0
 
 
@@ -237,34 +448,201 @@ def _cmd_watermark_detect(args) -> int:
     from components.watermark import detect_file
     from models.watermark import load_key
 
-    print(json.dumps(detect_file(args.input, load_key())))
+    with _on_local_disk(args, files=("input",)) as local:
+        result = detect_file(local.input, load_key())
+    if args.lookup and result["payload"]:
+        from components.register import lookup_payload
+
+        found = lookup_payload(int(result["payload"], 16), _load(args))
+        result.update(voice=found[0] if found else None, version=found[1] if found else None)
+    print(json.dumps(result))
     return 0
 
 
-def _cmd_demo(args) -> int:
-    from components.prepare import prepare
-    from components.validate import validate
-    from narrator.demo import build_demo_narrator
+def _cmd_register(args) -> int:
+    from components.register import RegistryError, register
+
+    extra_tags = {}
+    for item in args.tag:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise RegistryError(f"--tag {item!r}: expected KEY=VALUE, e.g. --tag source_fingerprint=abc123")
+        extra_tags[key.strip()] = value
+    registration = register(args.voice, validated_dir=args.validated, prepared_dir=args.prepared,
+                            features_dir=args.features, sovits_dir=args.sovits, gpt_dir=args.gpt,
+                            evaluation_dir=args.evaluation, params=_load(args), extra_tags=extra_tags)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(registration.to_json(), encoding="utf-8")
+    print(registration.to_json())
+    return 0
+
+
+def _cmd_approve(args) -> int:
+    from components.register import approve
+
+    registration = approve(args.voice, args.version, args.by, _load(args))
+    print(f"{registration.model_name} version {registration.version}: {registration.reason}; aliases "
+          f"{', '.join(registration.aliases)}")
+    return 0
+
+
+def _cmd_lineage(args) -> int:
+    from components.register import RegistryError, lineage
+
+    voice, _, version = args.voice.partition("@")
+    if version and not version.isdigit():
+        raise RegistryError(f"{args.voice!r}: expected VOICE or VOICE@VERSION with a version number, e.g. alice@3")
+    found = lineage(voice, int(version) if version else None, _load(args))
+    print(found.to_json() if args.json else found.to_text(), end="\n" if args.json else "")
+    return 0
+
+
+def _cmd_watermark_check(args) -> int:
+    from components.watermark import check_voice
 
     params = _load(args)
-    out = Path(args.out)
+    with _on_local_disk(args, folders=("features",), files=("sovits", "gpt"), out="out", params=params) as local:
+        result = check_voice(local.features, local.sovits, local.gpt, local.out, params, args.payload)
+    print(f"watermark check passed: 3 s excerpt detected, payload {result['payload_read']} read back from "
+          f"{result['speech_s']:.1f} s (score {result['score']:.1f}) -> {_shown(args.out, 'sample.wav')}")
+    return 0
+
+
+def _cmd_package(args) -> int:
+    from components.package import package
+
+    params = _load(args)
+    with _on_local_disk(args, folders=("features",), files=("sovits", "gpt"), out="out", params=params) as local:
+        result = package(args.voice, args.version, local.features, local.sovits, local.gpt, local.out, params)
+    mark = result.sample_watermark
+    print(f"packaged {args.voice} version {args.version} as {result.store_tag} (payload {result.payload_hex}); "
+          f"sample {_shown(args.out, 'voice/sample.wav')}: watermark detected {mark['detected']}, payload "
+          f"{mark['payload']}")
+    return 0
+
+
+def _pipeline_arguments(args, params) -> dict:
+    """The pipeline's arguments from the command line and the current params (each step's params slice)."""
+    import json
+
+    from pipelines.onboard import step_arguments
+
+    arguments = step_arguments(params)
+    if args.name == "batch":
+        if not args.narrators:
+            raise NarratorError("the batch pipeline needs --narrators FILE: a JSON list of {\"source\": ..., "
+                                "\"voice\": ...} objects")
+        arguments["narrators"] = json.loads(Path(args.narrators).read_text(encoding="utf-8"))
+    else:
+        if not (args.source and args.voice):
+            raise NarratorError(f"the {args.name} pipeline needs --source (recordings folder or s3:// prefix) and "
+                                "--voice NAME")
+        source = args.source if args.source.startswith("s3://") else str(Path(args.source).resolve())
+        arguments.update(source=source, voice=args.voice)
+    return arguments
+
+
+def _cmd_pipeline_compile(args) -> int:
+    from pipelines.run import compile_pipeline
+
+    out = compile_pipeline(args.name, _load(args), args.out or f"{args.name}.yaml")
+    print(f"compiled the {args.name} pipeline -> {out}")
+    return 0
+
+
+def _print_local_run(result) -> None:
+    for pkg in result.packages:
+        mark = pkg["sample_watermark"]
+        print(f"{pkg['voice']} version {pkg['version']}: packaged as {pkg['store_tag']}; sample {pkg['sample']} "
+              f"(watermark detected: {mark['detected']}, payload {mark['payload']})")
+    for failure in result.gate_failures:
+        print(f"gates failed ({failure['evaluation']}): {'; '.join(failure['reasons'])}", file=sys.stderr)
+    print(f"{result.pipeline} finished in {result.seconds:.0f} s; step outputs under {result.root}")
+
+
+def _cmd_pipeline_run(args) -> int:
+    from pipelines.run import run_local, submit
+
+    params = _load(args)
+    arguments = _pipeline_arguments(args, params)
+    if args.local:
+        result = run_local(args.name, params, arguments)
+        _print_local_run(result)
+        return 2 if result.gate_failures and not result.packages else 0
+    print(f"submitted the {args.name} pipeline: run {submit(args.name, params, arguments, args.host)}")
+    return 0
+
+
+def _cmd_pipeline_schedule(args) -> int:
+    from pipelines.run import schedule
+
+    params = _load(args)
+    job = schedule(args.name, params, _pipeline_arguments(args, params), args.host, args.cron)
+    print(f"scheduled the {args.name} pipeline ({args.cron or params.pipeline.retrain_cron}): recurring run {job}")
+    return 0
+
+
+def _onboard(source: str, voice: str, params):
+    """Run the onboarding pipeline locally and print its outcome; the LocalRun."""
+    from pipelines.onboard import step_arguments
+    from pipelines.run import run_local
+
+    source = source if source.startswith("s3://") else str(Path(source).resolve())
+    result = run_local("onboard", params, {"source": source, "voice": voice, **step_arguments(params)})
+    _print_local_run(result)
+    return result
+
+
+def _cmd_onboard(args) -> int:
+    result = _onboard(args.source, args.voice, _load(args))
+    return 0 if result.packages else 2
+
+
+def _cmd_demo(args) -> int:
+    import yaml
+
+    from components.register import lineage
+    from narrator.config import load_params
+    from narrator.demo import build_demo_bases, build_demo_narrator, demo_key, demo_overrides
+
+    params = _load(args)
+    out = Path(args.out).resolve()
     source = out / "narrator"
     if not (source / "consent.yaml").exists():
         print(f"generating demo narrator '{params.demo.speaker}' with espeak-ng in {source} ...")
         build_demo_narrator(source, params.demo)
-    report = validate(str(source), out / "validated", params)
-    t = report.totals
-    print(f"validate: {report.verdict}; {t['accepted']} accepted, {t['rejected']} rejected, "
-          f"{t['accepted_speech_s']:.1f} s of speech")
-    if not report.accepted:
-        for message in report.messages:
-            print(f"  - {message}", file=sys.stderr)
+    print(f"writing small random base models (official formats) in {out / 'base'} ...")
+    overrides = demo_overrides(build_demo_bases(out / "base"), out)
+    (out / "params.yaml").write_text(yaml.safe_dump(overrides, sort_keys=False), encoding="utf-8")
+    demo_params = load_params(args.params, {**overrides, **_set_overrides(args)})
+    if not (os.environ.get("NARRATOR_WATERMARK_KEY") or os.environ.get("NARRATOR_WATERMARK_KEY_FILE")):
+        os.environ["NARRATOR_WATERMARK_KEY_FILE"] = str(demo_key(out))
+        print(f"watermark key: a demo key in {os.environ['NARRATOR_WATERMARK_KEY_FILE']} (production keys come "
+              "from $NARRATOR_WATERMARK_KEY or a mounted secret file)")
+    voice = "demo"
+    result = _onboard(str(source), voice, demo_params)
+    if not result.packages:
         return 2
-    prepared = prepare(out / "validated", out / "prepared", params)
-    print(f"prepare: {len(prepared.segments)} segments, {prepared.total_duration_s:.1f} s -> "
-          f"{out / 'prepared' / 'prepared.list'}")
-    print(f"\nOpen the validation report: {(out / 'validated' / 'report.html').resolve()}")
+    import shutil
+
+    packaged = result.packages[-1]
+    sample = Path(shutil.copy2(packaged["sample"], out / "sample.wav"))
+    print()
+    print(lineage(voice, packaged["version"], demo_params).to_text(), end="")
+    reports = sorted(Path(demo_params.pipeline.pipeline_root).rglob("validated/report.html"),
+                     key=lambda p: p.stat().st_mtime)
+    print(f"\nvalidation report: {reports[-1]}" if reports else "")
+    print(f"the demo voice speaks (watermarked, payload {packaged['payload_hex']}): {sample}")
+    print(f"check it: NARRATOR_WATERMARK_KEY_FILE={os.environ.get('NARRATOR_WATERMARK_KEY_FILE', '...')} "
+          f"narrator watermark detect {sample} --lookup --params {out / 'params.yaml'}")
     return 0
+
+
+def _set_overrides(args) -> dict:
+    from narrator.config import parse_set_option
+
+    return parse_set_option(args.set)
 
 
 def _cmd_config(args) -> int:

@@ -188,6 +188,59 @@ class EvaluateConfig(_Section):
                     "not failed")
 
 
+class RegistryConfig(_Section):
+    """`narrator register` and `narrator approve` (components/register.py): MLflow model registry, promotion, audit."""
+
+    tracking_uri: str = Field("sqlite:///mlflow.db", description="MLflow tracking and registry URI the voices are "
+                                                                 "registered in (sqlite:///FILE, http://HOST:5000, ...)")
+    model_prefix: str = Field("narrator-", description="registered model name = prefix + voice")
+    deployment_policy: Literal["auto", "manual"] = Field(
+        "auto", description="auto: a passing challenger that beats the champion is promoted at once; manual: it "
+                            "waits for `narrator approve VOICE VERSION --by NAME`")
+    promotion_metric: str = Field("speaker_similarity", description="evaluation metric a challenger must beat the "
+                                                                    "champion on")
+    promotion_higher_is_better: bool = Field(True, description="false for error-like metrics (wer, mcd_db, ...)")
+    min_improvement: float = Field(0.0, ge=0, description="the challenger must be better by more than 0 and at "
+                                                          "least this much (in the metric's units)")
+    audit_log: str = Field("registry-audit.jsonl", description="append-only JSON lines of every registration, "
+                                                               "promotion and approval, each chained to the line "
+                                                               "before by its sha256")
+
+
+class PackageConfig(_Section):
+    """`narrator package` (components/package.py): the voice bundle a server loads, kept in the BentoML model store."""
+
+    bentoml_home: str | None = Field(None, description="BentoML store folder; None: $BENTOML_HOME, else ~/bentoml")
+    sample_text: str = Field("Hello. This voice was made with the narrator's consent, and everything it says "
+                             "carries an inaudible watermark.",
+                             description="what the packaged voice speaks as its watermarked sample")
+    sample_language: str = Field("en", description="language of sample_text (en or zh)")
+
+
+class PipelineConfig(_Section):
+    """The Kubeflow pipelines (pipelines/): image, resources, caching, batch width, retraining schedule."""
+
+    image: str = Field("narrator:latest", description="the project image (Dockerfile) every step runs in on Kubeflow")
+    pipeline_root: str = Field("runs/pipeline", description="local runs: where step outputs and the step cache live")
+    kfp_host: str | None = Field(None, description="Kubeflow Pipelines API URL for --host runs (else give --host)")
+    caching: bool = Field(True, description="reuse a finished step's outputs when its inputs and params are "
+                                            "unchanged (a re-run resumes after the last finished step)")
+    gpu_resource: str = Field("nvidia.com/gpu", description="accelerator resource name of the GPU nodes")
+    training_gpus: int = Field(1, ge=0, description="GPUs per fine-tuning step; more than 1 runs the step as a "
+                                                    "PyTorchJob (Kubeflow Training Operator) under torchrun")
+    evaluate_gpus: int = Field(1, ge=0, description="GPUs of the evaluation and watermark-check steps")
+    training_cpu: str = Field("8", description="CPU request of a fine-tuning step")
+    training_memory: str = Field("32G", description="memory request of a fine-tuning step")
+    step_cpu: str = Field("2", description="CPU request of the other steps")
+    step_memory: str = Field("8G", description="memory request of the other steps")
+    work_uri: str | None = Field(None, description="s3:// prefix where multi-GPU PyTorchJobs exchange features "
+                                                   "and checkpoints with the pipeline (needed when training_gpus > 1)")
+    namespace: str = Field("kubeflow", description="Kubernetes namespace of PyTorchJobs")
+    batch_parallelism: int = Field(4, ge=1, description="narrators onboarded at once by pipelines/batch.py")
+    retrain_cron: str = Field("0 0 3 * * 0", description="schedule of pipelines/retrain.py (KFP cron with seconds: "
+                                                         "Sundays 03:00)")
+
+
 class DemoConfig(_Section):
     """The generated demo narrator of `make demo`."""
 
@@ -210,6 +263,9 @@ class Params(_Section):
     finetune_gpt: FinetuneGPTConfig = FinetuneGPTConfig()
     finetune_sovits: FinetuneSoVITSConfig = FinetuneSoVITSConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    registry: RegistryConfig = RegistryConfig()
+    package: PackageConfig = PackageConfig()
+    pipeline: PipelineConfig = PipelineConfig()
     demo: DemoConfig = DemoConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

@@ -107,3 +107,80 @@ def write_consent(folder: Path, speaker: str, organisation: str, voice: str, spe
         "statement": consent_statement(speaker, organisation),
     }
     (folder / "consent.yaml").write_text(yaml.safe_dump(record, sort_keys=False), encoding="utf-8")
+
+
+# -- base models and settings for the demo -----------------------------------------------------------------------
+# No official weights can be downloaded here, so the demo onboards its narrator on small randomly initialised
+# models of the real architecture, in the official file formats. The pipeline is the production one; only the
+# sizes, the number of epochs and the quality gates differ (a voice this small cannot meet production gates, so
+# the demo keeps the gates that test the machinery: watermark and speed).
+DEMO_SOVITS = {
+    "inter_channels": 32, "hidden_channels": 32, "filter_channels": 64, "n_layers": 2, "resblock_kernel_sizes": [3],
+    "resblock_dilation_sizes": [[1, 3, 5]], "upsample_initial_channel": 64, "gin_channels": 64, "segment_size": 16,
+    "mrte": {"content_enc_channels": 32, "hidden_size": 64, "out_channels": 32, "n_heads": 4},
+}
+DEMO_GPT = {"n_layer": 2, "n_head": 4, "n_embd": 64}
+DEMO_DISCRIMINATOR_DIVISOR = 16
+DEMO_HUBERT = {"hidden_size": 768, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
+               "conv_dim": (32,) * 7, "num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 4}
+DEMO_KEY_FILE = "watermark.key"
+
+
+def build_demo_bases(folder: str | Path, seed: int = 0) -> dict[str, str]:
+    """Write small random base models in the official formats into `folder`; the `pretrained` settings naming
+    them. Kept between runs (same seed, same files)."""
+    import torch
+    from transformers import HubertConfig, HubertModel
+
+    from models.checkpoints import save_gpt, save_sovits
+    from models.discriminators import DiscriminatorConfig, MultiPeriodDiscriminator
+    from models.gpt import GPT, GPTConfig
+    from models.sovits import SoVITS, SoVITSConfig
+
+    folder = Path(folder)
+    paths = {"sovits": folder / "s2G-demo.pth", "sovits_discriminator": folder / "s2D-demo.pth",
+             "gpt": folder / "s1-demo.ckpt", "hubert_dir": folder / "hubert"}
+    if not all(p.exists() for p in paths.values()):
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(seed)
+        sovits = SoVITS(SoVITSConfig(**DEMO_SOVITS))
+        save_sovits(sovits, paths["sovits"])
+        layout = DiscriminatorConfig.for_version(sovits.version, DEMO_DISCRIMINATOR_DIVISOR)
+        torch.save({"model": MultiPeriodDiscriminator(layout).state_dict()}, paths["sovits_discriminator"])
+        save_gpt(GPT(GPTConfig(**DEMO_GPT)), paths["gpt"])
+        HubertModel(HubertConfig(**DEMO_HUBERT)).save_pretrained(paths["hubert_dir"])
+    return {key: str(path.resolve()) for key, path in paths.items()}
+
+
+def demo_overrides(bases: dict[str, str], work: Path) -> dict:
+    """The settings the demo changes from params.yaml: its base models, few epochs on CPU, its own registry and
+    store under the demo folder, and the gates a tiny voice can be held to."""
+    work = work.resolve()
+    quality = ("speaker_similarity", "wer", "cer", "mcd_db", "f0_rmse_cents", "duration_outliers_share")
+    return {
+        "pretrained": bases,
+        "features": {"device": "cpu"},
+        "training": {"device": "cpu", "precision": "fp32", "checkpoint_every_steps": 20, "sample_every_steps": 0,
+                     "mlflow_tracking_uri": f"sqlite:///{work / 'mlflow.db'}"},
+        "finetune_sovits": {"epochs": 2, "batch_size": 4},
+        "finetune_gpt": {"epochs": 4, "batch_size": 4, "accumulate_batches": 1, "lr": 0.001, "warmup_steps": 2,
+                         "decay_steps": 20},
+        "evaluate": {"device": "cpu", "max_holdout_segments": 2, "sentences_per_language": 2,
+                     "gates": {**{name: None for name in quality}, "rtf": 5.0, "watermark_detected_share": 1.0}},
+        "registry": {"tracking_uri": f"sqlite:///{work / 'mlflow.db'}", "audit_log": str(work / "registry-audit.jsonl")},
+        "package": {"bentoml_home": str(work / "bentoml")},
+        "pipeline": {"pipeline_root": str(work / "pipeline")},
+    }
+
+
+def demo_key(folder: Path) -> Path:
+    """A watermark key for the demo only (a random 32-byte file, created once); production keys come from a
+    secret store through $NARRATOR_WATERMARK_KEY or $NARRATOR_WATERMARK_KEY_FILE."""
+    import secrets
+
+    path = Path(folder) / DEMO_KEY_FILE
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_hex(32) + "\n", encoding="utf-8")
+        path.chmod(0o600)
+    return path

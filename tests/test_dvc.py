@@ -58,8 +58,9 @@ def test_every_step_is_a_stage_that_runs_its_narrator_command(project):
     import yaml
 
     stages = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text())["stages"]
-    assert list(stages) == ["validate", "prepare", "features", "finetune_sovits", "finetune_gpt"]
+    assert list(stages) == ["validate", "prepare", "features", "finetune_sovits", "finetune_gpt", "evaluate",
+                            "watermark_check", "register"]
     for name, stage in stages.items():
-        assert stage["cmd"].startswith(f"narrator {name.replace('_', '-')} ")
+        assert stage["cmd"].startswith(f"narrator {name.replace('_', ' ' if name == 'watermark_check' else '-')} ")
     out = _run([sys.executable, "-m", "dvc", "status", "finetune_gpt"], project)
     assert "finetune_gpt" in out or "changed" in out

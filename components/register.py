@@ -1,0 +1,755 @@
+"""`narrator register`, `narrator approve`, `narrator lineage`: a fine-tuned voice in the MLflow model registry.
+
+The flow, for a voice VOICE (registered model `registry.model_prefix + VOICE`, e.g. `narrator-alice`):
+
+1. register: read what the steps wrote (validated consent, prepared segments, features fingerprint, fine-tuned
+   exports, evaluation verdict), check the exported files still match the hashes fine-tuning recorded, log an
+   MLflow run "register" with the model files, voice.json, the evaluation files and params.yaml as artifacts, and
+   create a model version whose source is that run's artifact folder. The version carries the whole lineage as
+   tags (below) and gets the alias `challenger`.
+2. promote: a version that failed its evaluation gates is never promoted. A passing challenger is promotable
+   when there is no champion, or when it beats the champion on `registry.promotion_metric` by more than 0 and at
+   least `registry.min_improvement`. Under `registry.deployment_policy: auto` the alias `champion` moves to it at
+   once; under `manual` it is tagged `pending_approval=true` and waits for
+3. approve: `narrator approve VOICE VERSION --by NAME` moves `champion` to any version that passed its gates
+   (also the way to roll back to an earlier version).
+4. lineage: `narrator lineage VOICE[@VERSION]` prints the chain consent -> dataset -> code -> params -> base
+   checkpoints -> fine-tuning -> evaluation -> registry (+ audit events) -> packaged bento.
+
+Every registration, promotion and approval is appended to `registry.audit_log` (JSON lines). Each line carries
+`prev_sha256`, the sha256 of the line before it (64 zeros for the first), so editing or deleting a line breaks
+the chain at the next one (`verify_audit_log`). Promotions are also kept as version tags promoted_by/promoted_at.
+
+Watermark payload: 32 bits per (voice, version) = 16-bit voice id << 16 | 16-bit version number. The voice id
+is allocated once per registered model (tag `voice_id`, unique in the registry): the first 16 bits of
+sha256(model name), or the next free id on a collision. `payload_for` and `lookup_payload` convert.
+
+Model-version tags:
+    voice, registered_by, registered_at, payload_hex (8 hex digits)
+    consent_hash, consent_speaker, consent_organisation, consent_date, consent_scope   (validated report.json)
+    dataset_hash, dataset_segments, dataset_holdout_segments, dataset_duration_s       (prepared prepare.json)
+    git_commit, git_dirty, params_sha256
+    base_sovits_sha256, base_gpt_sha256          (pretrained files, or "random-init")
+    sovits_sha256, gpt_sha256, sovits_run_id, gpt_run_id   (fine-tuning result.json; run ids "unknown" if not found)
+    metric.<name> (every measured evaluation metric), verdict (pass/fail), failed_gates
+    pending_approval (true/false), promoted_by, promoted_at, approved_by, approved_at
+    bento (set by the package step)
+
+dataset_hash is "sha256:" + sha256 of the canonical JSON list of prepared segments (sorted by name: name, text,
+language, split, duration_s, and the sha256 of the wav_32k and wav_16k files). It changes when any audio sample,
+transcript or train/holdout split changes, and not when the folders move (manifest.json would: it holds paths and
+timings).
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+import os
+import re
+import subprocess
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from narrator.config import Params
+from narrator.errors import NarratorError
+from narrator.log import get_logger
+from narrator.storage import fetch, sha256_file
+
+log = get_logger("register")
+
+CHAMPION = "champion"  # the alias serving takes
+CHALLENGER = "challenger"  # the alias of the newest registered version
+RUN_NAME = "register"
+RANDOM_INIT = "random-init"  # base checkpoint tag of a model trained from scratch
+UNKNOWN = "unknown"
+AUTO_POLICY_ACTOR = "policy:auto"  # promoted_by of an automatic promotion
+
+VOICE_ID_BITS = 16
+VERSION_BITS = 16
+MAX_VOICE_ID = (1 << VOICE_ID_BITS) - 1
+MAX_VERSION = (1 << VERSION_BITS) - 1
+MAX_PAYLOAD = (1 << (VOICE_ID_BITS + VERSION_BITS)) - 1
+PAYLOAD_HEX_DIGITS = (VOICE_ID_BITS + VERSION_BITS) // 4  # as `narrator watermark embed --payload` takes it
+# 0 means "no voice"; 0x4E41 is the top half of components.evaluate.WATERMARK_EVAL_PAYLOAD ("NARR"), which marks
+# evaluation samples only: no real voice may share it.
+RESERVED_VOICE_IDS = frozenset({0, 0x4E41})
+
+GENESIS_SHA256 = "0" * 64  # prev_sha256 of the first audit line
+VOICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+GIT_TIMEOUT_S = 10
+MLFLOW_NOT_FOUND = "RESOURCE_DOES_NOT_EXIST"
+MLFLOW_EXISTS = "RESOURCE_ALREADY_EXISTS"
+SEARCH_PAGE_SIZE = 1000
+# version tags set after registration (promotion, approval, packaging): extra tags may not use these names
+_DECISION_TAGS = ("payload_hex", "pending_approval", "promoted_by", "promoted_at", "approved_by", "approved_at",
+                  "bento")
+
+
+class RegistryError(NarratorError):
+    """A voice cannot be registered, promoted, approved or traced; the message says what to do."""
+
+
+@dataclass
+class Registration:
+    """The outcome of `register` or `approve` for one model version."""
+
+    voice: str
+    model_name: str
+    version: int
+    aliases: list[str]
+    promoted: bool  # `champion` moved to this version in this call
+    pending_approval: bool  # promotable, waiting for `narrator approve` (manual policy)
+    reason: str  # why it was (not) promoted
+    payload_hex: str  # 32-bit watermark payload, 8 hex digits
+    run_id: str  # the MLflow run "register" holding the artifacts
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, ensure_ascii=False)
+
+
+@dataclass
+class Lineage:
+    """Where one registered version came from, section by section (every value a string from the registry)."""
+
+    voice: str
+    model_name: str
+    version: int
+    aliases: list[str]
+    consent: dict[str, str]
+    dataset: dict[str, str]
+    code: dict[str, str]
+    params: dict[str, str]
+    base: dict[str, str]
+    finetune: dict[str, str]
+    evaluation: dict[str, Any]  # verdict, failed_gates, metrics {name: value}
+    registry: dict[str, str]
+    audit: list[dict[str, Any]] = field(default_factory=list)  # this version's audit records, oldest first
+    audit_problem: str | None = None  # why the audit log failed verification, None when intact
+    bento: str | None = None  # set by the package step
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, ensure_ascii=False)
+
+    def to_text(self) -> str:
+        c, d, e, r, f = self.consent, self.dataset, self.evaluation, self.registry, self.finetune
+        metrics = ", ".join(f"{name} {value:.4g}" for name, value in sorted(e["metrics"].items())) or "none measured"
+        dirty = " (with uncommitted changes)" if self.code.get("git_dirty") == "true" else ""
+        lines = [
+            f"{self.model_name} version {self.version}  [{', '.join(self.aliases) or 'no aliases'}]",
+            "chain: consent -> dataset -> code -> params -> base checkpoints -> fine-tuning -> evaluation -> "
+            "registry -> bento",
+            f"  consent      {c.get('hash')}  speaker {c.get('speaker')!r} of {c.get('organisation')!r}, "
+            f"dated {c.get('date')}, scope {c.get('scope')!r}",
+            f"  dataset      {d.get('hash')}  {d.get('segments')} segments ({d.get('holdout_segments')} held out), "
+            f"{d.get('duration_s')} s",
+            f"  code         git {self.code.get('git_commit')}{dirty}",
+            f"  params       sha256 {self.params.get('sha256')}",
+            f"  base         sovits {self.base.get('sovits_sha256')}; gpt {self.base.get('gpt_sha256')}",
+            f"  fine-tuning  sovits {f.get('sovits_sha256')} (MLflow run {f.get('sovits_run_id')}); "
+            f"gpt {f.get('gpt_sha256')} (MLflow run {f.get('gpt_run_id')})",
+            f"  evaluation   {str(e.get('verdict')).upper()}: {metrics}",
+        ]
+        if e.get("failed_gates"):
+            lines.append(f"               failed gates: {e['failed_gates']}")
+        lines.append(f"  registry     version {self.version}, payload {r.get('payload_hex')}, register run "
+                     f"{r.get('run_id')}, registered by {r.get('registered_by')} at {r.get('registered_at')}")
+        if r.get("promoted_by"):
+            lines.append(f"               promoted by {r['promoted_by']} at {r.get('promoted_at')}")
+        if r.get("pending_approval") == "true":
+            lines.append(f"               pending approval: `narrator approve {self.voice} {self.version} --by NAME`")
+        for record in self.audit:
+            lines.append(f"  audit        {record.get('time')} {record.get('event')} by {record.get('by')}"
+                         + (f": {record['reason']}" if record.get("reason") else ""))
+        if self.audit_problem:
+            lines.append(f"  audit        WARNING: {self.audit_problem}")
+        lines.append(f"  bento        {self.bento or 'not packaged yet'}")
+        return "\n".join(lines) + "\n"
+
+
+# -- what the steps wrote ----------------------------------------------------------------------------------------
+
+
+def _read_json(path: Path, produced_by: str) -> Any:
+    if not path.exists():
+        raise RegistryError(f"{path} not found; run `{produced_by}` first (or pass the right folder)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise RegistryError(f"{path} is not valid JSON ({error}); run `{produced_by}` again") from None
+
+
+def _consent_tags(validated_dir: Path) -> dict[str, str]:
+    """The consent record of the validated dataset; registering a voice without one is refused."""
+    report = _read_json(validated_dir / "report.json", "narrator validate SOURCE --out VALIDATED_DIR")
+    if report.get("verdict") != "accepted" or not report.get("consent_hash"):
+        raise RegistryError(f"{validated_dir} holds no accepted, consented dataset (verdict "
+                            f"{report.get('verdict')!r}); a voice is only registered from a dataset whose consent "
+                            "record passed `narrator validate`")
+    consent = report.get("consent") or {}
+    return {"consent_hash": report["consent_hash"],
+            **{f"consent_{key}": str(consent.get(key) or UNKNOWN) for key in ("speaker", "organisation", "date",
+                                                                             "scope")}}
+
+
+def _segment_audio(prepared_dir: Path, recorded: str, folder: str) -> Path:
+    """A prepared wav as recorded in prepare.json, or under PREPARED_DIR/FOLDER when the run folder moved."""
+    path = Path(recorded)
+    if path.exists():
+        return path
+    moved = prepared_dir / folder / path.name
+    if moved.exists():
+        return moved
+    raise RegistryError(f"{recorded} (listed in {prepared_dir / 'prepare.json'}) is missing; the dataset hash needs "
+                        "every prepared segment: run `narrator prepare` again")
+
+
+def dataset_tags(prepared_dir: str | Path) -> dict[str, str]:
+    """dataset_hash (see the module docstring), segment counts and total duration of a prepared dataset."""
+    prepared_dir = Path(prepared_dir)
+    report = _read_json(prepared_dir / "prepare.json", "narrator prepare VALIDATED_DIR --out PREPARED_DIR")
+    segments = report.get("segments") or []
+    if not segments:
+        raise RegistryError(f"{prepared_dir / 'prepare.json'} lists no segments; there is no dataset to register")
+    rows = [{"name": s["name"], "text": s["text"], "language": s["language"], "split": s.get("split", "train"),
+             "duration_s": s["duration_s"],
+             "wav_32k_sha256": sha256_file(_segment_audio(prepared_dir, s["wav_32k"], "wav32k")),
+             "wav_16k_sha256": sha256_file(_segment_audio(prepared_dir, s["wav_16k"], "wav16k"))}
+            for s in sorted(segments, key=lambda s: s["name"])]
+    canonical = json.dumps(rows, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return {"dataset_hash": "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest(),
+            "dataset_segments": str(len(rows)),
+            "dataset_holdout_segments": str(sum(r["split"] == "holdout" for r in rows)),
+            "dataset_duration_s": f"{sum(float(r['duration_s']) for r in rows):.3f}"}
+
+
+def _finetuned_sha256(run_dir: Path, file_name: str, command: str) -> tuple[Path, str]:
+    """The exported model file of a fine-tuning run and its sha256, checked against its result.json."""
+    summary = _read_json(run_dir / "result.json", f"{command} FEATURES_DIR --out {run_dir}")
+    exported = run_dir / file_name
+    if "sha256" not in summary:
+        raise RegistryError(f"{run_dir / 'result.json'} records no exported model (the run stopped early?); "
+                            f"finish `{command}` first")
+    if not exported.exists():
+        raise RegistryError(f"{exported} is missing; run `{command}` again to export it")
+    actual = sha256_file(exported)
+    if actual != summary["sha256"]:
+        raise RegistryError(f"{exported} has sha256 {actual[:12]}, but fine-tuning exported {summary['sha256'][:12]}: "
+                            "the file changed since training; restore it or run the fine-tuning step again")
+    return exported, actual
+
+
+def _evaluation_tags(evaluation_dir: Path) -> tuple[dict[str, str], dict[str, float]]:
+    """verdict/failed_gates tags and the measured metrics of `narrator evaluate`."""
+    command = "narrator evaluate FEATURES_DIR --sovits ... --gpt ... --out EVALUATION_DIR"
+    verdict = _read_json(evaluation_dir / "verdict.json", command)
+    report = _read_json(evaluation_dir / "report.json", command)
+    metrics = {name: float(value) for name, value in (report.get("metrics") or {}).items()
+               if isinstance(value, (int, float)) and not isinstance(value, bool)}
+    failures = sum(check.get("status") == "fail" for check in verdict.get("checked", []))
+    failed_gates = "; ".join(verdict.get("reasons", [])[:failures])  # evaluate_gates lists failures first
+    tags = {"verdict": "pass" if verdict.get("passed") else "fail", "failed_gates": failed_gates,
+            **{f"metric.{name}": repr(value) for name, value in metrics.items()}}
+    return tags, metrics
+
+
+def _git_tags() -> dict[str, str]:
+    """The commit of the code that runs (this repository), and whether it has uncommitted changes."""
+    repo = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
+                                  timeout=GIT_TIMEOUT_S)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if not commit:
+        return {"git_commit": UNKNOWN, "git_dirty": UNKNOWN}
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"git_commit": commit, "git_dirty": UNKNOWN if status is None else str(bool(status)).lower()}
+
+
+def params_yaml(params: Params) -> str:
+    """The resolved params as YAML (what params_sha256 hashes and the register run keeps as params.yaml)."""
+    return yaml.safe_dump(params.model_dump(by_alias=True, mode="json"), sort_keys=True, allow_unicode=True)
+
+
+def _base_tags(params: Params) -> dict[str, str]:
+    """sha256 of the base checkpoints fine-tuning started from (random_init takes precedence, as in training)."""
+    def one(uri: str | None, random_init: object, key: str) -> str:
+        if random_init is not None or not uri:
+            return RANDOM_INIT
+        return sha256_file(fetch(uri, params.storage, key))
+
+    return {"base_sovits_sha256": one(params.pretrained.sovits, params.finetune_sovits.random_init,
+                                      "pretrained.sovits"),
+            "base_gpt_sha256": one(params.pretrained.gpt, params.finetune_gpt.random_init, "pretrained.gpt")}
+
+
+def _finetune_run_id(params: Params, run_name: str, tag: str, sha256: str) -> str:
+    """The MLflow run `run_name` that exported `sha256` (components.training.record_export tags it), else
+    "unknown"."""
+    train = params.training
+    if not train.mlflow_tracking_uri:
+        return UNKNOWN
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client = MlflowClient(tracking_uri=train.mlflow_tracking_uri)
+        experiment = client.get_experiment_by_name(train.mlflow_experiment)
+        if experiment is None:
+            return UNKNOWN
+        query = f"attributes.run_name = '{run_name}' AND tags.{tag} = '{sha256}'"
+        runs = client.search_runs([experiment.experiment_id], filter_string=query,
+                                  order_by=["attributes.start_time DESC"], max_results=1)
+    except MlflowException as error:
+        log.warning("cannot look up the fine-tuning run of %s %s: %s", tag, sha256[:12], error)
+        return UNKNOWN
+    return runs[0].info.run_id if runs else UNKNOWN
+
+
+# -- registry helpers --------------------------------------------------------------------------------------------
+
+
+def _client(params: Params):
+    from mlflow import MlflowClient
+
+    uri = params.registry.tracking_uri
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _check_voice(voice: str) -> None:
+    if not VOICE_NAME.match(voice):
+        raise RegistryError(f"voice name {voice!r} is not usable: use letters, digits, '.', '_' or '-' (up to 100, "
+                            "starting with a letter or digit), e.g. alice or alice-en")
+
+
+def model_name(voice: str, params: Params) -> str:
+    """The registered model of `voice`."""
+    _check_voice(voice)
+    return params.registry.model_prefix + voice
+
+
+def _error_code(error: Exception) -> str | None:
+    return getattr(error, "error_code", None)
+
+
+def _registered_model(client, name: str, voice: str):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_registered_model(name)
+    except MlflowException as error:
+        if _error_code(error) == MLFLOW_NOT_FOUND:
+            raise RegistryError(f"no voice {voice!r} in the registry ({name} not found); register it with "
+                                "`narrator register VOICE ...` or check registry.tracking_uri and "
+                                "registry.model_prefix") from None
+        raise
+
+
+def _model_version(client, name: str, version: int):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version(name, str(version))
+    except MlflowException as error:
+        if _error_code(error) == MLFLOW_NOT_FOUND:
+            versions = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
+            raise RegistryError(f"{name} has no version {version}; its versions are "
+                                f"{', '.join(map(str, versions)) or 'none'}") from None
+        raise
+
+
+def _all_registered_models(client) -> list:
+    models, token = [], None
+    while True:
+        page = client.search_registered_models(max_results=SEARCH_PAGE_SIZE, page_token=token)
+        models.extend(page)
+        token = page.token
+        if not token:
+            return models
+
+
+def _ensure_registered_model(client, name: str, voice: str):
+    """The registered model of `voice`, created (with its voice id) on first registration."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException as error:
+        if _error_code(error) != MLFLOW_NOT_FOUND:
+            raise
+        try:
+            client.create_registered_model(name, tags={"voice": voice}, description=f"Narrator voice {voice!r}")
+        except MlflowException as create_error:  # created meanwhile by a concurrent registration
+            if _error_code(create_error) != MLFLOW_EXISTS:
+                raise
+        model = client.get_registered_model(name)
+    if "voice_id" not in model.tags:
+        client.set_registered_model_tag(name, "voice_id", str(_free_voice_id(client, name)))
+        model = client.get_registered_model(name)
+    return model
+
+
+def _free_voice_id(client, name: str) -> int:
+    """The first 16 bits of sha256(name), or the next id no other registered model uses."""
+    used = {int(m.tags["voice_id"]) for m in _all_registered_models(client)
+            if m.name != name and m.tags.get("voice_id", "").isdigit()}
+    start = int(hashlib.sha256(name.encode("utf-8")).hexdigest(), 16) & MAX_VOICE_ID
+    for offset in range(MAX_VOICE_ID + 1):
+        candidate = (start + offset) & MAX_VOICE_ID
+        if candidate not in used and candidate not in RESERVED_VOICE_IDS:
+            return candidate
+    raise RegistryError(f"all {MAX_VOICE_ID + 1} watermark voice ids are taken; delete unused registered models")
+
+
+def _payload(voice_id: int, version: int) -> int:
+    if not 0 < version <= MAX_VERSION:
+        raise RegistryError(f"version {version} does not fit the {VERSION_BITS}-bit watermark field; register the "
+                            "voice under a new name")
+    return (voice_id << VERSION_BITS) | version
+
+
+def payload_for(voice: str, version: int, params: Params) -> int:
+    """The 32-bit watermark payload of a registered (voice, version): voice id << 16 | version."""
+    client = _client(params)
+    name = model_name(voice, params)
+    model = _registered_model(client, name, voice)
+    _model_version(client, name, version)
+    return _payload(int(model.tags["voice_id"]), version)
+
+
+def lookup_payload(payload: int, params: Params) -> tuple[str, int] | None:
+    """The (voice, version) a watermark payload belongs to, or None when no registered version has it."""
+    if not 0 <= payload <= MAX_PAYLOAD:
+        raise RegistryError(f"payload {payload!r} is not a 32-bit number (8 hex digits)")
+    voice_id, version = payload >> VERSION_BITS, payload & MAX_VERSION
+    client = _client(params)
+    for model in _all_registered_models(client):
+        if model.tags.get("voice_id") == str(voice_id):
+            try:
+                _model_version(client, model.name, version)
+            except RegistryError:
+                return None
+            return model.tags.get("voice", model.name.removeprefix(params.registry.model_prefix)), version
+    return None
+
+
+def _alias_version(model, alias: str) -> int | None:
+    """The version an alias of a RegisteredModel points at (stores differ: int or str), or None."""
+    version = model.aliases.get(alias)
+    return None if version is None else int(version)
+
+
+def _aliases(client, name: str, version: int) -> list[str]:
+    return sorted(_model_version(client, name, version).aliases or [])
+
+
+def _actor() -> str:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return UNKNOWN
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# -- audit log ---------------------------------------------------------------------------------------------------
+
+
+def _line_sha256(line: str) -> str:
+    return hashlib.sha256(line.encode("utf-8")).hexdigest()
+
+
+def append_audit(path: str | Path, record: dict[str, Any]) -> str:
+    """Append `record` (plus prev_sha256) as one JSON line; returns the new line's sha256. Locked against
+    concurrent writers on POSIX."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+", encoding="utf-8") as handle:
+        try:
+            import fcntl
+
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except ImportError:  # not POSIX: no lock
+            pass
+        handle.seek(0)
+        lines = handle.read().splitlines()
+        prev = _line_sha256(lines[-1]) if lines else GENESIS_SHA256
+        line = json.dumps({**record, "prev_sha256": prev}, sort_keys=True, ensure_ascii=False)
+        handle.seek(0, os.SEEK_END)
+        handle.write(line + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    return _line_sha256(line)
+
+
+def read_audit_log(path: str | Path) -> list[dict[str, Any]]:
+    """Every record of the audit log, oldest first (empty when there is no log yet); raises when the chain is
+    broken."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    records, prev = [], GENESIS_SHA256
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise RegistryError(f"{path} line {number} is not JSON: the audit log was edited; restore it from a "
+                                "backup") from None
+        if not isinstance(record, dict) or record.get("prev_sha256") != prev:
+            raise RegistryError(f"{path} line {number} does not chain to the line before it: a line was edited, "
+                                "inserted or deleted there; restore the log from a backup (promotions are also "
+                                "kept as model-version tags promoted_by/promoted_at)")
+        records.append(record)
+        prev = _line_sha256(line)
+    return records
+
+
+def verify_audit_log(path: str | Path) -> None:
+    """Raise RegistryError when a line of the audit log was edited, inserted or deleted (all but the last line:
+    removing the newest lines leaves a valid chain; compare with the registry's promoted_at tags for those)."""
+    read_audit_log(path)
+
+
+def _audit(params: Params, event: str, name: str, voice: str, version: int, by: str, **details: Any) -> None:
+    append_audit(params.registry.audit_log, {"time": _now(), "event": event, "model": name, "voice": voice,
+                                             "version": version, "by": by, **details})
+
+
+# -- promotion ---------------------------------------------------------------------------------------------------
+
+
+def _promotion_decision(metrics: dict[str, float], champion, params: Params) -> tuple[bool, str]:
+    """Whether a passing challenger beats the champion (a ModelVersion, or None), and why."""
+    cfg = params.registry
+    metric = cfg.promotion_metric
+    if champion is None:
+        return True, "no champion yet"
+    if metric not in metrics:
+        return False, (f"{metric} was not measured, so it cannot be compared with champion v{champion.version}; "
+                       "approve it by hand if it should serve")
+    held = champion.tags.get(f"metric.{metric}")
+    if held is None:
+        return False, (f"champion v{champion.version} has no {metric} to compare with; approve by hand if it "
+                       "should serve")
+    challenger, incumbent = metrics[metric], float(held)
+    gain = challenger - incumbent if cfg.promotion_higher_is_better else incumbent - challenger
+    verdict = f"{metric} {challenger:.4g} vs champion v{champion.version} {incumbent:.4g}"
+    if gain > 0 and gain >= cfg.min_improvement:
+        return True, f"{verdict}: better by {gain:.4g}"
+    return False, f"{verdict}: not better by more than 0 and at least {cfg.min_improvement:g}"
+
+
+def _move_champion(client, name: str, version: int, by: str) -> int | None:
+    """Point `champion` at `version`, tag who and when; returns the previous champion's version (or None)."""
+    previous = _alias_version(client.get_registered_model(name), CHAMPION)
+    client.set_registered_model_alias(name, CHAMPION, str(version))
+    for key, value in {"promoted_by": by, "promoted_at": _now(), "pending_approval": "false"}.items():
+        client.set_model_version_tag(name, str(version), key, value)
+    return previous
+
+
+# -- the steps ---------------------------------------------------------------------------------------------------
+
+
+def register(voice: str, *, validated_dir: str | Path, prepared_dir: str | Path, features_dir: str | Path,
+             sovits_dir: str | Path, gpt_dir: str | Path, evaluation_dir: str | Path, params: Params,
+             extra_tags: dict[str, str] | None = None) -> Registration:
+    """Register the fine-tuned voice as a new model version with its lineage, then apply the promotion rule.
+
+    `extra_tags` are added to the version's tags (e.g. a pipeline's source fingerprint); they may not replace a
+    lineage tag.
+    """
+    name = model_name(voice, params)
+    validated_dir, prepared_dir, features_dir = Path(validated_dir), Path(prepared_dir), Path(features_dir)
+    sovits_dir, gpt_dir, evaluation_dir = Path(sovits_dir), Path(gpt_dir), Path(evaluation_dir)
+
+    # everything local is read and checked before the registry is touched
+    sovits_file, sovits_sha256 = _finetuned_sha256(sovits_dir, "sovits.pth", "narrator finetune-sovits")
+    gpt_file, gpt_sha256 = _finetuned_sha256(gpt_dir, "gpt.ckpt", "narrator finetune-gpt")
+    voice_file = features_dir / "voice.json"
+    _read_json(voice_file, "narrator features PREPARED_DIR --out FEATURES_DIR")
+    evaluation_tags, metrics = _evaluation_tags(evaluation_dir)
+    params_text = params_yaml(params)
+    by, registered_at = _actor(), _now()
+    tags = {"voice": voice, "registered_by": by, "registered_at": registered_at,
+            **_consent_tags(validated_dir), **dataset_tags(prepared_dir), **_git_tags(),
+            "params_sha256": hashlib.sha256(params_text.encode("utf-8")).hexdigest(), **_base_tags(params),
+            "sovits_sha256": sovits_sha256, "gpt_sha256": gpt_sha256,
+            "sovits_run_id": _finetune_run_id(params, "finetune-sovits", "sovits_sha256", sovits_sha256),
+            "gpt_run_id": _finetune_run_id(params, "finetune-gpt", "gpt_sha256", gpt_sha256),
+            **evaluation_tags}
+    clashes = sorted(set(extra_tags or {}) & (set(tags) | set(_DECISION_TAGS)))
+    if clashes:
+        raise RegistryError(f"extra tag(s) {', '.join(clashes)} would replace lineage tags; give them other names")
+    tags.update({key: str(value) for key, value in (extra_tags or {}).items()})
+    passed = tags["verdict"] == "pass"
+
+    client = _client(params)
+    model = _ensure_registered_model(client, name, voice)
+    existing = _same_registration(client, name, tags)
+    if existing is not None:  # a re-run of the pipeline after a later step failed: nothing new to register
+        log.info("%s v%s already holds these files and this evaluation; not registered again", name,
+                 existing.version)
+        version = int(existing.version)
+        return Registration(voice, name, version, _aliases(client, name, version),
+                            existing.tags.get("promoted_by") is not None, existing.tags.get("pending_approval") == "true",
+                            "already registered (same fine-tuned files, dataset and evaluation)",
+                            existing.tags.get("payload_hex", ""), existing.run_id or "")
+    voice_id = int(model.tags["voice_id"])
+    run_id = _log_register_run(client, params, name, tags, metrics, params_text, {
+        "model": [sovits_file, gpt_file, voice_file],
+        "evaluation": [evaluation_dir / "verdict.json", evaluation_dir / "report.json"]})
+    source = client.get_run(run_id).info.artifact_uri
+    created = client.create_model_version(name, source, run_id=run_id, tags=tags,
+                                          description=f"{voice}: {tags['verdict']}, registered by {by}")
+    version = int(created.version)
+    payload_hex = f"{_payload(voice_id, version):0{PAYLOAD_HEX_DIGITS}x}"
+    client.set_model_version_tag(name, str(version), "payload_hex", payload_hex)
+    champion_version = _alias_version(model, CHAMPION)
+    champion = client.get_model_version(name, str(champion_version)) if champion_version else None
+    client.set_registered_model_alias(name, CHALLENGER, str(version))
+
+    if not passed:
+        promotable, reason = False, f"failed its evaluation gates: {tags['failed_gates'] or 'see verdict.json'}"
+    else:
+        promotable, reason = _promotion_decision(metrics, champion, params)
+    pending = promotable and params.registry.deployment_policy == "manual"
+    client.set_model_version_tag(name, str(version), "pending_approval", str(pending).lower())
+    if pending:
+        reason += "; waiting for `narrator approve` (registry.deployment_policy: manual)"
+    _audit(params, "registered", name, voice, version, by, run_id=run_id, verdict=tags["verdict"],
+           payload_hex=payload_hex, promotable=promotable, pending_approval=pending, reason=reason)
+    promoted = promotable and not pending
+    if promoted:
+        previous = _move_champion(client, name, version, AUTO_POLICY_ACTOR)
+        _audit(params, "promoted", name, voice, version, AUTO_POLICY_ACTOR, previous_champion=previous,
+               reason=reason)
+    log.info("registered %s v%d (%s): %s%s", name, version, tags["verdict"], reason,
+             "; promoted to champion" if promoted else "")
+    return Registration(voice, name, version, _aliases(client, name, version), promoted, pending, reason,
+                        payload_hex, run_id)
+
+
+SAME_REGISTRATION_TAGS = ("sovits_sha256", "gpt_sha256", "dataset_hash", "consent_hash", "verdict")
+
+
+def _same_registration(client, name: str, tags: dict[str, str]):
+    """The version of `name` registered from exactly these fine-tuned files, data, consent, verdict and metrics
+    (or None)."""
+    keys = [*SAME_REGISTRATION_TAGS, *(key for key in tags if key.startswith("metric."))]
+    for version in client.search_model_versions(f"name='{name}'"):
+        if all(version.tags.get(key) == tags.get(key) for key in keys):
+            return version
+    return None
+
+
+def _log_register_run(client, params: Params, name: str, tags: dict[str, str], metrics: dict[str, float],
+                      params_text: str, artifacts: dict[str, list[Path]]) -> str:
+    """The MLflow run "register": lineage tags, evaluation metrics, the model files, evaluation and params."""
+    from mlflow.entities import Metric, Param
+
+    experiment_name = params.training.mlflow_experiment
+    experiment = client.get_experiment_by_name(experiment_name)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(experiment_name)
+    run = client.create_run(experiment_id, run_name=RUN_NAME, tags={**tags, "registered_model": name})
+    run_id = run.info.run_id
+    try:
+        now_ms = int(time.time() * 1000)
+        client.log_batch(run_id, metrics=[Metric(k, v, now_ms, 0) for k, v in metrics.items()],
+                         params=[Param("voice", tags["voice"]), Param("registered_model", name)])
+        for folder, files in artifacts.items():
+            for path in files:
+                client.log_artifact(run_id, str(path), folder)
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "params.yaml").write_text(params_text, encoding="utf-8")
+            (Path(tmp) / "lineage.json").write_text(json.dumps(tags, indent=1, ensure_ascii=False), encoding="utf-8")
+            client.log_artifact(run_id, str(Path(tmp) / "params.yaml"))
+            client.log_artifact(run_id, str(Path(tmp) / "lineage.json"))
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def approve(voice: str, version: int, by: str, params: Params) -> Registration:
+    """Move `champion` to `version` of `voice` on `by`'s authority (it must have passed its gates)."""
+    if not by.strip():
+        raise RegistryError("say who approves: --by NAME (recorded in the audit log)")
+    client = _client(params)
+    name = model_name(voice, params)
+    model = _registered_model(client, name, voice)
+    mv = _model_version(client, name, version)
+    payload_hex = mv.tags.get("payload_hex", "")
+    if mv.tags.get("verdict") != "pass":
+        raise RegistryError(f"{name} version {version} failed its evaluation gates "
+                            f"({mv.tags.get('failed_gates') or 'no passing verdict recorded'}); it cannot be "
+                            "approved. Fix the voice, evaluate and register a new version")
+    if _alias_version(model, CHAMPION) == version:
+        return Registration(voice, name, version, _aliases(client, name, version), False, False,
+                            f"version {version} is already the champion", payload_hex, mv.run_id or "")
+    previous = _move_champion(client, name, version, by)
+    approved_at = _now()
+    client.set_model_version_tag(name, str(version), "approved_by", by)
+    client.set_model_version_tag(name, str(version), "approved_at", approved_at)
+    replaced = f"replacing champion v{previous}" if previous else "the first champion"
+    _audit(params, "approved", name, voice, version, by, previous_champion=previous, reason=replaced)
+    reason = f"approved by {by}, {replaced}"
+    log.info("%s v%d approved by %s: now the champion", name, version, by)
+    return Registration(voice, name, version, _aliases(client, name, version), True, False, reason, payload_hex,
+                        mv.run_id or "")
+
+
+def lineage(voice: str, version: int | None, params: Params) -> Lineage:
+    """The lineage of `version` of `voice` (None: the champion, or the latest version when there is none)."""
+    client = _client(params)
+    name = model_name(voice, params)
+    model = _registered_model(client, name, voice)
+    if version is None:
+        version = _alias_version(model, CHAMPION)
+        if version is None:
+            versions = [int(v.version) for v in client.search_model_versions(f"name = '{name}'")]
+            if not versions:
+                raise RegistryError(f"{name} has no versions yet; run `narrator register {voice} ...`")
+            version = max(versions)
+    mv = _model_version(client, name, version)
+    t = mv.tags
+    try:
+        records = [r for r in read_audit_log(params.registry.audit_log)
+                   if r.get("model") == name and r.get("version") == version]
+        problem = None
+    except RegistryError as error:
+        records, problem = [], str(error)
+    return Lineage(
+        voice=voice, model_name=name, version=version, aliases=sorted(mv.aliases or []),
+        consent={"hash": t.get("consent_hash", UNKNOWN), "speaker": t.get("consent_speaker", UNKNOWN),
+                 "organisation": t.get("consent_organisation", UNKNOWN), "date": t.get("consent_date", UNKNOWN),
+                 "scope": t.get("consent_scope", UNKNOWN)},
+        dataset={"hash": t.get("dataset_hash", UNKNOWN), "segments": t.get("dataset_segments", UNKNOWN),
+                 "holdout_segments": t.get("dataset_holdout_segments", UNKNOWN),
+                 "duration_s": t.get("dataset_duration_s", UNKNOWN)},
+        code={"git_commit": t.get("git_commit", UNKNOWN), "git_dirty": t.get("git_dirty", UNKNOWN)},
+        params={"sha256": t.get("params_sha256", UNKNOWN)},
+        base={"sovits_sha256": t.get("base_sovits_sha256", UNKNOWN), "gpt_sha256": t.get("base_gpt_sha256", UNKNOWN)},
+        finetune={key: t.get(key, UNKNOWN) for key in ("sovits_sha256", "sovits_run_id", "gpt_sha256", "gpt_run_id")},
+        evaluation={"verdict": t.get("verdict", UNKNOWN), "failed_gates": t.get("failed_gates", ""),
+                    "metrics": {k.removeprefix("metric."): float(v) for k, v in t.items() if k.startswith("metric.")}},
+        registry={"run_id": mv.run_id or UNKNOWN, "source": mv.source, **{
+            key: t[key] for key in ("payload_hex", "registered_by", "registered_at", "pending_approval",
+                                    "promoted_by", "promoted_at", "approved_by", "approved_at") if key in t}},
+        audit=records, audit_problem=problem, bento=t.get("bento"))

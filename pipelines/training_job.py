@@ -1,0 +1,102 @@
+"""Multi-GPU fine-tuning of one voice on the cluster: a PyTorchJob (Kubeflow Training Operator, kubeflow.org/v1).
+
+When `pipeline.training_gpus` is more than one, the pipeline's fine-tuning step does not train in its own pod: it
+uploads the features to `pipeline.work_uri` (s3://), creates a PyTorchJob whose one pod runs the same command
+under torchrun on that many GPUs (`torchrun --standalone --nproc-per-node N --no-python narrator finetune-KIND
+s3://.../features --out s3://.../KIND`; the CLI reads and writes s3:// itself, rank 0 uploads), waits for it, and
+copies the result into the step's output artifact. The step's params travel in an environment variable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from narrator.errors import NarratorError
+
+GROUP, VERSION, PLURAL = "kubeflow.org", "v1", "pytorchjobs"
+POLL_S = 20.0
+TIMEOUT_S = 48 * 3600.0
+
+
+class TrainingJobError(NarratorError):
+    """The PyTorchJob could not be created, or it failed."""
+
+
+def job_name(kind: str, features_uri: str, params_yaml: str) -> str:
+    """A stable name per (step, data, settings): re-running the pipeline step finds the same job and its outputs
+    (the training inside resumes from its checkpoints)."""
+    digest = hashlib.sha256(f"{kind}\0{features_uri}\0{params_yaml}".encode()).hexdigest()[:10]
+    return f"narrator-{kind}-{digest}"
+
+
+def pytorchjob_manifest(name: str, kind: str, features_uri: str, out_uri: str, params_yaml: str, gpus: int,
+                        image: str, namespace: str, gpu_resource: str = "nvidia.com/gpu") -> dict[str, Any]:
+    """The PyTorchJob custom resource: one Master pod with `gpus` GPUs running torchrun over the narrator CLI."""
+    command = (f'printf "%s" "$NARRATOR_PARAMS_YAML" > /tmp/params.yaml && exec torchrun --standalone '
+               f"--nproc-per-node {gpus} --no-python narrator finetune-{kind} {features_uri} --out {out_uri} "
+               f"--params /tmp/params.yaml")
+    container = {
+        "name": "pytorch", "image": image, "command": ["sh", "-c", command],
+        "env": [{"name": "NARRATOR_PARAMS_YAML", "value": params_yaml}],
+        "resources": {"limits": {gpu_resource: gpus}, "requests": {gpu_resource: gpus}},
+    }
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "PyTorchJob",
+        "metadata": {"name": name, "namespace": namespace,
+                     "labels": {"app.kubernetes.io/part-of": "narrator", "narrator/step": f"finetune-{kind}"}},
+        "spec": {"pytorchReplicaSpecs": {"Master": {
+            "replicas": 1, "restartPolicy": "OnFailure",
+            "template": {"spec": {"containers": [container]}}}}},
+    }
+
+
+def job_state(job: dict[str, Any]) -> str | None:
+    """"Succeeded", "Failed" or None (still running) from a PyTorchJob's status conditions."""
+    for condition in reversed(job.get("status", {}).get("conditions", []) or []):
+        if condition.get("status") == "True" and condition.get("type") in ("Succeeded", "Failed"):
+            return condition["type"]
+    return None
+
+
+def run_pytorchjob(kind: str, features_dir: str, model_dir: str, params_yaml: str, gpus: int, image: str,
+                   namespace: str, work_uri: str) -> None:
+    """Upload features, run the PyTorchJob to completion, download the fine-tuned model into `model_dir`."""
+    from kubernetes import client, config
+
+    from narrator import storage
+    from pipelines.runtime import params_from_yaml
+
+    if not storage.is_s3(work_uri):
+        raise TrainingJobError("multi-GPU fine-tuning exchanges data through S3: set pipeline.work_uri to an "
+                               "s3:// prefix the cluster can read and write (or set pipeline.training_gpus to 1)")
+    params = params_from_yaml(params_yaml)
+    name = job_name(kind, features_dir, params_yaml)
+    base = f"{work_uri.rstrip('/')}/{name}"
+    with storage.output_dir(f"{base}/features", params.storage) as staged:
+        shutil.copytree(features_dir, staged, dirs_exist_ok=True)
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    api = client.CustomObjectsApi()
+    manifest = pytorchjob_manifest(name, kind, f"{base}/features", f"{base}/{kind}", params_yaml, gpus, image,
+                                   namespace)
+    try:
+        api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, manifest)
+    except client.ApiException as error:
+        if error.status != 409:  # 409: the job exists (a re-run): wait for it
+            raise TrainingJobError(f"could not create PyTorchJob {name} in {namespace}: {error.reason}. Is the "
+                                   "Kubeflow Training Operator installed, and may this pipeline create PyTorchJobs?")
+    deadline = time.monotonic() + TIMEOUT_S
+    while (state := job_state(api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name))) is None:
+        if time.monotonic() > deadline:
+            raise TrainingJobError(f"PyTorchJob {name} did not finish in {TIMEOUT_S / 3600:.0f} h")
+        time.sleep(POLL_S)
+    if state == "Failed":
+        raise TrainingJobError(f"PyTorchJob {name} failed: `kubectl logs -n {namespace} {name}-master-0` says why")
+    Path(model_dir).mkdir(parents=True, exist_ok=True)
+    shutil.copytree(storage.local_dir(f"{base}/{kind}", params.storage), model_dir, dirs_exist_ok=True)

@@ -1,0 +1,291 @@
+"""The Kubeflow pipelines (pipelines/): the compiled YAML has every step, image, resource and branch; the onboarding
+DAG runs end to end here with kfp's local runner on the demo's small models; a failed step stops the run with its
+error and the next run resumes after the finished steps; retraining notices new recordings; multi-GPU fine-tuning
+becomes a PyTorchJob; scheduling asks the cluster for a recurring run."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from narrator.config import load_params
+from pipelines.run import PipelineError, compile_pipeline, run_local
+from tests.test_dockerfile import check_commands_start
+
+STEPS = ("snapshot", "validate", "prepare", "features", "finetune-sovits", "finetune-gpt", "evaluate",
+         "watermark-check", "register", "package", "gate-failed", "record-run")
+
+
+def _compiled(tmp_path, name: str, **pipeline) -> dict:
+    params = load_params(None, {"pipeline": {"image": "registry.example/narrator:1.2.3", **pipeline}})
+    return yaml.safe_load(compile_pipeline(name, params, tmp_path / f"{name}.yaml").read_text())
+
+
+def _executors(spec: dict) -> dict:
+    return spec["deploymentSpec"]["executors"]
+
+
+def _tasks(spec: dict) -> dict:
+    """Every task of every DAG in the spec, by task name."""
+    tasks = dict(spec["root"]["dag"]["tasks"])
+    for component in spec["components"].values():
+        tasks.update(component.get("dag", {}).get("tasks", {}))
+    return tasks
+
+
+def test_onboard_yaml_has_every_step_in_the_project_image(tmp_path):
+    spec = _compiled(tmp_path, "onboard")
+    assert set(STEPS) <= set(_tasks(spec))
+    images = {e["container"]["image"] for e in _executors(spec).values()}
+    assert images == {"registry.example/narrator:1.2.3"}
+
+
+def test_onboard_yaml_requests_gpus_for_training_and_evaluation_only(tmp_path):
+    spec = _compiled(tmp_path, "onboard", training_gpus=1, evaluate_gpus=1)
+    resources = {name.removeprefix("exec-"): e["container"].get("resources", {})
+                 for name, e in _executors(spec).items()}
+    for step in ("finetune-sovits", "finetune-gpt", "evaluate", "watermark-check"):
+        assert resources[step]["accelerator"]["resourceType"] == "nvidia.com/gpu", step
+        assert int(resources[step]["accelerator"]["resourceCount"]) == 1
+    for step in ("validate", "prepare", "register"):
+        assert "accelerator" not in resources[step], step
+    assert resources["finetune-sovits"]["resourceCpuRequest"] == "8"
+    assert resources["finetune-sovits"]["resourceMemoryRequest"] == "32G"
+
+
+def test_onboard_yaml_branches_on_the_evaluation_verdict(tmp_path):
+    tasks = _tasks(_compiled(tmp_path, "onboard"))
+    conditions = {name: t["triggerPolicy"]["condition"] for name, t in tasks.items() if "triggerPolicy" in t
+                  and "condition" in t["triggerPolicy"]}
+    passed = [c for c in conditions.values() if "'pass'" in c and "!" not in c]
+    failed = [c for c in conditions.values() if "'pass'" in c and "!" in c]
+    assert passed and failed, conditions
+    assert "evaluate" in passed[0]
+
+
+def test_onboard_yaml_caches_deterministic_steps_but_never_the_registry(tmp_path):
+    tasks = _tasks(_compiled(tmp_path, "onboard"))
+    cached = {name: t.get("cachingOptions", {}).get("enableCache", False) for name, t in tasks.items()}
+    for step in ("validate", "prepare", "features", "finetune-sovits", "finetune-gpt", "evaluate"):
+        assert cached[step] is True, step
+    for step in ("snapshot", "register", "package", "gate-failed"):
+        assert cached[step] is False, step
+
+
+def test_onboard_yaml_records_every_run_in_an_exit_handler(tmp_path):
+    tasks = _compiled(tmp_path, "onboard")["root"]["dag"]["tasks"]
+    assert tasks["record-run"]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    assert "exit-handler-1" in tasks["record-run"]["dependentTasks"]
+
+
+def test_more_than_one_training_gpu_runs_fine_tuning_as_a_pytorchjob(tmp_path):
+    tasks = _tasks(_compiled(tmp_path, "onboard", training_gpus=4, work_uri="s3://work/narrator"))
+    launchers = [t for name, t in tasks.items() if name.startswith("finetune-on-cluster")]
+    assert len(launchers) == 2
+    kinds = {t["inputs"]["parameters"]["kind"]["runtimeValue"]["constant"] for t in launchers}
+    assert kinds == {"sovits", "gpt"}
+    assert all(t["inputs"]["parameters"]["gpus"]["runtimeValue"]["constant"] == 4 for t in launchers)
+
+
+def test_pytorchjob_runs_the_same_command_under_torchrun():
+    from pipelines.training_job import job_state, pytorchjob_manifest
+
+    job = pytorchjob_manifest("narrator-sovits-x", "sovits", "s3://w/f", "s3://w/sovits", "training: {}\n", 4,
+                              "narrator:1", "voices")
+    master = job["spec"]["pytorchReplicaSpecs"]["Master"]
+    container = master["template"]["spec"]["containers"][0]
+    assert job["kind"] == "PyTorchJob" and job["metadata"]["namespace"] == "voices" and master["replicas"] == 1
+    assert "torchrun --standalone --nproc-per-node 4 --no-python narrator finetune-sovits s3://w/f --out " \
+           "s3://w/sovits" in container["command"][-1]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 4
+    assert job_state({"status": {"conditions": [{"type": "Running", "status": "True"}]}}) is None
+    assert job_state({"status": {"conditions": [{"type": "Succeeded", "status": "True"}]}}) == "Succeeded"
+
+
+def test_batch_yaml_loops_over_narrators_with_a_parallelism_limit_and_collects_a_summary(tmp_path):
+    spec = _compiled(tmp_path, "batch", batch_parallelism=3)
+    loops = [t for t in _tasks(spec).values() if "iterator" in t or "parameterIterator" in t]
+    assert loops and loops[0]["iteratorPolicy"]["parallelismLimit"] == 3
+    assert "summarize" in _tasks(spec)
+
+
+def test_retrain_yaml_trains_only_when_recordings_changed(tmp_path):
+    tasks = _tasks(_compiled(tmp_path, "retrain"))
+    assert "new-recordings" in tasks
+    assert any("'yes'" in t.get("triggerPolicy", {}).get("condition", "") for t in tasks.values())
+
+
+def test_every_command_the_steps_run_exists_and_starts():
+    source = (Path(__file__).resolve().parents[1] / "pipelines" / "steps.py").read_text()
+    commands = [["narrator", *re.findall(r'"([a-z-]+)"', match)[:2 if match.startswith('"watermark"') else 1]]
+                for match in re.findall(r"run_cli\(\[([^\]]+)", source)]
+    assert len(commands) >= 9
+    assert check_commands_start(commands) == []
+
+
+def test_schedule_creates_a_recurring_run_with_the_cron(tmp_path, monkeypatch):
+    import kfp
+
+    from pipelines import run as runner
+
+    calls = {}
+
+    class FakeClient:
+        def __init__(self, host):
+            calls["host"] = host
+
+        def create_experiment(self, name):
+            return type("E", (), {"experiment_id": "exp-1"})()
+
+        def create_recurring_run(self, **kwargs):
+            calls.update(kwargs)
+            return type("R", (), {"recurring_run_id": "job-1"})()
+
+    monkeypatch.setattr(kfp, "Client", FakeClient)
+    params = load_params(None, {})
+    job = runner.schedule("retrain", params, {"source": "s3://v/alice", "voice": "alice"},
+                          host="http://kfp.example", package_dir=tmp_path)
+    assert job == "job-1" and calls["host"] == "http://kfp.example"
+    assert calls["cron_expression"] == params.pipeline.retrain_cron and calls["max_concurrency"] == 1
+    assert calls["params"]["voice"] == "alice" and Path(calls["pipeline_package_path"]).exists()
+
+
+# -- the local DAG, end to end -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def local_project(tmp_path_factory):
+    """The demo narrator (espeak-ng) and the demo's small base models, with every output under a temp folder."""
+    from narrator.config import DemoConfig
+    from narrator.demo import build_demo_bases, build_demo_narrator, demo_overrides
+
+    root = tmp_path_factory.mktemp("pipeline")
+    source = build_demo_narrator(root / "narrator", DemoConfig(clips=20, speed_wpm=130))
+    overrides = demo_overrides(build_demo_bases(root / "base"), root)
+    overrides["finetune_sovits"] = {"epochs": 1, "batch_size": 4}
+    overrides["finetune_gpt"].update(epochs=2)
+    overrides["evaluate"].update(max_holdout_segments=1, sentences_per_language=1)
+    return source, load_params(None, overrides), root
+
+
+@pytest.fixture(scope="module")
+def onboarded(local_project):
+    """A first run that fails at the watermark check (no key configured), then the same run with the key."""
+    from pipelines.onboard import step_arguments
+
+    source, params, root = local_project
+    arguments = {"source": str(source), "voice": "ava", **step_arguments(params)}
+    patch = pytest.MonkeyPatch()
+    patch.delenv("NARRATOR_WATERMARK_KEY", raising=False)
+    patch.delenv("NARRATOR_WATERMARK_KEY_FILE", raising=False)
+    with pytest.raises(PipelineError) as failed:
+        run_local("onboard", params, arguments)
+    patch.setenv("NARRATOR_WATERMARK_KEY", "test pipeline key")
+    try:
+        result = run_local("onboard", params, arguments)
+    finally:
+        patch.undo()
+    return failed.value, result, params, root
+
+
+def _runs_of(root: Path, step: str) -> list[Path]:
+    return [p for p in (root / "pipeline").glob(f"narrator-onboard-*/{step}") if p.is_dir()]
+
+
+def test_a_failed_step_stops_the_run_with_its_error(onboarded):
+    error, _, _, root = onboarded
+    assert "`narrator watermark check` failed" in str(error) and "NARRATOR_WATERMARK_KEY" in str(error)
+    first_run = sorted((root / "pipeline").glob("narrator-onboard-*"))[0]
+    assert (first_run / "watermark-check").is_dir() and not (first_run / "register").exists()  # nothing after it
+
+
+def test_the_rerun_resumes_after_the_finished_steps(onboarded):
+    _, result, _, root = onboarded
+    assert result.packages
+    for step in ("validate", "prepare", "features", "finetune-sovits", "finetune-gpt", "evaluate"):
+        assert len(_runs_of(root, step)) == 1, step  # ran once: the second run reused it
+    assert len(_runs_of(root, "watermark-check")) == 2
+
+
+def test_the_onboarded_voice_is_registered_champion_and_packaged(onboarded):
+    from components.register import lineage
+
+    _, result, params, _ = onboarded
+    package = result.packages[0]
+    assert package["voice"] == "ava" and package["version"] == 1
+    found = lineage("ava", None, params)
+    assert found.version == 1 and "champion" in found.aliases and found.bento == "narrator-ava:v1"
+    assert found.consent["hash"].startswith("sha256:") and found.consent["speaker"] == "Demo Narrator"
+
+
+def test_the_packaged_sample_carries_the_versions_watermark(onboarded, monkeypatch):
+    from components.watermark import detect_file
+
+    _, result, _, _ = onboarded
+    package = result.packages[0]
+    assert package["sample_watermark"]["detected"] is True
+    bundle = Path(package["bundle_dir"])
+    assert {"voice.yaml", "sovits.pth", "gpt.ckpt", "reference.wav", "sample.wav"} <= {p.name for p in
+                                                                                         bundle.iterdir()}
+    assert detect_file(bundle / "sample.wav", "test pipeline key")["detected"] is True
+    assert json.loads(json.dumps(yaml.safe_load((bundle / "voice.yaml").read_text())))["watermark_payload"] == \
+        package["payload_hex"]
+
+
+def test_every_run_is_recorded_finished_or_failed(onboarded):
+    from components.register import read_audit_log
+
+    _, _, params, _ = onboarded
+    runs = [r for r in read_audit_log(params.registry.audit_log) if r.get("event") == "pipeline_run"]
+    assert [r["state"] for r in runs] == ["FAILED", "SUCCEEDED"]
+
+
+def test_retraining_waits_for_new_recordings(onboarded, local_project):
+    import shutil
+
+    from pipelines.runtime import recordings_changed
+
+    source, params, root = local_project
+    assert recordings_changed(str(source), "ava", params) is False
+    assert recordings_changed(str(source), "nobody", params) is True
+    copy = root / "narrator-more"
+    shutil.copytree(source, copy)
+    shutil.copy2(copy / "clips" / "000.wav", copy / "clips" / "100.wav")
+    assert recordings_changed(str(copy), "ava", params) is True
+
+
+def test_watermark_cli_embeds_a_registered_versions_payload_and_names_it_back(onboarded, tmp_path, monkeypatch,
+                                                                              capsys):
+    import numpy as np
+
+    from narrator.audiofile import write_wav
+    from narrator.cli import main
+
+    _, _, params, _ = onboarded
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(params.model_dump(by_alias=True, mode="json")))
+    monkeypatch.setenv("NARRATOR_WATERMARK_KEY", "test pipeline key")
+    speech = 0.1 * np.random.default_rng(0).standard_normal(12 * 16000).astype(np.float32)
+    write_wav(tmp_path / "speech.wav", speech, 16000)
+    assert main(["watermark", "embed", str(tmp_path / "speech.wav"), str(tmp_path / "marked.wav"), "--voice",
+                 "ava@1", "--params", str(params_file)]) == 0
+    capsys.readouterr()
+    assert main(["watermark", "detect", str(tmp_path / "marked.wav"), "--lookup", "--params", str(params_file)]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert found["detected"] and (found["voice"], found["version"]) == ("ava", 1)
+
+
+def test_a_scheduled_retrain_without_new_recordings_trains_nothing(onboarded, local_project):
+    from components.register import read_audit_log
+    from pipelines.onboard import step_arguments
+
+    source, params, root = local_project
+    before = len(list((root / "pipeline").glob("narrator-retrain-*/validate")))
+    run_local("retrain", params, {"source": str(source), "voice": "ava", **step_arguments(params)})
+    assert len(list((root / "pipeline").glob("narrator-retrain-*/validate"))) == before == 0
+    last = read_audit_log(params.registry.audit_log)[-1]
+    assert (last["pipeline"], last["state"]) == ("narrator-retrain", "SUCCEEDED")

@@ -1,0 +1,344 @@
+"""`narrator register`/`approve`/`lineage`: a voice becomes a model version in a sqlite MLflow registry with its
+whole lineage as tags; the champion alias moves only to a version that passed its gates and beats the champion
+(or on approval under the manual policy); every move is in a hash-chained audit log; each (voice, version) has a
+stable 32-bit watermark payload.
+
+The step outputs are tiny stand-ins written with the steps' own report types, so their JSON has the real format.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from components.register import (RegistryError, approve, dataset_tags, lineage, lookup_payload, params_yaml,
+                                 payload_for, register, verify_audit_log)
+from narrator.config import load_params
+from narrator.storage import sha256_file
+
+EXPERIMENT = "narrator-test"
+CONSENT_HASH = "sha256:" + "c0" * 32
+GATES = {"speaker_similarity": 0.75, "wer": 0.10}
+
+
+@dataclass(frozen=True)
+class Steps:
+    """The folders the pipeline steps wrote for one narrator, plus the registry they log to."""
+
+    root: Path
+    uri: str
+    validated: Path
+    prepared: Path
+    features: Path
+    sovits: Path
+    gpt: Path
+    base_gpt: Path  # a stand-in official GPT checkpoint (pretrained.gpt)
+    finetune_run_ids: dict[str, str]  # tag -> the fake fine-tuning run that carries it
+
+
+def _validated(out: Path) -> None:
+    from components.validate import ValidationReport
+    from narrator.config import ValidateConfig
+
+    consent = {"speaker": "Alice Example", "organisation": "Acme Audio", "date": "2025-01-15",
+               "scope": "audiobook narration", "file": "consent.yaml", "recording_path": "consent.wav",
+               "duration_s": 6.2, "speaker_similarity": 0.91}
+    report = ValidationReport(source="recordings/alice", out_dir=str(out), verdict="accepted", dataset_reasons=[],
+                              messages=[], totals={"clips": 2, "accepted": 2, "warning": 0, "rejected": 0},
+                              consent=consent, consent_hash=CONSENT_HASH, clips=[],
+                              thresholds=ValidateConfig().model_dump(mode="json"), created_at="2025-01-16T10:00:00Z",
+                              elapsed_s=1.0)
+    out.mkdir(parents=True)
+    (out / "report.json").write_text(report.to_json(), encoding="utf-8")
+
+
+def _prepared(out: Path) -> None:
+    from components.prepare import PreparedSegment, PrepareReport
+    from narrator.audiofile import write_wav
+
+    segments = []
+    for index, (text, split) in enumerate([("Hello there.", "train"), ("Good night.", "holdout")]):
+        name = f"clip{index:02d}_000"
+        tone = np.sin(np.arange(3200) * (index + 1) * 0.05).astype(np.float32) * 0.1
+        wav32 = write_wav(out / "wav32k" / f"{name}.wav", tone, 32000)
+        wav16 = write_wav(out / "wav16k" / f"{name}.wav", tone[::2], 16000)
+        segments.append(PreparedSegment(name=name, source=f"clip{index:02d}.wav", start_s=0.0, end_s=0.1,
+                                        duration_s=2.5, text=text, language="en", wav_32k=str(wav32),
+                                        wav_16k=str(wav16), split=split))
+    report = PrepareReport(validated_dir="validated", out_dir=str(out), segments=segments, total_duration_s=5.0,
+                           settings_hash="0123456789ab")
+    (out / "prepare.json").write_text(report.to_json(), encoding="utf-8")
+
+
+def _features(out: Path) -> None:
+    from components.features import FeaturesManifest
+
+    out.mkdir(parents=True)
+    (out / "manifest.json").write_text(FeaturesManifest(version=1, sovits_version="v2", models={}).to_json())
+    (out / "voice.json").write_text(json.dumps({"model": "resemblyzer-ge2e-256", "segments": 2,
+                                                "embedding": [0.0625] * 256}), encoding="utf-8")
+
+
+def _finetuned(out: Path, file_name: str, tag: str) -> dict:
+    from components.training import LoopResult, record_export, run_summary
+
+    out.mkdir(parents=True)
+    exported = out / file_name
+    exported.write_bytes(f"weights of {file_name}".encode())
+    summary = run_summary(LoopResult(steps=8, epochs=1, resumed_from_step=0, seconds=3.0), examples=2, batch_size=1,
+                          precision="fp32", processes=1)
+    record_export(summary, exported, tag, None)
+    (out / "result.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    return summary
+
+
+def evaluation(root: Path, name: str, speaker_similarity: float) -> Path:
+    """An evaluation folder as `narrator evaluate` writes it, gated by GATES."""
+    from components.evaluate import EvaluationReport
+    from narrator.metrics import Gate, evaluate_gates
+
+    metrics = {"speaker_similarity": speaker_similarity, "wer": 0.04, "cer": None, "mcd_db": 6.1,
+               "f0_rmse_cents": 120.0, "f0_correlation": 0.8, "duration_outliers_share": 0.0, "rtf": 0.3,
+               "first_audio_s": 0.2, "watermark_detected_share": None}
+    verdict = evaluate_gates(metrics, [Gate(m, ">=" if m == "speaker_similarity" else "<=", t)
+                                       for m, t in GATES.items()])
+    report = EvaluationReport(voice={"sovits": "sovits.pth", "gpt": "gpt.ckpt", "speaker_model": "ge2e",
+                                     "asr_model": ""}, reference="clip00_000", metrics=metrics,
+                              verdict={"passed": verdict.passed, "reasons": list(verdict.reasons),
+                                       "checked": list(verdict.checked)},
+                              utterances=[], warnings=[], seconds=1.0)
+    out = root / name
+    out.mkdir(parents=True)
+    (out / "report.json").write_text(report.to_json(), encoding="utf-8")
+    (out / "verdict.json").write_text(json.dumps(report.verdict, indent=1), encoding="utf-8")
+    return out
+
+
+@pytest.fixture(scope="module")
+def steps(tmp_path_factory) -> Steps:
+    from mlflow import MlflowClient
+
+    root = tmp_path_factory.mktemp("register")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    _validated(root / "validated")
+    _prepared(root / "prepared")
+    _features(root / "features")
+    sovits = _finetuned(root / "sovits", "sovits.pth", "sovits_sha256")
+    gpt = _finetuned(root / "gpt", "gpt.ckpt", "gpt_sha256")
+    base_gpt = root / "base-gpt.ckpt"
+    base_gpt.write_bytes(b"the official GPT")
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment(EXPERIMENT, artifact_location=(root / "artifacts").as_uri())
+    run_ids = {}
+    for tag, summary, run_name in (("sovits_sha256", sovits, "finetune-sovits"), ("gpt_sha256", gpt, "finetune-gpt")):
+        run_ids[tag] = client.create_run(experiment, run_name=run_name, tags={tag: summary["sha256"]}).info.run_id
+    return Steps(root, uri, root / "validated", root / "prepared", root / "features", root / "sovits", root / "gpt",
+                 base_gpt, run_ids)
+
+
+def make_params(steps: Steps, tmp_path: Path, pretrained: dict | None = None, **registry):
+    """Params logging to the test registry, with an audit log per test and these registry settings."""
+    return load_params(None, {"registry": {"tracking_uri": steps.uri, "audit_log": str(tmp_path / "audit.jsonl"),
+                                           **registry},
+                              "training": {"mlflow_tracking_uri": steps.uri, "mlflow_experiment": EXPERIMENT},
+                              "pretrained": pretrained or {}})
+
+
+def register_voice(voice: str, steps: Steps, evaluation_dir: Path, params):
+    return register(voice, validated_dir=steps.validated, prepared_dir=steps.prepared, features_dir=steps.features,
+                    sovits_dir=steps.sovits, gpt_dir=steps.gpt, evaluation_dir=evaluation_dir, params=params)
+
+
+def _client(steps: Steps):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=steps.uri, registry_uri=steps.uri)
+
+
+def _audit(tmp_path: Path) -> list[dict]:
+    return [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+
+
+def test_registration_records_every_lineage_tag(steps, tmp_path):
+    params = make_params(steps, tmp_path, pretrained={"gpt": str(steps.base_gpt)})
+    done = register_voice("lineage-tags", steps, evaluation(tmp_path, "eval", 0.86), params)
+
+    mv = _client(steps).get_model_version("narrator-lineage-tags", str(done.version))
+    tags = mv.tags
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                          cwd=Path(__file__).parent).stdout.strip()
+    assert tags["consent_hash"] == CONSENT_HASH and tags["consent_speaker"] == "Alice Example"
+    assert tags["dataset_hash"] == dataset_tags(steps.prepared)["dataset_hash"]
+    assert tags["dataset_hash"].startswith("sha256:") and tags["dataset_segments"] == "2"
+    assert tags["git_commit"] == (head or "unknown")
+    assert tags["params_sha256"] == hashlib.sha256(params_yaml(params).encode()).hexdigest()
+    assert tags["base_gpt_sha256"] == sha256_file(steps.base_gpt)
+    assert tags["base_sovits_sha256"] == "random-init"
+    assert tags["sovits_sha256"] == sha256_file(steps.sovits / "sovits.pth")
+    assert tags["gpt_sha256"] == sha256_file(steps.gpt / "gpt.ckpt")
+    assert tags["sovits_run_id"] == steps.finetune_run_ids["sovits_sha256"]
+    assert tags["gpt_run_id"] == steps.finetune_run_ids["gpt_sha256"]
+    assert float(tags["metric.speaker_similarity"]) == 0.86 and float(tags["metric.mcd_db"]) == 6.1
+    assert "metric.cer" not in tags  # not measured
+    assert tags["verdict"] == "pass" and tags["failed_gates"] == ""
+    assert tags["payload_hex"] == done.payload_hex and len(done.payload_hex) == 8
+    assert mv.run_id == done.run_id and mv.source == _client(steps).get_run(done.run_id).info.artifact_uri
+    logged = {a.path for folder in ("model", "evaluation") for a in _client(steps).list_artifacts(done.run_id, folder)}
+    assert logged == {"model/sovits.pth", "model/gpt.ckpt", "model/voice.json", "evaluation/verdict.json",
+                      "evaluation/report.json"}
+    assert {"params.yaml", "lineage.json"} <= {a.path for a in _client(steps).list_artifacts(done.run_id)}
+
+
+def test_first_passing_version_becomes_champion(steps, tmp_path):
+    done = register_voice("first", steps, evaluation(tmp_path, "eval", 0.80), make_params(steps, tmp_path))
+
+    assert (done.version, done.promoted, done.pending_approval) == (1, True, False)
+    assert done.aliases == ["challenger", "champion"]
+    assert [r["event"] for r in _audit(tmp_path)] == ["registered", "promoted"]
+    assert _client(steps).get_model_version("narrator-first", "1").tags["promoted_by"] == "policy:auto"
+
+
+def test_registering_the_same_files_and_evaluation_again_returns_that_version(steps, tmp_path):
+    params = make_params(steps, tmp_path)
+    ev = evaluation(tmp_path, "eval", 0.80)
+    first = register_voice("again", steps, ev, params)
+    second = register_voice("again", steps, ev, params)  # a pipeline re-run after a later step failed
+
+    assert second.version == first.version == 1 and "already registered" in second.reason
+    assert [r["event"] for r in _audit(tmp_path)] == ["registered", "promoted"]
+
+
+def test_failing_version_stays_challenger_only(steps, tmp_path):
+    done = register_voice("failing", steps, evaluation(tmp_path, "eval", 0.60), make_params(steps, tmp_path))
+
+    assert done.aliases == ["challenger"] and not done.promoted and not done.pending_approval
+    assert "speaker_similarity 0.6 < 0.75" in done.reason
+    assert _client(steps).get_model_version("narrator-failing", "1").tags["verdict"] == "fail"
+    assert [r["event"] for r in _audit(tmp_path)] == ["registered"]
+
+
+def test_better_challenger_is_promoted_and_worse_one_is_not(steps, tmp_path):
+    params = make_params(steps, tmp_path)
+    register_voice("contest", steps, evaluation(tmp_path, "v1", 0.80), params)
+
+    better = register_voice("contest", steps, evaluation(tmp_path, "v2", 0.85), params)
+    worse = register_voice("contest", steps, evaluation(tmp_path, "v3", 0.83), params)
+
+    assert better.promoted and better.aliases == ["challenger", "champion"]  # at the time it was registered
+    assert not worse.promoted and worse.aliases == ["challenger"]
+    assert "speaker_similarity 0.83 vs champion v2 0.85" in worse.reason
+    aliases = _client(steps).get_registered_model("narrator-contest").aliases
+    assert {alias: int(version) for alias, version in aliases.items()} == {"champion": 2, "challenger": 3}
+
+
+def test_improvement_below_min_improvement_is_not_promoted(steps, tmp_path):
+    params = make_params(steps, tmp_path, min_improvement=0.05)
+    register_voice("margin", steps, evaluation(tmp_path, "v1", 0.80), params)
+
+    done = register_voice("margin", steps, evaluation(tmp_path, "v2", 0.82), params)
+
+    assert not done.promoted and "at least 0.05" in done.reason
+
+
+def test_manual_policy_waits_and_approve_promotes_with_an_audit_record(steps, tmp_path):
+    params = make_params(steps, tmp_path, deployment_policy="manual")
+    waiting = register_voice("manual", steps, evaluation(tmp_path, "eval", 0.86), params)
+    assert waiting.pending_approval and not waiting.promoted and waiting.aliases == ["challenger"]
+
+    approved = approve("manual", waiting.version, "Dana Reviewer", params)
+
+    assert approved.promoted and approved.aliases == ["challenger", "champion"]
+    last = _audit(tmp_path)[-1]
+    assert (last["event"], last["by"], last["version"]) == ("approved", "Dana Reviewer", 1) and last["time"]
+    tags = _client(steps).get_model_version("narrator-manual", "1").tags
+    assert (tags["promoted_by"], tags["approved_by"], tags["pending_approval"]) == ("Dana Reviewer",) * 2 + ("false",)
+
+
+def test_approving_a_failed_version_is_refused(steps, tmp_path):
+    params = make_params(steps, tmp_path, deployment_policy="manual")
+    register_voice("refused", steps, evaluation(tmp_path, "eval", 0.60), params)
+
+    with pytest.raises(RegistryError, match="failed its evaluation gates.*cannot be approved"):
+        approve("refused", 1, "Dana Reviewer", params)
+    with pytest.raises(RegistryError, match="has no version 7; its versions are 1"):
+        approve("refused", 7, "Dana Reviewer", params)
+    with pytest.raises(RegistryError, match="no voice 'nobody'"):
+        approve("nobody", 1, "Dana Reviewer", params)
+
+
+def test_payload_round_trips_and_each_voice_has_its_own_id(steps, tmp_path):
+    params = make_params(steps, tmp_path)
+    one = register_voice("payload-one", steps, evaluation(tmp_path, "a", 0.80), params)
+    two = register_voice("payload-two", steps, evaluation(tmp_path, "b", 0.80), params)
+
+    payload = payload_for("payload-two", two.version, params)
+
+    assert f"{payload:08x}" == two.payload_hex
+    assert lookup_payload(payload, params) == ("payload-two", two.version)
+    assert lookup_payload(payload_for("payload-one", 1, params), params) == ("payload-one", 1)
+    assert one.payload_hex[:4] != two.payload_hex[:4]  # the 16-bit voice ids differ
+    assert lookup_payload(payload + 100, params) is None  # no such version
+
+
+def test_lineage_text_names_the_whole_chain(steps, tmp_path):
+    params = make_params(steps, tmp_path)
+    done = register_voice("traced", steps, evaluation(tmp_path, "eval", 0.86), params)
+
+    found = lineage("traced", None, params)
+    text = found.to_text()
+
+    commit = _client(steps).get_model_version("narrator-traced", "1").tags["git_commit"]
+    for expected in (CONSENT_HASH, "Alice Example", "Acme Audio", dataset_tags(steps.prepared)["dataset_hash"],
+                     f"git {commit}", "speaker_similarity 0.86", "PASS", "champion", "challenger",
+                     steps.finetune_run_ids["sovits_sha256"], done.payload_hex, "promoted by policy:auto",
+                     "not packaged yet"):
+        assert expected in text
+    assert json.loads(found.to_json())["evaluation"]["metrics"]["speaker_similarity"] == 0.86
+    assert [r["event"] for r in found.audit] == ["registered", "promoted"] and found.audit_problem is None
+
+
+def test_audit_log_tampering_is_detected(steps, tmp_path):
+    params = make_params(steps, tmp_path, deployment_policy="manual")
+    register_voice("audited", steps, evaluation(tmp_path, "eval", 0.86), params)
+    approve("audited", 1, "Dana Reviewer", params)
+    log_file = tmp_path / "audit.jsonl"
+    verify_audit_log(log_file)  # intact
+    lines = log_file.read_text().splitlines()
+
+    log_file.write_text("\n".join([lines[0].replace("pending_approval\": true", "pending_approval\": false"),
+                                   *lines[1:]]) + "\n")
+    with pytest.raises(RegistryError, match="line 2 does not chain"):
+        verify_audit_log(log_file)
+    assert "line 2 does not chain" in lineage("audited", 1, params).audit_problem
+
+
+def test_cli_registers_approves_and_prints_lineage(steps, tmp_path, capsys, monkeypatch):
+    from narrator.cli import main
+
+    monkeypatch.chdir(tmp_path)  # no params.yaml here: the defaults and these settings
+    settings = ["--set", f"registry.tracking_uri={steps.uri}", "--set", f"training.mlflow_tracking_uri={steps.uri}",
+                "--set", f"training.mlflow_experiment={EXPERIMENT}", "--set", "registry.deployment_policy=manual",
+                "--set", f"registry.audit_log={tmp_path / 'audit.jsonl'}"]
+    folders = ["--validated", str(steps.validated), "--prepared", str(steps.prepared), "--features",
+               str(steps.features), "--sovits", str(steps.sovits), "--gpt", str(steps.gpt),
+               "--evaluation", str(evaluation(tmp_path, "eval", 0.86))]
+    assert main(["register", "cli-voice", *folders, "--tag", "source_fingerprint=abc123", "--out",
+                 str(tmp_path / "registration.json"), *settings]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["pending_approval"] is True and printed == json.loads((tmp_path / "registration.json").read_text())
+    assert _client(steps).get_model_version("narrator-cli-voice", "1").tags["source_fingerprint"] == "abc123"
+
+    assert main(["approve", "cli-voice", "1", "--by", "Dana Reviewer", *settings]) == 0
+    assert "approved by Dana Reviewer" in capsys.readouterr().out
+
+    assert main(["lineage", "cli-voice@1", *settings]) == 0
+    text = capsys.readouterr().out
+    assert CONSENT_HASH in text and "champion" in text and "approved by Dana Reviewer" in text
+    assert main(["lineage", "cli-voice", "--json", *settings]) == 0
+    assert json.loads(capsys.readouterr().out)["registry"]["approved_by"] == "Dana Reviewer"
