@@ -289,3 +289,15 @@ def test_a_scheduled_retrain_without_new_recordings_trains_nothing(onboarded, lo
     assert len(list((root / "pipeline").glob("narrator-retrain-*/validate"))) == before == 0
     last = read_audit_log(params.registry.audit_log)[-1]
     assert (last["pipeline"], last["state"]) == ("narrator-retrain", "SUCCEEDED")
+
+
+@pytest.mark.slow
+def test_batch_onboards_every_narrator_and_summarises_them(onboarded, local_project, monkeypatch):
+    from pipelines.onboard import step_arguments
+
+    source, params, _ = local_project
+    monkeypatch.setenv("NARRATOR_WATERMARK_KEY", "test pipeline key")
+    narrators = [{"source": str(source), "voice": "ava"}, {"source": str(source), "voice": "bea"}]
+    result = run_local("batch", params, {"narrators": narrators, **step_arguments(params)})
+    assert sorted(p["voice"] for p in result.packages) == ["ava", "bea"]
+    assert all(p["sample_watermark"]["detected"] for p in result.packages)
