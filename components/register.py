@@ -601,6 +601,7 @@ def register(voice: str, *, validated_dir: str | Path, prepared_dir: str | Path,
 
     client = _client(params)
     model = _ensure_registered_model(client, name, voice)
+    _check_tenant(client, model, params.registry.tenant)
     existing = _same_registration(client, name, tags)
     if existing is not None:  # a re-run of the pipeline after a later step failed: nothing new to register
         log.info("%s v%s already holds these files and this evaluation; not registered again", name,
@@ -643,6 +644,19 @@ def register(voice: str, *, validated_dir: str | Path, prepared_dir: str | Path,
              "; promoted to champion" if promoted else "")
     return Registration(voice, name, version, _aliases(client, name, version), promoted, pending, reason,
                         payload_hex, run_id)
+
+
+def _check_tenant(client, model, tenant: str | None) -> None:
+    """Give a voice its owning tenant on first registration; refuse to register it for another tenant."""
+    if not tenant:
+        return
+    held = model.tags.get("tenant")
+    if held is None:
+        client.set_registered_model_tag(model.name, "tenant", tenant)
+    elif held != tenant:
+        raise RegistryError(f"{model.name} belongs to tenant {held!r}, not {tenant!r}: a voice never moves between "
+                            "tenants by registration; use another voice name, or change the tag in the registry "
+                            "deliberately")
 
 
 SAME_REGISTRATION_TAGS = ("sovits_sha256", "gpt_sha256", "dataset_hash", "consent_hash", "verdict")

@@ -39,6 +39,10 @@ examples:
   narrator pipeline compile onboard --out onboard.yaml
   narrator pipeline run onboard --host http://kubeflow:8888 --source s3://voices/alice --voice alice
   narrator pipeline schedule retrain --host http://kubeflow:8888 --source s3://voices/alice --voice alice
+  narrator keys create --tenant acme --voices alice,bob
+  narrator serve --port 3000
+  narrator audit verify serving-audit.jsonl
+  narrator package alice                   # the champion's bento
   narrator demo --out demo
   narrator config --defaults
 
@@ -202,17 +206,20 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=_cmd_lineage)
 
-    p = sub.add_parser("package", help="bundle a registered voice version for serving, with a watermarked sample",
-                       description="Bundle VOICE version --version (its fine-tuned files, reference clip and "
-                                   "voice.yaml) into --out and the BentoML model store as narrator-VOICE:vVERSION, "
+    p = sub.add_parser("package", help="bundle a registered voice version for serving, or build the champion's bento",
+                       description="With --version: bundle VOICE version N (its fine-tuned files, reference clip "
+                                   "and voice.yaml) into --out and the BentoML model store as narrator-VOICE:vN, "
                                    "speak package.sample_text with it, watermarked with the version's payload, and "
-                                   "tag the registered version with the store tag.")
+                                   "tag the registered version with the store tag. Without --version: build the "
+                                   "service bento (bentofile.yaml) with VOICE's champion bundle, tagged "
+                                   "narrator:VOICE-vN.")
     p.add_argument("voice", metavar="VOICE", help="voice name, e.g. alice")
-    p.add_argument("--version", required=True, type=int, metavar="N", help="registered version number")
-    p.add_argument("--features", required=True, metavar="DIR", help="the --out folder of `narrator features`")
-    p.add_argument("--sovits", required=True, metavar="PTH", help="the version's SoVITS file")
-    p.add_argument("--gpt", required=True, metavar="CKPT", help="the version's GPT file")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder (bundle/, package.json)")
+    p.add_argument("--version", type=int, metavar="N", help="registered version number to bundle (omit: build the "
+                                                            "champion's bento)")
+    p.add_argument("--features", metavar="DIR", help="the --out folder of `narrator features` (with --version)")
+    p.add_argument("--sovits", metavar="PTH", help="the version's SoVITS file (with --version)")
+    p.add_argument("--gpt", metavar="CKPT", help="the version's GPT file (with --version)")
+    p.add_argument("--out", metavar="DIR", help="output folder (bundle/, package.json) (with --version)")
     _common(p)
     p.set_defaults(func=_cmd_package)
 
@@ -253,6 +260,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--voice", required=True, metavar="NAME", help="voice name, e.g. alice")
     _common(p)
     p.set_defaults(func=_cmd_onboard)
+
+    p = sub.add_parser("serve", help="run the speech service (BentoML): many voices, streaming, API keys, audit",
+                       description="Serve the champion voices of the registry over HTTP (serving/service.py): "
+                                   "POST /v1/speech, /v1/speech/stream, GET /v1/voices, POST /v1/watermark/detect, "
+                                   "/healthz, /readyz, /metrics and the web console at /. Needs the watermark key "
+                                   "($NARRATOR_WATERMARK_KEY[_FILE]) and API keys (`narrator keys create`).")
+    p.add_argument("--port", type=int, metavar="N", help="port (default: serving.port)")
+    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default: 0.0.0.0)")
+    p.add_argument("--bento", metavar="TAG", help="serve a built bento (e.g. narrator:alice-v3) instead of the code")
+    _common(p)
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("keys", help="create, list or revoke the service's API keys",
+                       description="API keys are stored hashed in serving.keys_file with their tenant and voices.")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    a = actions.add_parser("create", help="create a key (printed once)", description="Create an API key.")
+    a.add_argument("--tenant", required=True, help="the tenant the key belongs to")
+    a.add_argument("--voices", required=True, help="comma-separated voices it may use, or '*' for all the tenant's")
+    a.add_argument("--label", default="", help="a note shown by `keys list`")
+    _common(a)
+    a.set_defaults(func=_cmd_keys_create)
+    a = actions.add_parser("list", help="list keys (ids, tenants, voices; never the secrets)",
+                           description="List the API keys.")
+    _common(a)
+    a.set_defaults(func=_cmd_keys_list)
+    a = actions.add_parser("revoke", help="revoke a key by id", description="Revoke an API key.")
+    a.add_argument("key_id", metavar="ID")
+    _common(a)
+    a.set_defaults(func=_cmd_keys_revoke)
+
+    p = sub.add_parser("audit", help="check the synthesis audit log's hash chain",
+                       description="Audit logs are JSON lines chained by sha256.")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    a = actions.add_parser("verify", help="exit 0 when intact, 2 naming the first edited or deleted record",
+                           description="Verify an audit log's chain (default: serving.audit_log).")
+    a.add_argument("file", nargs="?", metavar="FILE", help="the log (default: serving.audit_log)")
+    _common(a)
+    a.set_defaults(func=_cmd_audit_verify)
 
     p = sub.add_parser("demo", help="onboard a generated demo narrator end to end and speak a watermarked sample",
                        description="What `make demo` runs: generate a demo narrator (espeak-ng speech, "
@@ -510,15 +555,87 @@ def _cmd_watermark_check(args) -> int:
 
 
 def _cmd_package(args) -> int:
-    from components.package import package
+    from components.package import PackageError, package
 
     params = _load(args)
+    if args.version is None:
+        from serving.bento import build_bento
+
+        built = build_bento(args.voice, params)
+        print(f"built bento {built.tag} (voice {built.voice} v{built.version}, model {built.model}); run it with "
+              f"`narrator serve --bento {built.tag}`")
+        return 0
+    missing = [f"--{name}" for name in ("features", "sovits", "gpt", "out") if not getattr(args, name)]
+    if missing:
+        raise PackageError(f"bundling version {args.version} needs {', '.join(missing)} (or omit --version to build "
+                           "the champion's bento)")
     with _on_local_disk(args, folders=("features",), files=("sovits", "gpt"), out="out", params=params) as local:
         result = package(args.voice, args.version, local.features, local.sovits, local.gpt, local.out, params)
     mark = result.sample_watermark
     print(f"packaged {args.voice} version {args.version} as {result.store_tag} (payload {result.payload_hex}); "
           f"sample {_shown(args.out, 'voice/sample.wav')}: watermark detected {mark['detected']}, payload "
           f"{mark['payload']}")
+    return 0
+
+
+def _cmd_serve(args) -> int:
+    import subprocess
+    import tempfile
+
+    import yaml
+
+    params = _load(args)
+    port = args.port or params.serving.port
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "BENTOML_DO_NOT_TRACK": os.environ.get("BENTOML_DO_NOT_TRACK", "true")}
+    if params.package.bentoml_home:
+        env["BENTOML_HOME"] = str(Path(params.package.bentoml_home).expanduser().resolve())
+    with tempfile.TemporaryDirectory() as tmp:  # the service reads the resolved settings (--params and --set)
+        resolved = Path(tmp) / "params.yaml"
+        resolved.write_text(yaml.safe_dump(params.model_dump(by_alias=True, mode="json"), sort_keys=False))
+        env["NARRATOR_PARAMS"] = str(resolved)
+        target = args.bento or "serving.service:NarratorService"
+        command = [sys.executable, "-m", "bentoml", "serve", target, "--port", str(port), "--host", args.host]
+        if not args.bento:
+            command += ["--working-dir", str(repo)]
+        print(f"serving on http://{args.host}:{port} (console at /, API under /v1)", file=sys.stderr)
+        return subprocess.call(command, env=env)
+
+
+def _cmd_keys_create(args) -> int:
+    from serving.auth import KeyStore
+
+    store = KeyStore(_load(args).serving.keys_file)
+    secret, record = store.create(args.tenant, args.voices.split(","), args.label)
+    print(secret)
+    print(f"key {record.id} for tenant {record.tenant}, voices {','.join(record.voices)}: shown once, stored hashed "
+          f"in {store.path}", file=sys.stderr)
+    return 0
+
+
+def _cmd_keys_list(args) -> int:
+    from serving.auth import KeyStore
+
+    for key in KeyStore(_load(args).serving.keys_file).keys():
+        print(f"{key.id}  tenant {key.tenant}  voices {','.join(key.voices)}  created {key.created_at}"
+              f"{'  REVOKED' if key.revoked else ''}{'  ' + key.label if key.label else ''}")
+    return 0
+
+
+def _cmd_keys_revoke(args) -> int:
+    from serving.auth import KeyStore
+
+    key = KeyStore(_load(args).serving.keys_file).revoke(args.key_id)
+    print(f"revoked key {key.id} (tenant {key.tenant})")
+    return 0
+
+
+def _cmd_audit_verify(args) -> int:
+    from serving.audit import verify
+
+    path = args.file or _load(args).serving.audit_log
+    count = verify(path)
+    print(f"{path}: intact, {count} records chained")
     return 0
 
 

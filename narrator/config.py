@@ -202,6 +202,9 @@ class RegistryConfig(_Section):
     promotion_higher_is_better: bool = Field(True, description="false for error-like metrics (wer, mcd_db, ...)")
     min_improvement: float = Field(0.0, ge=0, description="the challenger must be better by more than 0 and at "
                                                           "least this much (in the metric's units)")
+    tenant: str | None = Field(None, description="tenant that owns the voices registered with these settings (the "
+                                                 "registered model's `tenant` tag, which API keys are scoped by); "
+                                                 "None: serving.default_tenant")
     audit_log: str = Field("registry-audit.jsonl", description="append-only JSON lines of every registration, "
                                                                "promotion and approval, each chained to the line "
                                                                "before by its sha256")
@@ -241,6 +244,33 @@ class PipelineConfig(_Section):
                                                          "Sundays 03:00)")
 
 
+class ServingConfig(_Section):
+    """The BentoML service (serving/): voices per process, limits, keys, audit log, batching, resources."""
+
+    port: int = Field(3000, ge=1, le=65535, description="`narrator serve` listens here")
+    gpus: int = Field(1, ge=0, description="GPUs the service requests (BentoML resources); 0 runs on CPU")
+    workers: int = Field(1, ge=1, description="service processes (each holds its own voice cache)")
+    traffic_timeout_s: int = Field(300, ge=1, description="longest a request may take before BentoML ends it")
+    memory_budget_mb: float = Field(4096.0, gt=0, description="loaded voices' weights kept under this; least "
+                                                              "recently used voices are evicted beyond it")
+    max_voices: int = Field(8, ge=1, description="at most this many voices loaded per process")
+    max_text_chars: int = Field(2000, ge=1, description="longer text is refused (413)")
+    max_upload_mb: float = Field(20.0, gt=0, description="larger watermark-detection uploads are refused (413)")
+    rate_limit_per_minute: int = Field(60, ge=1, description="requests per API key per minute (token bucket; 429)")
+    rate_limit_burst: int = Field(10, ge=1, description="requests a key may make at once before the rate applies")
+    keys_file: str = Field("serving-keys.json", description="API keys: sha256 hashes with tenant and voice scopes "
+                                                            "(`narrator keys create`)")
+    audit_log: str = Field("serving-audit.jsonl", description="append-only, hash-chained log of every synthesis "
+                                                              "(`narrator audit verify`)")
+    default_tenant: str = Field("default", description="tenant of a registered voice without a `tenant` tag")
+    max_batch_size: int = Field(8, ge=1, description="GPT decodes of one voice batched together across requests")
+    max_latency_ms: int = Field(10, ge=0, description="how long a decode waits for others to join its batch")
+    sample_rates_hz: tuple[int, ...] = Field((16000, 22050, 24000, 32000, 44100, 48000),
+                                             description="output sample rates a request may ask for")
+    result_cache_items: int = Field(16, ge=0, description="seeded syntheses kept to re-encode in another format")
+    bentofile: str = Field("bentofile.yaml", description="what `narrator package VOICE` builds the bento from")
+
+
 class DemoConfig(_Section):
     """The generated demo narrator of `make demo`."""
 
@@ -266,6 +296,7 @@ class Params(_Section):
     registry: RegistryConfig = RegistryConfig()
     package: PackageConfig = PackageConfig()
     pipeline: PipelineConfig = PipelineConfig()
+    serving: ServingConfig = ServingConfig()
     demo: DemoConfig = DemoConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

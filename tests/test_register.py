@@ -342,3 +342,13 @@ def test_cli_registers_approves_and_prints_lineage(steps, tmp_path, capsys, monk
     assert CONSENT_HASH in text and "champion" in text and "approved by Dana Reviewer" in text
     assert main(["lineage", "cli-voice", "--json", *settings]) == 0
     assert json.loads(capsys.readouterr().out)["registry"]["approved_by"] == "Dana Reviewer"
+
+
+def test_a_voice_belongs_to_the_tenant_it_was_first_registered_for(steps, tmp_path):
+    from components.register import RegistryError
+
+    ev = evaluation(tmp_path, "eval", 0.80)
+    register_voice("owned", steps, ev, make_params(steps, tmp_path, tenant="acme"))
+    assert _client(steps).get_registered_model("narrator-owned").tags["tenant"] == "acme"
+    with pytest.raises(RegistryError, match="belongs to tenant 'acme'"):
+        register_voice("owned", steps, evaluation(tmp_path, "eval2", 0.9), make_params(steps, tmp_path, tenant="zeta"))

@@ -1,0 +1,432 @@
+"""The HTTP API (FastAPI, mounted into the BentoML service), versioned under /v1; OpenAPI at /v1/openapi.json.
+
+    POST /v1/speech             JSON SpeechRequest -> audio (wav/flac/mp3/ogg) of the whole text
+    POST /v1/speech/stream      the same, streamed: a chunk per sentence as soon as it is spoken
+    GET  /v1/voices             the voices this key may use, with version and evaluation summary
+    POST /v1/watermark/detect   raw audio body -> {"detected", "score", "payload", "voice", "version"}
+    GET  /                      the web console
+(/healthz, /readyz and /metrics are BentoML's, fed by `NarratorServer.ready` and `Metrics`.)
+
+Every request needs `Authorization: Bearer KEY` (or `X-API-Key: KEY`). Errors are JSON
+`{"error": {"code", "message"}}`: 401 no or unknown key, 403 a voice outside the key's tenant or scope, 404 no such
+voice, 413 text or upload too long, 422 bad parameters or undecodable audio, 429 over the key's rate, 503 the
+service cannot synthesize now. Never a stack trace.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Literal
+
+import numpy as np
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from narrator.config import Params
+from narrator.errors import NarratorError
+from narrator.log import get_logger
+from serving import errors
+from serving.audit import SynthesisAudit, SynthesisRecord, text_sha256
+from serving.auth import ApiKey, KeyStore, RateLimiter
+from serving.encode import FORMATS, StreamEncoder, encode_whole, media_type
+from serving.engine import GptBatcher, Resampler, WatermarkStream, sentences
+from serving.voices import LoadedVoice, VoiceCache, VoiceCatalog, VoiceInfo, VoiceUnavailable
+
+log = get_logger("serving.api")
+
+CONSOLE = Path(__file__).parent / "console" / "index.html"
+API_VERSION = "v1"
+
+
+class SpeechRequest(BaseModel):
+    """What to say, in which voice, and how the audio comes back."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    voice: str = Field(..., min_length=1, max_length=100, description="a voice from GET /v1/voices")
+    text: str = Field(..., min_length=1, description="what to say (at most serving.max_text_chars characters)")
+    language: Literal["auto", "en", "zh"] = "auto"
+    speed: float = Field(1.0, ge=0.5, le=2.0, description="speaking rate, 1 = the narrator's")
+    top_k: int = Field(15, ge=1, le=100)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    temperature: float = Field(1.0, gt=0.0, le=2.0)
+    seed: int | None = Field(None, ge=0, le=2 ** 31 - 1, description="same seed, same audio")
+    format: Literal["wav", "flac", "mp3", "ogg"] = "wav"
+    sample_rate_hz: int = Field(32000, description="one of serving.sample_rates_hz")
+
+
+class Metrics:
+    """The service's Prometheus metrics (BentoML serves them at /metrics with its own)."""
+
+    def __init__(self) -> None:
+        import bentoml
+
+        m = bentoml.metrics
+        self.latency = m.Histogram(name="narrator_request_seconds", documentation="request latency",
+                                   labelnames=["endpoint"],
+                                   buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64))
+        self.first_audio = m.Histogram(name="narrator_first_audio_seconds", documentation="time to first audio",
+                                       labelnames=["endpoint"],
+                                       buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32))
+        self.rtf = m.Histogram(name="narrator_real_time_factor", documentation="synthesis seconds per audio second",
+                               buckets=(0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10))
+        self.queue_depth = m.Gauge(name="narrator_queue_depth", documentation="syntheses in progress or waiting",
+                                   multiprocess_mode="livesum")
+        self.requests = m.Counter(name="narrator_requests_total", documentation="requests by endpoint and status",
+                                  labelnames=["endpoint", "status"])
+        self.audio_seconds = m.Counter(name="narrator_audio_seconds_total", documentation="audio seconds served")
+
+
+@dataclass
+class Synthesis:
+    """A marked synthesis at 32 kHz, kept to re-encode (seeded requests only)."""
+
+    samples: np.ndarray
+    first_audio_s: float
+    seconds: float
+
+
+class NarratorServer:
+    """Everything one service process holds: config, keys, rate limits, voices, batcher, audit log, metrics."""
+
+    def __init__(self, params: Params, metrics: Metrics | None = None, device: str = "auto") -> None:
+        from models.watermark import WatermarkError, load_key
+
+        self.params = params
+        cfg = params.serving
+        self.keys = KeyStore(cfg.keys_file)
+        self.limiter = RateLimiter(cfg.rate_limit_per_minute, cfg.rate_limit_burst)
+        self.catalog = VoiceCatalog(params)
+        self.cache = VoiceCache(params, device)
+        self.batcher = GptBatcher(cfg.max_batch_size, cfg.max_latency_ms)
+        self.audit = SynthesisAudit(cfg.audit_log)
+        self.metrics = metrics
+        self._results: OrderedDict[tuple, Synthesis] = OrderedDict()
+        self._results_lock = threading.Lock()
+        self._in_flight = 0
+        self._in_flight_lock = threading.Lock()
+        try:
+            self.watermark_key: bytes | None = load_key()
+            self.key_problem = None
+        except WatermarkError as error:
+            self.watermark_key, self.key_problem = None, str(error)
+
+    def ready(self) -> bool:
+        """Ready when the watermark key is loaded and the registry answers."""
+        if self.watermark_key is None:
+            return False
+        try:
+            self.catalog.voices()
+        except Exception:  # registry down: not ready
+            return False
+        return True
+
+    def close(self) -> None:
+        self.batcher.stop()
+
+    # -- helpers ------------------------------------------------------------------------------------------------
+
+    def _track(self, delta: int) -> None:
+        with self._in_flight_lock:
+            self._in_flight += delta
+            depth = self._in_flight
+        if self.metrics:
+            self.metrics.queue_depth.set(depth)
+
+    def observe(self, endpoint: str, status: int, seconds: float) -> None:
+        if self.metrics:
+            self.metrics.requests.labels(endpoint=endpoint, status=str(status)).inc()
+            self.metrics.latency.labels(endpoint=endpoint).observe(seconds)
+
+    def authorize(self, request: Request) -> ApiKey:
+        header = request.headers.get("authorization", "")
+        presented = header[7:].strip() if header.lower().startswith("bearer ") else request.headers.get("x-api-key")
+        if not presented:
+            raise errors.unauthorized("no API key: send `Authorization: Bearer KEY` (create one with "
+                                      "`narrator keys create --tenant T --voices a,b`)")
+        key = self.keys.authenticate(presented)
+        if key is None:
+            raise errors.unauthorized("the API key is unknown or revoked; ask for a new one")
+        wait = self.limiter.take(key.id)
+        if wait > 0:
+            raise errors.rate_limited(wait)
+        return key
+
+    def voice_for(self, key: ApiKey, voice: str) -> VoiceInfo:
+        info = self.catalog.get(voice)
+        if info is None:
+            raise errors.not_found(f"no voice {voice!r} is serving; GET /v1/voices lists the voices this key may use")
+        if not key.may_use(info.voice, info.tenant):
+            raise errors.forbidden(f"this API key may not use voice {voice!r} (tenant {key.tenant!r}, voices "
+                                   f"{', '.join(key.voices)})")
+        return info
+
+    def check(self, req: SpeechRequest) -> None:
+        cfg = self.params.serving
+        if len(req.text) > cfg.max_text_chars:
+            raise errors.too_large(f"the text is {len(req.text)} characters; at most {cfg.max_text_chars} per "
+                                   "request: split it")
+        from models.text import split_sentences
+
+        if not req.text.strip() or not split_sentences(req.text, req.language):
+            raise errors.invalid("the text has nothing to speak: give at least one word to synthesize")
+        if req.sample_rate_hz not in cfg.sample_rates_hz:
+            raise errors.invalid(f"sample_rate_hz {req.sample_rate_hz} is not offered; choose one of "
+                                 f"{', '.join(map(str, cfg.sample_rates_hz))}")
+        if self.watermark_key is None:
+            raise errors.unavailable("the watermark key is not configured, and no audio leaves unmarked; set "
+                                     "$NARRATOR_WATERMARK_KEY or $NARRATOR_WATERMARK_KEY_FILE")
+
+    def load(self, info: VoiceInfo) -> LoadedVoice:
+        try:
+            return self.cache.get(info)
+        except VoiceUnavailable as error:
+            raise errors.unavailable(str(error)) from None
+
+    def settings(self, req: SpeechRequest):
+        from models.tts import SamplingSettings
+
+        return SamplingSettings(top_k=req.top_k, top_p=req.top_p, temperature=req.temperature, speed=req.speed)
+
+    def marked_sentences(self, voice: LoadedVoice, req: SpeechRequest) -> Iterator[np.ndarray]:
+        """Marked 32 kHz audio per sentence."""
+        marker = WatermarkStream(int(voice.info.payload_hex, 16), self.watermark_key)
+        for part in sentences(voice, req.text, req.language, self.settings(req), req.seed, self.batcher):
+            yield marker.push(part.samples)
+
+    def synthesize(self, voice: LoadedVoice, req: SpeechRequest) -> Synthesis:
+        key = (voice.key, req.text, req.language, req.speed, req.top_k, req.top_p, req.temperature, req.seed)
+        if req.seed is not None:
+            with self._results_lock:
+                if key in self._results:
+                    self._results.move_to_end(key)
+                    return self._results[key]
+        started = time.perf_counter()
+        parts, first = [], 0.0
+        for samples in self.marked_sentences(voice, req):
+            if not parts:
+                first = time.perf_counter() - started
+            parts.append(samples)
+        result = Synthesis(np.concatenate(parts), first, time.perf_counter() - started)
+        if req.seed is not None and self.params.serving.result_cache_items:
+            with self._results_lock:
+                self._results[key] = result
+                while len(self._results) > self.params.serving.result_cache_items:
+                    self._results.popitem(last=False)
+        return result
+
+    def record(self, key: ApiKey, voice: VoiceInfo, req: SpeechRequest, duration_s: float, digest: str,
+               stream: bool) -> None:
+        self.audit.append(SynthesisRecord(key_id=key.id, tenant=key.tenant, voice=voice.voice, version=voice.version,
+                                          payload_hex=voice.payload_hex, text_sha256=text_sha256(req.text),
+                                          language=req.language, format=req.format,
+                                          sample_rate_hz=req.sample_rate_hz, duration_s=round(duration_s, 3),
+                                          output_sha256=digest, stream=stream))
+        if self.metrics:
+            self.metrics.audio_seconds.inc(duration_s)
+
+    def identify(self, payload_hex: str | None, key: ApiKey) -> dict[str, Any]:
+        """Whose voice a detected payload is (only named when it is in the key's tenant)."""
+        if payload_hex is None:
+            return {"voice": None, "version": None}
+        from components.register import lookup_payload
+
+        found = lookup_payload(int(payload_hex, 16), self.params)
+        if found is None:
+            return {"voice": None, "version": None, "note": "the payload belongs to no registered voice version"}
+        voice, version = found
+        info = self.catalog.get(voice)
+        tenant = info.tenant if info else None
+        if tenant != key.tenant:
+            return {"voice": None, "version": None, "note": "the payload belongs to a voice of another tenant"}
+        return {"voice": voice, "version": version}
+
+
+def _json_error(error: errors.ApiError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
+def create_app(server: Callable[[], NarratorServer]) -> FastAPI:
+    """The API over the process's NarratorServer (`server()` returns it; BentoML builds it per worker)."""
+    app = FastAPI(title="Narrator", version=API_VERSION, openapi_url=f"/{API_VERSION}/openapi.json",
+                  docs_url=f"/{API_VERSION}/docs", redoc_url=None,
+                  description="Multi-voice, streaming, authenticated speech; every output carries the watermark.")
+
+    @app.exception_handler(errors.ApiError)
+    async def _api_error(_: Request, error: errors.ApiError):
+        return _json_error(error)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, error: RequestValidationError):
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}"
+                             for e in error.errors())
+        return _json_error(errors.invalid(problems or "the request body is not valid"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, error: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
+        return JSONResponse({"error": {"code": code, "message": str(error.detail)}}, status_code=error.status_code)
+
+    @app.exception_handler(NarratorError)
+    async def _refused(_: Request, error: NarratorError):  # e.g. SynthesisError: text the front-end cannot speak
+        return _json_error(errors.invalid(str(error)))
+
+    @app.exception_handler(Exception)
+    async def _internal(_: Request, error: Exception):
+        log.error("internal error: %s: %s", type(error).__name__, error, exc_info=error)
+        return JSONResponse({"error": {"code": "internal", "message": "the service failed on this request; it "
+                                                                     "was logged, try again"}}, status_code=500)
+
+    def authorized(request: Request) -> ApiKey:
+        state = server()
+        started = time.perf_counter()
+        try:
+            return state.authorize(request)
+        except errors.ApiError as error:
+            state.observe(request.url.path, error.status, time.perf_counter() - started)
+            raise
+
+    @app.get("/", include_in_schema=False)
+    def console() -> HTMLResponse:
+        return HTMLResponse(CONSOLE.read_text(encoding="utf-8"))
+
+    @app.get(f"/{API_VERSION}/voices", summary="the voices this key may use")
+    def voices(key: ApiKey = Depends(authorized)) -> dict:
+        state = server()
+        found = [info.public() for info in state.catalog.voices().values() if key.may_use(info.voice, info.tenant)]
+        return {"tenant": key.tenant, "voices": sorted(found, key=lambda v: v["voice"])}
+
+    def prepared(req: SpeechRequest, key: ApiKey) -> tuple[NarratorServer, VoiceInfo, LoadedVoice]:
+        state = server()
+        state.check(req)
+        info = state.voice_for(key, req.voice)
+        return state, info, state.load(info)
+
+    @app.post(f"/{API_VERSION}/speech", summary="the whole text as one audio file",
+              responses={200: {"content": {media_type(f): {} for f in FORMATS}}})
+    def speech(req: SpeechRequest, key: ApiKey = Depends(authorized)) -> Response:
+        started = time.perf_counter()
+        state, info, voice = prepared(req, key)
+        state._track(+1)
+        try:
+            result = state.synthesize(voice, req)
+        finally:
+            state._track(-1)
+        resampler = Resampler(req.sample_rate_hz)
+        samples = resampler.push(result.samples, last=True)
+        body = encode_whole(samples, req.sample_rate_hz, req.format)
+        duration_s = len(result.samples) / 32000
+        digest = hashlib.sha256(body).hexdigest()
+        state.record(key, info, req, duration_s, digest, stream=False)
+        elapsed = time.perf_counter() - started
+        if state.metrics:
+            state.metrics.first_audio.labels(endpoint="speech").observe(elapsed)
+            state.metrics.rtf.observe(result.seconds / max(duration_s, 1e-6))
+        state.observe("/v1/speech", 200, elapsed)
+        return Response(body, media_type=media_type(req.format), headers={
+            "X-Voice": info.voice, "X-Voice-Version": str(info.version), "X-Watermark-Payload": info.payload_hex,
+            "X-Audio-Duration-S": f"{duration_s:.3f}", "X-Output-Sha256": digest,
+            "Content-Disposition": f'attachment; filename="{info.voice}.{req.format}"'})
+
+    @app.post(f"/{API_VERSION}/speech/stream", summary="the text as audio, streamed sentence by sentence",
+              responses={200: {"content": {media_type(f): {} for f in FORMATS}}})
+    def speech_stream(req: SpeechRequest, key: ApiKey = Depends(authorized)) -> StreamingResponse:
+        started = time.perf_counter()
+        state, info, voice = prepared(req, key)
+
+        def chunks() -> Iterator[bytes]:
+            encoder, resampler = StreamEncoder(req.format, req.sample_rate_hz), Resampler(req.sample_rate_hz)
+            digest, audio_s, first = hashlib.sha256(), 0.0, None
+            state._track(+1)
+            try:
+                for samples in state.marked_sentences(voice, req):
+                    audio_s += len(samples) / 32000
+                    data = encoder.write(resampler.push(samples))
+                    if data:
+                        if first is None:
+                            first = time.perf_counter() - started
+                            if state.metrics:
+                                state.metrics.first_audio.labels(endpoint="speech_stream").observe(first)
+                        digest.update(data)
+                        yield data
+                data = encoder.write(resampler.push(np.zeros(0, np.float32), last=True)) + encoder.close()
+                digest.update(data)
+                yield data
+            finally:
+                state._track(-1)
+                state.record(key, info, req, audio_s, digest.hexdigest(), stream=True)
+                elapsed = time.perf_counter() - started
+                if state.metrics and audio_s:
+                    state.metrics.rtf.observe(elapsed / audio_s)
+                state.observe("/v1/speech/stream", 200, elapsed)
+
+        return StreamingResponse(chunks(), media_type=media_type(req.format), headers={
+            "X-Voice": info.voice, "X-Voice-Version": str(info.version), "X-Watermark-Payload": info.payload_hex})
+
+    @app.post(f"/{API_VERSION}/watermark/detect", summary="look for the watermark in an uploaded audio file",
+              openapi_extra={"requestBody": {"content": {"application/octet-stream": {"schema": {
+                  "type": "string", "format": "binary"}}}, "required": True}})
+    async def detect(request: Request, key: ApiKey = Depends(authorized)) -> dict:
+        import anyio
+
+        state = server()
+        limit = int(state.params.serving.max_upload_mb * 2 ** 20)
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise errors.too_large(f"the upload is {int(declared) / 2 ** 20:.1f} MB; at most "
+                                   f"{state.params.serving.max_upload_mb:g} MB")
+        body = bytearray()
+        async for piece in request.stream():
+            body += piece
+            if len(body) > limit:
+                raise errors.too_large(f"the upload is over {state.params.serving.max_upload_mb:g} MB; send less")
+        if not body:
+            raise errors.invalid("send the audio file as the request body (Content-Type: audio/wav, ...)")
+        return await anyio.to_thread.run_sync(_detect, state, bytes(body), request.headers.get("content-type", ""),
+                                              key)
+
+    @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+    def unknown(path: str) -> None:
+        """Anything else: a JSON 404 (BentoML's own routes, /healthz /readyz /metrics, come first)."""
+        raise errors.not_found(f"no such endpoint /{path}; the API lives under /{API_VERSION} (see "
+                               f"/{API_VERSION}/openapi.json)")
+
+    return app
+
+
+_SUFFIXES = {"audio/wav": ".wav", "audio/x-wav": ".wav", "audio/wave": ".wav", "audio/flac": ".flac",
+             "audio/mpeg": ".mp3", "audio/mp3": ".mp3", "audio/ogg": ".ogg", "audio/mp4": ".m4a"}
+
+
+def _detect(state: NarratorServer, body: bytes, content_type: str, key: ApiKey) -> dict:
+    from components.watermark import format_payload
+    from models.watermark import detect
+    from narrator.audiofile import read_audio
+    from narrator.errors import AudioError
+
+    if state.watermark_key is None:
+        raise errors.unavailable(state.key_problem or "no watermark key")
+    suffix = _SUFFIXES.get(content_type.split(";")[0].strip().lower(), ".bin")
+    with tempfile.NamedTemporaryFile(suffix=suffix) as tmp:
+        tmp.write(body)
+        tmp.flush()
+        try:
+            audio = read_audio(tmp.name)
+        except AudioError:
+            raise errors.invalid("the upload is not audio this service can decode (wav, flac, mp3, ogg, m4a)") from None
+    if audio.sample_rate_hz < 8000:
+        raise errors.invalid(f"the audio is sampled at {audio.sample_rate_hz} Hz; send at least 8 kHz")
+    found = detect(audio.samples, audio.sample_rate_hz, state.watermark_key)
+    payload = format_payload(found.payload)
+    return {"detected": bool(found.detected), "score": round(float(found.score), 2),
+            "threshold": round(float(found.threshold), 2), "payload": payload,
+            "duration_s": round(audio.duration_s, 2), **state.identify(payload, key)}

@@ -1,0 +1,240 @@
+"""Which voices serve, and the voices loaded in this process.
+
+`VoiceCatalog` reads the MLflow registry: every registered model named `registry.model_prefix + VOICE` with a
+`champion` alias is a voice, served at the champion's version from the bundle the package step put in the BentoML
+model store (version tag `bento`). Its tenant is the registered model's `tenant` tag (`serving.default_tenant`
+when it has none). The list is cached for `CATALOG_TTL_S` so a promotion reaches the service within seconds.
+
+`VoiceCache` keeps loaded voices (SoVITS + GPT + reference prompt), several per process, within
+`serving.memory_budget_mb` of weights and `serving.max_voices`; the least recently used go first. A request
+holds its `LoadedVoice` (one voice's own models and reference) for its whole synthesis, so eviction or a new
+champion never changes what a running request speaks with: no request hears another voice. The HuBERT / BERT /
+SV front models are shared by every voice (they carry no timbre).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from narrator.config import Params
+from narrator.errors import NarratorError
+from narrator.log import get_logger
+
+log = get_logger("serving.voices")
+
+CATALOG_TTL_S = 5.0
+TENANT_TAG = "tenant"
+SUMMARY_METRICS = ("speaker_similarity", "wer", "cer", "mcd_db", "rtf", "first_audio_s",
+                   "watermark_detected_share")
+
+
+class VoiceUnavailable(NarratorError):
+    """A registered voice cannot be loaded (not packaged, files missing); the message says what to do."""
+
+
+@dataclass(frozen=True)
+class VoiceInfo:
+    """A serving voice as the registry describes it."""
+
+    voice: str
+    model_name: str
+    version: int
+    tenant: str
+    payload_hex: str
+    bento: str | None  # BentoML model store tag of the bundle, None when not packaged
+    evaluation: dict[str, Any]  # {"verdict", "metrics": {name: value}}
+
+    def public(self) -> dict[str, Any]:
+        return {"voice": self.voice, "version": self.version, "tenant": self.tenant,
+                "watermark_payload": self.payload_hex, "packaged": self.bento is not None,
+                "evaluation": self.evaluation}
+
+
+class VoiceCatalog:
+    """Champion voices from the registry (cached `CATALOG_TTL_S`). Thread-safe."""
+
+    def __init__(self, params: Params, ttl_s: float = CATALOG_TTL_S) -> None:
+        self.params, self.ttl_s = params, ttl_s
+        self._lock = threading.Lock()
+        self._voices: dict[str, VoiceInfo] = {}
+        self._read_at = -1e9
+
+    def _read(self) -> dict[str, VoiceInfo]:
+        from components.register import CHAMPION, _all_registered_models, _client
+
+        prefix = self.params.registry.model_prefix
+        client = _client(self.params)
+        found = {}
+        for model in _all_registered_models(client):
+            if not model.name.startswith(prefix) or CHAMPION not in (model.aliases or {}):
+                continue
+            voice = model.tags.get("voice") or model.name.removeprefix(prefix)
+            version = int(model.aliases[CHAMPION])
+            tags = client.get_model_version(model.name, str(version)).tags
+            metrics = {k.removeprefix("metric."): round(float(v), 4) for k, v in tags.items()
+                       if k.startswith("metric.") and k.removeprefix("metric.") in SUMMARY_METRICS}
+            found[voice] = VoiceInfo(voice=voice, model_name=model.name, version=version,
+                                     tenant=model.tags.get(TENANT_TAG) or self.params.serving.default_tenant,
+                                     payload_hex=tags.get("payload_hex", ""), bento=tags.get("bento"),
+                                     evaluation={"verdict": tags.get("verdict", "unknown"), "metrics": metrics})
+        return found
+
+    def voices(self) -> dict[str, VoiceInfo]:
+        with self._lock:
+            if time.monotonic() - self._read_at > self.ttl_s:
+                self._voices = self._read()
+                self._read_at = time.monotonic()
+            return dict(self._voices)
+
+    def get(self, voice: str) -> VoiceInfo | None:
+        return self.voices().get(voice)
+
+
+@dataclass
+class LoadedVoice:
+    """One voice ready to speak: its synthesizer (own SoVITS and GPT), reference prompt and payload."""
+
+    info: VoiceInfo
+    synth: Any  # models.tts.Synthesizer
+    reference: Any  # models.tts.Reference
+    weight_mb: float
+    lock: threading.Lock = field(default_factory=threading.Lock)  # one GPT batch of this voice at a time
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.info.voice, self.info.version
+
+
+def _weights_mb(*modules) -> float:
+    total = 0
+    for module in modules:
+        total += sum(t.numel() * t.element_size() for t in module.parameters())
+        total += sum(t.numel() * t.element_size() for t in module.buffers())
+    return total / 2 ** 20
+
+
+class VoiceCache:
+    """Loaded voices, least recently used first out, within the memory budget. Thread-safe; a voice is loaded
+    once even when many requests ask for it at the same moment."""
+
+    def __init__(self, params: Params, device: str = "auto") -> None:
+        self.params = params
+        self.budget_mb = params.serving.memory_budget_mb
+        self.max_voices = params.serving.max_voices
+        self.device = device
+        self._lock = threading.Lock()
+        self._loaded: OrderedDict[tuple[str, int], LoadedVoice] = OrderedDict()
+        self._loading: dict[tuple[str, int], threading.Lock] = {}
+        self._fronts: dict[tuple[str, str], Any] = {}
+        self.evictions = 0
+
+    # -- bookkeeping ---------------------------------------------------------------------------------------------
+
+    def loaded(self) -> list[tuple[str, int]]:
+        with self._lock:
+            return list(self._loaded)
+
+    def used_mb(self) -> float:
+        with self._lock:
+            return sum(v.weight_mb for v in self._loaded.values())
+
+    def _evict_for(self, incoming_mb: float) -> None:
+        """Drop least recently used voices until `incoming_mb` more fits (caller holds the lock)."""
+        while self._loaded and (len(self._loaded) + 1 > self.max_voices or
+                                sum(v.weight_mb for v in self._loaded.values()) + incoming_mb > self.budget_mb):
+            key, _ = self._loaded.popitem(last=False)
+            self.evictions += 1
+            log.info("evicted voice %s v%d (least recently used)", *key)
+
+    # -- loading -------------------------------------------------------------------------------------------------
+
+    def get(self, info: VoiceInfo) -> LoadedVoice:
+        key = (info.voice, info.version)
+        with self._lock:
+            if key in self._loaded:
+                self._loaded.move_to_end(key)
+                return self._loaded[key]
+            gate = self._loading.setdefault(key, threading.Lock())
+        with gate:
+            with self._lock:
+                if key in self._loaded:
+                    self._loaded.move_to_end(key)
+                    return self._loaded[key]
+            voice = self._load(info)
+            with self._lock:
+                if voice.weight_mb > self.budget_mb:
+                    raise VoiceUnavailable(f"voice {info.voice} needs {voice.weight_mb:.0f} MB, more than "
+                                           f"serving.memory_budget_mb ({self.budget_mb:g}); raise the budget")
+                self._evict_for(voice.weight_mb)
+                self._loaded[key] = voice
+                self._loading.pop(key, None)
+            return voice
+
+    def _front(self, kind: str, path: str | None):
+        """Shared HuBERT / BERT / SV model for `path` (loaded once)."""
+        if not path:
+            return None
+        with self._lock:
+            if (kind, path) in self._fronts:
+                return self._fronts[(kind, path)]
+        from models.features import BertExtractor, HubertExtractor, pick_device
+        from narrator.storage import fetch
+
+        local = fetch(path, self.params.storage, f"pretrained.{kind}")
+        device = pick_device(self.device)
+        if kind == "hubert_dir":
+            model = HubertExtractor(local, device=str(device))
+        elif kind == "bert_dir":
+            model = BertExtractor(local, device=str(device))
+        else:
+            from models.sv import load_sv
+
+            model = load_sv(local, device=device)
+        with self._lock:
+            return self._fronts.setdefault((kind, path), model)
+
+    def bundle_dir(self, info: VoiceInfo) -> Path:
+        """Where the champion's bundle lies in the BentoML model store."""
+        if not info.bento:
+            raise VoiceUnavailable(f"voice {info.voice} v{info.version} is registered but not packaged; run "
+                                   f"`narrator package {info.voice} --version {info.version} ...`")
+        import bentoml
+
+        try:
+            return Path(bentoml.models.get(info.bento).path)
+        except bentoml.exceptions.NotFound:
+            raise VoiceUnavailable(f"the bundle {info.bento} of voice {info.voice} is not in the BentoML model "
+                                   "store (package.bentoml_home / $BENTOML_HOME); package the voice again") from None
+
+    def _load(self, info: VoiceInfo) -> LoadedVoice:
+        from models.checkpoints import load_gpt, load_sovits
+        from models.features import pick_device
+        from models.tts import Synthesizer
+        from narrator.audiofile import read_audio
+
+        started = time.perf_counter()
+        bundle = self.bundle_dir(info)
+        manifest = yaml.safe_load((bundle / "voice.yaml").read_text(encoding="utf-8"))
+        device = pick_device(self.device)
+        sovits = load_sovits(bundle / "sovits.pth", device=device)
+        gpt = load_gpt(bundle / "gpt.ckpt", device=device)
+        bases = manifest.get("base_models") or {}
+        pre = self.params.pretrained
+        hubert = self._front("hubert_dir", bases.get("hubert_dir") or pre.hubert_dir)
+        bert = self._front("bert_dir", bases.get("bert_dir") or pre.bert_dir)
+        sv = self._front("sv_checkpoint", bases.get("sv_checkpoint") or pre.sv_checkpoint) if sovits.is_pro else None
+        synth = Synthesizer(sovits, gpt, hubert=hubert, bert=bert, sv_model=sv)
+        ref = read_audio(bundle / manifest["reference"]["file"])
+        reference = synth.reference(ref.mono(), ref.sample_rate_hz, manifest["reference"]["text"],
+                                    manifest["reference"]["language"])
+        loaded = LoadedVoice(info=info, synth=synth, reference=reference, weight_mb=_weights_mb(sovits, gpt))
+        log.info("loaded voice %s v%d (%.1f MB) in %.2f s", info.voice, info.version, loaded.weight_mb,
+                 time.perf_counter() - started)
+        return loaded

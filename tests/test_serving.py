@@ -1,0 +1,447 @@
+"""The speech service through real HTTP on 127.0.0.1: `bentoml serve serving.service:NarratorService` with two
+small voices in two tenants, registered and packaged the real way (serving/testing.py).
+
+Every endpoint, every error code, tenant isolation, the watermark (with the right voice and version) in every
+format and in streams, streaming before the last sentence, the audit chain, metrics, batching, LRU eviction and
+the web console in headless Chromium.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+# long enough for the payload (~10 s) with the tiny random voices at seed 7
+LONG_TEXT = ("The lighthouse keeper climbed the spiral stairs before the storm arrived. Every morning the baker "
+             "opened her shop at exactly six o'clock. A small boat drifted slowly across the quiet harbour.")
+STREAM_TEXT = ("Hello there. The library on the hill holds more than ten thousand old maps. The old clock in the "
+               "hallway chimed seven times. Snow covered the mountain village for most of the winter.")
+SETTINGS = {"serving": {"max_upload_mb": 4.0, "max_text_chars": 400, "rate_limit_per_minute": 600,
+                        "rate_limit_burst": 20}}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory):
+    from serving.testing import build_small_deployment
+
+    return build_small_deployment(tmp_path_factory.mktemp("serving"), SETTINGS)
+
+
+@pytest.fixture(scope="module")
+def service(deployment, tmp_path_factory):
+    """Base URL of a running service (a real `bentoml serve` process)."""
+    port = _free_port()
+    log = tmp_path_factory.mktemp("serving-log") / "serve.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "serving.service:NarratorService",
+                                    "--host", "127.0.0.1", "--port", str(port), "--working-dir", str(REPO_ROOT)],
+                                   cwd=REPO_ROOT, env=deployment.env(port), stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the service did not become ready:\n{log.read_text()[-3000:]}")
+            time.sleep(0.3)
+        yield base
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+def _auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def _speech(service, key, **body) -> httpx.Response:
+    return httpx.post(f"{service}/v1/speech", headers=_auth(key), json=body, timeout=120)
+
+
+def _detect_bytes(data: bytes, suffix: str, deployment) -> dict:
+    """Decode with ffmpeg (streams may carry "unknown length" headers) and look for the mark locally."""
+    from components.watermark import format_payload
+    from models.watermark import detect
+
+    decoded = subprocess.run(["ffmpeg", "-v", "error", "-f", suffix if suffix != "ogg" else "ogg", "-i", "-",
+                              "-f", "f32le", "-ac", "1", "-ar", "32000", "-"], input=data, capture_output=True,
+                             check=True).stdout
+    samples = np.frombuffer(decoded, "<f4")
+    found = detect(samples, 32000, deployment.watermark_key)
+    return {"detected": found.detected, "payload": format_payload(found.payload), "seconds": len(samples) / 32000}
+
+
+def _error(response: httpx.Response, status: int, code: str) -> str:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["error"]["code"] == code and body["error"]["message"]
+    assert "Traceback" not in response.text
+    return body["error"]["message"]
+
+
+# -- endpoints ----------------------------------------------------------------------------------------------------
+
+
+def test_health_ready_and_openapi(service):
+    assert httpx.get(f"{service}/healthz").status_code == 200
+    assert httpx.get(f"{service}/readyz").status_code == 200
+    schema = httpx.get(f"{service}/v1/openapi.json").json()
+    assert {"/v1/speech", "/v1/speech/stream", "/v1/voices", "/v1/watermark/detect"} <= set(schema["paths"])
+    assert "SpeechRequest" in schema["components"]["schemas"]
+
+
+def test_voices_lists_only_the_keys_tenant(service, deployment):
+    acme = httpx.get(f"{service}/v1/voices", headers=_auth(deployment.keys["acme"])).json()
+    globex = httpx.get(f"{service}/v1/voices", headers=_auth(deployment.keys["globex"])).json()
+    assert [v["voice"] for v in acme["voices"]] == ["alice"] and acme["tenant"] == "acme"
+    assert [v["voice"] for v in globex["voices"]] == ["bob"]
+    alice = acme["voices"][0]
+    assert alice["version"] == 1 and alice["watermark_payload"] == deployment.payloads["alice"]
+    assert alice["evaluation"]["verdict"] == "pass" and "speaker_similarity" in alice["evaluation"]["metrics"]
+
+
+@pytest.mark.parametrize("fmt", ["wav", "flac", "mp3", "ogg"])
+def test_every_format_carries_the_voices_watermark(service, deployment, fmt):
+    rate = 32000 if fmt in ("wav", "flac") else 24000
+    response = _speech(service, deployment.keys["acme"], voice="alice", text=LONG_TEXT, seed=7, format=fmt,
+                       sample_rate_hz=rate)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith(f"audio/{'mpeg' if fmt == 'mp3' else fmt}")
+    assert response.headers["x-watermark-payload"] == deployment.payloads["alice"]
+    local = _detect_bytes(response.content, fmt, deployment)
+    assert local["seconds"] >= 10, "the test text must give enough audio for the payload"
+    assert local["detected"] and local["payload"] == deployment.payloads["alice"]
+    found = httpx.post(f"{service}/v1/watermark/detect", content=response.content, timeout=60,
+                       headers={**_auth(deployment.keys["acme"]), "Content-Type": f"audio/{fmt}"}).json()
+    assert found["detected"] and found["payload"] == deployment.payloads["alice"]
+    assert (found["voice"], found["version"]) == ("alice", 1)
+
+
+def test_detect_names_no_voice_of_another_tenant_and_nothing_in_silence(service, deployment):
+    wav = _speech(service, deployment.keys["acme"], voice="alice", text=LONG_TEXT, seed=7).content
+    other = httpx.post(f"{service}/v1/watermark/detect", content=wav, timeout=60,
+                       headers={**_auth(deployment.keys["globex"]), "Content-Type": "audio/wav"}).json()
+    assert other["detected"] and other["voice"] is None and "another tenant" in other["note"]
+    from serving.encode import encode_whole
+
+    silence = encode_whole(np.zeros(32000 * 4, np.float32), 32000, "wav")
+    clean = httpx.post(f"{service}/v1/watermark/detect", content=silence, timeout=60,
+                       headers={**_auth(deployment.keys["acme"]), "Content-Type": "audio/wav"}).json()
+    assert not clean["detected"] and clean["payload"] is None
+
+
+def test_concurrent_requests_each_hear_their_own_voice(service, deployment):
+    """alice (acme) and bob (globex) at the same time, twice each: every output carries its own voice's mark."""
+    results: dict[str, list[bytes]] = {"alice": [], "bob": []}
+
+    def ask(voice: str, tenant: str) -> None:
+        response = _speech(service, deployment.keys[tenant], voice=voice, text=LONG_TEXT, seed=7)
+        assert response.status_code == 200, response.text
+        results[voice].append(response.content)
+
+    threads = [threading.Thread(target=ask, args=(v, deployment.tenants[v])) for v in ("alice", "bob") * 2]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for voice, outputs in results.items():
+        assert len(outputs) == 2
+        for data in outputs:
+            assert _detect_bytes(data, "wav", deployment)["payload"] == deployment.payloads[voice]
+
+
+def test_stream_sends_audio_before_the_last_sentence(service, deployment):
+    started = time.perf_counter()
+    arrivals, data = [], b""
+    with httpx.stream("POST", f"{service}/v1/speech/stream", headers=_auth(deployment.keys["globex"]), timeout=120,
+                      json={"voice": "bob", "text": STREAM_TEXT, "seed": 3, "format": "wav"}) as response:
+        assert response.status_code == 200
+        assert response.headers["x-watermark-payload"] == deployment.payloads["bob"]
+        for chunk in response.iter_raw():
+            arrivals.append((time.perf_counter() - started, len(data) + len(chunk)))
+            data += chunk
+    first_at, first_size = arrivals[0]
+    total_at = arrivals[-1][0]
+    assert first_size < len(data) / 2, "the first chunk held most of the audio: it waited for the text"
+    assert first_at < total_at - 0.2
+    found = _detect_bytes(data, "wav", deployment)
+    assert found["detected"] and found["payload"] == deployment.payloads["bob"]
+
+
+@pytest.mark.parametrize("fmt", ["flac", "mp3", "ogg"])
+def test_streamed_formats_decode_and_are_marked(service, deployment, fmt):
+    with httpx.stream("POST", f"{service}/v1/speech/stream", headers=_auth(deployment.keys["acme"]), timeout=120,
+                      json={"voice": "alice", "text": LONG_TEXT, "seed": 7, "format": fmt,
+                            "sample_rate_hz": 24000}) as response:
+        assert response.status_code == 200
+        data = b"".join(response.iter_raw())
+    found = _detect_bytes(data, fmt, deployment)
+    assert found["seconds"] >= 10 and found["detected"] and found["payload"] == deployment.payloads["alice"]
+
+
+# -- errors -------------------------------------------------------------------------------------------------------
+
+
+def test_errors_are_json_with_a_code(service, deployment, tmp_path):
+    from serving.auth import KeyStore
+    from narrator.config import load_params
+
+    acme, body = deployment.keys["acme"], {"voice": "alice", "text": "Hello."}
+    _error(httpx.post(f"{service}/v1/speech", json=body), 401, "unauthorized")
+    _error(httpx.post(f"{service}/v1/speech", json=body, headers=_auth("nk_00000000_" + "x" * 30)), 401,
+           "unauthorized")
+    _error(httpx.get(f"{service}/v1/voices", headers=_auth("not-a-key")), 401, "unauthorized")
+    # tenant isolation: acme's key never reaches globex's voice, on any endpoint
+    _error(_speech(service, acme, voice="bob", text="Hello."), 403, "forbidden")
+    with httpx.stream("POST", f"{service}/v1/speech/stream", headers=_auth(acme),
+                      json={"voice": "bob", "text": "Hello."}) as response:
+        response.read()
+        _error(response, 403, "forbidden")
+    # a key of the right tenant but scoped to other voices
+    store = KeyStore(load_params(deployment.params_file).serving.keys_file)
+    scoped, _ = store.create("acme", ["carol"])
+    _error(_speech(service, scoped, voice="alice", text="Hello."), 403, "forbidden")
+    revoked, record = store.create("acme", ["*"])
+    store.revoke(record.id)
+    _error(_speech(service, revoked, voice="alice", text="Hello."), 401, "unauthorized")
+    _error(_speech(service, acme, voice="nobody", text="Hello."), 404, "not_found")
+    _error(_speech(service, acme, voice="alice", text="word " * 200), 413, "too_large")
+    _error(httpx.post(f"{service}/v1/watermark/detect", content=b"\0" * (5 * 2 ** 20),
+                      headers={**_auth(acme), "Content-Type": "audio/wav"}), 413, "too_large")
+    for bad in ({"top_p": 2.0}, {"format": "aiff"}, {"sample_rate_hz": 12345}, {"speed": 0}, {"colour": "red"},
+                {"language": "fr"}, {"seed": -1}, {"text": ""}, {"text": "!!! ..."}):
+        message = _error(_speech(service, acme, **{**body, **bad}), 422, "invalid_request")
+        assert message
+    _error(httpx.post(f"{service}/v1/speech", headers={**_auth(acme), "Content-Type": "application/json"},
+                      content=b"{not json"), 422, "invalid_request")
+    _error(httpx.post(f"{service}/v1/watermark/detect", content=b"this is not audio at all" * 100,
+                      headers={**_auth(acme), "Content-Type": "audio/wav"}), 422, "invalid_request")
+    _error(httpx.get(f"{service}/v1/nothing-here", headers=_auth(acme)), 404, "not_found")
+
+
+def test_rate_limit_per_key(service, deployment):
+    from narrator.config import load_params
+    from serving.auth import KeyStore
+
+    key, _ = KeyStore(load_params(deployment.params_file).serving.keys_file).create("acme", ["*"])
+    statuses = [httpx.get(f"{service}/v1/voices", headers=_auth(key)).status_code for _ in range(45)]
+    assert statuses[0] == 200 and 429 in statuses
+    limited = httpx.get(f"{service}/v1/voices", headers=_auth(key))
+    if limited.status_code == 429:
+        assert int(limited.headers["retry-after"]) >= 1
+        _error(limited, 429, "rate_limited")
+    # another key is not affected
+    assert httpx.get(f"{service}/v1/voices", headers=_auth(deployment.keys["globex"])).status_code == 200
+
+
+# -- audit, metrics -----------------------------------------------------------------------------------------------
+
+
+def test_audit_log_records_every_synthesis_and_detects_tampering(service, deployment, tmp_path):
+    from narrator.config import load_params
+    from serving.audit import text_sha256
+
+    text = "An audited sentence."
+    response = _speech(service, deployment.keys["globex"], voice="bob", text=text, seed=1)
+    assert response.status_code == 200
+    path = Path(load_params(deployment.params_file).serving.audit_log)
+    lines = path.read_text().splitlines()
+    last = json.loads(lines[-1])
+    assert last["voice"] == "bob" and last["version"] == 1 and last["text_sha256"] == text_sha256(text)
+    assert last["output_sha256"] == response.headers["x-output-sha256"]
+    assert last["payload_hex"] == deployment.payloads["bob"] and last["key_id"] == deployment.keys["globex"][3:11]
+    assert last["duration_s"] > 0 and "prev_sha256" in last and "time" in last
+    assert len(lines) >= 3
+
+    def verify(file: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "narrator.cli", "audit", "verify", str(file)],
+                              capture_output=True, text=True, cwd=REPO_ROOT)
+
+    assert verify(path).returncode == 0
+
+    def tampered(name: str, change) -> Path:
+        copy = tmp_path / name
+        copy.write_text("\n".join(change(list(lines))) + "\n")
+        shutil.copy(path.with_name(path.name + ".head"), copy.with_name(copy.name + ".head"))
+        return copy
+
+    edited = tampered("edited.jsonl", lambda ls: [ls[0].replace('"voice": "', '"voice": "x')] + ls[1:])
+    done = verify(edited)
+    assert done.returncode == 2 and "line 2" in done.stderr
+    deleted = tampered("deleted.jsonl", lambda ls: ls[:1] + ls[2:])
+    done = verify(deleted)
+    assert done.returncode == 2 and "line 2" in done.stderr
+    cut = tampered("cut.jsonl", lambda ls: ls[:-1])
+    done = verify(cut)
+    assert done.returncode == 2 and "deleted from the end" in done.stderr
+
+
+def test_metrics_expose_latency_first_audio_rtf_and_queue_depth(service, deployment):
+    assert _speech(service, deployment.keys["acme"], voice="alice", text="Metrics please.", seed=2).status_code == 200
+    text = httpx.get(f"{service}/metrics").text
+    for name in ("narrator_request_seconds_bucket", "narrator_first_audio_seconds_bucket",
+                 "narrator_real_time_factor_bucket", "narrator_queue_depth", "narrator_requests_total",
+                 "narrator_audio_seconds_total"):
+        assert name in text, name
+    assert 'narrator_requests_total{endpoint="/v1/speech",status="200"}' in text
+
+
+# -- the console --------------------------------------------------------------------------------------------------
+
+
+def test_console_in_headless_chromium(service, deployment, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed")
+    page = httpx.get(service)
+    assert page.status_code == 200 and "Narrator console" in page.text
+    url = f"{service}/#key={deployment.keys['acme']}"
+    common = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+              f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=8000"]
+    dom = subprocess.run(common + ["--dump-dom", url], capture_output=True, text=True, timeout=90).stdout
+    assert "alice" in dom and "bob" not in dom and "1 voice(s) for tenant acme" in dom
+    # type text, listen: the player gets the audio, the download link appears, the watermark is reported
+    spoken = subprocess.run(common + ["--dump-dom", url + "&say=Hello%20from%20the%20console."], capture_output=True,
+                            text=True, timeout=90).stdout
+    assert f"watermark {deployment.payloads['alice']}" in spoken and 'download="alice.wav"' in spoken
+    assert 'id="player" controls="" src="blob:' in spoken
+    shot = tmp_path / "console.png"
+    subprocess.run(common + ["--window-size=1000,900", f"--screenshot={shot}", url], capture_output=True,
+                   timeout=90)
+    data = shot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    from PIL import Image
+
+    image = np.asarray(Image.open(shot).convert("L"))
+    assert image.shape == (900, 1000) and image.std() > 5  # not a blank page
+
+
+# -- in-process parts ---------------------------------------------------------------------------------------------
+
+
+def test_cache_evicts_the_least_recently_used_voice(deployment):
+    from narrator.config import load_params
+    from serving.voices import VoiceCache, VoiceCatalog
+
+    params = load_params(deployment.params_file, {"serving": {"max_voices": 1}})
+    catalog, cache = VoiceCatalog(params), VoiceCache(params, "cpu")
+    alice = cache.get(catalog.get("alice"))
+    assert cache.loaded() == [("alice", 1)]
+    bob = cache.get(catalog.get("bob"))
+    assert cache.loaded() == [("bob", 1)] and cache.evictions == 1
+    assert alice.synth is not bob.synth and alice.info.payload_hex != bob.info.payload_hex
+    assert cache.get(catalog.get("bob")) is bob  # a hit is not a reload
+
+
+def test_concurrent_unseeded_decodes_are_batched(deployment):
+    from models.tts import SamplingSettings
+    from narrator.config import load_params
+    from serving.engine import GptBatcher, sentences
+    from serving.voices import VoiceCache, VoiceCatalog
+
+    params = load_params(deployment.params_file)
+    voice = VoiceCache(params, "cpu").get(VoiceCatalog(params).get("alice"))
+    batcher = GptBatcher(max_batch_size=4, max_latency_ms=200)
+    outputs = []
+
+    def speak() -> None:
+        outputs.append(list(sentences(voice, "Hello there.", "en", SamplingSettings(), None, batcher)))
+
+    threads = [threading.Thread(target=speak) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    batcher.stop()
+    assert len(outputs) == 4 and all(len(o[0].samples) > 0 for o in outputs)
+    assert batcher.batched_jobs == 4 and batcher.batches < 4
+
+
+def test_keys_cli_shows_the_key_once_and_stores_only_its_hash(tmp_path):
+    params = tmp_path / "params.yaml"
+    params.write_text(f"serving:\n  keys_file: {tmp_path / 'keys.json'}\n")
+    run = [sys.executable, "-m", "narrator.cli"]
+    created = subprocess.run(run + ["keys", "create", "--tenant", "acme", "--voices", "alice,bob", "--params",
+                                    str(params)], capture_output=True, text=True, cwd=REPO_ROOT)
+    assert created.returncode == 0, created.stderr
+    secret = created.stdout.strip()
+    stored = (tmp_path / "keys.json").read_text()
+    assert secret.startswith("nk_") and secret not in stored
+    listed = subprocess.run(run + ["keys", "list", "--params", str(params)], capture_output=True, text=True,
+                            cwd=REPO_ROOT).stdout
+    key_id = secret.split("_")[1]
+    assert key_id in listed and "tenant acme" in listed and "alice,bob" in listed
+    revoked = subprocess.run(run + ["keys", "revoke", key_id, "--params", str(params)], capture_output=True,
+                             text=True, cwd=REPO_ROOT)
+    assert revoked.returncode == 0
+    from serving.auth import KeyStore
+
+    assert KeyStore(tmp_path / "keys.json").authenticate(secret) is None
+
+
+# -- packaging and `narrator serve` (slow: a bento build, a second service) ------------------------------------
+
+
+@pytest.mark.slow
+def test_package_builds_the_champions_bento(deployment):
+    env = deployment.env(0)
+    done = subprocess.run([sys.executable, "-m", "narrator.cli", "package", "alice", "--params",
+                           str(deployment.params_file)], capture_output=True, text=True, cwd=REPO_ROOT, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "narrator:alice-v1" in done.stdout
+    bento = deployment.bentoml_home / "bentos" / "narrator" / "alice-v1"
+    manifest = (bento / "bento.yaml").read_text()
+    assert "narrator-alice:v1" in manifest and "voice: alice" in manifest
+    assert (bento / "src" / "serving" / "service.py").exists() and not (bento / "src" / "tests").exists()
+    refused = subprocess.run([sys.executable, "-m", "narrator.cli", "package", "nobody", "--params",
+                              str(deployment.params_file)], capture_output=True, text=True, cwd=REPO_ROOT, env=env)
+    assert refused.returncode == 2 and "no voice 'nobody'" in refused.stderr
+
+
+@pytest.mark.slow
+def test_narrator_serve_runs_the_service(deployment):
+    port = _free_port()
+    process = subprocess.Popen([sys.executable, "-m", "narrator.cli", "serve", "--params", str(deployment.params_file),
+                                "--host", "127.0.0.1", "--port", str(port)], cwd=REPO_ROOT, env=deployment.env(port),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        voices = httpx.get(f"http://127.0.0.1:{port}/v1/voices", headers=_auth(deployment.keys["globex"])).json()
+        assert [v["voice"] for v in voices["voices"]] == ["bob"]
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=20)
