@@ -592,7 +592,8 @@ def _cmd_serve(args) -> int:
         env["BENTOML_HOME"] = str(Path(params.package.bentoml_home).expanduser().resolve())
     with tempfile.TemporaryDirectory() as tmp:  # the service reads the resolved settings (--params and --set)
         resolved = Path(tmp) / "params.yaml"
-        resolved.write_text(yaml.safe_dump(params.model_dump(by_alias=True, mode="json"), sort_keys=False))
+        resolved.write_text(yaml.safe_dump(_absolute_paths(params.model_dump(by_alias=True, mode="json")),
+                                           sort_keys=False))
         env["NARRATOR_PARAMS"] = str(resolved)
         target = args.bento or "serving.service:NarratorService"
         command = [sys.executable, "-m", "bentoml", "serve", target, "--port", str(port), "--host", args.host]
@@ -600,6 +601,27 @@ def _cmd_serve(args) -> int:
             command += ["--working-dir", str(repo)]
         print(f"serving on http://{args.host}:{port} (console at /, API under /v1)", file=sys.stderr)
         return subprocess.call(command, env=env)
+
+
+# settings naming files, resolved against the caller's folder before a process with another working folder reads them
+_PATH_SETTINGS = (("serving", "keys_file"), ("serving", "audit_log"), ("registry", "audit_log"),
+                  ("package", "bentoml_home"), ("storage", "cache_dir"), ("training", "mlflow_tracking_uri"),
+                  ("registry", "tracking_uri"))
+
+
+def _absolute_paths(data: dict) -> dict:
+    """`data` (params as a dict) with relative file settings and relative sqlite:/// URIs made absolute."""
+    for section, key in _PATH_SETTINGS:
+        value = data.get(section, {}).get(key)
+        if not value or "://" in value and not value.startswith("sqlite:///"):
+            continue
+        if value.startswith("sqlite:///"):
+            path = value[len("sqlite:///"):]
+            if not path.startswith("/"):
+                data[section][key] = "sqlite:///" + str(Path(path).resolve())
+        else:
+            data[section][key] = str(Path(value).expanduser().resolve())
+    return data
 
 
 def _cmd_keys_create(args) -> int:

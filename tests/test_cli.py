@@ -81,3 +81,16 @@ def test_unexpected_failure_exits_1_with_a_bug_report_hint(tmp_path, capsys, mon
     assert main(["validate", str(tmp_path), "--out", str(tmp_path / "out")]) == 1
     err = capsys.readouterr().err
     assert "internal error: ZeroDivisionError: boom" in err and "--log-level debug" in err
+
+
+def test_serve_resolves_relative_file_settings_against_the_callers_folder(tmp_path, monkeypatch):
+    from narrator.cli import _absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    data = _absolute_paths({"serving": {"keys_file": "keys.json", "audit_log": "/var/log/a.jsonl"},
+                            "registry": {"tracking_uri": "sqlite:///mlflow.db", "audit_log": "audit.jsonl"},
+                            "training": {"mlflow_tracking_uri": "http://mlflow:5000"}})
+    assert data["serving"]["keys_file"] == str(tmp_path / "keys.json")
+    assert data["serving"]["audit_log"] == "/var/log/a.jsonl"
+    assert data["registry"]["tracking_uri"] == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert data["training"]["mlflow_tracking_uri"] == "http://mlflow:5000"
