@@ -22,6 +22,7 @@ TOKENS = 250
 AUDIO_S = TOKENS / 25
 OFFICIAL_SENTENCE_RTF = 0.75  # float32, 2 threads, measured with the official code (issue 3)
 GOAL_SENTENCE_RTF = 0.37
+MIXED = "int8-gpt+bf16-sovits"  # GPT.prepare_inference("int8") with a bfloat16 SoVITS
 
 
 def _measure(dtype_name: str, threads: int) -> dict:
@@ -30,17 +31,19 @@ def _measure(dtype_name: str, threads: int) -> dict:
     from models.sovits import SoVITS, SoVITSConfig
 
     torch.set_num_threads(threads)
-    dtype = getattr(torch, dtype_name)
-    gpt = _model(dtype)
+    int8_gpt = dtype_name == MIXED
+    dtype = torch.bfloat16 if int8_gpt else getattr(torch, dtype_name)
+    gpt = _model(torch.float32).prepare_inference("int8") if int8_gpt else _model(dtype)
     sovits = SoVITS(SoVITSConfig()).eval().to(dtype)
     sovits.prepare_inference(channels_last=True)
     phones, bert = _sentence(60, 0)
     prompt = _prompt(150)
     _, text, refer, _ = _inputs(AUDIO_S)
     with torch.inference_mode():
-        gpt.generate(phones, bert.to(dtype), prompt, top_k=15, early_stop_num=10, seed=0)  # warm-up
+        gpt_bert = bert if int8_gpt else bert.to(dtype)
+        gpt.generate(phones, gpt_bert, prompt, top_k=15, early_stop_num=10, seed=0)  # warm-up
         start = time.perf_counter()
-        tokens = gpt.generate(phones, bert.to(dtype), prompt, top_k=15, early_stop_num=TOKENS - 1, seed=0)
+        tokens = gpt.generate(phones, gpt_bert, prompt, top_k=15, early_stop_num=TOKENS - 1, seed=0)
         gpt_s = time.perf_counter() - start
         start = time.perf_counter()
         wav = sovits.decode(tokens[None], text, [refer.to(dtype)], noise_scale=0.5)
@@ -51,7 +54,7 @@ def _measure(dtype_name: str, threads: int) -> dict:
             "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def run(threads: int = 2, dtypes: tuple[str, ...] = ("float32", "bfloat16")) -> list[dict]:
+def run(threads: int = 2, dtypes: tuple[str, ...] = ("float32", "bfloat16", MIXED)) -> list[dict]:
     return [in_child(_measure, name, threads) for name in dtypes]
 
 

@@ -2,7 +2,8 @@
 
     python -m bench.infer_gpt            # prints a table; `bench_gpt()` returns the rows
 
-Per dtype (float32, bfloat16), each in a fresh process so that the peak memory is its own:
+Per mode (float32, bfloat16, int8-dynamic = float32 model with `prepare_inference("int8")`), each in a fresh
+process so that the peak memory is its own:
   - ms/token for one decoding step with ~200 and ~1700 positions in the context (median over 32 steps),
   - tokens/s for one sentence and for a batch of 4 sentences sharing a prompt (prefill included),
   - peak resident memory of the process.
@@ -26,12 +27,15 @@ from models.gpt import GPT, GPTConfig
 TARGETS = {"ms_per_token@200": 11.0, "ms_per_token@1700": 13.0, "tokens_per_s_single": 80.0}
 
 
-def _model(dtype: torch.dtype) -> GPT:
+MODES = {"int8-dynamic": (torch.float32, "int8")}  # row name -> (model dtype, prepare_inference weights)
+
+
+def _model(dtype: torch.dtype, weights: str = "model") -> GPT:
     torch.manual_seed(0)
     model = GPT(GPTConfig()).eval().to(dtype)
     with torch.no_grad():  # random weights: keep EOS from ending a run early
         model.ar_predict_layer.weight[model.cfg.eos] = 0.0
-    return model
+    return model.prepare_inference(weights)
 
 
 def _sentence(n_phones: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -74,8 +78,8 @@ def _tokens_per_s(model: GPT, batch: int, n_new: int, repeats: int) -> float:
 
 def _measure(dtype_name: str, threads: int, repeats: int) -> dict:
     torch.set_num_threads(threads)
-    dtype = getattr(torch, dtype_name)
-    model = _model(dtype)
+    dtype, weights = MODES[dtype_name] if dtype_name in MODES else (getattr(torch, dtype_name), "model")
+    model = _model(dtype, weights)
     row = {"dtype": dtype_name, "threads": threads, "params_M": model.num_params() / 1e6,
            "load_before": os.getloadavg()[0]}
     row["ms_per_token@200"] = _step_ms(model, 200, 32, repeats)
@@ -87,7 +91,8 @@ def _measure(dtype_name: str, threads: int, repeats: int) -> dict:
     return row
 
 
-def bench_gpt(dtypes: tuple[str, ...] = ("float32", "bfloat16"), threads: int = 2, repeats: int = 3) -> list[dict]:
+def bench_gpt(dtypes: tuple[str, ...] = ("float32", "bfloat16", "int8-dynamic"), threads: int = 2,
+              repeats: int = 3) -> list[dict]:
     """One row per dtype, each measured in a fresh process."""
     return [in_child(_measure, name, threads, repeats) for name in dtypes]
 
@@ -95,7 +100,7 @@ def bench_gpt(dtypes: tuple[str, ...] = ("float32", "bfloat16"), threads: int = 
 def format_table(rows: list[dict]) -> str:
     cols = ["dtype", "ms_per_token@200", "ms_per_token@1700", "tokens_per_s_single", "tokens_per_s_batch4",
             "peak_rss_MB", "load_before", "load_after"]
-    widths = [max(len(c), 8) for c in cols]
+    widths = [max([len(c), 8] + [len(str(r[c])) for r in rows if isinstance(r[c], str)]) for c in cols]
     lines = [" | ".join(f"{c:>{w}}" for c, w in zip(cols, widths))]
     for r in rows:
         lines.append(" | ".join(f"{r[c]:>{w}.1f}" if isinstance(r[c], float) else f"{r[c]:>{w}}"
@@ -107,7 +112,8 @@ def format_table(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated torch dtypes")
+    parser.add_argument("--dtypes", default="float32,bfloat16,int8-dynamic",
+                        help="comma-separated torch dtypes or modes (int8-dynamic)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="best of this many runs per timing")
     args = parser.parse_args()
