@@ -131,13 +131,27 @@ def write_wav(path: str | Path, samples: np.ndarray, sample_rate_hz: int) -> Pat
     return path
 
 
+# output formats: (libsndfile container, subtype)
+ENCODINGS = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16"), "mp3": ("MP3", "MPEG_LAYER_III"),
+             "ogg": ("OGG", "VORBIS")}
+ENCODE_BLOCK_S = 1.0  # libsndfile has crashed encoding long Ogg Vorbis in one call: write at most this much at once
+
+
+def write_blocks(out: sf.SoundFile, samples: np.ndarray, sample_rate_hz: int) -> None:
+    """Write mono float `(n,)` audio, clipped to [-1, 1], into an open SoundFile in ENCODE_BLOCK_S pieces."""
+    block = max(1, int(ENCODE_BLOCK_S * sample_rate_hz))
+    data = np.clip(np.asarray(samples, np.float32), -1.0, 1.0)
+    for start in range(0, len(data), block):
+        out.write(data[start:start + block])
+
+
 def encode(samples: np.ndarray, sample_rate_hz: int, fmt: str) -> bytes:
-    """Encode mono float audio to wav/flac/ogg (soundfile) or mp3 (soundfile, else ffmpeg)."""
+    """Encode mono float audio `(n,)` as a whole wav/flac/mp3/ogg file (exact headers) in memory."""
     fmt = fmt.lower()
+    if fmt not in ENCODINGS:
+        raise AudioError(f"unsupported output format {fmt!r}; choose one of {', '.join(ENCODINGS)}")
+    container, subtype = ENCODINGS[fmt]
     buffer = io.BytesIO()
-    kinds = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16"), "ogg": ("OGG", "VORBIS"), "mp3": ("MP3", None)}
-    if fmt not in kinds:
-        raise AudioError(f"unsupported output format {fmt!r}; choose one of {', '.join(kinds)}")
-    container, subtype = kinds[fmt]
-    sf.write(buffer, np.clip(samples, -1.0, 1.0), sample_rate_hz, format=container, subtype=subtype)
+    with sf.SoundFile(buffer, "w", samplerate=sample_rate_hz, channels=1, format=container, subtype=subtype) as out:
+        write_blocks(out, samples, sample_rate_hz)
     return buffer.getvalue()

@@ -31,13 +31,14 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from narrator.audiofile import encode
 from narrator.config import Params
 from narrator.errors import NarratorError
 from narrator.log import get_logger
 from serving import errors
 from serving.audit import SynthesisAudit, SynthesisRecord, text_sha256
 from serving.auth import ApiKey, KeyStore, RateLimiter
-from serving.encode import FORMATS, StreamEncoder, encode_whole, media_type
+from serving.encode import FORMATS, StreamEncoder, media_type
 from serving.engine import GptBatcher, Resampler, WatermarkStream, sentences
 from serving.voices import LoadedVoice, VoiceCache, VoiceCatalog, VoiceInfo, VoiceUnavailable
 
@@ -323,7 +324,7 @@ def create_app(server: Callable[[], NarratorServer]) -> FastAPI:
             state._track(-1)
         resampler = Resampler(req.sample_rate_hz)
         samples = resampler.push(result.samples, last=True)
-        body = encode_whole(samples, req.sample_rate_hz, req.format)
+        body = encode(samples, req.sample_rate_hz, req.format)
         duration_s = len(result.samples) / 32000
         digest = hashlib.sha256(body).hexdigest()
         state.record(key, info, req, duration_s, digest, stream=False)

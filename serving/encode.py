@@ -3,9 +3,8 @@
 `StreamEncoder.write(samples)` returns the bytes that are final so far, `close()` the rest, so a response can be
 sent sentence by sentence. WAV streams carry a header with unknown length (0xFFFFFFFF, as live streams do); FLAC,
 MP3 and OGG go through libsndfile into a sink that passes on each byte once: the header rewrite libsndfile does
-when it closes (total length) is dropped in a stream, which players accept (length unknown). A whole response
-(`encode_whole`) keeps the rewrite, so its headers are exact. Samples are written in blocks of at most
-`BLOCK_S` seconds: libsndfile has crashed encoding very long OGG in one call.
+when it closes (total length) is dropped in a stream, which players accept (length unknown). A whole response is
+`narrator.audiofile.encode` (exact headers); both write in blocks (`narrator.audiofile.write_blocks`).
 """
 
 from __future__ import annotations
@@ -16,13 +15,13 @@ import struct
 import numpy as np
 import soundfile as sf
 
-FORMATS = {"wav": ("WAV", "PCM_16", "audio/wav"), "flac": ("FLAC", "PCM_16", "audio/flac"),
-           "mp3": ("MP3", "MPEG_LAYER_III", "audio/mpeg"), "ogg": ("OGG", "VORBIS", "audio/ogg")}
-BLOCK_S = 1.0
+from narrator.audiofile import ENCODINGS, write_blocks
+
+FORMATS = {"wav": "audio/wav", "flac": "audio/flac", "mp3": "audio/mpeg", "ogg": "audio/ogg"}  # media types
 
 
 def media_type(fmt: str) -> str:
-    return FORMATS[fmt][2]
+    return FORMATS[fmt]
 
 
 class _Sink(io.RawIOBase):
@@ -81,7 +80,7 @@ class StreamEncoder:
         self._sink: _Sink | None = None
         self._file: sf.SoundFile | None = None
         if fmt != "wav":
-            container, subtype, _ = FORMATS[fmt]
+            container, subtype = ENCODINGS[fmt]
             self._sink = _Sink()
             self._file = sf.SoundFile(self._sink, "w", samplerate=sample_rate_hz, channels=1, format=container,
                                       subtype=subtype)
@@ -91,10 +90,7 @@ class StreamEncoder:
             head = b"" if self._started else wav_stream_header(self.rate)
             self._started = True
             return head + _pcm16(samples)
-        block = max(1, int(BLOCK_S * self.rate))
-        data = np.clip(np.asarray(samples, np.float32), -1.0, 1.0)
-        for start in range(0, len(data), block):
-            self._file.write(data[start:start + block])
+        write_blocks(self._file, samples, self.rate)
         return self._sink.take_new()
 
     def close(self) -> bytes:
@@ -103,16 +99,3 @@ class StreamEncoder:
         self._file.close()
         return self._sink.take_new()
 
-
-def encode_whole(samples: np.ndarray, sample_rate_hz: int, fmt: str) -> bytes:
-    """The whole audio as one file with exact headers, written in blocks (see the module docstring)."""
-    if fmt not in FORMATS:
-        raise ValueError(f"unsupported format {fmt!r}; one of {', '.join(FORMATS)}")
-    container, subtype, _ = FORMATS[fmt]
-    buffer = io.BytesIO()
-    block = max(1, int(BLOCK_S * sample_rate_hz))
-    data = np.clip(np.asarray(samples, np.float32), -1.0, 1.0)
-    with sf.SoundFile(buffer, "w", samplerate=sample_rate_hz, channels=1, format=container, subtype=subtype) as out:
-        for start in range(0, len(data), block):
-            out.write(data[start:start + block])
-    return buffer.getvalue()

@@ -150,9 +150,9 @@ def test_detect_names_no_voice_of_another_tenant_and_nothing_in_silence(service,
     other = httpx.post(f"{service}/v1/watermark/detect", content=wav, timeout=60,
                        headers={**_auth(deployment.keys["globex"]), "Content-Type": "audio/wav"}).json()
     assert other["detected"] and other["voice"] is None and "another tenant" in other["note"]
-    from serving.encode import encode_whole
+    from narrator.audiofile import encode
 
-    silence = encode_whole(np.zeros(32000 * 4, np.float32), 32000, "wav")
+    silence = encode(np.zeros(32000 * 4, np.float32), 32000, "wav")
     clean = httpx.post(f"{service}/v1/watermark/detect", content=silence, timeout=60,
                        headers={**_auth(deployment.keys["acme"]), "Content-Type": "audio/wav"}).json()
     assert not clean["detected"] and clean["payload"] is None
