@@ -84,20 +84,32 @@ def _write_bundle(bundle: Path, voice: str, version: int, payload_hex: str, feat
     return info
 
 
+def bundle_manifest(bundle: Path) -> dict:
+    """A bundle's voice.yaml."""
+    return yaml.safe_load((Path(bundle) / "voice.yaml").read_text(encoding="utf-8"))
+
+
+def bundle_reference(synth, bundle: Path, manifest: dict):
+    """The bundle's reference clip prepared as `synth`'s prompt (a `models.tts.Reference`)."""
+    from narrator.audiofile import read_audio
+
+    ref = read_audio(Path(bundle) / manifest["reference"]["file"])
+    return synth.reference(ref.mono(), ref.sample_rate_hz, manifest["reference"]["text"],
+                           manifest["reference"]["language"])
+
+
 def speak_sample(bundle: Path, params: Params, text: str, language: str) -> tuple[Path, dict]:
     """Load the bundle as a server would, speak `text`, watermark it with the bundle's payload; the sample and the
     detection result. Needs the watermark key (`models.watermark.load_key`)."""
     from components.evaluate import synthesizer
     from components.watermark import format_payload
     from models.watermark import detect, embed, load_key
-    from narrator.audiofile import read_audio, write_wav
+    from narrator.audiofile import write_wav
 
     key = load_key()
-    info = yaml.safe_load((bundle / "voice.yaml").read_text(encoding="utf-8"))
+    info = bundle_manifest(bundle)
     synth = synthesizer(str(bundle / "sovits.pth"), str(bundle / "gpt.ckpt"), params)
-    ref = read_audio(bundle / info["reference"]["file"])
-    reference = synth.reference(ref.mono(), ref.sample_rate_hz, info["reference"]["text"],
-                                info["reference"]["language"])
+    reference = bundle_reference(synth, bundle, info)
     speech = synth.speak(text, reference, language, seed=0)
     payload = int(info["watermark_payload"], 16)
     marked = embed(speech.samples, speech.sample_rate_hz, payload, key)
@@ -128,9 +140,7 @@ def package(voice: str, version: int, features_dir: str | Path, sovits_path: str
             out_dir: str | Path, params: Params) -> PackageResult:
     """Bundle registered version `version` of `voice` (its files from the pipeline's steps), speak a watermarked
     sample with it, save it to the BentoML store and tag the registered version with the store tag."""
-    import mlflow
-
-    from components.register import model_name, payload_for
+    from components.register import model_name, payload_for, registry_client
     from components.watermark import format_payload
 
     features_dir, out_dir = Path(features_dir), Path(out_dir)
@@ -149,8 +159,7 @@ def package(voice: str, version: int, features_dir: str | Path, sovits_path: str
         log.warning("the packaged sample's watermark was not read back whole (it is short); the mark is present: %s",
                     found["detected"])
     tag = _save_to_store(bundle, store_tag(voice, version), info, params)
-    client = mlflow.MlflowClient(tracking_uri=params.registry.tracking_uri,
-                                 registry_uri=params.registry.tracking_uri)
+    client = registry_client(params)
     name = model_name(voice, params)
     client.set_model_version_tag(name, str(version), "bento", tag)
     client.set_model_version_tag(name, str(version), "sample_sha256", sha256_file(sample))

@@ -322,7 +322,8 @@ def _finetune_run_id(params: Params, run_name: str, tag: str, sha256: str) -> st
 # -- registry helpers --------------------------------------------------------------------------------------------
 
 
-def _client(params: Params):
+def registry_client(params: Params):
+    """An MLflow client of the registry (`registry.tracking_uri`, for tracking and model registry alike)."""
     from mlflow import MlflowClient
 
     uri = params.registry.tracking_uri
@@ -423,7 +424,7 @@ def _payload(voice_id: int, version: int) -> int:
 
 def payload_for(voice: str, version: int, params: Params) -> int:
     """The 32-bit watermark payload of a registered (voice, version): voice id << 16 | version."""
-    client = _client(params)
+    client = registry_client(params)
     name = model_name(voice, params)
     model = _registered_model(client, name, voice)
     _model_version(client, name, version)
@@ -435,7 +436,7 @@ def lookup_payload(payload: int, params: Params) -> tuple[str, int] | None:
     if not 0 <= payload <= MAX_PAYLOAD:
         raise RegistryError(f"payload {payload!r} is not a 32-bit number (8 hex digits)")
     voice_id, version = payload >> VERSION_BITS, payload & MAX_VERSION
-    client = _client(params)
+    client = registry_client(params)
     for model in _all_registered_models(client):
         if model.tags.get("voice_id") == str(voice_id):
             try:
@@ -470,7 +471,7 @@ def _now() -> str:
 # -- audit log ---------------------------------------------------------------------------------------------------
 
 
-def _line_sha256(line: str) -> str:
+def line_sha256(line: str) -> str:
     return hashlib.sha256(line.encode("utf-8")).hexdigest()
 
 
@@ -488,13 +489,13 @@ def append_audit(path: str | Path, record: dict[str, Any]) -> str:
             pass
         handle.seek(0)
         lines = handle.read().splitlines()
-        prev = _line_sha256(lines[-1]) if lines else GENESIS_SHA256
+        prev = line_sha256(lines[-1]) if lines else GENESIS_SHA256
         line = json.dumps({**record, "prev_sha256": prev}, sort_keys=True, ensure_ascii=False)
         handle.seek(0, os.SEEK_END)
         handle.write(line + "\n")
         handle.flush()
         os.fsync(handle.fileno())
-    return _line_sha256(line)
+    return line_sha256(line)
 
 
 def read_audit_log(path: str | Path) -> list[dict[str, Any]]:
@@ -515,7 +516,7 @@ def read_audit_log(path: str | Path) -> list[dict[str, Any]]:
                                 "inserted or deleted there; restore the log from a backup (promotions are also "
                                 "kept as model-version tags promoted_by/promoted_at)")
         records.append(record)
-        prev = _line_sha256(line)
+        prev = line_sha256(line)
     return records
 
 
@@ -599,7 +600,7 @@ def register(voice: str, *, validated_dir: str | Path, prepared_dir: str | Path,
     tags.update({key: str(value) for key, value in (extra_tags or {}).items()})
     passed = tags["verdict"] == "pass"
 
-    client = _client(params)
+    client = registry_client(params)
     model = _ensure_registered_model(client, name, voice)
     _check_tenant(client, model, params.registry.tenant)
     existing = _same_registration(client, name, tags)
@@ -705,7 +706,7 @@ def approve(voice: str, version: int, by: str, params: Params) -> Registration:
     """Move `champion` to `version` of `voice` on `by`'s authority (it must have passed its gates)."""
     if not by.strip():
         raise RegistryError("say who approves: --by NAME (recorded in the audit log)")
-    client = _client(params)
+    client = registry_client(params)
     name = model_name(voice, params)
     model = _registered_model(client, name, voice)
     mv = _model_version(client, name, version)
@@ -731,7 +732,7 @@ def approve(voice: str, version: int, by: str, params: Params) -> Registration:
 
 def lineage(voice: str, version: int | None, params: Params) -> Lineage:
     """The lineage of `version` of `voice` (None: the champion, or the latest version when there is none)."""
-    client = _client(params)
+    client = registry_client(params)
     name = model_name(voice, params)
     model = _registered_model(client, name, voice)
     if version is None:

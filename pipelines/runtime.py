@@ -167,9 +167,9 @@ def recordings_changed(source: str, voice: str, params: Params) -> bool:
     version (or the voice has none): the retraining schedule's trigger."""
     import mlflow
 
-    from components.register import model_name
+    from components.register import model_name, registry_client
 
-    client = mlflow.MlflowClient(tracking_uri=params.registry.tracking_uri, registry_uri=params.registry.tracking_uri)
+    client = registry_client(params)
     current = source_fingerprint(source, params)
     try:
         versions = client.search_model_versions(f"name='{model_name(voice, params)}'")

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from components.register import RegistryError, _line_sha256, append_audit, read_audit_log
+from components.register import RegistryError, line_sha256, append_audit, read_audit_log
 
 
 class AuditError(RegistryError):
@@ -92,7 +92,7 @@ def verify(path: str | Path) -> int:
     if head.exists():
         expected = json.loads(head.read_text(encoding="utf-8"))["last_sha256"]
         lines = path.read_text(encoding="utf-8").splitlines()
-        last = _line_sha256(lines[-1]) if lines else None
+        last = line_sha256(lines[-1]) if lines else None
         if last != expected:
             raise AuditError(f"{path} line {len(lines) + 1}: the log ends before its newest record ({head.name} "
                              f"names {expected[:12]}...): records were deleted from the end; restore the log from "

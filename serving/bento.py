@@ -38,9 +38,10 @@ class BuiltBento:
 
 def champion_bundle(voice: str, params: Params) -> tuple[int, str]:
     """(champion version, its BentoML model tag) of `voice`."""
-    from components.register import CHAMPION, RegistryError, _alias_version, _client, _registered_model, model_name
+    from components.register import (CHAMPION, RegistryError, _alias_version, _registered_model, model_name,
+                                     registry_client)
 
-    client = _client(params)
+    client = registry_client(params)
     name = model_name(voice, params)
     try:
         model = _registered_model(client, name, voice)

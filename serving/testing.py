@@ -33,10 +33,8 @@ class Deployment:
 
 
 def build_small_deployment(work: str | Path, overrides: dict | None = None) -> Deployment:
-    from mlflow import MlflowClient
-
     from components.package import _save_to_store, store_tag
-    from components.register import CHAMPION, _ensure_registered_model, _payload
+    from components.register import CHAMPION, _ensure_registered_model, _payload, registry_client
     from narrator.audiofile import read_audio, resample, write_wav
     from narrator.config import load_params
     from narrator.demo import build_demo_bases, espeak
@@ -60,7 +58,7 @@ def build_small_deployment(work: str | Path, overrides: dict | None = None) -> D
     params = load_params(params_file)
     os.environ["BENTOML_HOME"] = str(work / "bentoml")
 
-    client = MlflowClient(tracking_uri=params.registry.tracking_uri, registry_uri=params.registry.tracking_uri)
+    client = registry_client(params)
     payloads, tenants = {}, {}
     for voice, (tenant, espeak_voice, seed) in VOICES.items():
         voice_bases = build_demo_bases(work / f"bases-{voice}", seed=seed)

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from narrator.config import Params
 from narrator.errors import NarratorError
@@ -67,10 +66,10 @@ class VoiceCatalog:
         self._read_at = -1e9
 
     def _read(self) -> dict[str, VoiceInfo]:
-        from components.register import CHAMPION, _all_registered_models, _client
+        from components.register import CHAMPION, _all_registered_models, registry_client
 
         prefix = self.params.registry.model_prefix
-        client = _client(self.params)
+        client = registry_client(self.params)
         found = {}
         for model in _all_registered_models(client):
             if not model.name.startswith(prefix) or CHAMPION not in (model.aliases or {}):
@@ -214,14 +213,14 @@ class VoiceCache:
                                    "store (package.bentoml_home / $BENTOML_HOME); package the voice again") from None
 
     def _load(self, info: VoiceInfo) -> LoadedVoice:
+        from components.package import bundle_manifest, bundle_reference
         from models.checkpoints import load_gpt, load_sovits
         from models.features import pick_device
         from models.tts import Synthesizer
-        from narrator.audiofile import read_audio
 
         started = time.perf_counter()
         bundle = self.bundle_dir(info)
-        manifest = yaml.safe_load((bundle / "voice.yaml").read_text(encoding="utf-8"))
+        manifest = bundle_manifest(bundle)
         device = pick_device(self.device)
         sovits = load_sovits(bundle / "sovits.pth", device=device)
         gpt = load_gpt(bundle / "gpt.ckpt", device=device)
@@ -231,9 +230,7 @@ class VoiceCache:
         bert = self._front("bert_dir", bases.get("bert_dir") or pre.bert_dir)
         sv = self._front("sv_checkpoint", bases.get("sv_checkpoint") or pre.sv_checkpoint) if sovits.is_pro else None
         synth = Synthesizer(sovits, gpt, hubert=hubert, bert=bert, sv_model=sv)
-        ref = read_audio(bundle / manifest["reference"]["file"])
-        reference = synth.reference(ref.mono(), ref.sample_rate_hz, manifest["reference"]["text"],
-                                    manifest["reference"]["language"])
+        reference = bundle_reference(synth, bundle, manifest)
         loaded = LoadedVoice(info=info, synth=synth, reference=reference, weight_mb=_weights_mb(sovits, gpt))
         log.info("loaded voice %s v%d (%.1f MB) in %.2f s", info.voice, info.version, loaded.weight_mb,
                  time.perf_counter() - started)
