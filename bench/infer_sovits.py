@@ -16,8 +16,8 @@ official implementation's computation (weight norm applied per call, `(batch, ch
 stands in for it as the same-machine baseline.
 
 A roofline closes the table: the convolution/linear GFLOP of one decode, the GFLOP/s an RTF target needs, and
-this machine's measured matrix-multiply peak per dtype on the same threads (a 2048^3 GEMM), so a target that
-the hardware cannot reach shows as such.
+this machine's measured matrix-multiply peak per dtype on the same threads (a 2048^3 GEMM; int8 where torch has
+`_int_mm`), so a target that the hardware cannot reach shows as such.
 """
 
 from __future__ import annotations
@@ -98,6 +98,16 @@ def gemm_peak_gflops(threads: int, size: int = 2048, repeats: int = 5) -> dict[s
             a @ b
             best = min(best, time.perf_counter() - t0)
         peaks[name] = 2 * size**3 / best / 1e9
+    if hasattr(torch, "_int_mm"):  # int8 x int8 -> int32 (VNNI on x86): the ceiling of any int8 conv path
+        a = torch.randint(-128, 128, (size, size), dtype=torch.int8)
+        b = torch.randint(-128, 128, (size, size), dtype=torch.int8)
+        torch._int_mm(a, b)
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            torch._int_mm(a, b)
+            best = min(best, time.perf_counter() - t0)
+        peaks["int8"] = 2 * size**3 / best / 1e9
     return peaks
 
 
@@ -192,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
               + " ".join(f"{t:.2f}" for t in r["times"]))
     peaks = gemm_peak_gflops(args.threads)
     print(f"\nroofline: {gflop:.0f} GFLOP per decode of {args.seconds:g} s; GEMM peak here with {args.threads} "
-          "thread(s): " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items()))
+          "thread(s): " + ", ".join(f"{k} {v:.0f} G{'OP' if k == 'int8' else 'FLOP'}/s" for k, v in peaks.items()))
     for target in args.targets:
         need = gflop / (target * args.seconds)
         fits = [k for k, v in peaks.items() if v >= need]
