@@ -678,9 +678,9 @@ def _log_register_run(client, params: Params, name: str, tags: dict[str, str], m
     """The MLflow run "register": lineage tags, evaluation metrics, the model files, evaluation and params."""
     from mlflow.entities import Metric, Param
 
-    experiment_name = params.training.mlflow_experiment
-    experiment = client.get_experiment_by_name(experiment_name)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(experiment_name)
+    from narrator.tracking import ensure_experiment
+
+    experiment_id = ensure_experiment(client, params.training.mlflow_experiment, params.registry.tracking_uri)
     run = client.create_run(experiment_id, run_name=RUN_NAME, tags={**tags, "registered_model": name})
     run_id = run.info.run_id
     try:

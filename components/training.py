@@ -360,8 +360,9 @@ def mlflow_logger(tracking_uri: str, experiment: str, run_name: str, params: dic
     """Start an MLflow run and return (log_fn, run) — log_fn(metrics, step) logs numeric metrics."""
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_experiment(experiment)
+    from narrator.tracking import use_experiment
+
+    use_experiment(tracking_uri, experiment)
     active = mlflow.start_run(run_name=run_name)
     mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
 

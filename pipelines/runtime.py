@@ -135,8 +135,9 @@ def _mlflow_record(params: Params, run_name: str, tags: dict[str, str]) -> None:
         return
     import mlflow
 
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(params.training.mlflow_experiment)
+    from narrator.tracking import use_experiment
+
+    use_experiment(uri, params.training.mlflow_experiment)
     with mlflow.start_run(run_name=run_name):
         mlflow.set_tags({k: str(v)[:5000] for k, v in tags.items()})
 

@@ -1,0 +1,41 @@
+"""MLflow experiments, made in one place so their artifacts land beside the tracking store.
+
+MLflow puts the artifacts of an experiment it creates for a database store under `./mlruns` of whatever folder the
+process happens to run in. For a `sqlite:///…/mlflow.db` store we create the experiment with its artifacts in
+`…/mlartifacts/` instead, so a registry folder (the demo's, a test's) holds everything it refers to. Other stores
+(a tracking server, a file store) keep MLflow's own choice.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+SQLITE_PREFIX = "sqlite:///"
+ARTIFACTS_FOLDER = "mlartifacts"
+
+
+def artifact_location(tracking_uri: str) -> str | None:
+    """Where experiments of a sqlite store keep their artifacts (a file:// URI), else None (MLflow's default)."""
+    if not tracking_uri.startswith(SQLITE_PREFIX):
+        return None
+    db = Path(tracking_uri[len(SQLITE_PREFIX):]).expanduser()
+    return (db.resolve().parent / ARTIFACTS_FOLDER).as_uri()
+
+
+def ensure_experiment(client, name: str, tracking_uri: str) -> str:
+    """The id of experiment `name` in `client`'s store, created (see `artifact_location`) if missing."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    return client.create_experiment(name, artifact_location=artifact_location(tracking_uri))
+
+
+def use_experiment(tracking_uri: str, name: str) -> str:
+    """Point mlflow's fluent API (`mlflow.start_run`, `mlflow.log_*`) at `tracking_uri` and experiment `name`."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(tracking_uri)
+    experiment_id = ensure_experiment(MlflowClient(tracking_uri=tracking_uri), name, tracking_uri)
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
