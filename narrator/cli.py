@@ -58,6 +58,12 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-format", default="text", choices=["text", "json"], help="json: one object per line")
 
 
+def _verbose(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="local runs: stream kfp's and every step's logs instead of one line per step (the full "
+                             "log is always kept under pipeline.pipeline_root/logs/)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="narrator", description="Turn one minute of a narrator's consented speech into a production voice.",
@@ -247,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
         a.add_argument("--source", metavar="DIR|S3", help="the narrator's recordings (onboard, retrain)")
         a.add_argument("--voice", metavar="NAME", help="voice name (onboard, retrain)")
         a.add_argument("--narrators", metavar="JSON", help="batch: a JSON file listing {source, voice} objects")
+        if action == "run":
+            _verbose(a)
         _common(a)
         a.set_defaults(func=_cmd_pipeline_run if action == "run" else _cmd_pipeline_schedule)
 
@@ -258,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "finished step. Needs the watermark key ($NARRATOR_WATERMARK_KEY[_FILE]).")
     p.add_argument("source", metavar="SOURCE", help="folder or s3://bucket/prefix with the narrator's recordings")
     p.add_argument("--voice", required=True, metavar="NAME", help="voice name, e.g. alice")
+    _verbose(p)
     _common(p)
     p.set_defaults(func=_cmd_onboard)
 
@@ -306,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "epochs, a demo watermark key, the registry and model store under --out) and "
                                    "print the packaged voice, its lineage and its watermarked sample.")
     p.add_argument("--out", default="demo", metavar="DIR", help="output folder (default: demo)")
+    _verbose(p)
     _common(p)
     p.set_defaults(func=_cmd_demo)
 
@@ -706,7 +716,7 @@ def _cmd_pipeline_run(args) -> int:
     params = _load(args)
     arguments = _pipeline_arguments(args, params)
     if args.local:
-        result = run_local(args.name, params, arguments)
+        result = run_local(args.name, params, arguments, verbose=args.verbose)
         _print_local_run(result)
         return 2 if result.gate_failures and not result.packages else 0
     print(f"submitted the {args.name} pipeline: run {submit(args.name, params, arguments, args.host)}")
@@ -722,19 +732,20 @@ def _cmd_pipeline_schedule(args) -> int:
     return 0
 
 
-def _onboard(source: str, voice: str, params):
+def _onboard(source: str, voice: str, params, verbose: bool = False):
     """Run the onboarding pipeline locally and print its outcome; the LocalRun."""
     from pipelines.onboard import step_arguments
     from pipelines.run import run_local
 
     source = source if source.startswith("s3://") else str(Path(source).resolve())
-    result = run_local("onboard", params, {"source": source, "voice": voice, **step_arguments(params)})
+    result = run_local("onboard", params, {"source": source, "voice": voice, **step_arguments(params)},
+                       verbose=verbose)
     _print_local_run(result)
     return result
 
 
 def _cmd_onboard(args) -> int:
-    result = _onboard(args.source, args.voice, _load(args))
+    result = _onboard(args.source, args.voice, _load(args), verbose=args.verbose)
     return 0 if result.packages else 2
 
 
@@ -760,7 +771,7 @@ def _cmd_demo(args) -> int:
         print(f"watermark key: a demo key in {os.environ['NARRATOR_WATERMARK_KEY_FILE']} (production keys come "
               "from $NARRATOR_WATERMARK_KEY or a mounted secret file)")
     voice = "demo"
-    result = _onboard(str(source), voice, demo_params)
+    result = _onboard(str(source), voice, demo_params, verbose=args.verbose)
     if not result.packages:
         return 2
     import shutil

@@ -39,7 +39,7 @@ def build(params: Params) -> Callable:
               params_package: str = defaults["params_package"],
               params_record: str = defaults["params_record"]):
         a = dict(locals())
-        record = steps.record_run(voice="(batch)", pipeline=NAME, params_yaml=params_record)
+        record = steps.record_run(voice="(batch)", pipeline=NAME, params_yaml=params_record).set_caching_options(False)
         with dsl.ExitHandler(record, name="batch"):
             with dsl.ParallelFor(narrators, parallelism=params.pipeline.batch_parallelism,
                                  name="each narrator") as narrator:

@@ -131,7 +131,7 @@ def build(params: Params) -> Callable:
                 params_package: str = defaults["params_package"],
                 params_record: str = defaults["params_record"]):
         a = dict(locals())
-        record = steps.record_run(voice=voice, pipeline=NAME, params_yaml=params_record)
+        record = steps.record_run(voice=voice, pipeline=NAME, params_yaml=params_record).set_caching_options(False)
         with dsl.ExitHandler(record, name="onboard"):
             inner(source=source, voice=voice, **{k: a[k] for k in PARAM_ARGS})
 

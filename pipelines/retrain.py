@@ -39,7 +39,7 @@ def build(params: Params) -> Callable:
                 params_package: str = defaults["params_package"],
                 params_record: str = defaults["params_record"]):
         a = dict(locals())
-        record = steps.record_run(voice=voice, pipeline=NAME, params_yaml=params_record)
+        record = steps.record_run(voice=voice, pipeline=NAME, params_yaml=params_record).set_caching_options(False)
         with dsl.ExitHandler(record, name="retrain"):
             changed = steps.new_recordings(source=source, voice=voice, params_yaml=params_register)
             changed.set_caching_options(False).set_display_name("new recordings?")

@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,16 +55,110 @@ class LocalRun:
     root: str
     packages: list[dict] = field(default_factory=list)
     gate_failures: list[dict] = field(default_factory=list)
+    log: str | None = None  # the run's full log (kfp and every step) when it was not streamed
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_TASK_START = re.compile(r"Executing task '([^']+)'")
+_TASK_END = re.compile(r"Task '([^']+)' finished with status (\w+)")
+_TASK_CACHED = re.compile(r"Task (\S+) cache hit")
+_TASK_SKIPPED = re.compile(r"Skipping (?:conditional )?task (\S+)")
+
+
+class _StepProgress:
+    """Turns kfp's local-runner log lines into one line per step: `  validate   SUCCESS   3.2 s`, `cached` for a
+    step the cache answered, `skipped` for one its condition left out. On a terminal the running step shows too."""
+
+    def __init__(self) -> None:
+        self.write: Callable[[str], None] = lambda text: None  # set to the terminal by _output_to_log
+        self.interactive = False
+        self.started: dict[str, float] = {}
+
+    def feed(self, line: str) -> None:
+        line = _ANSI.sub("", line)
+        if start := _TASK_START.search(line):
+            self.started[start.group(1)] = time.monotonic()
+            if self.interactive:
+                self.write(f"  {start.group(1)} ...\r")
+        elif end := _TASK_END.search(line):
+            task, status = end.groups()
+            took = time.monotonic() - self.started.pop(task, time.monotonic())
+            self.write(f"  {task:<24} {status:<8} {took:7.1f} s\n")
+        elif cached := _TASK_CACHED.search(line):
+            self.write(f"  {cached.group(1):<24} cached\n")
+        elif skipped := _TASK_SKIPPED.search(line):
+            self.write(f"  {skipped.group(1):<24} skipped\n")
+
+
+@contextmanager
+def _output_to_log(log_path: Path, progress: _StepProgress) -> Iterator[None]:
+    """Send this process's stdout and stderr (file descriptors 1 and 2 and `sys.stdout`/`sys.stderr`, so also
+    every step subprocess and kfp's own logging) to `log_path`; a thread follows the file and feeds each line to `progress`, which writes to the
+    terminal."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    terminal = os.fdopen(os.dup(saved[0]), "w", encoding="utf-8", errors="replace")
+
+    def write(text: str) -> None:
+        terminal.write(text)
+        terminal.flush()
+
+    progress.write = write
+    progress.interactive = terminal.isatty()
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    # also Python's own streams, wherever they pointed (kfp logs to and relays step output through sys.stdout)
+    streams = sys.stdout, sys.stderr
+    sys.stdout = sys.stderr = open(log_path, "a", buffering=1, encoding="utf-8", errors="replace")
+    done = threading.Event()
+
+    def follow() -> None:
+        with open(log_path, encoding="utf-8", errors="replace") as log:
+            pending = ""
+            while True:
+                finished = done.is_set()
+                chunk = log.read()
+                pending += chunk
+                *lines, pending = pending.split("\n")
+                for line in lines:
+                    progress.feed(line)
+                if finished:
+                    return
+                if not chunk:
+                    time.sleep(0.2)
+
+    follower = threading.Thread(target=follow, name="pipeline-log", daemon=True)
+    follower.start()
+    try:
+        yield
+    finally:
+        sys.stdout.close()
+        sys.stdout, sys.stderr = streams
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+        done.set()
+        follower.join(timeout=5)
+        terminal.close()
 
 
 def _outputs_since(root: Path, name: str, started: float) -> list[Path]:
     return sorted((p for p in root.rglob(name) if p.stat().st_mtime >= started), key=lambda p: p.stat().st_mtime)
 
 
-def run_local(name: str, params: Params, arguments: dict) -> LocalRun:
+def run_local(name: str, params: Params, arguments: dict, verbose: bool = False) -> LocalRun:
     """Run the pipeline on this machine with kfp's local runner (every step a subprocess of this Python, outputs
     and the step cache under `pipeline.pipeline_root`). A failed step raises PipelineError with its error; the
-    next run reuses every step that finished (pipeline.caching)."""
+    next run reuses every step that finished (pipeline.caching).
+
+    By default kfp's and the steps' logs go to `<pipeline_root>/logs/<name>-<time>.log` and the terminal shows one
+    line per finished step; `verbose` streams everything instead.
+    """
     from kfp import local
 
     root = Path(params.pipeline.pipeline_root).expanduser().resolve()
@@ -72,15 +170,25 @@ def run_local(name: str, params: Params, arguments: dict) -> LocalRun:
                enable_caching=params.pipeline.caching, raise_on_error=True)
     started = time.time()
     pipeline = pipeline_function(name, params)
+    log_path = None if verbose else root / "logs" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    if log_path is not None:
+        print(f"running the {name} pipeline (full log: {log_path})", flush=True)
+        quiet = _output_to_log(log_path, _StepProgress())
     try:
-        pipeline(**arguments)
+        if log_path is None:
+            pipeline(**arguments)
+        else:
+            with quiet:
+                pipeline(**arguments)
     except RuntimeError as error:
         detail = error_file.read_text(encoding="utf-8").strip() if error_file.exists() else str(error)
-        raise PipelineError(f"the {name} pipeline stopped: {detail}. Fix it and run the same command again: "
+        where = f" (full log: {log_path})" if log_path else ""
+        raise PipelineError(f"the {name} pipeline stopped: {detail}{where}. Fix it and run the same command again: "
                             "the steps that finished are reused") from None
     finally:
         os.environ.pop(ERROR_FILE_ENV, None)
-    result = LocalRun(pipeline=name, seconds=round(time.time() - started, 1), root=str(root))
+    result = LocalRun(pipeline=name, seconds=round(time.time() - started, 1), root=str(root),
+                      log=str(log_path) if log_path else None)
     result.packages = [json.loads(p.read_text()) for p in _outputs_since(root, "package.json", started)]
     for verdict in _outputs_since(root, "verdict.json", started):
         data = json.loads(verdict.read_text())

@@ -82,6 +82,12 @@ def test_onboard_yaml_records_every_run_in_an_exit_handler(tmp_path):
     assert "exit-handler-1" in tasks["record-run"]["dependentTasks"]
 
 
+@pytest.mark.parametrize("name", ["onboard", "batch", "retrain"])
+def test_the_run_record_is_never_answered_from_the_cache(tmp_path, name):
+    record = _compiled(tmp_path, name)["root"]["dag"]["tasks"]["record-run"]
+    assert record.get("cachingOptions", {}).get("enableCache", False) is False  # a re-run is a new run to record
+
+
 def test_more_than_one_training_gpu_runs_fine_tuning_as_a_pytorchjob(tmp_path):
     tasks = _tasks(_compiled(tmp_path, "onboard", training_gpus=4, work_uri="s3://work/narrator"))
     launchers = [t for name, t in tasks.items() if name.startswith("finetune-on-cluster")]
@@ -234,6 +240,51 @@ def test_the_packaged_sample_carries_the_versions_watermark(onboarded, monkeypat
     assert detect_file(bundle / "sample.wav", "test pipeline key")["detected"] is True
     assert json.loads(json.dumps(yaml.safe_load((bundle / "voice.yaml").read_text())))["watermark_payload"] == \
         package["payload_hex"]
+
+
+def test_a_local_run_keeps_kfps_and_the_steps_logs_in_a_file(onboarded):
+    _, result, _, root = onboarded
+    log = Path(result.log)
+    assert log.parent == root / "pipeline" / "logs"
+    text = log.read_text()
+    assert "Executing task" in text and "[KFP Executor" in text  # kfp's own lines and the steps' output
+
+
+def test_step_progress_prints_one_line_per_step():
+    from pipelines.run import _StepProgress
+
+    shown = []
+    progress = _StepProgress()
+    progress.write = shown.append
+    for line in ["09:16:40.711 - INFO - Executing task \x1b[96m'validate'\x1b[0m",
+                 "    [KFP Executor 2026-11-25 09:16:40,756 INFO]: Got executor_input:",
+                 "09:16:43.889 - INFO - Task \x1b[96m'validate'\x1b[0m finished with status \x1b[92mSUCCESS\x1b[0m",
+                 "INFO:root:Task prepare cache hit (key=0123456789ab); skipping execution.",
+                 "Skipping conditional task gate-failed (condition evaluated to False)"]:
+        progress.feed(line)
+    assert [line.split() for line in shown] == [["validate", "SUCCESS", shown[0].split()[2], "s"],
+                                                ["prepare", "cached"], ["gate-failed", "skipped"]]
+
+
+def test_output_of_a_run_and_its_subprocesses_goes_to_the_log(tmp_path, capfd):
+    import os
+    import subprocess
+    import sys
+
+    from pipelines.run import _output_to_log, _StepProgress
+
+    progress = _StepProgress()
+    seen = []
+    progress.feed = seen.append
+    log = tmp_path / "logs" / "run.log"
+    with _output_to_log(log, progress):
+        os.write(1, b"from this process\n")  # file descriptor 1, where kfp's logging and print() write outside pytest
+        subprocess.run([sys.executable, "-c", "import sys; print('from a step'); print('oops', file=sys.stderr)"],
+                       check=True)
+    os.write(1, b"after the run\n")
+    assert log.read_text().splitlines() == ["from this process", "from a step", "oops"]
+    assert seen == ["from this process", "from a step", "oops"]
+    assert capfd.readouterr().out == "after the run\n"
 
 
 def test_every_run_is_recorded_finished_or_failed(onboarded):
