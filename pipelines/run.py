@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import sys
@@ -63,6 +64,7 @@ _TASK_START = re.compile(r"Executing task '([^']+)'")
 _TASK_END = re.compile(r"Task '([^']+)' finished with status (\w+)")
 _TASK_CACHED = re.compile(r"Task (\S+) cache hit")
 _TASK_SKIPPED = re.compile(r"Skipping (?:conditional )?task (\S+)")
+_INTERNAL_TASKS = ("condition-", "exit-handler-", "for-loop-")  # kfp's names for the DAG's own groups
 
 
 class _StepProgress:
@@ -86,7 +88,7 @@ class _StepProgress:
             self.write(f"  {task:<24} {status:<8} {took:7.1f} s\n")
         elif cached := _TASK_CACHED.search(line):
             self.write(f"  {cached.group(1):<24} cached\n")
-        elif skipped := _TASK_SKIPPED.search(line):
+        elif (skipped := _TASK_SKIPPED.search(line)) and not skipped.group(1).startswith(_INTERNAL_TASKS):
             self.write(f"  {skipped.group(1):<24} skipped\n")
 
 
@@ -114,6 +116,11 @@ def _output_to_log(log_path: Path, progress: _StepProgress) -> Iterator[None]:
     # also Python's own streams, wherever they pointed (kfp logs to and relays step output through sys.stdout)
     streams = sys.stdout, sys.stderr
     sys.stdout = sys.stderr = open(log_path, "a", buffering=1, encoding="utf-8", errors="replace")
+    # kfp logs cache hits and skipped steps at INFO on the root logger outside its own logging context
+    root = logging.getLogger()
+    root_state = root.level, root.handlers[:]
+    root.handlers = [logging.StreamHandler(sys.stdout)]
+    root.setLevel(logging.INFO)
     done = threading.Event()
 
     def follow() -> None:
@@ -136,6 +143,8 @@ def _output_to_log(log_path: Path, progress: _StepProgress) -> Iterator[None]:
     try:
         yield
     finally:
+        root.setLevel(root_state[0])
+        root.handlers = root_state[1]
         sys.stdout.close()
         sys.stdout, sys.stderr = streams
         os.dup2(saved[0], 1)
