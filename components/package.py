@@ -57,24 +57,32 @@ def store_tag(voice: str, version: int) -> str:
     return f"{STORE_PREFIX}{voice}:v{version}"
 
 
-def _write_bundle(bundle: Path, voice: str, version: int, payload_hex: str, features_dir: Path, sovits_path: Path,
-                  gpt_path: Path, params: Params) -> dict:
-    from components.evaluate import pick_reference
-    from components.features import training_entries
+@dataclass(frozen=True)
+class BundleReference:
+    """The reference clip a bundle speaks from (its timbre and prompt)."""
 
-    manifest = json.loads((features_dir / "manifest.json").read_text(encoding="utf-8"))
-    reference = pick_reference(training_entries(manifest))
+    wav_32k: Path
+    text: str
+    language: str
+    duration_s: float
+
+
+def write_bundle(bundle: Path, voice: str, version: int, payload_hex: str, sovits_path: Path, gpt_path: Path,
+                 reference: BundleReference, params: Params, sovits_version: str | None = None,
+                 voice_json: Path | None = None) -> dict:
+    """Write a voice bundle: the two models, the reference clip and `voice.yaml` (returned as a dict), the one
+    format serving and `speak_sample` read."""
     bundle.mkdir(parents=True, exist_ok=True)
     shutil.copy2(sovits_path, bundle / "sovits.pth")
     shutil.copy2(gpt_path, bundle / "gpt.ckpt")
     shutil.copy2(reference.wav_32k, bundle / "reference.wav")
-    if (features_dir / "voice.json").exists():
-        shutil.copy2(features_dir / "voice.json", bundle / "voice.json")
+    if voice_json is not None and voice_json.exists():
+        shutil.copy2(voice_json, bundle / "voice.json")
     pre = params.pretrained
     info = {
         "format": BUNDLE_FORMAT, "voice": voice, "version": version,
         "registered_model": params.registry.model_prefix + voice, "watermark_payload": payload_hex,
-        "sovits_version": manifest.get("sovits_version"),
+        "sovits_version": sovits_version,
         "reference": {"file": "reference.wav", "text": reference.text, "language": reference.language,
                       "duration_s": reference.duration_s},
         "base_models": {"hubert_dir": pre.hubert_dir, "bert_dir": pre.bert_dir, "sv_checkpoint": pre.sv_checkpoint},
@@ -82,6 +90,19 @@ def _write_bundle(bundle: Path, voice: str, version: int, payload_hex: str, feat
     }
     (bundle / "voice.yaml").write_text(yaml.safe_dump(info, sort_keys=False, allow_unicode=True), encoding="utf-8")
     return info
+
+
+def _bundle_from_features(bundle: Path, voice: str, version: int, payload_hex: str, features_dir: Path,
+                          sovits_path: Path, gpt_path: Path, params: Params) -> dict:
+    """The bundle of a fine-tuned voice, its reference picked from the features step's training segments."""
+    from components.evaluate import pick_reference
+    from components.features import training_entries
+
+    manifest = json.loads((features_dir / "manifest.json").read_text(encoding="utf-8"))
+    picked = pick_reference(training_entries(manifest))
+    reference = BundleReference(Path(picked.wav_32k), picked.text, picked.language, picked.duration_s)
+    return write_bundle(bundle, voice, version, payload_hex, sovits_path, gpt_path, reference, params,
+                        sovits_version=manifest.get("sovits_version"), voice_json=features_dir / "voice.json")
 
 
 def bundle_manifest(bundle: Path) -> dict:
@@ -119,7 +140,8 @@ def speak_sample(bundle: Path, params: Params, text: str, language: str) -> tupl
                                    "score": round(float(found.score), 3)}
 
 
-def _save_to_store(bundle: Path, tag: str, info: dict, params: Params) -> str:
+def save_to_store(bundle: Path, tag: str, info: dict, params: Params) -> str:
+    """Store a written bundle in the BentoML model store (`package.bentoml_home`) as `tag`; the stored tag."""
     if params.package.bentoml_home:
         os.environ["BENTOML_HOME"] = str(Path(params.package.bentoml_home).expanduser().resolve())
     import bentoml
@@ -152,13 +174,13 @@ def package(voice: str, version: int, features_dir: str | Path, sovits_path: str
     bundle = out_dir / "voice"
     if bundle.exists():
         shutil.rmtree(bundle)
-    info = _write_bundle(bundle, voice, version, payload_hex, features_dir, Path(sovits_path), Path(gpt_path),
-                         params)
+    info = _bundle_from_features(bundle, voice, version, payload_hex, features_dir, Path(sovits_path),
+                                 Path(gpt_path), params)
     sample, found = speak_sample(bundle, params, params.package.sample_text, params.package.sample_language)
     if not (found["detected"] and found["payload"] == payload_hex):
         log.warning("the packaged sample's watermark was not read back whole (it is short); the mark is present: %s",
                     found["detected"])
-    tag = _save_to_store(bundle, store_tag(voice, version), info, params)
+    tag = save_to_store(bundle, store_tag(voice, version), info, params)
     client = registry_client(params)
     name = model_name(voice, params)
     client.set_model_version_tag(name, str(version), "bento", tag)

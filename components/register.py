@@ -66,6 +66,7 @@ from narrator.storage import fetch, sha256_file
 log = get_logger("register")
 
 CHAMPION = "champion"  # the alias serving takes
+TENANT_TAG = "tenant"  # the registered model tag naming the tenant that owns a voice
 CHALLENGER = "challenger"  # the alias of the newest registered version
 RUN_NAME = "register"
 RANDOM_INIT = "random-init"  # base checkpoint tag of a model trained from scratch
@@ -113,6 +114,17 @@ class Registration:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class Champion:
+    """The `champion` version of one voice, as serving and bento builds read it."""
+
+    voice: str
+    model_name: str
+    version: int
+    tenant: str | None  # the registered model's `tenant` tag (registry.tenant at first registration)
+    tags: dict[str, str]  # the version's tags: payload_hex, bento, verdict, metric.*, lineage ...
 
 
 @dataclass
@@ -382,8 +394,9 @@ def _all_registered_models(client) -> list:
             return models
 
 
-def _ensure_registered_model(client, name: str, voice: str):
-    """The registered model of `voice`, created (with its voice id) on first registration."""
+def ensure_registered_model(client, name: str, voice: str):
+    """The registered model `name` of `voice`, created with the next free 16-bit voice id (its `voice_id` tag, the
+    high half of every watermark payload of the voice) if it does not exist yet."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -445,6 +458,34 @@ def lookup_payload(payload: int, params: Params) -> tuple[str, int] | None:
                 return None
             return model.tags.get("voice", model.name.removeprefix(params.registry.model_prefix)), version
     return None
+
+
+def _champion_of(client, model, voice: str) -> Champion | None:
+    version = _alias_version(model, CHAMPION)
+    if version is None:
+        return None
+    tags = dict(client.get_model_version(model.name, str(version)).tags)
+    return Champion(voice=voice, model_name=model.name, version=version, tenant=model.tags.get(TENANT_TAG) or None,
+                    tags=tags)
+
+
+def champion(voice: str, params: Params) -> Champion | None:
+    """`voice`'s champion, or None while it has none; RegistryError when the voice is not registered."""
+    client = registry_client(params)
+    return _champion_of(client, _registered_model(client, model_name(voice, params), voice), voice)
+
+
+def champions(params: Params) -> list[Champion]:
+    """The champion of every voice in the registry (registered models named `registry.model_prefix + VOICE`)."""
+    prefix = params.registry.model_prefix
+    client = registry_client(params)
+    found = []
+    for model in _all_registered_models(client):
+        if model.name.startswith(prefix):
+            voice = model.tags.get("voice") or model.name.removeprefix(prefix)
+            if (best := _champion_of(client, model, voice)) is not None:
+                found.append(best)
+    return found
 
 
 def _alias_version(model, alias: str) -> int | None:
@@ -601,7 +642,7 @@ def register(voice: str, *, validated_dir: str | Path, prepared_dir: str | Path,
     passed = tags["verdict"] == "pass"
 
     client = registry_client(params)
-    model = _ensure_registered_model(client, name, voice)
+    model = ensure_registered_model(client, name, voice)
     _check_tenant(client, model, params.registry.tenant)
     existing = _same_registration(client, name, tags)
     if existing is not None:  # a re-run of the pipeline after a later step failed: nothing new to register
@@ -651,9 +692,9 @@ def _check_tenant(client, model, tenant: str | None) -> None:
     """Give a voice its owning tenant on first registration; refuse to register it for another tenant."""
     if not tenant:
         return
-    held = model.tags.get("tenant")
+    held = model.tags.get(TENANT_TAG)
     if held is None:
-        client.set_registered_model_tag(model.name, "tenant", tenant)
+        client.set_registered_model_tag(model.name, TENANT_TAG, tenant)
     elif held != tenant:
         raise RegistryError(f"{model.name} belongs to tenant {held!r}, not {tenant!r}: a voice never moves between "
                             "tenants by registration; use another voice name, or change the tag in the registry "

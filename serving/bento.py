@@ -38,23 +38,20 @@ class BuiltBento:
 
 def champion_bundle(voice: str, params: Params) -> tuple[int, str]:
     """(champion version, its BentoML model tag) of `voice`."""
-    from components.register import (CHAMPION, RegistryError, _alias_version, _registered_model, model_name,
-                                     registry_client)
+    from components.register import RegistryError, champion
 
-    client = registry_client(params)
-    name = model_name(voice, params)
     try:
-        model = _registered_model(client, name, voice)
+        best = champion(voice, params)
     except RegistryError as error:
         raise BentoBuildError(str(error)) from None
-    version = _alias_version(model, CHAMPION)
-    if version is None:
-        raise BentoBuildError(f"{name} has no champion yet; promote a version (`narrator approve {voice} N --by "
+    if best is None:
+        raise BentoBuildError(f"{voice} has no champion yet; promote a version (`narrator approve {voice} N --by "
                               "NAME`) before building its bento")
-    tag = client.get_model_version(name, str(version)).tags.get("bento")
+    version = best.version
+    tag = best.tags.get("bento")
     if not tag:
-        raise BentoBuildError(f"{name} v{version} (the champion) is not packaged; run `narrator package {voice} "
-                              f"--version {version} --features ... --sovits ... --gpt ... --out DIR` first")
+        raise BentoBuildError(f"{best.model_name} v{version} (the champion) is not packaged; run `narrator package "
+                              f"{voice} --version {version} --features ... --sovits ... --gpt ... --out DIR` first")
     return version, tag
 
 

@@ -33,12 +33,11 @@ class Deployment:
 
 
 def build_small_deployment(work: str | Path, overrides: dict | None = None) -> Deployment:
-    from components.package import _save_to_store, store_tag
-    from components.register import CHAMPION, _ensure_registered_model, _payload, registry_client
+    from components.package import BundleReference, save_to_store, store_tag, write_bundle
+    from components.register import CHAMPION, TENANT_TAG, ensure_registered_model, payload_for, registry_client
     from narrator.audiofile import read_audio, resample, write_wav
     from narrator.config import load_params
     from narrator.demo import build_demo_bases, espeak
-    from narrator.storage import sha256_file
     from serving.auth import KeyStore
 
     work = Path(work).resolve()
@@ -62,29 +61,23 @@ def build_small_deployment(work: str | Path, overrides: dict | None = None) -> D
     payloads, tenants = {}, {}
     for voice, (tenant, espeak_voice, seed) in VOICES.items():
         voice_bases = build_demo_bases(work / f"bases-{voice}", seed=seed)
-        bundle = work / "bundles" / voice
-        bundle.mkdir(parents=True, exist_ok=True)
         raw = espeak(REFERENCE_TEXT, work / f"{voice}-ref.wav", espeak_voice, 150, seed=seed)
         audio = read_audio(raw)
-        write_wav(bundle / "reference.wav", resample(audio.mono(), audio.sample_rate_hz, 32000), 32000)
-        for name, source in (("sovits.pth", voice_bases["sovits"]), ("gpt.ckpt", voice_bases["gpt"])):
-            (bundle / name).write_bytes(Path(source).read_bytes())
+        reference_wav = write_wav(work / f"{voice}-ref-32k.wav", resample(audio.mono(), audio.sample_rate_hz, 32000),
+                                  32000)
         name = params.registry.model_prefix + voice
-        model = _ensure_registered_model(client, name, voice)
-        client.set_registered_model_tag(name, "tenant", tenant)
+        ensure_registered_model(client, name, voice)
+        client.set_registered_model_tag(name, TENANT_TAG, tenant)
+        bundle = work / "bundles" / voice
         created = client.create_model_version(name, str(bundle), tags={"voice": voice, "verdict": "pass",
                                                                        "metric.speaker_similarity": "0.8",
                                                                        "metric.rtf": "0.5"})
         version = int(created.version)
-        payload_hex = f"{_payload(int(model.tags['voice_id']), version):08x}"
-        info = {"format": 1, "voice": voice, "version": version, "registered_model": name,
-                "watermark_payload": payload_hex,
-                "reference": {"file": "reference.wav", "text": REFERENCE_TEXT, "language": "en",
-                              "duration_s": round(audio.duration_s, 2)},
-                "base_models": {"hubert_dir": bases["hubert_dir"], "bert_dir": None, "sv_checkpoint": None},
-                "sha256": {n: sha256_file(bundle / n) for n in ("sovits.pth", "gpt.ckpt", "reference.wav")}}
-        (bundle / "voice.yaml").write_text(yaml.safe_dump(info, sort_keys=False), encoding="utf-8")
-        tag = _save_to_store(bundle, store_tag(voice, version), info, params)
+        payload_hex = f"{payload_for(voice, version, params):08x}"
+        reference = BundleReference(Path(reference_wav), REFERENCE_TEXT, "en", round(audio.duration_s, 2))
+        info = write_bundle(bundle, voice, version, payload_hex, Path(voice_bases["sovits"]), Path(voice_bases["gpt"]),
+                            reference, params)
+        tag = save_to_store(bundle, store_tag(voice, version), info, params)
         client.set_model_version_tag(name, str(version), "payload_hex", payload_hex)
         client.set_model_version_tag(name, str(version), "bento", tag)
         client.set_registered_model_alias(name, CHAMPION, str(version))

@@ -29,7 +29,6 @@ from narrator.log import get_logger
 log = get_logger("serving.voices")
 
 CATALOG_TTL_S = 5.0
-TENANT_TAG = "tenant"
 SUMMARY_METRICS = ("speaker_similarity", "wer", "cer", "mcd_db", "rtf", "first_audio_s",
                    "watermark_detected_share")
 
@@ -66,23 +65,17 @@ class VoiceCatalog:
         self._read_at = -1e9
 
     def _read(self) -> dict[str, VoiceInfo]:
-        from components.register import CHAMPION, _all_registered_models, registry_client
+        from components.register import champions
 
-        prefix = self.params.registry.model_prefix
-        client = registry_client(self.params)
         found = {}
-        for model in _all_registered_models(client):
-            if not model.name.startswith(prefix) or CHAMPION not in (model.aliases or {}):
-                continue
-            voice = model.tags.get("voice") or model.name.removeprefix(prefix)
-            version = int(model.aliases[CHAMPION])
-            tags = client.get_model_version(model.name, str(version)).tags
+        for best in champions(self.params):
+            tags = best.tags
             metrics = {k.removeprefix("metric."): round(float(v), 4) for k, v in tags.items()
                        if k.startswith("metric.") and k.removeprefix("metric.") in SUMMARY_METRICS}
-            found[voice] = VoiceInfo(voice=voice, model_name=model.name, version=version,
-                                     tenant=model.tags.get(TENANT_TAG) or self.params.serving.default_tenant,
-                                     payload_hex=tags.get("payload_hex", ""), bento=tags.get("bento"),
-                                     evaluation={"verdict": tags.get("verdict", "unknown"), "metrics": metrics})
+            found[best.voice] = VoiceInfo(voice=best.voice, model_name=best.model_name, version=best.version,
+                                          tenant=best.tenant or self.params.serving.default_tenant,
+                                          payload_hex=tags.get("payload_hex", ""), bento=tags.get("bento"),
+                                          evaluation={"verdict": tags.get("verdict", "unknown"), "metrics": metrics})
         return found
 
     def voices(self) -> dict[str, VoiceInfo]:

@@ -237,6 +237,23 @@ def test_better_challenger_is_promoted_and_worse_one_is_not(steps, tmp_path):
     assert {alias: int(version) for alias, version in aliases.items()} == {"champion": 2, "challenger": 3}
 
 
+def test_champion_readers_name_the_promoted_version_and_skip_voices_without_one(steps, tmp_path):
+    from components.register import champion, champions
+
+    params = make_params(steps, tmp_path, tenant="acme")
+    register_voice("served", steps, evaluation(tmp_path, "v1", 0.80), params)
+    register_voice("served", steps, evaluation(tmp_path, "v2", 0.70), params)  # fails its gate: stays challenger
+    register_voice("unserved", steps, evaluation(tmp_path, "v3", 0.60), params)
+
+    best = champion("served", params)
+    assert (best.voice, best.model_name, best.version, best.tenant) == ("served", "narrator-served", 1, "acme")
+    assert best.tags["verdict"] == "pass" and best.tags["payload_hex"] == f"{payload_for('served', 1, params):08x}"
+    assert champion("unserved", params) is None
+    assert "served" in {c.voice for c in champions(params)} and "unserved" not in {c.voice for c in champions(params)}
+    with pytest.raises(RegistryError, match="no voice 'nobody'"):
+        champion("nobody", params)
+
+
 def test_improvement_below_min_improvement_is_not_promoted(steps, tmp_path):
     params = make_params(steps, tmp_path, min_improvement=0.05)
     register_voice("margin", steps, evaluation(tmp_path, "v1", 0.80), params)
