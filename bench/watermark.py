@@ -11,8 +11,9 @@ offsets. Rows: attack x excerpt length (3 s: is the mark there; 10 s: read the p
 The last attack splices each excerpt (a quarter as many) into 20 s of unmarked speech at a random sample and
 searches the whole result.
 
+The narration, the attacks and the unmarked clips are models/watermark_attacks.py's, the ones the tests use.
 Then: unmarked clips (speech excerpts at 16-44.1 kHz, white/brown noise, noisy speech, speech marked with other
-keys), the WSR, and speed in x real time for embed and detect on one CPU core (torch.set_num_threads(1)).
+keys, silence), the WSR, and speed in x real time for embed and detect on one CPU core (torch.set_num_threads(1)).
 Goals: >= 99% detection and 0 bit errors after each attack; WSR < -30 dB; >= 100x real time; 0 detections on
 >= 2000 unmarked clips. Each master rate runs in a fresh child process (one torch thread).
 
@@ -23,78 +24,21 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
 from bench._child import in_child
+from models.watermark_attacks import ATTACKS as FILE_ATTACKS
+from models.watermark_attacks import attack, narration, needs_ffmpeg, splice, unmarked_clips
 
 PAYLOAD = 0x4E415252
 KEY = "bench watermark key"
-PEAK = 0.45  # leaves room for +6 dB without clipping
-VOICES = ("en-us+m3", "en-us+f3", "en+m1", "en-gb+f2")
 EXCERPTS_S = (3.0, 10.0)
 SPLICED = "spliced into 20 s of unmarked speech"
 SPLICE_HOST_S = 20.0
-ATTACKS = ("none", "mp3 64 kbps", "ogg vorbis 64 kbps", "resample 16 kHz", "resample 22.05 kHz",
-           "resample 44.1 kHz", "white noise 20 dB SNR", "gain -6 dB", "gain +6 dB", "low-pass 5 kHz (8th order)",
-           "low-pass 5 kHz (ffmpeg, 2nd order)", SPLICED)
-
-
-def narration(rate_hz: int, first: int = 0, count: int = 32) -> np.ndarray:
-    """Sentences first..first+count-1 of the demo text, alternating voices, at `rate_hz`; float64 `(n,)`."""
-    from narrator.audiofile import read_audio, resample
-    from narrator.demo import SENTENCES, espeak
-
-    parts, native = [], 22050
-    with tempfile.TemporaryDirectory() as tmp:
-        for i in range(first, first + count):
-            spoken = read_audio(espeak(SENTENCES[i % len(SENTENCES)], Path(tmp) / f"{i}.wav",
-                                       VOICES[i % len(VOICES)], seed=i))
-            native = spoken.sample_rate_hz
-            parts += [spoken.mono(), np.zeros(int(0.3 * native), np.float32)]
-    audio = resample(np.concatenate(parts), native, rate_hz).astype(np.float64)
-    return audio * (PEAK / np.abs(audio).max())
-
-
-def _ffmpeg(audio: np.ndarray, rate_hz: int, args: list[str], suffix: str) -> np.ndarray:
-    from narrator.audiofile import read_audio, write_wav
-
-    with tempfile.TemporaryDirectory() as tmp:
-        source, coded = Path(tmp) / "in.wav", Path(tmp) / f"coded{suffix}"
-        write_wav(source, audio, rate_hz)
-        subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(source), *args, str(coded)], check=True)
-        return read_audio(coded).mono().astype(np.float64)
-
-
-def attack(name: str, audio: np.ndarray, rate_hz: int) -> tuple[np.ndarray, int]:
-    """The attacked copy and its sample rate."""
-    from scipy.signal import butter, sosfilt
-
-    from narrator.audiofile import resample
-
-    if name == "none":
-        return audio, rate_hz
-    if name == "mp3 64 kbps":
-        return _ffmpeg(audio, rate_hz, ["-c:a", "libmp3lame", "-b:a", "64k"], ".mp3"), rate_hz
-    if name == "ogg vorbis 64 kbps":
-        return _ffmpeg(audio, rate_hz, ["-c:a", "libvorbis", "-b:a", "64k"], ".ogg"), rate_hz
-    if name.startswith("resample"):
-        target = int(float(name.split()[1]) * 1000)
-        return resample(audio.astype(np.float32), rate_hz, target).astype(np.float64), target
-    if name == "white noise 20 dB SNR":
-        noise = np.random.default_rng(7).standard_normal(audio.size)
-        return audio + noise * np.sqrt(np.mean(audio ** 2) / 100.0), rate_hz
-    if name.startswith("gain"):
-        return audio * 10 ** (float(name.split()[1]) / 20), rate_hz
-    if name == "low-pass 5 kHz (8th order)":
-        return sosfilt(butter(8, 5000, fs=rate_hz, output="sos"), audio), rate_hz
-    if name == "low-pass 5 kHz (ffmpeg, 2nd order)":
-        return _ffmpeg(audio, rate_hz, ["-af", "lowpass=f=5000"], ".flac"), rate_hz
-    raise ValueError(name)
+ATTACKS = (*FILE_ATTACKS, SPLICED)
+NARRATION_SENTENCES = 32
 
 
 def _excerpt_row(pieces: list[np.ndarray], rate_hz: int, layout, cfg) -> dict:
@@ -133,13 +77,13 @@ def _robustness(rate_hz: int, excerpts: int, seed: int) -> tuple[list[dict], flo
     torch.set_num_threads(1)
     cfg = WatermarkConfig()
     layout = key_layout(KEY, cfg)
-    host = narration(rate_hz)
+    host = narration(0, NARRATION_SENTENCES, rate_hz)
     marked = embed(host, rate_hz, PAYLOAD, KEY, cfg).astype(np.float64)
     wsr = float(10 * np.log10(np.sum((marked - host) ** 2) / np.sum(host ** 2)))
     rng = np.random.default_rng(seed)
     rows = []
     for name in ATTACKS:
-        if ("ffmpeg" in name or "kbps" in name) and shutil.which("ffmpeg") is None:
+        if needs_ffmpeg(name) and shutil.which("ffmpeg") is None:
             continue
         attacked, rate = (marked, rate_hz) if name == SPLICED else attack(name, marked, rate_hz)
         for length_s in EXCERPTS_S:
@@ -147,7 +91,7 @@ def _robustness(rate_hz: int, excerpts: int, seed: int) -> tuple[list[dict], flo
             count = excerpts if length_s < 5 else max(1, excerpts // 2)
             pieces = [attacked[s:s + size] for s in rng.integers(0, attacked.size - size, count)]
             if name == SPLICED:
-                pieces = _spliced(pieces[:max(1, count // 4)], narration(rate_hz, first=1), rate_hz, rng)
+                pieces = _spliced(pieces[:max(1, count // 4)], narration(1, NARRATION_SENTENCES, rate_hz), rate_hz, rng)
             rows.append({"rate": rate_hz, "attack": name, "excerpt_s": length_s,
                          **_excerpt_row(pieces, rate, layout, cfg)})
     return rows, wsr
@@ -160,36 +104,19 @@ def _spliced(pieces: list[np.ndarray], unmarked: np.ndarray, rate_hz: int, rng) 
     for piece in pieces:
         start = int(rng.integers(0, unmarked.size - size))
         host = unmarked[start:start + size]
-        cut = int(rng.integers(0, size))
-        out.append(np.concatenate([host[:cut], piece, host[cut:]]))
+        out.append(splice(piece, host, int(rng.integers(0, size))))
     return out
 
 
 def _unmarked(count: int, seed: int) -> dict:
-    """Detections among `count` unmarked clips of 3-12 s."""
+    """Detections among `count` unmarked clips of 3-12 s (models.watermark_attacks.unmarked_clips)."""
     import torch
 
-    from models.watermark import detect, embed
+    from models.watermark import detect
 
     torch.set_num_threads(1)
-    rng = np.random.default_rng(seed)
-    voices = {rate: narration(rate, first=8, count=16) for rate in (16000, 22050, 44100)}
     detections, scores, started = 0, [], time.perf_counter()
-    for i in range(count):
-        rate = int(rng.choice(list(voices)))
-        size = int(rng.uniform(3.0, 12.0) * rate)
-        start = int(rng.integers(0, voices[rate].size - size))
-        clip = voices[rate][start:start + size]
-        kind = i % 5
-        if kind == 1:
-            clip = 0.1 * rng.standard_normal(size)
-        elif kind == 2:
-            clip = np.cumsum(rng.standard_normal(size)) * 1e-3
-            clip = clip - np.convolve(clip, np.ones(64) / 64, mode="same")
-        elif kind == 3:
-            clip = clip + rng.standard_normal(size) * np.sqrt(np.mean(clip ** 2)) * 10 ** (-rng.uniform(5, 30) / 20)
-        elif kind == 4:
-            clip = embed(clip, rate, int(rng.integers(0, 2 ** 32)), f"another key {i}")
+    for clip, rate in unmarked_clips(count, seed, first_sentence=8, sentences=16):
         found = detect(clip, rate, KEY)
         detections += found.detected
         scores.append(found.score)
@@ -204,7 +131,7 @@ def _speed(rate_hz: int) -> dict:
     from models.watermark import detect, embed
 
     torch.set_num_threads(1)
-    host = narration(rate_hz)
+    host = narration(0, NARRATION_SENTENCES, rate_hz)
     clip = host[:10 * rate_hz]
     result = {"rate": rate_hz}
     for name, audio in (("10 s", clip), ("whole", host)):
@@ -260,7 +187,7 @@ def main() -> None:
     print("\nWSR of the marked narration: " + ", ".join(f"{wsr:.1f} dB at {r / 1000:g} kHz" for r, wsr in wsrs.items()))
     fp = in_child(_unmarked, args.unmarked, 11)
     print(f"unmarked clips: {fp['detections']} detections in {fp['clips']} (3-12 s; speech at 16/22.05/44.1 kHz, "
-          f"white and brown noise, noisy speech, speech marked with other keys); max score {fp['max_score']:.2f}, "
+          f"white and brown noise, noisy speech, speech marked with other keys, silence); max score {fp['max_score']:.2f}, "
           f"median {fp['median_score']:.2f}")
     print()
     print(speed_table([in_child(_speed, rate) for rate in (16000, 48000)]))
