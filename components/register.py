@@ -51,6 +51,8 @@ import re
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -516,18 +518,48 @@ def line_sha256(line: str) -> str:
     return hashlib.sha256(line.encode("utf-8")).hexdigest()
 
 
+@contextmanager
+def _exclusive(handle) -> Iterator[None]:
+    """Hold an exclusive lock on an open file (POSIX flock; elsewhere no lock) until the block ends."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        yield
+        return
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def registry_lock_path(params: Params) -> Path:
+    """The file whose lock serialises registrations and approvals (`registry.lock_file`; default: beside the
+    sqlite database, or beside the audit log for a registry server)."""
+    if params.registry.lock_file:
+        return Path(params.registry.lock_file).expanduser()
+    uri = params.registry.tracking_uri
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):]).expanduser().with_suffix(".lock")
+    return Path(params.registry.audit_log).expanduser().with_suffix(".lock")
+
+
+@contextmanager
+def registry_locked(params: Params) -> Iterator[None]:
+    """One registration or approval at a time against this registry: voice ids, version numbers and the champion
+    move are decided under this lock, so concurrent pipelines neither share a voice id nor race a promotion."""
+    path = registry_lock_path(params)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as handle, _exclusive(handle):
+        yield
+
+
 def append_audit(path: str | Path, record: dict[str, Any]) -> str:
     """Append `record` (plus prev_sha256) as one JSON line; returns the new line's sha256. Locked against
     concurrent writers on POSIX."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+", encoding="utf-8") as handle:
-        try:
-            import fcntl
-
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        except ImportError:  # not POSIX: no lock
-            pass
+    with open(path, "a+", encoding="utf-8") as handle, _exclusive(handle):
         handle.seek(0)
         lines = handle.read().splitlines()
         prev = line_sha256(lines[-1]) if lines else GENESIS_SHA256
@@ -641,6 +673,14 @@ def register(voice: str, *, validated_dir: str | Path, prepared_dir: str | Path,
     tags.update({key: str(value) for key, value in (extra_tags or {}).items()})
     passed = tags["verdict"] == "pass"
 
+    with registry_locked(params):
+        return _register_locked(voice, name, tags, metrics, params_text, by, passed, params, {
+            "model": [sovits_file, gpt_file, voice_file],
+            "evaluation": [evaluation_dir / "verdict.json", evaluation_dir / "report.json"]})
+
+
+def _register_locked(voice: str, name: str, tags: dict[str, str], metrics: dict[str, float], params_text: str,
+                     by: str, passed: bool, params: Params, artifacts: dict[str, list[Path]]) -> Registration:
     client = registry_client(params)
     model = ensure_registered_model(client, name, voice)
     _check_tenant(client, model, params.registry.tenant)
@@ -654,9 +694,7 @@ def register(voice: str, *, validated_dir: str | Path, prepared_dir: str | Path,
                             "already registered (same fine-tuned files, dataset and evaluation)",
                             existing.tags.get("payload_hex", ""), existing.run_id or "")
     voice_id = int(model.tags["voice_id"])
-    run_id = _log_register_run(client, params, name, tags, metrics, params_text, {
-        "model": [sovits_file, gpt_file, voice_file],
-        "evaluation": [evaluation_dir / "verdict.json", evaluation_dir / "report.json"]})
+    run_id = _log_register_run(client, params, name, tags, metrics, params_text, artifacts)
     source = client.get_run(run_id).info.artifact_uri
     created = client.create_model_version(name, source, run_id=run_id, tags=tags,
                                           description=f"{voice}: {tags['verdict']}, registered by {by}")
@@ -747,6 +785,11 @@ def approve(voice: str, version: int, by: str, params: Params) -> Registration:
     """Move `champion` to `version` of `voice` on `by`'s authority (it must have passed its gates)."""
     if not by.strip():
         raise RegistryError("say who approves: --by NAME (recorded in the audit log)")
+    with registry_locked(params):
+        return _approve_locked(voice, version, by, params)
+
+
+def _approve_locked(voice: str, version: int, by: str, params: Params) -> Registration:
     client = registry_client(params)
     name = model_name(voice, params)
     model = _registered_model(client, name, voice)

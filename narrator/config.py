@@ -208,6 +208,10 @@ class RegistryConfig(_Section):
     audit_log: str = Field("registry-audit.jsonl", description="append-only JSON lines of every registration, "
                                                                "promotion and approval, each chained to the line "
                                                                "before by its sha256")
+    lock_file: str | None = Field(None, description="file whose lock lets one registration or approval at a time "
+                                                   "decide voice ids, versions and promotions (on one machine or a "
+                                                   "shared filesystem); None: beside the sqlite database, else "
+                                                   "beside audit_log")
 
 
 class PackageConfig(_Section):

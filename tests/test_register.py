@@ -361,6 +361,50 @@ def test_cli_registers_approves_and_prints_lineage(steps, tmp_path, capsys, monk
     assert json.loads(capsys.readouterr().out)["registry"]["approved_by"] == "Dana Reviewer"
 
 
+_REGISTER_IN_A_CHILD = """
+import json, sys
+from components.register import register
+from narrator.config import load_params
+job = json.loads(sys.argv[1])
+done = register(job["voice"], params=load_params(None, job["settings"]), **job["folders"])
+print(done.version)
+"""
+
+
+def _waits_for_a_lock(pid: int) -> bool:
+    """Whether process `pid` is blocked on a file lock (Linux /proc/locks lists waiters after "->")."""
+    return any(line.split()[1] == "->" and line.split()[5] == str(pid)
+               for line in Path("/proc/locks").read_text().splitlines() if len(line.split()) > 5)
+
+
+@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="needs Linux /proc/locks to see a waiting process")
+def test_a_registration_waits_while_another_holds_the_registry(steps, tmp_path):
+    import sys
+    import time
+
+    from components.register import registry_lock_path, registry_locked
+
+    params = make_params(steps, tmp_path)
+    settings = {"registry": {"tracking_uri": steps.uri, "audit_log": str(tmp_path / "audit.jsonl")},
+                "training": {"mlflow_tracking_uri": steps.uri, "mlflow_experiment": EXPERIMENT}}
+    folders = {"validated_dir": str(steps.validated), "prepared_dir": str(steps.prepared),
+               "features_dir": str(steps.features), "sovits_dir": str(steps.sovits), "gpt_dir": str(steps.gpt),
+               "evaluation_dir": str(evaluation(tmp_path, "eval", 0.80))}
+    job = json.dumps({"voice": "queued", "settings": settings, "folders": folders})
+    assert registry_lock_path(params) == steps.root / "mlflow.lock"  # beside the sqlite database
+    with registry_locked(params):
+        child = subprocess.Popen([sys.executable, "-c", _REGISTER_IN_A_CHILD, job], stdout=subprocess.PIPE,
+                                 text=True, cwd=Path(__file__).parents[1])
+        deadline = time.monotonic() + 90
+        while not _waits_for_a_lock(child.pid) and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _waits_for_a_lock(child.pid), "the child registration should be queued on the registry lock"
+        assert "narrator-queued" not in {m.name for m in _client(steps).search_registered_models()}
+    out, _ = child.communicate(timeout=120)
+    assert child.returncode == 0 and out.strip().splitlines()[-1] == "1"
+    assert [r["event"] for r in _audit(tmp_path)] == ["registered", "promoted"]
+
+
 def test_a_voice_belongs_to_the_tenant_it_was_first_registered_for(steps, tmp_path):
     from components.register import RegistryError
 
