@@ -163,7 +163,7 @@ def synthesizer(sovits_path: str, gpt_path: str, params: Params):
         from models.sv import load_sv
 
         sv_model = load_sv(fetch(pre.sv_checkpoint, params.storage, "pretrained.sv_checkpoint"), device=device)
-    return Synthesizer(sovits, gpt, hubert=hubert, bert=bert, sv_model=sv_model)
+    return Synthesizer(sovits, gpt, hubert=hubert, bert=bert, sv_model=sv_model).prepare(params.inference.mode)
 
 
 def pick_reference(entries: list[FeatureEntry]) -> FeatureEntry:

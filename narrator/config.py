@@ -214,6 +214,16 @@ class RegistryConfig(_Section):
                                                    "beside audit_log")
 
 
+class InferenceConfig(_Section):
+    """How a voice speaks wherever it does: evaluation, the watermark check, the packaged sample and the service
+    (`models.tts.Synthesizer.prepare`)."""
+
+    mode: Literal["exact", "fast"] = Field(
+        "exact", description="exact: float32, the official outputs up to float rounding; fast: on CPU a bfloat16 "
+                             "SoVITS and int8 GPT decoding, on a GPU bfloat16 for both (about 2.3x faster per "
+                             "sentence on a 2-core CPU, see docs/benchmarks.md)")
+
+
 class PackageConfig(_Section):
     """`narrator package` (components/package.py): the voice bundle a server loads, kept in the BentoML model store."""
 
@@ -297,6 +307,7 @@ class Params(_Section):
     finetune_gpt: FinetuneGPTConfig = FinetuneGPTConfig()
     finetune_sovits: FinetuneSoVITSConfig = FinetuneSoVITSConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    inference: InferenceConfig = InferenceConfig()
     registry: RegistryConfig = RegistryConfig()
     package: PackageConfig = PackageConfig()
     pipeline: PipelineConfig = PipelineConfig()

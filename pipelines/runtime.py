@@ -29,10 +29,10 @@ STEP_SECTIONS: dict[str, tuple[str, ...]] = {
     "features": ("storage", "features", "pretrained"),
     "finetune_sovits": ("storage", "pretrained", "training", "finetune_sovits"),
     "finetune_gpt": ("storage", "pretrained", "training", "finetune_gpt"),
-    "evaluate": ("storage", "pretrained", "training", "prepare", "evaluate"),
-    "watermark_check": ("storage", "pretrained", "evaluate"),
+    "evaluate": ("storage", "pretrained", "training", "prepare", "evaluate", "inference"),
+    "watermark_check": ("storage", "pretrained", "evaluate", "inference"),
     "register": ("storage", "pretrained", "training", "registry"),
-    "package": ("storage", "pretrained", "registry", "package"),
+    "package": ("storage", "pretrained", "registry", "package", "inference"),
     "record": ("training", "registry"),
 }
 

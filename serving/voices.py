@@ -222,7 +222,7 @@ class VoiceCache:
         hubert = self._front("hubert_dir", bases.get("hubert_dir") or pre.hubert_dir)
         bert = self._front("bert_dir", bases.get("bert_dir") or pre.bert_dir)
         sv = self._front("sv_checkpoint", bases.get("sv_checkpoint") or pre.sv_checkpoint) if sovits.is_pro else None
-        synth = Synthesizer(sovits, gpt, hubert=hubert, bert=bert, sv_model=sv)
+        synth = Synthesizer(sovits, gpt, hubert=hubert, bert=bert, sv_model=sv).prepare(self.params.inference.mode)
         reference = bundle_reference(synth, bundle, manifest)
         loaded = LoadedVoice(info=info, synth=synth, reference=reference, weight_mb=_weights_mb(sovits, gpt))
         log.info("loaded voice %s v%d (%.1f MB) in %.2f s", info.voice, info.version, loaded.weight_mb,

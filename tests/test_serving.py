@@ -385,6 +385,25 @@ def test_concurrent_unseeded_decodes_are_batched(deployment):
     assert batcher.batched_jobs == 4 and batcher.batches < 4
 
 
+def test_a_fast_mode_service_speaks_with_bfloat16_sovits_and_int8_gpt_batches(deployment):
+    import torch
+
+    from models.tts import SamplingSettings
+    from narrator.config import load_params
+    from serving.engine import GptBatcher, sentences
+    from serving.voices import VoiceCache, VoiceCatalog
+
+    params = load_params(deployment.params_file, {"inference": {"mode": "fast"}})
+    voice = VoiceCache(params, "cpu").get(VoiceCatalog(params).get("alice"))
+    assert voice.synth.mode == "fast" and next(voice.synth.sovits.parameters()).dtype == torch.bfloat16
+    batcher = GptBatcher(max_batch_size=2, max_latency_ms=0)
+    try:
+        out = list(sentences(voice, "Hello there.", "en", SamplingSettings(), 5, batcher))
+    finally:
+        batcher.stop()
+    assert out and out[0].samples.dtype == np.float32 and np.isfinite(out[0].samples).all()
+
+
 def test_keys_cli_shows_the_key_once_and_stores_only_its_hash(tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text(f"serving:\n  keys_file: {tmp_path / 'keys.json'}\n")

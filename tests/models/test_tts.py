@@ -81,3 +81,28 @@ def test_reference_goes_through_hubert_when_no_features_are_given(synth, tmp_pat
     ref = with_hubert.reference(samples, rate, "A second reference clip, long enough to use.", "en")
     padded_s = len(samples) / rate + REFERENCE_PAD_SAMPLES / 16000  # the official zero padding at 16 kHz
     assert ref.codes.shape[1] == pytest.approx(padded_s * 25, abs=2)
+
+
+def test_exact_mode_speaks_as_the_models_were_loaded(gsv_dir, reference):
+    settings = SamplingSettings(max_tokens_per_phone=1.0)
+    plain = Synthesizer(load_sovits(gsv_dir / "golden_A_s2_v2.pth"), load_gpt(gsv_dir / "golden_A_s1.ckpt"))
+    exact = Synthesizer(load_sovits(gsv_dir / "golden_A_s2_v2.pth"), load_gpt(gsv_dir / "golden_A_s1.ckpt"))
+    exact.prepare("exact")
+    a = plain.speak("Hello there, reader.", reference, "en", settings, seed=3)
+    b = exact.speak("Hello there, reader.", reference, "en", settings, seed=3)
+    assert exact.mode == "exact" and len(a.samples) == len(b.samples)
+    assert np.abs(a.samples - b.samples).max() < 1e-5  # float rounding only
+
+
+def test_fast_mode_runs_bfloat16_sovits_and_int8_gpt_steps_on_cpu(gsv_dir, reference):
+    fast = Synthesizer(load_sovits(gsv_dir / "golden_A_s2_v2.pth"), load_gpt(gsv_dir / "golden_A_s1.ckpt"))
+    fast.prepare("fast")
+    assert next(fast.sovits.parameters()).dtype == torch.bfloat16 and fast.gpt._step_weights == "int8"
+    out = fast.speak(TEXT, reference, "en", SamplingSettings(max_tokens_per_phone=1.0), seed=0)
+    assert out.samples.dtype == np.float32 and np.isfinite(out.samples).all() and len(out.sentences) == 2
+    assert np.abs(out.samples).max() > 0
+
+
+def test_an_unknown_inference_mode_is_refused(synth):
+    with pytest.raises(SynthesisError, match="exact, fast"):
+        synth.prepare("turbo")
