@@ -83,31 +83,27 @@ def _decoder_gflops(seconds: float) -> float:
 
 
 def gemm_peak_gflops(threads: int, size: int = 2048, repeats: int = 5) -> dict[str, float]:
-    """Measured GEMM throughput (GFLOP/s) per dtype with `threads` torch threads: the ceiling for conv stacks."""
+    """Measured GEMM throughput (GFLOP/s; int8: GOP/s) per dtype with `threads` torch threads: the ceiling for
+    conv stacks."""
     import torch
 
     torch.set_num_threads(threads)
-    peaks = {}
+    products = {}
     for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
-        a = torch.randn(size, size).to(dtype)
-        b = torch.randn(size, size).to(dtype)
-        a @ b  # warm-up
+        a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+        products[name] = lambda a=a, b=b: a @ b
+    if hasattr(torch, "_int_mm"):  # int8 x int8 -> int32 (VNNI on x86): the ceiling of any int8 conv path
+        a, b = (torch.randint(-128, 128, (size, size), dtype=torch.int8) for _ in range(2))
+        products["int8"] = lambda a=a, b=b: torch._int_mm(a, b)
+    peaks = {}
+    for name, product in products.items():
+        product()  # warm-up
         best = float("inf")
         for _ in range(repeats):
             t0 = time.perf_counter()
-            a @ b
+            product()
             best = min(best, time.perf_counter() - t0)
         peaks[name] = 2 * size**3 / best / 1e9
-    if hasattr(torch, "_int_mm"):  # int8 x int8 -> int32 (VNNI on x86): the ceiling of any int8 conv path
-        a = torch.randint(-128, 128, (size, size), dtype=torch.int8)
-        b = torch.randint(-128, 128, (size, size), dtype=torch.int8)
-        torch._int_mm(a, b)
-        best = float("inf")
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            torch._int_mm(a, b)
-            best = min(best, time.perf_counter() - t0)
-        peaks["int8"] = 2 * size**3 / best / 1e9
     return peaks
 
 

@@ -536,12 +536,12 @@ def _exclusive(handle) -> Iterator[None]:
 def registry_lock_path(params: Params) -> Path:
     """The file whose lock serialises registrations and approvals (`registry.lock_file`; default: beside the
     sqlite database, or beside the audit log for a registry server)."""
+    from narrator.tracking import sqlite_database
+
     if params.registry.lock_file:
         return Path(params.registry.lock_file).expanduser()
-    uri = params.registry.tracking_uri
-    if uri.startswith("sqlite:///"):
-        return Path(uri[len("sqlite:///"):]).expanduser().with_suffix(".lock")
-    return Path(params.registry.audit_log).expanduser().with_suffix(".lock")
+    beside = sqlite_database(params.registry.tracking_uri) or Path(params.registry.audit_log)
+    return beside.expanduser().with_suffix(".lock")
 
 
 @contextmanager
@@ -671,16 +671,16 @@ def register(voice: str, *, validated_dir: str | Path, prepared_dir: str | Path,
     if clashes:
         raise RegistryError(f"extra tag(s) {', '.join(clashes)} would replace lineage tags; give them other names")
     tags.update({key: str(value) for key, value in (extra_tags or {}).items()})
-    passed = tags["verdict"] == "pass"
 
     with registry_locked(params):
-        return _register_locked(voice, name, tags, metrics, params_text, by, passed, params, {
+        return _register_locked(voice, name, tags, metrics, params_text, by, params, {
             "model": [sovits_file, gpt_file, voice_file],
             "evaluation": [evaluation_dir / "verdict.json", evaluation_dir / "report.json"]})
 
 
 def _register_locked(voice: str, name: str, tags: dict[str, str], metrics: dict[str, float], params_text: str,
-                     by: str, passed: bool, params: Params, artifacts: dict[str, list[Path]]) -> Registration:
+                     by: str, params: Params, artifacts: dict[str, list[Path]]) -> Registration:
+    passed = tags["verdict"] == "pass"
     client = registry_client(params)
     model = ensure_registered_model(client, name, voice)
     _check_tenant(client, model, params.registry.tenant)

@@ -621,15 +621,17 @@ _PATH_SETTINGS = (("serving", "keys_file"), ("serving", "audit_log"), ("registry
 
 def _absolute_paths(data: dict) -> dict:
     """`data` (params as a dict) with relative file settings and relative sqlite:/// URIs made absolute."""
+    from narrator.tracking import SQLITE_PREFIX, sqlite_database
+
     for section, key in _PATH_SETTINGS:
         value = data.get(section, {}).get(key)
-        if not value or "://" in value and not value.startswith("sqlite:///"):
+        if not value:
             continue
-        if value.startswith("sqlite:///"):
-            path = value[len("sqlite:///"):]
-            if not path.startswith("/"):
-                data[section][key] = "sqlite:///" + str(Path(path).resolve())
-        else:
+        db = sqlite_database(value)
+        if db is not None:
+            if not db.is_absolute():
+                data[section][key] = SQLITE_PREFIX + str(db.resolve())
+        elif "://" not in value:
             data[section][key] = str(Path(value).expanduser().resolve())
     return data
 

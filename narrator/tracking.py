@@ -14,12 +14,17 @@ SQLITE_PREFIX = "sqlite:///"
 ARTIFACTS_FOLDER = "mlartifacts"
 
 
+def sqlite_database(tracking_uri: str) -> Path | None:
+    """The database file of a `sqlite:///FILE` store, as written (relative or not, `~` unexpanded), else None."""
+    return Path(tracking_uri[len(SQLITE_PREFIX):]) if tracking_uri.startswith(SQLITE_PREFIX) else None
+
+
 def artifact_location(tracking_uri: str) -> str | None:
     """Where experiments of a sqlite store keep their artifacts (a file:// URI), else None (MLflow's default)."""
-    if not tracking_uri.startswith(SQLITE_PREFIX):
+    db = sqlite_database(tracking_uri)
+    if db is None:
         return None
-    db = Path(tracking_uri[len(SQLITE_PREFIX):]).expanduser()
-    return (db.resolve().parent / ARTIFACTS_FOLDER).as_uri()
+    return (db.expanduser().resolve().parent / ARTIFACTS_FOLDER).as_uri()
 
 
 def ensure_experiment(client, name: str, tracking_uri: str) -> str:

@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,8 +95,8 @@ class _StepProgress:
 @contextmanager
 def _output_to_log(log_path: Path, progress: _StepProgress) -> Iterator[None]:
     """Send this process's stdout and stderr (file descriptors 1 and 2 and `sys.stdout`/`sys.stderr`, so also
-    every step subprocess and kfp's own logging) to `log_path`; a thread follows the file and feeds each line to `progress`, which writes to the
-    terminal."""
+    every step subprocess and kfp's own logging) to `log_path`; a thread follows the file and feeds each line to
+    `progress`, which writes to the terminal."""
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
@@ -182,13 +182,9 @@ def run_local(name: str, params: Params, arguments: dict, verbose: bool = False)
     log_path = None if verbose else root / "logs" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
     if log_path is not None:
         print(f"running the {name} pipeline (full log: {log_path})", flush=True)
-        quiet = _output_to_log(log_path, _StepProgress())
     try:
-        if log_path is None:
+        with nullcontext() if log_path is None else _output_to_log(log_path, _StepProgress()):
             pipeline(**arguments)
-        else:
-            with quiet:
-                pipeline(**arguments)
     except RuntimeError as error:
         detail = error_file.read_text(encoding="utf-8").strip() if error_file.exists() else str(error)
         where = f" (full log: {log_path})" if log_path else ""
