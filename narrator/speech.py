@@ -45,6 +45,7 @@ class VoiceActivityDetector:
 
         import onnxruntime
 
+        threads = torch.get_num_threads()
         model_path = importlib.resources.files("silero_vad.data").joinpath("silero_vad.onnx")
         options = onnxruntime.SessionOptions()
         options.inter_op_num_threads = 1
@@ -53,6 +54,9 @@ class VoiceActivityDetector:
         self._session = onnxruntime.InferenceSession(
             str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
         )
+        # importing the silero_vad package sets torch to one thread for the whole process (silero_vad/model.py):
+        # without this, every torch model that runs after a VAD was made (evaluation, tests) would use one core
+        torch.set_num_threads(threads)
         self.batch_size = batch_size
 
     def probabilities(self, clips: Sequence[np.ndarray]) -> list[np.ndarray]:

@@ -194,3 +194,15 @@ def test_reason_thresholds_come_from_params(narrator, tmp_path):
     report = validate(str(narrator), tmp_path / "out", strict)
     assert all(c.reasons == ["too_short"] for c in report.clips if c.duration_s < 5.0)
     assert any(c.duration_s < 5.0 for c in report.clips)
+
+
+def test_the_voice_activity_detector_leaves_torchs_thread_count_alone():
+    """silero_vad sets torch to one thread when imported; a VAD must not slow every later model of the process."""
+    import subprocess
+    import sys
+
+    code = ("import torch; torch.set_num_threads(2); from narrator.speech import VoiceActivityDetector; "
+            "VoiceActivityDetector(); print(torch.get_num_threads())")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "2"
