@@ -47,6 +47,7 @@ COPY components ./components
 COPY models ./models
 COPY pipelines ./pipelines
 COPY serving ./serving
+COPY cli ./cli
 RUN pip install --no-deps --no-build-isolation -e . \
  && narrator --help > /dev/null
 

@@ -54,7 +54,7 @@ def _measure(threads: int, utterance_s: float) -> dict:
     from narrator import metrics as M
     from narrator.audiofile import read_audio, resample
     from narrator.config import load_params
-    from narrator.demo import espeak
+    from cli.demo import espeak
 
     torch.set_num_threads(threads)
     rows: list[tuple[str, float]] = []

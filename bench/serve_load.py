@@ -4,7 +4,7 @@ concurrent clients, against one client asking sequentially (the baseline).
 Each client streams `POST /v1/speech/stream` (wav) for one short sentence with its own API key's voice, over
 and over until the phase's time is up; time to first audio is when the first body chunk arrives. Phases: 1
 client (baseline), then `--clients` clients, each for `--seconds`, at most `--max-requests` requests per phase.
-Without `--url` it builds two tiny voices in two tenants (serving/testing.py) and starts `bentoml serve` on a free
+Without `--url` it builds two tiny voices in two tenants (tests/deployment.py) and starts `bentoml serve` on a free
 port for the run; with `--url URL --key KEY --voice VOICE` it loads a running service instead.
 
     python -m bench.serve_load [--clients 4] [--seconds 10] [--max-requests 200]
@@ -112,7 +112,7 @@ def _free_port() -> int:
 
 
 def _start_local(work: Path) -> tuple[subprocess.Popen, str, list[tuple[str, str]]]:
-    from serving.testing import build_small_deployment
+    from tests.deployment import build_small_deployment
 
     deployment = build_small_deployment(work, {"serving": {"rate_limit_per_minute": 100000,
                                                            "rate_limit_burst": 1000}})

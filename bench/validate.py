@@ -29,7 +29,7 @@ WORDS = ("river mountain quiet yellow window morning garden letter silver journe
 def build_dataset(minutes: float) -> Path:
     """Unique espeak-ng sentences (random word sequences) until `minutes` of audio; cached between runs."""
     from narrator.audiofile import read_audio
-    from narrator.demo import espeak, write_consent
+    from cli.demo import espeak, write_consent
 
     folder = CACHE / f"validate-{minutes:g}min"
     if (folder / "consent.yaml").exists():

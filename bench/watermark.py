@@ -11,7 +11,7 @@ offsets. Rows: attack x excerpt length (3 s: is the mark there; 10 s: read the p
 The last attack splices each excerpt (a quarter as many) into 20 s of unmarked speech at a random sample and
 searches the whole result.
 
-The narration, the attacks and the unmarked clips are models/watermark_attacks.py's, the ones the tests use.
+The narration, the attacks and the unmarked clips are tests/watermark_attacks.py's, the ones the tests use.
 Then: unmarked clips (speech excerpts at 16-44.1 kHz, white/brown noise, noisy speech, speech marked with other
 keys, silence), the WSR, and speed in x real time for embed and detect on one CPU core (torch.set_num_threads(1)).
 Goals: >= 99% detection and 0 bit errors after each attack; WSR < -30 dB; >= 100x real time; 0 detections on
@@ -29,8 +29,8 @@ import time
 import numpy as np
 
 from bench._child import in_child
-from models.watermark_attacks import ATTACKS as FILE_ATTACKS
-from models.watermark_attacks import attack, narration, needs_ffmpeg, splice, unmarked_clips
+from tests.watermark_attacks import ATTACKS as FILE_ATTACKS
+from tests.watermark_attacks import attack, narration, needs_ffmpeg, splice, unmarked_clips
 
 PAYLOAD = 0x4E415252
 KEY = "bench watermark key"
@@ -109,7 +109,7 @@ def _spliced(pieces: list[np.ndarray], unmarked: np.ndarray, rate_hz: int, rng) 
 
 
 def _unmarked(count: int, seed: int) -> dict:
-    """Detections among `count` unmarked clips of 3-12 s (models.watermark_attacks.unmarked_clips)."""
+    """Detections among `count` unmarked clips of 3-12 s (tests.watermark_attacks.unmarked_clips)."""
     import torch
 
     from models.watermark import detect

@@ -31,8 +31,11 @@ examples:
       --out runs/alice/evaluation
   narrator watermark embed speech.wav marked.wav --payload 00c0ffee
   narrator watermark detect marked.wav
+  narrator watermark check runs/alice/features --sovits runs/alice/sovits/sovits.pth --gpt runs/alice/gpt/gpt.ckpt \
+      --out runs/alice/watermark
   narrator register alice --validated runs/alice/validated --prepared runs/alice/prepared \
-      --features runs/alice/features --sovits runs/alice/sovits --gpt runs/alice/gpt --evaluation runs/alice/evaluation
+      --features runs/alice/features --sovits runs/alice/sovits --gpt runs/alice/gpt \
+      --evaluation runs/alice/evaluation --watermark runs/alice/watermark
   narrator approve alice 3 --by "Dana Reviewer"
   narrator lineage alice@3
   narrator onboard recordings/alice --voice alice
@@ -116,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "features`, with the official losses and schedule. Checkpoints into --out; "
                                    "re-running resumes. Writes sovits.pth (official container), the discriminator, "
                                    "samples/*.wav and result.json; logs to MLflow. Several GPUs: run it under "
-                                   "`torchrun --nproc_per_node N -m narrator.cli finetune-sovits ...`.")
+                                   "`torchrun --nproc_per_node N --no-python narrator finetune-sovits ...`.")
     p.add_argument("features", metavar="FEATURES_DIR", help="the --out folder of `narrator features`")
     p.add_argument("--out", required=True, metavar="DIR", help="run folder (checkpoints, sovits.pth)")
     _common(p)
@@ -168,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("features", metavar="FEATURES_DIR", help="the --out folder of `narrator features`")
     a.add_argument("--sovits", required=True, metavar="PTH", help="the voice's SoVITS file (finetune-sovits output)")
     a.add_argument("--gpt", required=True, metavar="CKPT", help="the voice's GPT file (finetune-gpt output)")
-    a.add_argument("--payload", default="4e415252", metavar="HEX", help="payload to embed (default: 4e415252)")
+    a.add_argument("--payload", metavar="HEX", help="payload to embed (default: the evaluation payload 4e415252)")
     a.add_argument("--out", required=True, metavar="DIR", help="output folder")
     _common(a)
     a.set_defaults(func=_cmd_watermark_check)
@@ -187,6 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sovits", required=True, metavar="DIR", help="the --out folder of `narrator finetune-sovits`")
     p.add_argument("--gpt", required=True, metavar="DIR", help="the --out folder of `narrator finetune-gpt`")
     p.add_argument("--evaluation", required=True, metavar="DIR", help="the --out folder of `narrator evaluate`")
+    p.add_argument("--watermark", required=True, metavar="DIR", help="the --out folder of `narrator watermark check` "
+                                                                   "(its watermark.json is recorded; a failed check "
+                                                                   "is refused)")
     p.add_argument("--tag", metavar="KEY=VALUE", action="append", default=[],
                    help="an extra tag on the model version, e.g. source_fingerprint=abc123 (repeatable)")
     p.add_argument("--out", metavar="FILE", help="also write the registration JSON to FILE")
@@ -445,10 +451,10 @@ def _cmd_finetune_gpt(args) -> int:
     params = _load(args)
     with _on_local_disk(args, folders=("features",), out="out", params=params, upload=_is_rank_zero()) as local:
         summary = finetune_gpt(local.features, local.out, params)
-    if "checkpoint" not in summary:  # ranks other than 0 under torchrun
+    if not summary.exported:  # ranks other than 0 under torchrun
         return 0
-    print(f"GPT fine-tuned: {summary['steps']} steps in {summary['seconds']:.0f} s -> "
-          f"{_as_named(summary['checkpoint'], local.out, args.out)} (sha256 {summary['sha256'][:12]})")
+    print(f"GPT fine-tuned: {summary.steps} steps in {summary.seconds:.0f} s -> "
+          f"{_as_named(summary.checkpoint, local.out, args.out)} (sha256 {summary.sha256[:12]})")
     return 0
 
 
@@ -458,9 +464,9 @@ def _cmd_finetune_sovits(args) -> int:
     params = _load(args)
     with _on_local_disk(args, folders=("features",), out="out", params=params, upload=_is_rank_zero()) as local:
         summary = finetune_sovits(local.features, local.out, params)
-    if "checkpoint" in summary:  # rank 0 (the only process when not under torchrun)
-        print(f"SoVITS fine-tuned: {summary['steps']} steps in {summary['seconds']:.0f} s -> "
-              f"{_as_named(summary['checkpoint'], local.out, args.out)} (sha256 {summary['sha256'][:12]})")
+    if summary.exported:  # rank 0 (the only process when not under torchrun)
+        print(f"SoVITS fine-tuned: {summary.steps} steps in {summary.seconds:.0f} s -> "
+              f"{_as_named(summary.checkpoint, local.out, args.out)} (sha256 {summary.sha256[:12]})")
     return 0
 
 
@@ -479,11 +485,11 @@ def _cmd_evaluate(args) -> int:
 
 
 def _cmd_watermark_embed(args) -> int:
-    from components.watermark import embed_file, format_payload
+    from components.watermark import embed_file
     from models.watermark import load_key
+    from narrator.registry import RegistryError, format_payload, payload_for
 
     if args.voice:
-        from components.register import RegistryError, payload_for
 
         voice, _, version = args.voice.partition("@")
         if not version.isdigit():
@@ -506,7 +512,7 @@ def _cmd_watermark_detect(args) -> int:
     with _on_local_disk(args, files=("input",)) as local:
         result = detect_file(local.input, load_key())
     if args.lookup and result["payload"]:
-        from components.register import lookup_payload
+        from narrator.registry import lookup_payload
 
         found = lookup_payload(int(result["payload"], 16), _load(args))
         result.update(voice=found[0] if found else None, version=found[1] if found else None)
@@ -516,6 +522,7 @@ def _cmd_watermark_detect(args) -> int:
 
 def _cmd_register(args) -> int:
     from components.register import RegistryError, register
+    from components.watermark import WatermarkCheck
 
     extra_tags = {}
     for item in args.tag:
@@ -525,7 +532,8 @@ def _cmd_register(args) -> int:
         extra_tags[key.strip()] = value
     registration = register(args.voice, validated_dir=args.validated, prepared_dir=args.prepared,
                             features_dir=args.features, sovits_dir=args.sovits, gpt_dir=args.gpt,
-                            evaluation_dir=args.evaluation, params=_load(args), extra_tags=extra_tags)
+                            evaluation_dir=args.evaluation, watermark=WatermarkCheck.read(args.watermark),
+                            params=_load(args), extra_tags=extra_tags)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(registration.to_json(), encoding="utf-8")
@@ -559,19 +567,18 @@ def _cmd_watermark_check(args) -> int:
     params = _load(args)
     with _on_local_disk(args, folders=("features",), files=("sovits", "gpt"), out="out", params=params) as local:
         result = check_voice(local.features, local.sovits, local.gpt, local.out, params, args.payload)
-    print(f"watermark check passed: 3 s excerpt detected, payload {result['payload_read']} read back from "
-          f"{result['speech_s']:.1f} s (score {result['score']:.1f}) -> {_shown(args.out, 'sample.wav')}")
+    print(f"watermark check passed: 3 s excerpt detected, payload {result.payload_read} read back from "
+          f"{result.speech_s:.1f} s (score {result.score:.1f}) -> {_shown(args.out, 'sample.wav')}")
     return 0
 
 
 def _cmd_package(args) -> int:
-    from components.package import PackageError, package
+    from components.package import PackageError, build_bento, package
 
     params = _load(args)
     if args.version is None:
-        from serving.bento import build_bento
 
-        built = build_bento(args.voice, params)
+        built = build_bento(args.voice, params, params.serving.bentofile)
         print(f"built bento {built.tag} (voice {built.voice} v{built.version}, model {built.model}); run it with "
               f"`narrator serve --bento {built.tag}`")
         return 0
@@ -637,7 +644,7 @@ def _absolute_paths(data: dict) -> dict:
 
 
 def _cmd_keys_create(args) -> int:
-    from serving.auth import KeyStore
+    from narrator.keys import KeyStore
 
     store = KeyStore(_load(args).serving.keys_file)
     secret, record = store.create(args.tenant, args.voices.split(","), args.label)
@@ -648,7 +655,7 @@ def _cmd_keys_create(args) -> int:
 
 
 def _cmd_keys_list(args) -> int:
-    from serving.auth import KeyStore
+    from narrator.keys import KeyStore
 
     for key in KeyStore(_load(args).serving.keys_file).keys():
         print(f"{key.id}  tenant {key.tenant}  voices {','.join(key.voices)}  created {key.created_at}"
@@ -657,7 +664,7 @@ def _cmd_keys_list(args) -> int:
 
 
 def _cmd_keys_revoke(args) -> int:
-    from serving.auth import KeyStore
+    from narrator.keys import KeyStore
 
     key = KeyStore(_load(args).serving.keys_file).revoke(args.key_id)
     print(f"revoked key {key.id} (tenant {key.tenant})")
@@ -665,7 +672,7 @@ def _cmd_keys_revoke(args) -> int:
 
 
 def _cmd_audit_verify(args) -> int:
-    from serving.audit import verify
+    from narrator.audit import verify
 
     path = args.file or _load(args).serving.audit_log
     count = verify(path)
@@ -677,9 +684,9 @@ def _pipeline_arguments(args, params) -> dict:
     """The pipeline's arguments from the command line and the current params (each step's params slice)."""
     import json
 
-    from pipelines.onboard import step_arguments
+    from pipelines.run import step_arguments
 
-    arguments = step_arguments(params)
+    arguments = step_arguments(args.name, params)
     if args.name == "batch":
         if not args.narrators:
             raise NarratorError("the batch pipeline needs --narrators FILE: a JSON list of {\"source\": ..., "
@@ -736,11 +743,10 @@ def _cmd_pipeline_schedule(args) -> int:
 
 def _onboard(source: str, voice: str, params, verbose: bool = False):
     """Run the onboarding pipeline locally and print its outcome; the LocalRun."""
-    from pipelines.onboard import step_arguments
-    from pipelines.run import run_local
+    from pipelines.run import run_local, step_arguments
 
     source = source if source.startswith("s3://") else str(Path(source).resolve())
-    result = run_local("onboard", params, {"source": source, "voice": voice, **step_arguments(params)},
+    result = run_local("onboard", params, {"source": source, "voice": voice, **step_arguments("onboard", params)},
                        verbose=verbose)
     _print_local_run(result)
     return result
@@ -756,7 +762,7 @@ def _cmd_demo(args) -> int:
 
     from components.register import lineage
     from narrator.config import load_params
-    from narrator.demo import build_demo_bases, build_demo_narrator, demo_key, demo_overrides
+    from cli.demo import build_demo_bases, build_demo_narrator, demo_key, demo_overrides
 
     params = _load(args)
     out = Path(args.out).resolve()

@@ -30,12 +30,13 @@ from typing import Any
 
 import numpy as np
 
-from components.features import FeatureEntry
+from components.features import FeatureEntry, read_manifest, training_entries
+from models.tts import REFERENCE_MAX_S, REFERENCE_MIN_S, Reference, Synthesizer, load_synthesizer
 from narrator.audiofile import read_audio, resample
 from narrator.config import Params
 from narrator.errors import NarratorError
 from narrator.log import get_logger
-from narrator.storage import fetch
+from narrator.registry import EVALUATION_PAYLOAD
 
 log = get_logger("evaluate")
 
@@ -59,7 +60,6 @@ EVAL_SENTENCES = {
     ],
 }
 HIGHER_IS_BETTER = {"speaker_similarity", "f0_correlation", "watermark_detected_share"}
-WATERMARK_EVAL_PAYLOAD = 0x4E415252  # "NARR": the payload the evaluation marks its samples with
 WATERMARK_MIN_UTTERANCE_S = 3.0  # shorter utterances are checked only within the joined outputs (presence: 3 s)
 WATERMARK_PAYLOAD_S = 10.0  # from this length the payload must be read back too (the detector's specification)
 WATERMARK_JOIN_GAP_S = 0.25  # silence between utterances in the joined check
@@ -144,37 +144,35 @@ class SpeakerModel:
         return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
 
 
-def synthesizer(sovits_path: str, gpt_path: str, params: Params):
-    from models.checkpoints import load_gpt, load_sovits
-    from models.features import BertExtractor, HubertExtractor, pick_device
-    from models.tts import Synthesizer
-
-    pre, cfg = params.pretrained, params.evaluate
-    device = pick_device(cfg.device)
-    sovits = load_sovits(fetch(sovits_path, params.storage, "sovits"), device=device)
-    gpt = load_gpt(fetch(gpt_path, params.storage, "gpt"), device=device)
-    if not pre.hubert_dir:
-        raise EvaluationError("evaluation needs HuBERT for the reference prompt: set pretrained.hubert_dir")
-    hubert = HubertExtractor(fetch(pre.hubert_dir, params.storage, "pretrained.hubert_dir"), device=str(device))
-    bert = (BertExtractor(fetch(pre.bert_dir, params.storage, "pretrained.bert_dir"), device=str(device))
-            if pre.bert_dir else None)
-    sv_model = None
-    if sovits.is_pro:
-        from models.sv import load_sv
-
-        sv_model = load_sv(fetch(pre.sv_checkpoint, params.storage, "pretrained.sv_checkpoint"), device=device)
-    return Synthesizer(sovits, gpt, hubert=hubert, bert=bert, sv_model=sv_model).prepare(params.inference.mode)
-
-
 def pick_reference(entries: list[FeatureEntry]) -> FeatureEntry:
-    """The training segment of 3-10 s closest to 6 s (a typical official reference length)."""
-    from models.tts import REFERENCE_MAX_S, REFERENCE_MIN_S
-
+    """The training segment of 3-10 s closest to 6 s (a typical official reference length): the clip a voice
+    speaks from in evaluation, in the watermark check and, bundled by the package step, in service."""
     usable = [e for e in entries if REFERENCE_MIN_S <= e.duration_s <= REFERENCE_MAX_S]
     if not usable:
         raise EvaluationError("no training segment is 3-10 s long to serve as the reference; prepare with "
                               "prepare.min_segment_s >= 3 or record longer sentences")
     return min(usable, key=lambda e: (abs(e.duration_s - 6.0), e.name))
+
+
+def evaluation_voice(features_dir: str | Path, sovits_path: str, gpt_path: str,
+                     params: Params) -> tuple[Synthesizer, Reference, FeatureEntry]:
+    """The voice as evaluation (and the watermark check) speak with it: the synthesizer of `sovits_path` and
+    `gpt_path` (on `evaluate.device`, in `inference.mode`) and its reference prompt from the training segment
+    `pick_reference` chooses, the same clip the package step bundles as the voice's reference."""
+    manifest = read_manifest(features_dir)
+    reference_entry = pick_reference(training_entries(manifest))
+    synth = load_synthesizer(sovits_path, gpt_path, params, device=params.evaluate.device)
+    audio = read_audio(reference_entry.wav_32k)
+    reference = synth.reference(audio.mono(), audio.sample_rate_hz, reference_entry.text, reference_entry.language)
+    return synth, reference, reference_entry
+
+
+def read_verdict(evaluation_dir: str | Path) -> dict[str, Any]:
+    """The verdict.json `evaluate` wrote: {"passed": bool, "reasons": [...], "checked": [...]}."""
+    path = Path(evaluation_dir) / "verdict.json"
+    if not path.exists():
+        raise EvaluationError(f"{path} not found; run `narrator evaluate ... --out {evaluation_dir}` first")
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 # -- the step ----------------------------------------------------------------------------------------------------
@@ -191,18 +189,15 @@ def evaluate(features_dir: str | Path, sovits_path: str, gpt_path: str, out_dir:
     started = time.monotonic()
     features_dir, out_dir = Path(features_dir), Path(out_dir)
     cfg = params.evaluate
-    manifest_file = features_dir / "manifest.json"
-    if not manifest_file.exists():
-        raise EvaluationError(f"{manifest_file} not found; run `narrator features` first")
-    manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
+    manifest = read_manifest(features_dir)
     entries = [FeatureEntry(**raw) for raw in manifest["entries"]]
-    train = [e for e in entries if e.split == "train"]
+    train = training_entries(manifest)
     holdout = sorted((e for e in entries if e.split == "holdout"), key=lambda e: e.name)[:cfg.max_holdout_segments]
     warnings: list[str] = []
     if not holdout:
         warnings.append("no held-out segments (prepare.holdout_share is 0): speaker similarity is measured against "
                         "training segments and MCD/F0 are skipped")
-    synth = synthesizer(sovits_path, gpt_path, params)
+    synth, reference, reference_entry = evaluation_voice(features_dir, sovits_path, gpt_path, params)
     speaker = SpeakerModel(cfg.speaker_model_dir)
     asr_dir = cfg.asr_model_dir or params.prepare.asr_model_dir
     transcriber = None
@@ -213,10 +208,6 @@ def evaluate(features_dir: str | Path, sovits_path: str, gpt_path: str, out_dir:
     else:
         warnings.append("no ASR model configured (evaluate.asr_model_dir): WER/CER and the repeated/skipped word "
                         "check are skipped")
-    reference_entry = pick_reference(train)
-    ref_audio = read_audio(reference_entry.wav_32k)
-    reference = synth.reference(ref_audio.mono(), ref_audio.sample_rate_hz, reference_entry.text,
-                                reference_entry.language)
     rate_s_per_phone = M.speaking_rate_s_per_phone([e.duration_s for e in train], [len(e.ids) for e in train])
     key, key_note = _watermark_key()
     if key_note:
@@ -318,7 +309,7 @@ def _mark_and_check(u: Utterance, samples: np.ndarray, sample_rate_hz: int, key:
     samples and their rate."""
     from models.watermark import detect, embed
 
-    marked = embed(samples, sample_rate_hz, WATERMARK_EVAL_PAYLOAD, key)
+    marked = embed(samples, sample_rate_hz, EVALUATION_PAYLOAD, key)
     if len(marked) / sample_rate_hz >= WATERMARK_MIN_UTTERANCE_S:
         u.watermark_detected = _mark_found(detect(marked, sample_rate_hz, key), len(marked) / sample_rate_hz)
     return marked, sample_rate_hz
@@ -331,7 +322,7 @@ def _mark_found(found, duration_s: float) -> bool:
         return False
     if found.payload is None:
         return duration_s < WATERMARK_PAYLOAD_S
-    return found.payload == WATERMARK_EVAL_PAYLOAD
+    return found.payload == EVALUATION_PAYLOAD
 
 
 def _watermark_share(utterances: list[Utterance], marked: list[tuple[np.ndarray, int]], key: bytes) -> float:
@@ -347,7 +338,7 @@ def _watermark_share(utterances: list[Utterance], marked: list[tuple[np.ndarray,
     joined = np.concatenate(pieces)
     checks = [u.watermark_detected for u in utterances if u.watermark_detected is not None]
     found = detect(joined, rate, key)  # separately marked pieces: presence, and no wrong payload
-    checks.append(bool(found.detected and found.payload in (None, WATERMARK_EVAL_PAYLOAD)))
+    checks.append(bool(found.detected and found.payload in (None, EVALUATION_PAYLOAD)))
     return round(sum(checks) / len(checks), 4)
 
 

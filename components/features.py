@@ -202,6 +202,14 @@ def _write_voice_fingerprint(segments: list[dict], path: Path) -> None:
                                 "embedding": [round(float(v), 6) for v in centre]}), encoding="utf-8")
 
 
+def read_manifest(features_dir: str | Path) -> dict:
+    """The features step's manifest.json of `features_dir`."""
+    path = Path(features_dir) / "manifest.json"
+    if not path.exists():
+        raise FeaturesError(f"{path} not found; run `narrator features PREPARED_DIR --out {features_dir}` first")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
 def training_entries(manifest: dict) -> list[FeatureEntry]:
     """The manifest's entries that training may use (held-out segments are left for evaluation)."""
     return [FeatureEntry(**raw) for raw in manifest["entries"] if raw.get("split", "train") == "train"]

@@ -21,7 +21,8 @@ import torch
 
 from components.features import load_entry, training_entries
 from components.training import (Distributed, LoopSettings, Precision, TrainingError, auto_batch_size, finish,
-                                 length_buckets, mlflow_logger, record_export, run, run_summary, seed_everything)
+                                 TrainingResult, length_buckets, mlflow_logger, record_export, run, run_summary,
+                                 seed_everything)
 from narrator.config import FinetuneGPTConfig, Params
 from narrator.log import get_logger
 from narrator.storage import fetch
@@ -161,10 +162,10 @@ def base_gpt(params: Params):
 
 
 def finetune_gpt(features_dir: str | Path, out_dir: str | Path, params: Params, stop_after_steps: int | None = None,
-                 logger=None) -> dict[str, Any]:
+                 logger=None) -> TrainingResult:
     """Fine-tune the GPT on `features_dir` (the output of `narrator features`); resumable in `out_dir`.
 
-    Returns a summary (also written to out_dir/result.json) with the exported checkpoint and its sha256.
+    Returns the result (also written to out_dir/result.json) with the exported checkpoint and its sha256.
     """
     from models.checkpoints import save_gpt
 

@@ -28,7 +28,8 @@ import torch.nn.functional as F
 
 from components.features import load_entry, training_entries
 from components.training import (Distributed, LoopSettings, Precision, TrainingError, auto_batch_size, finish,
-                                 length_buckets, mlflow_logger, record_export, run, run_summary, seed_everything)
+                                 TrainingResult, length_buckets, mlflow_logger, record_export, run, run_summary,
+                                 seed_everything)
 from narrator.config import FinetuneSoVITSConfig, Params
 from narrator.log import get_logger
 from narrator.storage import fetch
@@ -287,10 +288,10 @@ def base_models(params: Params):
 
 
 def finetune_sovits(features_dir: str | Path, out_dir: str | Path, params: Params,
-                    stop_after_steps: int | None = None, logger=None) -> dict[str, Any]:
+                    stop_after_steps: int | None = None, logger=None) -> TrainingResult:
     """Fine-tune SoVITS on `features_dir` (the output of `narrator features`); resumable in `out_dir`.
 
-    Returns a summary (also written to out_dir/result.json) with the exported `sovits.pth` and its sha256.
+    Returns the result (also written to out_dir/result.json) with the exported `sovits.pth` and its sha256.
     Under torchrun, every process runs this function; rank 0 writes the files.
     """
     from models.checkpoints import save_sovits
@@ -329,7 +330,7 @@ def finetune_sovits(features_dir: str | Path, out_dir: str | Path, params: Param
             disc_file = out_dir / "sovits_discriminator.pth"
             torch.save({"model": task.discriminator.cpu().state_dict()}, disc_file)
             record_export(summary, exported, "sovits_sha256", mlflow_run)
-            summary["discriminator"] = str(disc_file)
+            summary.discriminator = str(disc_file)
         return summary
     finally:
         finish(out_dir, summary, mlflow_run, dist)

@@ -16,22 +16,20 @@ The flow, for a voice VOICE (registered model `registry.model_prefix + VOICE`, e
 4. lineage: `narrator lineage VOICE[@VERSION]` prints the chain consent -> dataset -> code -> params -> base
    checkpoints -> fine-tuning -> evaluation -> registry (+ audit events) -> packaged bento.
 
-Every registration, promotion and approval is appended to `registry.audit_log` (JSON lines). Each line carries
-`prev_sha256`, the sha256 of the line before it (64 zeros for the first), so editing or deleting a line breaks
-the chain at the next one (`verify_audit_log`). Promotions are also kept as version tags promoted_by/promoted_at.
-
-Watermark payload: 32 bits per (voice, version) = 16-bit voice id << 16 | 16-bit version number. The voice id
-is allocated once per registered model (tag `voice_id`, unique in the registry): the first 16 bits of
-sha256(model name), or the next free id on a collision. `payload_for` and `lookup_payload` convert.
+Every registration, promotion and approval is appended to `registry.audit_log`, the hash-chained log of
+`narrator/audit.py`; promotions are also kept as version tags promoted_by/promoted_at. Voice ids, the watermark
+payload codec, aliases and the registry lock live in the library (`narrator/registry.py`), which the service reads
+too.
 
 Model-version tags:
     voice, registered_by, registered_at, payload_hex (8 hex digits)
     consent_hash, consent_speaker, consent_organisation, consent_date, consent_scope   (validated report.json)
     dataset_hash, dataset_segments, dataset_holdout_segments, dataset_duration_s       (prepared prepare.json)
-    git_commit, git_dirty, params_sha256
+    git_commit, git_dirty, params_sha256 (of the sections that shape a voice: components.LINEAGE_SECTIONS)
     base_sovits_sha256, base_gpt_sha256          (pretrained files, or "random-init")
     sovits_sha256, gpt_sha256, sovits_run_id, gpt_run_id   (fine-tuning result.json; run ids "unknown" if not found)
     metric.<name> (every measured evaluation metric), verdict (pass/fail), failed_gates
+    watermark_check (the check's outcome and score, e.g. "passed (score 14.2)")
     pending_approval (true/false), promoted_by, promoted_at, approved_by, approved_at
     bento (set by the package step)
 
@@ -43,61 +41,36 @@ timings).
 
 from __future__ import annotations
 
-import getpass
 import hashlib
 import json
-import os
-import re
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from components.watermark import WatermarkCheck
+from narrator import audit
 from narrator.config import Params
-from narrator.errors import NarratorError
 from narrator.log import get_logger
+from narrator.registry import (CHALLENGER, CHAMPION, TENANT_TAG, UNKNOWN, RegistryError, actor, alias_version,
+                               compose_payload, ensure_registered_model, format_payload, model_name, model_version,
+                               move_champion, now, registered_model, registry_client, registry_locked,
+                               version_aliases, version_audit)
 from narrator.storage import fetch, sha256_file
 
 log = get_logger("register")
 
-CHAMPION = "champion"  # the alias serving takes
-TENANT_TAG = "tenant"  # the registered model tag naming the tenant that owns a voice
-CHALLENGER = "challenger"  # the alias of the newest registered version
 RUN_NAME = "register"
 RANDOM_INIT = "random-init"  # base checkpoint tag of a model trained from scratch
-UNKNOWN = "unknown"
 AUTO_POLICY_ACTOR = "policy:auto"  # promoted_by of an automatic promotion
-
-VOICE_ID_BITS = 16
-VERSION_BITS = 16
-MAX_VOICE_ID = (1 << VOICE_ID_BITS) - 1
-MAX_VERSION = (1 << VERSION_BITS) - 1
-MAX_PAYLOAD = (1 << (VOICE_ID_BITS + VERSION_BITS)) - 1
-PAYLOAD_HEX_DIGITS = (VOICE_ID_BITS + VERSION_BITS) // 4  # as `narrator watermark embed --payload` takes it
-# 0 means "no voice"; 0x4E41 is the top half of components.evaluate.WATERMARK_EVAL_PAYLOAD ("NARR"), which marks
-# evaluation samples only: no real voice may share it.
-RESERVED_VOICE_IDS = frozenset({0, 0x4E41})
-
-GENESIS_SHA256 = "0" * 64  # prev_sha256 of the first audit line
-VOICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 GIT_TIMEOUT_S = 10
-MLFLOW_NOT_FOUND = "RESOURCE_DOES_NOT_EXIST"
-MLFLOW_EXISTS = "RESOURCE_ALREADY_EXISTS"
-SEARCH_PAGE_SIZE = 1000
 # version tags set after registration (promotion, approval, packaging): extra tags may not use these names
 _DECISION_TAGS = ("payload_hex", "pending_approval", "promoted_by", "promoted_at", "approved_by", "approved_at",
                   "bento")
-
-
-class RegistryError(NarratorError):
-    """A voice cannot be registered, promoted, approved or traced; the message says what to do."""
 
 
 @dataclass
@@ -294,8 +267,13 @@ def _git_tags() -> dict[str, str]:
 
 
 def params_yaml(params: Params) -> str:
-    """The resolved params as YAML (what params_sha256 hashes and the register run keeps as params.yaml)."""
-    return yaml.safe_dump(params.model_dump(by_alias=True, mode="json"), sort_keys=True, allow_unicode=True)
+    """The settings that shaped the voice (`components.LINEAGE_SECTIONS`) as YAML: what params_sha256 hashes and
+    the register run keeps as params.yaml. Registry, serving and pipeline settings are left out, so the same
+    training gives the same hash whichever front registers it."""
+    from components import LINEAGE_SECTIONS
+    from narrator.config import params_slice
+
+    return yaml.safe_dump(params_slice(params, LINEAGE_SECTIONS), sort_keys=True, allow_unicode=True)
 
 
 def _base_tags(params: Params) -> dict[str, str]:
@@ -333,277 +311,6 @@ def _finetune_run_id(params: Params, run_name: str, tag: str, sha256: str) -> st
     return runs[0].info.run_id if runs else UNKNOWN
 
 
-# -- registry helpers --------------------------------------------------------------------------------------------
-
-
-def registry_client(params: Params):
-    """An MLflow client of the registry (`registry.tracking_uri`, for tracking and model registry alike)."""
-    from mlflow import MlflowClient
-
-    uri = params.registry.tracking_uri
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
-
-
-def _check_voice(voice: str) -> None:
-    if not VOICE_NAME.match(voice):
-        raise RegistryError(f"voice name {voice!r} is not usable: use letters, digits, '.', '_' or '-' (up to 100, "
-                            "starting with a letter or digit), e.g. alice or alice-en")
-
-
-def model_name(voice: str, params: Params) -> str:
-    """The registered model of `voice`."""
-    _check_voice(voice)
-    return params.registry.model_prefix + voice
-
-
-def _error_code(error: Exception) -> str | None:
-    return getattr(error, "error_code", None)
-
-
-def _registered_model(client, name: str, voice: str):
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_registered_model(name)
-    except MlflowException as error:
-        if _error_code(error) == MLFLOW_NOT_FOUND:
-            raise RegistryError(f"no voice {voice!r} in the registry ({name} not found); register it with "
-                                "`narrator register VOICE ...` or check registry.tracking_uri and "
-                                "registry.model_prefix") from None
-        raise
-
-
-def _model_version(client, name: str, version: int):
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_model_version(name, str(version))
-    except MlflowException as error:
-        if _error_code(error) == MLFLOW_NOT_FOUND:
-            versions = sorted(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
-            raise RegistryError(f"{name} has no version {version}; its versions are "
-                                f"{', '.join(map(str, versions)) or 'none'}") from None
-        raise
-
-
-def _all_registered_models(client) -> list:
-    models, token = [], None
-    while True:
-        page = client.search_registered_models(max_results=SEARCH_PAGE_SIZE, page_token=token)
-        models.extend(page)
-        token = page.token
-        if not token:
-            return models
-
-
-def ensure_registered_model(client, name: str, voice: str):
-    """The registered model `name` of `voice`, created with the next free 16-bit voice id (its `voice_id` tag, the
-    high half of every watermark payload of the voice) if it does not exist yet."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        model = client.get_registered_model(name)
-    except MlflowException as error:
-        if _error_code(error) != MLFLOW_NOT_FOUND:
-            raise
-        try:
-            client.create_registered_model(name, tags={"voice": voice}, description=f"Narrator voice {voice!r}")
-        except MlflowException as create_error:  # created meanwhile by a concurrent registration
-            if _error_code(create_error) != MLFLOW_EXISTS:
-                raise
-        model = client.get_registered_model(name)
-    if "voice_id" not in model.tags:
-        client.set_registered_model_tag(name, "voice_id", str(_free_voice_id(client, name)))
-        model = client.get_registered_model(name)
-    return model
-
-
-def _free_voice_id(client, name: str) -> int:
-    """The first 16 bits of sha256(name), or the next id no other registered model uses."""
-    used = {int(m.tags["voice_id"]) for m in _all_registered_models(client)
-            if m.name != name and m.tags.get("voice_id", "").isdigit()}
-    start = int(hashlib.sha256(name.encode("utf-8")).hexdigest(), 16) & MAX_VOICE_ID
-    for offset in range(MAX_VOICE_ID + 1):
-        candidate = (start + offset) & MAX_VOICE_ID
-        if candidate not in used and candidate not in RESERVED_VOICE_IDS:
-            return candidate
-    raise RegistryError(f"all {MAX_VOICE_ID + 1} watermark voice ids are taken; delete unused registered models")
-
-
-def _payload(voice_id: int, version: int) -> int:
-    if not 0 < version <= MAX_VERSION:
-        raise RegistryError(f"version {version} does not fit the {VERSION_BITS}-bit watermark field; register the "
-                            "voice under a new name")
-    return (voice_id << VERSION_BITS) | version
-
-
-def payload_for(voice: str, version: int, params: Params) -> int:
-    """The 32-bit watermark payload of a registered (voice, version): voice id << 16 | version."""
-    client = registry_client(params)
-    name = model_name(voice, params)
-    model = _registered_model(client, name, voice)
-    _model_version(client, name, version)
-    return _payload(int(model.tags["voice_id"]), version)
-
-
-def lookup_payload(payload: int, params: Params) -> tuple[str, int] | None:
-    """The (voice, version) a watermark payload belongs to, or None when no registered version has it."""
-    if not 0 <= payload <= MAX_PAYLOAD:
-        raise RegistryError(f"payload {payload!r} is not a 32-bit number (8 hex digits)")
-    voice_id, version = payload >> VERSION_BITS, payload & MAX_VERSION
-    client = registry_client(params)
-    for model in _all_registered_models(client):
-        if model.tags.get("voice_id") == str(voice_id):
-            try:
-                _model_version(client, model.name, version)
-            except RegistryError:
-                return None
-            return model.tags.get("voice", model.name.removeprefix(params.registry.model_prefix)), version
-    return None
-
-
-def _champion_of(client, model, voice: str) -> Champion | None:
-    version = _alias_version(model, CHAMPION)
-    if version is None:
-        return None
-    tags = dict(client.get_model_version(model.name, str(version)).tags)
-    return Champion(voice=voice, model_name=model.name, version=version, tenant=model.tags.get(TENANT_TAG) or None,
-                    tags=tags)
-
-
-def champion(voice: str, params: Params) -> Champion | None:
-    """`voice`'s champion, or None while it has none; RegistryError when the voice is not registered."""
-    client = registry_client(params)
-    return _champion_of(client, _registered_model(client, model_name(voice, params), voice), voice)
-
-
-def champions(params: Params) -> list[Champion]:
-    """The champion of every voice in the registry (registered models named `registry.model_prefix + VOICE`)."""
-    prefix = params.registry.model_prefix
-    client = registry_client(params)
-    found = []
-    for model in _all_registered_models(client):
-        if model.name.startswith(prefix):
-            voice = model.tags.get("voice") or model.name.removeprefix(prefix)
-            if (best := _champion_of(client, model, voice)) is not None:
-                found.append(best)
-    return found
-
-
-def _alias_version(model, alias: str) -> int | None:
-    """The version an alias of a RegisteredModel points at (stores differ: int or str), or None."""
-    version = model.aliases.get(alias)
-    return None if version is None else int(version)
-
-
-def _aliases(client, name: str, version: int) -> list[str]:
-    return sorted(_model_version(client, name, version).aliases or [])
-
-
-def _actor() -> str:
-    try:
-        return getpass.getuser()
-    except (OSError, KeyError):
-        return UNKNOWN
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-# -- audit log ---------------------------------------------------------------------------------------------------
-
-
-def line_sha256(line: str) -> str:
-    return hashlib.sha256(line.encode("utf-8")).hexdigest()
-
-
-@contextmanager
-def _exclusive(handle) -> Iterator[None]:
-    """Hold an exclusive lock on an open file (POSIX flock; elsewhere no lock) until the block ends."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock
-        yield
-        return
-    fcntl.flock(handle, fcntl.LOCK_EX)
-    try:
-        yield
-    finally:
-        fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def registry_lock_path(params: Params) -> Path:
-    """The file whose lock serialises registrations and approvals (`registry.lock_file`; default: beside the
-    sqlite database, or beside the audit log for a registry server)."""
-    from narrator.tracking import sqlite_database
-
-    if params.registry.lock_file:
-        return Path(params.registry.lock_file).expanduser()
-    beside = sqlite_database(params.registry.tracking_uri) or Path(params.registry.audit_log)
-    return beside.expanduser().with_suffix(".lock")
-
-
-@contextmanager
-def registry_locked(params: Params) -> Iterator[None]:
-    """One registration or approval at a time against this registry: voice ids, version numbers and the champion
-    move are decided under this lock, so concurrent pipelines neither share a voice id nor race a promotion."""
-    path = registry_lock_path(params)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as handle, _exclusive(handle):
-        yield
-
-
-def append_audit(path: str | Path, record: dict[str, Any]) -> str:
-    """Append `record` (plus prev_sha256) as one JSON line; returns the new line's sha256. Locked against
-    concurrent writers on POSIX."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+", encoding="utf-8") as handle, _exclusive(handle):
-        handle.seek(0)
-        lines = handle.read().splitlines()
-        prev = line_sha256(lines[-1]) if lines else GENESIS_SHA256
-        line = json.dumps({**record, "prev_sha256": prev}, sort_keys=True, ensure_ascii=False)
-        handle.seek(0, os.SEEK_END)
-        handle.write(line + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    return line_sha256(line)
-
-
-def read_audit_log(path: str | Path) -> list[dict[str, Any]]:
-    """Every record of the audit log, oldest first (empty when there is no log yet); raises when the chain is
-    broken."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    records, prev = [], GENESIS_SHA256
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            raise RegistryError(f"{path} line {number} is not JSON: the audit log was edited; restore it from a "
-                                "backup") from None
-        if not isinstance(record, dict) or record.get("prev_sha256") != prev:
-            raise RegistryError(f"{path} line {number} does not chain to the line before it: a line was edited, "
-                                "inserted or deleted there; restore the log from a backup (promotions are also "
-                                "kept as model-version tags promoted_by/promoted_at)")
-        records.append(record)
-        prev = line_sha256(line)
-    return records
-
-
-def verify_audit_log(path: str | Path) -> None:
-    """Raise RegistryError when a line of the audit log was edited, inserted or deleted (all but the last line:
-    removing the newest lines leaves a valid chain; compare with the registry's promoted_at tags for those)."""
-    read_audit_log(path)
-
-
-def _audit(params: Params, event: str, name: str, voice: str, version: int, by: str, **details: Any) -> None:
-    append_audit(params.registry.audit_log, {"time": _now(), "event": event, "model": name, "voice": voice,
-                                             "version": version, "by": by, **details})
-
-
 # -- promotion ---------------------------------------------------------------------------------------------------
 
 
@@ -628,27 +335,45 @@ def _promotion_decision(metrics: dict[str, float], champion, params: Params) -> 
     return False, f"{verdict}: not better by more than 0 and at least {cfg.min_improvement:g}"
 
 
-def _move_champion(client, name: str, version: int, by: str) -> int | None:
-    """Point `champion` at `version`, tag who and when; returns the previous champion's version (or None)."""
-    previous = _alias_version(client.get_registered_model(name), CHAMPION)
-    client.set_registered_model_alias(name, CHAMPION, str(version))
-    for key, value in {"promoted_by": by, "promoted_at": _now(), "pending_approval": "false"}.items():
-        client.set_model_version_tag(name, str(version), key, value)
-    return previous
+def recordings_changed(source: str, voice: str, params: Params) -> bool:
+    """True when `source`'s fingerprint (`narrator.storage.source_fingerprint`) differs from the
+    `source_fingerprint` tag of the voice's newest registered version (or the voice has none): the trigger of
+    scheduled retraining."""
+    import mlflow
+
+    from narrator.storage import source_fingerprint
+
+    client = registry_client(params)
+    current = source_fingerprint(source, params.storage)
+    try:
+        versions = client.search_model_versions(f"name='{model_name(voice, params)}'")
+    except mlflow.exceptions.MlflowException:
+        return True
+    if not versions:
+        return True
+    newest = max(versions, key=lambda v: int(v.version))
+    changed = newest.tags.get("source_fingerprint") != current
+    log.info("%s: recordings %s since version %s", voice, "changed" if changed else "unchanged", newest.version)
+    return changed
 
 
 # -- the steps ---------------------------------------------------------------------------------------------------
 
 
 def register(voice: str, *, validated_dir: str | Path, prepared_dir: str | Path, features_dir: str | Path,
-             sovits_dir: str | Path, gpt_dir: str | Path, evaluation_dir: str | Path, params: Params,
-             extra_tags: dict[str, str] | None = None) -> Registration:
+             sovits_dir: str | Path, gpt_dir: str | Path, evaluation_dir: str | Path, watermark: WatermarkCheck,
+             params: Params, extra_tags: dict[str, str] | None = None) -> Registration:
     """Register the fine-tuned voice as a new model version with its lineage, then apply the promotion rule.
 
-    `extra_tags` are added to the version's tags (e.g. a pipeline's source fingerprint); they may not replace a
-    lineage tag.
+    `watermark` is the voice's watermark check (`components.watermark.check_voice`): a voice whose marked output
+    did not give the mark back is never registered. `extra_tags` are added to the version's tags (e.g. a
+    pipeline's source fingerprint); they may not replace a lineage tag.
     """
     name = model_name(voice, params)
+    if not watermark.passed:
+        raise RegistryError(f"{voice}: the watermark check failed ({watermark.summary}, payload read "
+                            f"{watermark.payload_read}); a voice whose output does not carry the mark is never "
+                            "registered. Run `narrator watermark check` again after fixing the fine-tuning")
     validated_dir, prepared_dir, features_dir = Path(validated_dir), Path(prepared_dir), Path(features_dir)
     sovits_dir, gpt_dir, evaluation_dir = Path(sovits_dir), Path(gpt_dir), Path(evaluation_dir)
 
@@ -659,14 +384,14 @@ def register(voice: str, *, validated_dir: str | Path, prepared_dir: str | Path,
     _read_json(voice_file, "narrator features PREPARED_DIR --out FEATURES_DIR")
     evaluation_tags, metrics = _evaluation_tags(evaluation_dir)
     params_text = params_yaml(params)
-    by, registered_at = _actor(), _now()
+    by, registered_at = actor(), now()
     tags = {"voice": voice, "registered_by": by, "registered_at": registered_at,
             **_consent_tags(validated_dir), **dataset_tags(prepared_dir), **_git_tags(),
             "params_sha256": hashlib.sha256(params_text.encode("utf-8")).hexdigest(), **_base_tags(params),
             "sovits_sha256": sovits_sha256, "gpt_sha256": gpt_sha256,
             "sovits_run_id": _finetune_run_id(params, "finetune-sovits", "sovits_sha256", sovits_sha256),
             "gpt_run_id": _finetune_run_id(params, "finetune-gpt", "gpt_sha256", gpt_sha256),
-            **evaluation_tags}
+            **evaluation_tags, "watermark_check": watermark.summary}
     clashes = sorted(set(extra_tags or {}) & (set(tags) | set(_DECISION_TAGS)))
     if clashes:
         raise RegistryError(f"extra tag(s) {', '.join(clashes)} would replace lineage tags; give them other names")
@@ -689,7 +414,7 @@ def _register_locked(voice: str, name: str, tags: dict[str, str], metrics: dict[
         log.info("%s v%s already holds these files and this evaluation; not registered again", name,
                  existing.version)
         version = int(existing.version)
-        return Registration(voice, name, version, _aliases(client, name, version),
+        return Registration(voice, name, version, version_aliases(client, name, version),
                             existing.tags.get("promoted_by") is not None, existing.tags.get("pending_approval") == "true",
                             "already registered (same fine-tuned files, dataset and evaluation)",
                             existing.tags.get("payload_hex", ""), existing.run_id or "")
@@ -699,9 +424,9 @@ def _register_locked(voice: str, name: str, tags: dict[str, str], metrics: dict[
     created = client.create_model_version(name, source, run_id=run_id, tags=tags,
                                           description=f"{voice}: {tags['verdict']}, registered by {by}")
     version = int(created.version)
-    payload_hex = f"{_payload(voice_id, version):0{PAYLOAD_HEX_DIGITS}x}"
+    payload_hex = format_payload(compose_payload(voice_id, version))
     client.set_model_version_tag(name, str(version), "payload_hex", payload_hex)
-    champion_version = _alias_version(model, CHAMPION)
+    champion_version = alias_version(model, CHAMPION)
     champion = client.get_model_version(name, str(champion_version)) if champion_version else None
     client.set_registered_model_alias(name, CHALLENGER, str(version))
 
@@ -713,16 +438,16 @@ def _register_locked(voice: str, name: str, tags: dict[str, str], metrics: dict[
     client.set_model_version_tag(name, str(version), "pending_approval", str(pending).lower())
     if pending:
         reason += "; waiting for `narrator approve` (registry.deployment_policy: manual)"
-    _audit(params, "registered", name, voice, version, by, run_id=run_id, verdict=tags["verdict"],
+    version_audit(params, "registered", name, voice, version, by, run_id=run_id, verdict=tags["verdict"],
            payload_hex=payload_hex, promotable=promotable, pending_approval=pending, reason=reason)
     promoted = promotable and not pending
     if promoted:
-        previous = _move_champion(client, name, version, AUTO_POLICY_ACTOR)
-        _audit(params, "promoted", name, voice, version, AUTO_POLICY_ACTOR, previous_champion=previous,
+        previous = move_champion(client, name, version, AUTO_POLICY_ACTOR)
+        version_audit(params, "promoted", name, voice, version, AUTO_POLICY_ACTOR, previous_champion=previous,
                reason=reason)
     log.info("registered %s v%d (%s): %s%s", name, version, tags["verdict"], reason,
              "; promoted to champion" if promoted else "")
-    return Registration(voice, name, version, _aliases(client, name, version), promoted, pending, reason,
+    return Registration(voice, name, version, version_aliases(client, name, version), promoted, pending, reason,
                         payload_hex, run_id)
 
 
@@ -792,25 +517,25 @@ def approve(voice: str, version: int, by: str, params: Params) -> Registration:
 def _approve_locked(voice: str, version: int, by: str, params: Params) -> Registration:
     client = registry_client(params)
     name = model_name(voice, params)
-    model = _registered_model(client, name, voice)
-    mv = _model_version(client, name, version)
+    model = registered_model(client, name, voice)
+    mv = model_version(client, name, version)
     payload_hex = mv.tags.get("payload_hex", "")
     if mv.tags.get("verdict") != "pass":
         raise RegistryError(f"{name} version {version} failed its evaluation gates "
                             f"({mv.tags.get('failed_gates') or 'no passing verdict recorded'}); it cannot be "
                             "approved. Fix the voice, evaluate and register a new version")
-    if _alias_version(model, CHAMPION) == version:
-        return Registration(voice, name, version, _aliases(client, name, version), False, False,
+    if alias_version(model, CHAMPION) == version:
+        return Registration(voice, name, version, version_aliases(client, name, version), False, False,
                             f"version {version} is already the champion", payload_hex, mv.run_id or "")
-    previous = _move_champion(client, name, version, by)
-    approved_at = _now()
+    previous = move_champion(client, name, version, by)
+    approved_at = now()
     client.set_model_version_tag(name, str(version), "approved_by", by)
     client.set_model_version_tag(name, str(version), "approved_at", approved_at)
     replaced = f"replacing champion v{previous}" if previous else "the first champion"
-    _audit(params, "approved", name, voice, version, by, previous_champion=previous, reason=replaced)
+    version_audit(params, "approved", name, voice, version, by, previous_champion=previous, reason=replaced)
     reason = f"approved by {by}, {replaced}"
     log.info("%s v%d approved by %s: now the champion", name, version, by)
-    return Registration(voice, name, version, _aliases(client, name, version), True, False, reason, payload_hex,
+    return Registration(voice, name, version, version_aliases(client, name, version), True, False, reason, payload_hex,
                         mv.run_id or "")
 
 
@@ -818,21 +543,21 @@ def lineage(voice: str, version: int | None, params: Params) -> Lineage:
     """The lineage of `version` of `voice` (None: the champion, or the latest version when there is none)."""
     client = registry_client(params)
     name = model_name(voice, params)
-    model = _registered_model(client, name, voice)
+    model = registered_model(client, name, voice)
     if version is None:
-        version = _alias_version(model, CHAMPION)
+        version = alias_version(model, CHAMPION)
         if version is None:
             versions = [int(v.version) for v in client.search_model_versions(f"name = '{name}'")]
             if not versions:
                 raise RegistryError(f"{name} has no versions yet; run `narrator register {voice} ...`")
             version = max(versions)
-    mv = _model_version(client, name, version)
+    mv = model_version(client, name, version)
     t = mv.tags
     try:
-        records = [r for r in read_audit_log(params.registry.audit_log)
+        records = [r for r in audit.read(params.registry.audit_log)
                    if r.get("model") == name and r.get("version") == version]
         problem = None
-    except RegistryError as error:
+    except audit.AuditError as error:
         records, problem = [], str(error)
     return Lineage(
         voice=voice, model_name=name, version=version, aliases=sorted(mv.aliases or []),

@@ -20,7 +20,7 @@ import os
 import random
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -373,31 +373,70 @@ def mlflow_logger(tracking_uri: str, experiment: str, run_name: str, params: dic
     return log_fn, active
 
 
-def run_summary(result: LoopResult, **details: Any) -> dict[str, Any]:
-    """What a fine-tuning step reports in result.json: the loop's counters, `details`, and the logged history."""
-    return {"steps": result.steps, "resumed_from_step": result.resumed_from_step,
-            "stopped_early": result.stopped_early, "seconds": round(result.seconds, 2), **details,
-            "history": result.history}
+@dataclass
+class TrainingResult:
+    """What a fine-tuning step returns and writes as result.json: the loop's counters, the run's setup, the logged
+    history and (rank 0 of a finished run) the exported file with its sha256."""
+
+    steps: int
+    resumed_from_step: int
+    stopped_early: bool
+    seconds: float
+    examples: int
+    batch_size: int
+    precision: str
+    processes: int
+    history: list[dict[str, float]]
+    version: str | None = None  # the SoVITS version (v2, v2Pro, ...), for SoVITS runs
+    checkpoint: str | None = None  # the exported official-format file
+    sha256: str | None = None  # of `checkpoint`
+    discriminator: str | None = None  # the SoVITS discriminator file, for SoVITS runs
+
+    @property
+    def exported(self) -> bool:
+        return self.checkpoint is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        """result.json's content (fields that do not apply are left out)."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def read(cls, run_dir: str | Path) -> "TrainingResult":
+        """The result.json a fine-tuning step wrote into `run_dir`."""
+        path = Path(run_dir) / "result.json"
+        if not path.exists():
+            raise TrainingError(f"{path} not found; run the fine-tuning step with --out {run_dir} first")
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
-def record_export(summary: dict[str, Any], exported: Path, tag: str, mlflow_run) -> None:
+def run_summary(result: LoopResult, *, examples: int, batch_size: int, precision: str, processes: int,
+                version: str | None = None) -> TrainingResult:
+    """The step's result from the loop's counters and the run's setup."""
+    return TrainingResult(steps=result.steps, resumed_from_step=result.resumed_from_step,
+                          stopped_early=result.stopped_early, seconds=round(result.seconds, 2), examples=examples,
+                          batch_size=batch_size, precision=precision, processes=processes, history=result.history,
+                          version=version)
+
+
+def record_export(summary: TrainingResult, exported: Path, tag: str, mlflow_run) -> None:
     """Add the exported file and its sha256 to `summary`; with an MLflow run, log the file and tag the hash."""
     from narrator.storage import sha256_file
 
-    summary.update(checkpoint=str(exported), sha256=sha256_file(exported))
+    summary.checkpoint, summary.sha256 = str(exported), sha256_file(exported)
     if mlflow_run is not None:
         import mlflow
 
         mlflow.log_artifact(str(exported))
-        mlflow.set_tag(tag, summary["sha256"])
+        mlflow.set_tag(tag, summary.sha256)
 
 
-def finish(out_dir: Path, summary: dict[str, Any] | None, mlflow_run, dist: Distributed) -> None:
+def finish(out_dir: Path, summary: TrainingResult | None, mlflow_run, dist: Distributed) -> None:
     """Write result.json (rank 0), end the MLflow run, leave the process group. Safe to call after an error
     (summary None)."""
     try:
         if summary is not None and dist.is_main:
-            (out_dir / "result.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+            (out_dir / "result.json").write_text(json.dumps(summary.to_dict(), indent=1), encoding="utf-8")
     finally:
         if mlflow_run is not None:
             import mlflow

@@ -1,37 +1,32 @@
-"""`narrator watermark`: mark generated audio with a 32-bit payload, and look for the mark in any file.
+"""`narrator watermark`: mark generated audio with a 32-bit payload, look for the mark in any file, and check
+that a fine-tuned voice's output carries it (the pipeline step between evaluation and registration).
 
 The algorithm lives in models/watermark.py; this step reads and writes files. The key is a secret: it comes from
 $NARRATOR_WATERMARK_KEY or the file named by $NARRATOR_WATERMARK_KEY_FILE (`models.watermark.load_key`), never
-from params.yaml. The payload is written as exactly 8 hex digits (e.g. a voice or customer id).
+from params.yaml. Payloads are written as exactly 8 hex digits (`narrator.registry.format_payload`).
 """
 
 from __future__ import annotations
 
-import re
+import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from models.watermark import PAYLOAD_BITS, WatermarkConfig, WatermarkError, detect, embed
+import numpy as np
+
+from models.watermark import WatermarkConfig, WatermarkError, detect, embed
 from narrator.audiofile import read_audio, write_wav
+from narrator.config import Params
 from narrator.log import get_logger
+from narrator.registry import EVALUATION_PAYLOAD, format_payload, parse_payload
 
 log = get_logger("watermark")
 
-_HEX_DIGITS = PAYLOAD_BITS // 4
-_PAYLOAD_HEX = re.compile(rf"[0-9a-fA-F]{{{_HEX_DIGITS}}}")
 _OUTPUT_SUFFIXES = (".wav", ".flac")
-
-
-def parse_payload(payload_hex: str) -> int:
-    """'00c0ffee' -> 0x00C0FFEE. Exactly 8 hex digits; anything else raises WatermarkError."""
-    text = str(payload_hex).strip()
-    if not _PAYLOAD_HEX.fullmatch(text):
-        raise WatermarkError(f"payload {payload_hex!r} is not {_HEX_DIGITS} hex digits; give e.g. --payload 00c0ffee")
-    return int(text, 16)
-
-
-def format_payload(payload: int | None) -> str | None:
-    """0xC0FFEE -> '00c0ffee'; None stays None."""
-    return None if payload is None else f"{payload:0{_HEX_DIGITS}x}"
+CHECK_FILE = "watermark.json"
+CHECK_EXCERPT_S = 3.0  # presence must show in an excerpt this short
+CHECK_MIN_SPEECH_S = 10.0  # the payload must read back from this much speech (the detector's specification)
+CHECK_MAX_SENTENCES = 64
 
 
 def embed_file(in_path: str | Path, out_path: str | Path, payload_hex: str, key: bytes | str,
@@ -68,58 +63,87 @@ class WatermarkCheckFailed(WatermarkError):
     """The voice's output, marked as the service marks it, did not give the mark back."""
 
 
-def check_voice(features_dir: str | Path, sovits_path: str, gpt_path: str, out_dir: str | Path, params,
-                payload_hex: str = "4e415252", min_speech_s: float = 10.0) -> dict:
+@dataclass(frozen=True)
+class WatermarkCheck:
+    """The result of `check_voice`, kept as watermark.json beside the marked sample; registration records it."""
+
+    payload: str  # the payload embedded (8 hex digits)
+    speech_s: float
+    sample_rate_hz: int
+    excerpt_3s_detected: bool
+    excerpt_3s_score: float
+    detected: bool
+    payload_read: str | None
+    score: float
+    passed: bool
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    @property
+    def summary(self) -> str:
+        """One line for the registry's `watermark_check` tag, e.g. "passed (score 14.2)"."""
+        return f"{'passed' if self.passed else 'failed'} (score {self.score})"
+
+    @classmethod
+    def read(cls, folder: str | Path) -> "WatermarkCheck":
+        """The check `check_voice` wrote into `folder`."""
+        from narrator.errors import NarratorError
+
+        path = Path(folder) / CHECK_FILE
+        try:
+            return cls(**json.loads(path.read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            raise NarratorError(f"{path} not found; run `narrator watermark check FEATURES_DIR --sovits ... --gpt "
+                                f"... --out {folder}` first") from None
+        except (json.JSONDecodeError, TypeError) as error:
+            raise NarratorError(f"{path} is not a watermark check result ({error}); run the check again") from None
+
+
+def check_voice(features_dir: str | Path, sovits_path: str, gpt_path: str, out_dir: str | Path, params: Params,
+                payload_hex: str | None = None) -> WatermarkCheck:
     """The pipeline's watermark check: the fine-tuned voice speaks the evaluation sentences (at least
-    `min_speech_s`, enough to read the payload back), the result is marked with the production key as the service
-    marks every output, and both a 3 s excerpt (presence) and the whole (payload) must be found.
+    `CHECK_MIN_SPEECH_S`, enough to read the payload back), the result is marked with the production key as the
+    service marks every output, and both a 3 s excerpt (presence) and the whole (payload) must be found.
 
-    Writes `sample.wav` (the marked speech, at the voice's rate) and `watermark.json` into `out_dir`; returns the
-    JSON. Raises WatermarkCheckFailed when the mark is not found, and the key errors of `load_key` when no key is
-    configured (the check never runs with a throwaway key)."""
-    import json
-
-    import numpy as np
-
-    from components.evaluate import EVAL_SENTENCES, pick_reference, synthesizer
-    from components.features import training_entries
+    Writes `sample.wav` (the marked speech, at the voice's rate) and `watermark.json` into `out_dir`. Raises
+    WatermarkCheckFailed when the mark is not found, and the key errors of `load_key` when no key is configured
+    (the check never runs with a throwaway key). `payload_hex` defaults to the evaluation payload."""
+    from components.evaluate import EVAL_SENTENCES, evaluation_voice
     from models.watermark import load_key
 
     key = load_key()
-    features_dir, out_dir = Path(features_dir), Path(out_dir)
-    manifest = json.loads((features_dir / "manifest.json").read_text(encoding="utf-8"))
-    entries = training_entries(manifest)
-    reference_entry = pick_reference(entries)
-    synth = synthesizer(sovits_path, gpt_path, params)
-    ref = read_audio(reference_entry.wav_32k)
-    reference = synth.reference(ref.mono(), ref.sample_rate_hz, reference_entry.text, reference_entry.language)
+    out_dir = Path(out_dir)
+    synth, reference, reference_entry = evaluation_voice(features_dir, sovits_path, gpt_path, params)
     language = reference_entry.language if reference_entry.language in EVAL_SENTENCES else "en"
+    sentences = EVAL_SENTENCES[language]
     pieces, rate, spoken_s = [], 32000, 0.0
-    for index in range(64):  # sentences, repeated if short, until min_speech_s
-        text = EVAL_SENTENCES[language][index % len(EVAL_SENTENCES[language])]
-        speech = synth.speak(text, reference, language, seed=index)
+    for index in range(CHECK_MAX_SENTENCES):  # sentences, repeated if short, until CHECK_MIN_SPEECH_S
+        speech = synth.speak(sentences[index % len(sentences)], reference, language, seed=index)
         rate = speech.sample_rate_hz
         pieces.append(speech.samples)
         spoken_s += len(speech.samples) / rate
-        if spoken_s >= min_speech_s:
+        if spoken_s >= CHECK_MIN_SPEECH_S:
             break
-    payload = parse_payload(payload_hex)
+    payload = parse_payload(payload_hex) if payload_hex else EVALUATION_PAYLOAD
     marked = embed(np.concatenate(pieces), rate, payload, key)
     whole = detect(marked, rate, key)
-    start = (len(marked) - 3 * rate) // 2
-    excerpt = detect(marked[max(start, 0):max(start, 0) + 3 * rate], rate, key)
-    result = {"payload": format_payload(payload), "speech_s": round(spoken_s, 2), "sample_rate_hz": rate,
-              "excerpt_3s_detected": bool(excerpt.detected), "excerpt_3s_score": round(float(excerpt.score), 3),
-              "detected": bool(whole.detected), "payload_read": format_payload(whole.payload),
-              "score": round(float(whole.score), 3)}
-    result["passed"] = bool(result["excerpt_3s_detected"] and whole.detected and whole.payload == payload)
+    excerpt_len = int(CHECK_EXCERPT_S * rate)
+    start = max((len(marked) - excerpt_len) // 2, 0)
+    excerpt = detect(marked[start:start + excerpt_len], rate, key)
+    check = WatermarkCheck(
+        payload=format_payload(payload), speech_s=round(spoken_s, 2), sample_rate_hz=rate,
+        excerpt_3s_detected=bool(excerpt.detected), excerpt_3s_score=round(float(excerpt.score), 3),
+        detected=bool(whole.detected), payload_read=format_payload(whole.payload),
+        score=round(float(whole.score), 3),
+        passed=bool(excerpt.detected and whole.detected and whole.payload == payload))
     out_dir.mkdir(parents=True, exist_ok=True)
     write_wav(out_dir / "sample.wav", marked, rate)
-    (out_dir / "watermark.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
-    log.info("watermark check", extra=result)
-    if not result["passed"]:
+    (out_dir / CHECK_FILE).write_text(check.to_json(), encoding="utf-8")
+    log.info("watermark check", extra=asdict(check))
+    if not check.passed:
         raise WatermarkCheckFailed(
             f"the voice's marked output did not give the mark back (3 s excerpt detected: "
-            f"{result['excerpt_3s_detected']}, payload read: {result['payload_read']}); see {out_dir / 'watermark.json'}"
-            ". The output may be near-silent or clipped: listen to sample.wav and check the fine-tuning")
-    return result
+            f"{check.excerpt_3s_detected}, payload read: {check.payload_read}); see {out_dir / CHECK_FILE}. The "
+            "output may be near-silent or clipped: listen to sample.wav and check the fine-tuning")
+    return check

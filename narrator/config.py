@@ -407,6 +407,63 @@ def parse_set_option(assignments: list[str]) -> dict[str, Any]:
     return out
 
 
+# -- slices: the sections one step reads -------------------------------------------------------------------------
+
+
+def section_names() -> tuple[str, ...]:
+    """Every section of params.yaml, as written there (`validate`, not the attribute name `validate_`)."""
+    return tuple(info.alias or name for name, info in Params.model_fields.items())
+
+
+def _attribute(section: str) -> str:
+    for name, info in Params.model_fields.items():
+        if section in (name, info.alias):
+            return name
+    raise ConfigError(f"params.yaml has no section {section!r}; its sections are {', '.join(section_names())}")
+
+
+def params_slice(params: Params, sections: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """The values of `sections` only, as plain data ({section: {key: value}}), e.g. one pipeline step's settings."""
+    return {section: getattr(params, _attribute(section)).model_dump(by_alias=True, mode="json")
+            for section in sections}
+
+
+class _SectionOutsideSlice:
+    """Stands in for a section a step was not given: reading any of its keys fails, naming the step and the
+    section, so a step table that forgets a section fails loudly the first time the step runs."""
+
+    def __init__(self, section: str, reader: str) -> None:
+        self._section, self._reader = section, reader
+
+    def __getattr__(self, key: str):
+        if key.startswith("__"):
+            raise AttributeError(key)
+        raise ConfigError(f"{self._reader} read params.{self._section}.{key}, but '{self._section}' is not among the "
+                          f"settings it was given: add '{self._section}' to its sections in the step table "
+                          "(components/__init__.py, STEPS)")
+
+    def __repr__(self) -> str:
+        return f"<{self._section}: not in {self._reader}'s slice>"
+
+
+def params_from_slice(data: dict[str, Any], reader: str) -> Params:
+    """Params holding only the sections in `data` (validated as params.yaml is); every other section refuses to be
+    read (ConfigError naming `reader` and the section). What a pipeline step runs with."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{reader}: its settings must be a mapping of sections, got {type(data).__name__}")
+    full = parse_params(data, f"{reader}'s settings")
+    given = {_attribute(section) for section in data}
+    values = {name: getattr(full, name) if name in given else _SectionOutsideSlice(info.alias or name, reader)
+              for name, info in Params.model_fields.items()}
+    return Params.model_construct(**values)
+
+
+def sections_of(params: Params) -> tuple[str, ...]:
+    """The sections `params` holds (all of them, unless it came from `params_from_slice`)."""
+    return tuple(info.alias or name for name, info in Params.model_fields.items()
+                 if not isinstance(getattr(params, name), _SectionOutsideSlice))
+
+
 def defaults_yaml() -> str:
     """Every key with its default and its description as a comment (what `narrator config --defaults` prints)."""
     lines = []

@@ -434,3 +434,28 @@ def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
         while block := handle.read(chunk_bytes):
             digest.update(block)
     return digest.hexdigest()
+
+
+def source_fingerprint(source: str, cfg: StorageConfig) -> str:
+    """sha256 over a folder's (or s3:// prefix's) file names, sizes and modification times (local) or ETags (S3):
+    it changes when a file is added, removed or replaced, so a pipeline's step cache and the retraining schedule
+    notice new recordings."""
+    digest = hashlib.sha256()
+    if is_s3(source):
+        client = s3_client(cfg)
+        bucket, prefix = split_s3(source)
+        prefix = prefix.rstrip("/") + "/" if prefix else ""
+        try:
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+                for obj in page.get("Contents", []):
+                    digest.update(f"{obj['Key'][len(prefix):]}\0{obj['Size']}\0{obj['ETag']}\n".encode())
+        except _s3_errors() as error:
+            raise _explain(error, source, cfg, "list the recordings") from None
+    else:
+        root = Path(source).expanduser()
+        if not root.is_dir():
+            raise SourceError(f"{source}: no such folder; give the narrator's recordings folder or an s3:// prefix")
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            stat = path.stat()
+            digest.update(f"{path.relative_to(root).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()

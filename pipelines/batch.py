@@ -13,7 +13,7 @@ from collections.abc import Callable  # no `from __future__ import annotations`:
 from kfp import dsl
 
 from narrator.config import Params
-from pipelines.onboard import PARAM_ARGS, step_arguments, steps_pipeline
+from pipelines.onboard import PARAM_ARGS, settings_arguments, steps_pipeline
 from pipelines.steps import make_steps
 
 NAME = "narrator-batch"
@@ -23,7 +23,7 @@ def build(params: Params) -> Callable:
     """The batch pipeline for `params`: argument `narrators`, a list of {"source", "voice"} objects."""
     steps = make_steps(params.pipeline.image)
     onboard_steps = steps_pipeline(params)
-    defaults = step_arguments(params)
+    defaults = settings_arguments(params)
 
     @dsl.pipeline(name=NAME, description="Onboard many narrators in parallel and summarise the results.")
     def batch(narrators: list,
@@ -39,12 +39,12 @@ def build(params: Params) -> Callable:
               params_package: str = defaults["params_package"],
               params_record: str = defaults["params_record"]):
         a = dict(locals())
-        record = steps.record_run(voice="(batch)", pipeline=NAME, params_yaml=params_record).set_caching_options(False)
+        record = steps.record_run(voice="(batch)", pipeline=NAME, settings=params_record).set_caching_options(False)
         with dsl.ExitHandler(record, name="batch"):
             with dsl.ParallelFor(narrators, parallelism=params.pipeline.batch_parallelism,
                                  name="each narrator") as narrator:
                 one = onboard_steps(source=narrator.source, voice=narrator.voice,
                                     **{k: a[k] for k in PARAM_ARGS})
-            steps.summarize(results=dsl.Collected(one.output), params_yaml=params_record).set_caching_options(False)
+            steps.summarize(results=dsl.Collected(one.output), settings=params_record).set_caching_options(False)
 
     return batch

@@ -14,19 +14,21 @@ from collections.abc import Callable  # no `from __future__ import annotations`:
 from kfp import dsl
 
 from narrator.config import Params
-from pipelines.onboard import PARAM_ARGS, step_arguments, steps_pipeline
+from pipelines.onboard import ONBOARD_STEPS, PARAM_ARGS, settings_arguments, steps_pipeline
 from pipelines.steps import make_steps
 
 NAME = "narrator-retrain"
+STEPS = ("new_recordings", *ONBOARD_STEPS)  # the steps whose settings the retrain pipeline takes
 
 
 def build(params: Params) -> Callable:
     steps = make_steps(params.pipeline.image)
     onboard_steps = steps_pipeline(params)
-    defaults = step_arguments(params)
+    defaults = settings_arguments(params, STEPS)
 
     @dsl.pipeline(name=NAME, description="Retrain a voice when new recordings arrived; the result is a challenger.")
     def retrain(source: str, voice: str,
+                params_new_recordings: str = defaults["params_new_recordings"],
                 params_snapshot: str = defaults["params_snapshot"],
                 params_validate: str = defaults["params_validate"],
                 params_prepare: str = defaults["params_prepare"],
@@ -39,9 +41,9 @@ def build(params: Params) -> Callable:
                 params_package: str = defaults["params_package"],
                 params_record: str = defaults["params_record"]):
         a = dict(locals())
-        record = steps.record_run(voice=voice, pipeline=NAME, params_yaml=params_record).set_caching_options(False)
+        record = steps.record_run(voice=voice, pipeline=NAME, settings=params_record).set_caching_options(False)
         with dsl.ExitHandler(record, name="retrain"):
-            changed = steps.new_recordings(source=source, voice=voice, params_yaml=params_register)
+            changed = steps.new_recordings(source=source, voice=voice, settings=params_new_recordings)
             changed.set_caching_options(False).set_display_name("new recordings?")
             with dsl.If(changed.output == "yes", name="new recordings"):
                 onboard_steps(source=source, voice=voice, **{k: a[k] for k in PARAM_ARGS})

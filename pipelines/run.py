@@ -19,9 +19,9 @@ from pathlib import Path
 
 from narrator.config import Params
 from narrator.errors import NarratorError
+from pipelines.runtime import ERROR_FILE_ENV
 
 PIPELINES = ("onboard", "batch", "retrain")
-ERROR_FILE_ENV = "NARRATOR_STEP_ERROR_FILE"  # where a failing step leaves its error for the local runner
 
 
 class PipelineError(NarratorError):
@@ -35,6 +35,14 @@ def pipeline_function(name: str, params: Params) -> Callable:
     from importlib import import_module
 
     return import_module(f"pipelines.{name}").build(params)
+
+
+def step_arguments(name: str, params: Params) -> dict[str, str]:
+    """The `params_<step>` arguments of pipeline `name`: each step's settings from `params`."""
+    from pipelines.onboard import settings_arguments
+    from pipelines.retrain import STEPS as RETRAIN_STEPS
+
+    return settings_arguments(params, RETRAIN_STEPS) if name == "retrain" else settings_arguments(params)
 
 
 def compile_pipeline(name: str, params: Params, out: str | Path) -> Path:

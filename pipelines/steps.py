@@ -1,9 +1,12 @@
-"""The pipeline steps as Kubeflow components: thin fronts over the same `narrator` CLI the DVC stages run.
+"""The pipeline steps as Kubeflow components: thin fronts over the same core functions the CLI and DVC call.
 
 Each function below becomes a component running in the project image (`pipeline.image`, built from the
-Dockerfile). The body imports from the image's own packages and runs the step's CLI command; folders move between
-steps as typed artifacts (Dataset for data, Model for trained models, Artifact for reports and bundles), small
-values as parameters. `make_steps(image)` turns them into components for one image.
+Dockerfile). Its body imports the step's core function from `components/` (the step table, `components.STEPS`,
+names it), calls it with the step's own settings (`settings`: its params.yaml sections as JSON, see
+pipelines/runtime.py) and passes the typed result on: folders move between steps as typed artifacts (Dataset for
+data, Model for trained models, Artifact for reports and bundles), small values as outputs (the evaluation verdict,
+the registered version, the package result). Nothing is parsed from human-readable output. `make_steps(image)`
+turns them into components for one image.
 
 No `from __future__ import annotations` here: KFP reads the annotations to type the component interfaces.
 """
@@ -14,153 +17,177 @@ from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output, PipelineTaskFinalStatus
 
 
-def snapshot(source: str, params_yaml: str) -> str:
+def snapshot(source: str, settings: str) -> str:
     """Fingerprint of the source recordings (names, sizes, dates or ETags); never cached, so new recordings
     invalidate the cached steps after it."""
-    from pipelines.runtime import params_from_yaml, source_fingerprint
+    from narrator.storage import source_fingerprint
+    from pipelines.runtime import running
 
-    return source_fingerprint(source, params_from_yaml(params_yaml))
+    with running("snapshot", settings) as params:
+        return source_fingerprint(source, params.storage)
 
 
-def new_recordings(source: str, voice: str, params_yaml: str) -> str:
+def new_recordings(source: str, voice: str, settings: str) -> str:
     """pipelines/retrain.py: "yes" when the recordings differ from those the voice's newest version was trained on
     (or the voice has no version yet), else "no"."""
-    from pipelines.runtime import params_from_yaml, recordings_changed
+    from components.register import recordings_changed
+    from pipelines.runtime import running
 
-    return "yes" if recordings_changed(source, voice, params_from_yaml(params_yaml)) else "no"
-
-
-def validate(source: str, source_fingerprint: str, params_yaml: str, validated: Output[Dataset]):
-    """`narrator validate SOURCE --out validated` (the fingerprint only keys the cache)."""
-    from pipelines.runtime import run_cli
-
-    run_cli(["validate", source, "--out", validated.path], params_yaml)
-    validated.metadata["source"] = source
-    validated.metadata["source_fingerprint"] = source_fingerprint
+    with running("new_recordings", settings) as params:
+        return "yes" if recordings_changed(source, voice, params) else "no"
 
 
-def prepare(validated: Input[Dataset], params_yaml: str, prepared: Output[Dataset]):
-    """`narrator prepare validated --out prepared`."""
-    from pipelines.runtime import run_cli
+def validate(source: str, source_fingerprint: str, settings: str, validated: Output[Dataset]):
+    """Validate the recordings into `validated` (the fingerprint only keys the cache); a refused dataset fails."""
+    from components.validate import validate
+    from narrator.errors import DatasetRefused
+    from pipelines.runtime import running
 
-    run_cli(["prepare", validated.path, "--out", prepared.path], params_yaml)
-
-
-def features(prepared: Input[Dataset], params_yaml: str, features: Output[Dataset]):
-    """`narrator features prepared --out features`."""
-    from pipelines.runtime import run_cli
-
-    run_cli(["features", prepared.path, "--out", features.path], params_yaml)
-
-
-def finetune_sovits(features: Input[Dataset], params_yaml: str, sovits: Output[Model]):
-    """`narrator finetune-sovits features --out sovits` (sovits.pth inside)."""
-    from pipelines.runtime import run_cli, read_json
-
-    run_cli(["finetune-sovits", features.path, "--out", sovits.path], params_yaml)
-    sovits.metadata.update({k: v for k, v in read_json(sovits.path, "result.json").items()
-                            if k in ("steps", "sha256", "seconds")})
+    with running("validate", settings) as params:
+        report = validate(source, validated.path, params)
+        validated.metadata.update(source=source, source_fingerprint=source_fingerprint, verdict=report.verdict,
+                                  accepted_speech_s=report.totals["accepted_speech_s"])
+        if not report.accepted:
+            raise DatasetRefused("the dataset was refused: " + "; ".join(report.messages))
 
 
-def finetune_gpt(features: Input[Dataset], params_yaml: str, gpt: Output[Model]):
-    """`narrator finetune-gpt features --out gpt` (gpt.ckpt inside)."""
-    from pipelines.runtime import run_cli, read_json
+def prepare(validated: Input[Dataset], settings: str, prepared: Output[Dataset]):
+    """Trim, cut and normalise the accepted clips into `prepared`."""
+    from components.prepare import prepare
+    from pipelines.runtime import running
 
-    run_cli(["finetune-gpt", features.path, "--out", gpt.path], params_yaml)
-    gpt.metadata.update({k: v for k, v in read_json(gpt.path, "result.json").items()
-                         if k in ("steps", "sha256", "seconds")})
+    with running("prepare", settings) as params:
+        report = prepare(validated.path, prepared.path, params)
+        prepared.metadata.update(segments=len(report.segments), duration_s=round(report.total_duration_s, 2))
 
 
-def finetune_on_cluster(kind: str, features: Input[Dataset], params_yaml: str, gpus: int, image: str,
+def features(prepared: Input[Dataset], settings: str, features: Output[Dataset]):
+    """The training features of every prepared segment into `features`."""
+    from components.features import extract_features
+    from pipelines.runtime import running
+
+    with running("features", settings) as params:
+        manifest = extract_features(prepared.path, features.path, params)
+        features.metadata.update(segments=len(manifest.entries), sovits_version=manifest.sovits_version)
+
+
+def finetune_sovits(features: Input[Dataset], settings: str, sovits: Output[Model]):
+    """Fine-tune SoVITS into `sovits` (sovits.pth inside)."""
+    from components.finetune_sovits import finetune_sovits
+    from pipelines.runtime import running
+
+    with running("finetune_sovits", settings) as params:
+        result = finetune_sovits(features.path, sovits.path, params)
+        sovits.metadata.update(steps=result.steps, sha256=result.sha256, seconds=result.seconds)
+
+
+def finetune_gpt(features: Input[Dataset], settings: str, gpt: Output[Model]):
+    """Fine-tune the GPT into `gpt` (gpt.ckpt inside)."""
+    from components.finetune_gpt import finetune_gpt
+    from pipelines.runtime import running
+
+    with running("finetune_gpt", settings) as params:
+        result = finetune_gpt(features.path, gpt.path, params)
+        gpt.metadata.update(steps=result.steps, sha256=result.sha256, seconds=result.seconds)
+
+
+def finetune_on_cluster(kind: str, features: Input[Dataset], settings: str, gpus: int, image: str,
                         namespace: str, work_uri: str, model: Output[Model]):
     """Multi-GPU fine-tuning: a PyTorchJob (Kubeflow Training Operator) runs `narrator finetune-KIND` under
     torchrun on `gpus` GPUs, reading and writing `work_uri`; the result is copied into `model`."""
+    from pipelines.runtime import running
     from pipelines.training_job import run_pytorchjob
 
-    run_pytorchjob(kind, features.path, model.path, params_yaml, gpus=gpus, image=image, namespace=namespace,
-                   work_uri=work_uri)
+    with running(f"finetune_{kind}", settings) as params:
+        run_pytorchjob(kind, features.path, model.path, settings, params, gpus=gpus, image=image,
+                       namespace=namespace, work_uri=work_uri)
 
 
-def evaluate(features: Input[Dataset], sovits: Input[Model], gpt: Input[Model], params_yaml: str,
+def evaluate(features: Input[Dataset], sovits: Input[Model], gpt: Input[Model], settings: str,
              evaluation: Output[Artifact], metrics: Output[Metrics]) -> str:
-    """`narrator evaluate` (exit 2 = a gate failed is not an error here): returns "pass" or "fail", the value the
+    """Evaluate the voice (a failed gate is a result here, not an error): returns "pass" or "fail", the value the
     pipeline branches on; every metric also goes to the KFP metrics view."""
-    from pipelines.runtime import read_json, run_cli, write_json
+    import json
 
-    run_cli(["evaluate", features.path, "--sovits", f"{sovits.path}/sovits.pth", "--gpt", f"{gpt.path}/gpt.ckpt",
-             "--out", evaluation.path], params_yaml, ok_exit_codes=(0, 2))
-    report = read_json(evaluation.path, "report.json")
-    measured = {name: float(value) for name, value in report["metrics"].items() if value is not None}
+    from components.evaluate import evaluate
+    from pipelines.runtime import running
+
+    with running("evaluate", settings) as params:
+        report = evaluate(features.path, f"{sovits.path}/sovits.pth", f"{gpt.path}/gpt.ckpt", evaluation.path,
+                          params)
+    measured = {name: float(value) for name, value in report.metrics.items() if value is not None}
     for name, value in measured.items():
         metrics.log_metric(name, value)
-    write_json(metrics.path, measured)  # the artifact's file too (the local step cache requires it to exist)
-    return "pass" if report["verdict"]["passed"] else "fail"
+    with open(metrics.path, "w", encoding="utf-8") as out:  # the artifact's file too (the local cache needs it)
+        json.dump(measured, out)
+    return "pass" if report.verdict["passed"] else "fail"
 
 
-def watermark_check(features: Input[Dataset], sovits: Input[Model], gpt: Input[Model], params_yaml: str,
+def watermark_check(features: Input[Dataset], sovits: Input[Model], gpt: Input[Model], settings: str,
                     check: Output[Artifact]):
-    """`narrator watermark check`: the voice's marked output gives the mark and payload back."""
-    from pipelines.runtime import run_cli
+    """The voice's marked output gives the mark and payload back (watermark.json and sample.wav in `check`)."""
+    from components.watermark import check_voice
+    from pipelines.runtime import running
 
-    run_cli(["watermark", "check", features.path, "--sovits", f"{sovits.path}/sovits.pth", "--gpt",
-             f"{gpt.path}/gpt.ckpt", "--out", check.path], params_yaml)
+    with running("watermark_check", settings) as params:
+        result = check_voice(features.path, f"{sovits.path}/sovits.pth", f"{gpt.path}/gpt.ckpt", check.path,
+                             params)
+        check.metadata.update(passed=result.passed, score=result.score, payload_read=result.payload_read)
 
 
 def register(voice: str, validated: Input[Dataset], prepared: Input[Dataset], features: Input[Dataset],
              sovits: Input[Model], gpt: Input[Model], evaluation: Input[Artifact], check: Input[Artifact],
-             source_fingerprint: str, params_yaml: str) -> int:
-    """`narrator register`: a new version of the voice in the MLflow registry, with its lineage; returns the
+             source_fingerprint: str, settings: str) -> int:
+    """A new version of the voice in the MLflow registry, with its lineage and the watermark check; returns the
     version number."""
-    import os
-    import tempfile
+    from components.register import register
+    from components.watermark import WatermarkCheck
+    from pipelines.runtime import running
 
-    from pipelines.runtime import run_cli, read_json
-
-    out = tempfile.mkdtemp(prefix="narrator-register-")
-    mark = read_json(check.path, "watermark.json")
-    run_cli(["register", voice, "--validated", validated.path, "--prepared", prepared.path, "--features",
-             features.path, "--sovits", sovits.path, "--gpt", gpt.path, "--evaluation", evaluation.path,
-             "--tag", f"source_fingerprint={source_fingerprint}",
-             "--tag", f"watermark_check={'passed' if mark['passed'] else 'failed'} (score {mark['score']})",
-             "--out", os.path.join(out, "registration.json")], params_yaml)
-    return int(read_json(out, "registration.json")["version"])
+    with running("register", settings) as params:
+        registration = register(voice, validated_dir=validated.path, prepared_dir=prepared.path,
+                                features_dir=features.path, sovits_dir=sovits.path, gpt_dir=gpt.path,
+                                evaluation_dir=evaluation.path, watermark=WatermarkCheck.read(check.path),
+                                params=params, extra_tags={"source_fingerprint": source_fingerprint})
+    return registration.version
 
 
 def package(voice: str, version: int, features: Input[Dataset], sovits: Input[Model], gpt: Input[Model],
-            params_yaml: str, bundle: Output[Artifact]) -> str:
-    """`narrator package VOICE --version N`: the bundle in the BentoML store and a watermarked sample; returns
-    the result as JSON."""
-    from pipelines.runtime import read_json, run_cli
+            settings: str, bundle: Output[Artifact]) -> str:
+    """The version's bundle in the BentoML store and a watermarked sample; returns the result as JSON."""
+    from components.package import package
+    from pipelines.runtime import running
 
-    run_cli(["package", voice, "--version", str(version), "--features", features.path, "--sovits",
-             f"{sovits.path}/sovits.pth", "--gpt", f"{gpt.path}/gpt.ckpt", "--out", bundle.path], params_yaml)
-    result = read_json(bundle.path, "package.json")
-    bundle.metadata.update({"store_tag": result["store_tag"], "payload": result["payload_hex"]})
-    import json
-
-    return json.dumps(result)
+    with running("package", settings) as params:
+        result = package(voice, version, features.path, f"{sovits.path}/sovits.pth", f"{gpt.path}/gpt.ckpt",
+                         bundle.path, params)
+    bundle.metadata.update({"store_tag": result.store_tag, "payload": result.payload_hex})
+    return result.to_json()
 
 
-def gate_failed(voice: str, evaluation: Input[Artifact], params_yaml: str) -> str:
+def gate_failed(voice: str, evaluation: Input[Artifact], settings: str) -> str:
     """The evaluation failed its gates: record why (MLflow and the audit log); nothing is registered."""
     import json
 
-    from pipelines.runtime import params_from_yaml, read_json, record_gate_failure
+    from components.evaluate import read_verdict
+    from components.record import record_gate_failure
+    from pipelines.runtime import running
 
-    verdict = read_json(evaluation.path, "verdict.json")
-    record_gate_failure(voice, verdict, params_from_yaml(params_yaml))
-    return json.dumps({"voice": voice, "verdict": "fail", "reasons": verdict.get("reasons", [])})
+    with running("record", settings) as params:
+        failure = record_gate_failure(voice, read_verdict(evaluation.path)["reasons"], params)
+    return json.dumps({"voice": failure.voice, "verdict": "fail", "reasons": failure.reasons})
 
 
-def record_run(voice: str, pipeline: str, params_yaml: str, status: PipelineTaskFinalStatus):
+def record_run(voice: str, pipeline: str, settings: str, status: PipelineTaskFinalStatus):
     """The exit handler: every run, finished or failed, leaves a record (MLflow run + audit log line)."""
-    from pipelines.runtime import params_from_yaml, record_run_status
+    from components.record import record_run
+    from pipelines.runtime import running
 
-    record_run_status(voice, pipeline, status.state, status.error_message, status.pipeline_job_resource_name,
-                      params_from_yaml(params_yaml))
+    with running("record", settings) as params:
+        record_run(voice, pipeline, status.state, status.error_message, status.pipeline_job_resource_name, params)
 
 
-def summarize(results: list, params_yaml: str) -> str:
+def summarize(results: list, settings: str) -> str:
     """pipelines/batch.py: one summary of every narrator's result (JSON list)."""
     import json
 
@@ -169,11 +196,11 @@ def summarize(results: list, params_yaml: str) -> str:
     return json.dumps(rows)
 
 
-STEPS = (snapshot, new_recordings, validate, prepare, features, finetune_sovits, finetune_gpt, finetune_on_cluster, evaluate,
-         watermark_check, register, package, gate_failed, record_run, summarize)
+COMPONENTS = (snapshot, new_recordings, validate, prepare, features, finetune_sovits, finetune_gpt, finetune_on_cluster,
+              evaluate, watermark_check, register, package, gate_failed, record_run, summarize)
 
 
 def make_steps(image: str) -> SimpleNamespace:
     """Every step as a KFP component that runs in `image` (kfp is already in it: nothing is pip-installed)."""
     return SimpleNamespace(**{fn.__name__: dsl.component(fn, base_image=image, install_kfp_package=False)
-                              for fn in STEPS})
+                              for fn in COMPONENTS})

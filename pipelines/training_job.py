@@ -4,7 +4,8 @@ When `pipeline.training_gpus` is more than one, the pipeline's fine-tuning step 
 uploads the features to `pipeline.work_uri` (s3://), creates a PyTorchJob whose one pod runs the same command
 under torchrun on that many GPUs (`torchrun --standalone --nproc-per-node N --no-python narrator finetune-KIND
 s3://.../features --out s3://.../KIND`; the CLI reads and writes s3:// itself, rank 0 uploads), waits for it, and
-copies the result into the step's output artifact. The step's params travel in an environment variable.
+copies the result into the step's output artifact. The step's settings (its params.yaml sections as JSON, which
+is YAML too) travel in an environment variable and become the CLI's --params file.
 """
 
 from __future__ import annotations
@@ -26,22 +27,22 @@ class TrainingJobError(NarratorError):
     """The PyTorchJob could not be created, or it failed."""
 
 
-def job_name(kind: str, features_uri: str, params_yaml: str) -> str:
+def job_name(kind: str, features_uri: str, settings: str) -> str:
     """A stable name per (step, data, settings): re-running the pipeline step finds the same job and its outputs
     (the training inside resumes from its checkpoints)."""
-    digest = hashlib.sha256(f"{kind}\0{features_uri}\0{params_yaml}".encode()).hexdigest()[:10]
+    digest = hashlib.sha256(f"{kind}\0{features_uri}\0{settings}".encode()).hexdigest()[:10]
     return f"narrator-{kind}-{digest}"
 
 
-def pytorchjob_manifest(name: str, kind: str, features_uri: str, out_uri: str, params_yaml: str, gpus: int,
+def pytorchjob_manifest(name: str, kind: str, features_uri: str, out_uri: str, settings: str, gpus: int,
                         image: str, namespace: str, gpu_resource: str = "nvidia.com/gpu") -> dict[str, Any]:
     """The PyTorchJob custom resource: one Master pod with `gpus` GPUs running torchrun over the narrator CLI."""
-    command = (f'printf "%s" "$NARRATOR_PARAMS_YAML" > /tmp/params.yaml && exec torchrun --standalone '
+    command = (f'printf "%s" "$NARRATOR_STEP_SETTINGS" > /tmp/params.yaml && exec torchrun --standalone '
                f"--nproc-per-node {gpus} --no-python narrator finetune-{kind} {features_uri} --out {out_uri} "
                f"--params /tmp/params.yaml")
     container = {
         "name": "pytorch", "image": image, "command": ["sh", "-c", command],
-        "env": [{"name": "NARRATOR_PARAMS_YAML", "value": params_yaml}],
+        "env": [{"name": "NARRATOR_STEP_SETTINGS", "value": settings}],
         "resources": {"limits": {gpu_resource: gpus}, "requests": {gpu_resource: gpus}},
     }
     return {
@@ -62,19 +63,17 @@ def job_state(job: dict[str, Any]) -> str | None:
     return None
 
 
-def run_pytorchjob(kind: str, features_dir: str, model_dir: str, params_yaml: str, gpus: int, image: str,
+def run_pytorchjob(kind: str, features_dir: str, model_dir: str, settings: str, params, gpus: int, image: str,
                    namespace: str, work_uri: str) -> None:
     """Upload features, run the PyTorchJob to completion, download the fine-tuned model into `model_dir`."""
     from kubernetes import client, config
 
     from narrator import storage
-    from pipelines.runtime import params_from_yaml
 
     if not storage.is_s3(work_uri):
         raise TrainingJobError("multi-GPU fine-tuning exchanges data through S3: set pipeline.work_uri to an "
                                "s3:// prefix the cluster can read and write (or set pipeline.training_gpus to 1)")
-    params = params_from_yaml(params_yaml)
-    name = job_name(kind, features_dir, params_yaml)
+    name = job_name(kind, features_dir, settings)
     base = f"{work_uri.rstrip('/')}/{name}"
     with storage.output_dir(f"{base}/features", params.storage) as staged:
         shutil.copytree(features_dir, staged, dirs_exist_ok=True)
@@ -83,7 +82,7 @@ def run_pytorchjob(kind: str, features_dir: str, model_dir: str, params_yaml: st
     except config.ConfigException:
         config.load_kube_config()
     api = client.CustomObjectsApi()
-    manifest = pytorchjob_manifest(name, kind, f"{base}/features", f"{base}/{kind}", params_yaml, gpus, image,
+    manifest = pytorchjob_manifest(name, kind, f"{base}/features", f"{base}/{kind}", settings, gpus, image,
                                    namespace)
     try:
         api.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, manifest)

@@ -34,12 +34,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from narrator.audiofile import encode
 from narrator.config import Params
 from narrator.errors import NarratorError
+from narrator.keys import ApiKey, KeyStore
 from narrator.log import get_logger
 from serving import errors
 from serving.audit import SynthesisAudit, SynthesisRecord, text_sha256
-from serving.auth import ApiKey, KeyStore, RateLimiter
 from serving.encode import FORMATS, StreamEncoder, media_type
 from serving.engine import GptBatcher, Resampler, WatermarkStream, sentences
+from serving.ratelimit import RateLimiter
 from serving.voices import LoadedVoice, VoiceCache, VoiceCatalog, VoiceInfo, VoiceUnavailable
 
 log = get_logger("serving.api")
@@ -239,7 +240,7 @@ class NarratorServer:
         """Whose voice a detected payload is (only named when it is in the key's tenant)."""
         if payload_hex is None:
             return {"voice": None, "version": None}
-        from components.register import lookup_payload
+        from narrator.registry import lookup_payload
 
         found = lookup_payload(int(payload_hex, 16), self.params)
         if found is None:
@@ -409,8 +410,8 @@ _SUFFIXES = {"audio/wav": ".wav", "audio/x-wav": ".wav", "audio/wave": ".wav", "
 
 
 def _detect(state: NarratorServer, body: bytes, content_type: str, key: ApiKey) -> dict:
-    from components.watermark import format_payload
     from models.watermark import detect
+    from narrator.registry import format_payload
     from narrator.audiofile import read_audio
     from narrator.errors import AudioError
 

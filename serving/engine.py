@@ -1,10 +1,14 @@
-"""Speech for a request: text -> sentences -> GPT codes (batched across requests) -> SoVITS audio -> watermark.
+"""Speech for a request: `models.tts.Synthesizer.stream` with GPT decodes batched across requests, then the
+watermark.
+
+The synthesizer does all the speaking (plan, decode, render; the one seeding rule), exactly as evaluation and the
+packaged sample do; this module adds only what a server needs around it:
 
 Adaptive batching: `GptBatcher` runs one worker thread. A sentence's GPT decode is queued; the worker takes the
 oldest job, waits up to `max_latency_ms` for more (fewer when the queue is idle: the wait ends early once
 `max_batch_size` jobs are there) and decodes together every queued job of the same loaded voice and sampling
-settings with `GPT.generate_batch` (rows share the voice's prompt; each row computes what it would alone).
-Seeded requests decode alone, so a seed always gives the same audio. SoVITS decoding runs in the request's thread.
+settings with `Synthesizer.decode_batch`. Seeded sentences decode alone with `Synthesizer.decode`, so a seed gives
+the same audio here as anywhere else. SoVITS rendering runs in the request's thread.
 
 Watermark: every sentence is marked before it leaves (`WatermarkStream`), with the voice's payload (voice id and
 model version) and the service key; there is no switch to turn it off. The stream keeps the mark's period phase
@@ -24,7 +28,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from models.tts import SAMPLE_RATE_HZ, SamplingSettings, SynthesisError
+from models.tts import SAMPLE_RATE_HZ, SamplingSettings, SentenceAudio, SentencePlan
 from serving.voices import LoadedVoice
 
 
@@ -32,17 +36,14 @@ from serving.voices import LoadedVoice
 class _Job:
     voice: LoadedVoice
     settings: SamplingSettings
-    phones: torch.Tensor  # (1, Lx)
-    bert: torch.Tensor  # (1, 1024, Lx)
-    max_new: int
-    seed: int | None
+    plan: SentencePlan
+    generator: torch.Generator | None
     future: Future = field(default_factory=Future)
 
     def batch_key(self) -> tuple | None:
-        if self.seed is not None:
+        if self.generator is not None:
             return None
-        s = self.settings
-        return (id(self.voice), s.top_k, s.top_p, s.temperature, s.repetition_penalty)
+        return (id(self.voice), *self.settings.batch_key())
 
 
 class GptBatcher:
@@ -64,9 +65,14 @@ class GptBatcher:
     def stop(self) -> None:
         self._stop.set()
 
-    def decode(self, job: _Job) -> torch.Tensor:
-        self._queue.put(job)
-        return job.future.result()
+    def decoder(self, voice: LoadedVoice, settings: SamplingSettings):
+        """A `models.tts.Decoder` for `voice`'s synthesizer that sends every decode through this queue."""
+        def decode(plan: SentencePlan, generator: torch.Generator | None) -> torch.Tensor:
+            job = _Job(voice, settings, plan, generator)
+            self._queue.put(job)
+            return job.future.result()
+
+        return decode
 
     def _next(self, timeout: float | None) -> _Job | None:
         if self._held:
@@ -95,77 +101,28 @@ class GptBatcher:
             self._decode(batch)
 
     def _decode(self, batch: list[_Job]) -> None:
-        voice, s = batch[0].voice, batch[0].settings
+        voice, settings = batch[0].voice, batch[0].settings
         try:
-            generator = (torch.Generator(device="cpu").manual_seed(batch[0].seed)
-                         if batch[0].seed is not None else None)
-            gpt = voice.synth.gpt
-            dtype = next(gpt.parameters()).dtype
-            device = voice.synth.device
             with voice.lock:
-                codes = gpt.generate_batch([j.phones.to(device) for j in batch],
-                                           [j.bert.to(device, dtype) for j in batch],
-                                           voice.reference.codes.to(device), top_k=s.top_k, top_p=s.top_p,
-                                           temperature=s.temperature, repetition_penalty=s.repetition_penalty,
-                                           early_stop_num=max(j.max_new for j in batch), generator=generator)
+                if batch[0].generator is not None:  # seeded: alone, exactly as Synthesizer.decode
+                    codes = [voice.synth.decode(batch[0].plan, voice.reference, settings, batch[0].generator)]
+                else:
+                    codes = voice.synth.decode_batch([job.plan for job in batch], voice.reference, settings)
             self.batches += 1
             self.batched_jobs += len(batch)
             for job, row in zip(batch, codes):
-                job.future.set_result(row[:, :job.max_new + 1])
+                job.future.set_result(row)
         except BaseException as error:  # every waiting request hears about it
             for job in batch:
                 if not job.future.done():
                     job.future.set_exception(error)
 
 
-@dataclass
-class SentenceOut:
-    text: str
-    samples: np.ndarray  # (n,) float32 at 32 kHz, with the trailing pause
-    seconds: float  # wall time
-
-
 def sentences(voice: LoadedVoice, text: str, language: str, settings: SamplingSettings, seed: int | None,
-              batcher: GptBatcher) -> Iterator[SentenceOut]:
-    """`text` spoken by `voice`, sentence by sentence (the official split), each as soon as it is ready."""
-    from models.features import bert_for_segments
-    from models.text import prepare_for_synthesis, split_sentences
-
-    synth, ref = voice.synth, voice.reference
-    parts = split_sentences(text, language)
-    if not parts:
-        raise SynthesisError("the text is empty: give at least one word to synthesize")
-    pause = np.zeros(int(settings.pause_s * SAMPLE_RATE_HZ), np.float32)
-    noise_generator = torch.Generator(device="cpu").manual_seed(seed) if seed is not None else None
-    for i, part in enumerate(parts):
-        started = time.perf_counter()
-        with torch.inference_mode():
-            target = prepare_for_synthesis(part.text, part.language)
-            bert = bert_for_segments(synth.bert, target.segments, target.word2ph)
-            target_ids = torch.tensor(target.ids, dtype=torch.long)
-            job = _Job(voice, settings, torch.cat([ref.phones, target_ids])[None],
-                       torch.cat([ref.bert, bert], dim=1)[None],
-                       int(settings.max_tokens_per_phone * len(target.ids)) + 25,
-                       None if seed is None else seed + i)
-            codes = batcher.decode(job)
-            if codes.shape[1] == 0:
-                raise SynthesisError(f"the voice made no audio for {part.text!r}; try another seed")
-            noise = None
-            if noise_generator is not None and settings.noise_scale:
-                frames = (int(2 * codes.shape[1] / settings.speed) + 1 if settings.speed != 1.0
-                          else 2 * codes.shape[1])
-                noise = torch.randn(1, synth.sovits.config.inter_channels, frames,
-                                    generator=noise_generator).to(synth.device)
-            wav = synth.sovits.decode(codes[None], target_ids[None].to(synth.device), ref.spec,
-                                      noise_scale=settings.noise_scale, speed=settings.speed, sv_emb=ref.sv,
-                                      noise=noise)
-        samples = wav[0, 0].float().cpu().numpy()
-        peak = float(np.abs(samples).max()) if len(samples) else 0.0
-        if peak > 1.0:
-            samples = samples / peak
-        if i + 1 < len(parts):
-            samples = np.concatenate([samples, pause])
-        yield SentenceOut(part.text, samples.astype(np.float32), time.perf_counter() - started)
+              batcher: GptBatcher) -> Iterator[SentenceAudio]:
+    """`text` spoken by `voice`, sentence by sentence (with their pauses), each as soon as it is ready."""
+    return voice.synth.stream(text, voice.reference, language, settings, seed,
+                              decode=batcher.decoder(voice, settings))
 
 
 class WatermarkStream:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 
+from models.tts import FrontModels, Reference, Synthesizer
 from narrator.config import Params
 from narrator.errors import NarratorError
 from narrator.log import get_logger
@@ -65,7 +66,7 @@ class VoiceCatalog:
         self._read_at = -1e9
 
     def _read(self) -> dict[str, VoiceInfo]:
-        from components.register import champions
+        from narrator.registry import champions
 
         found = {}
         for best in champions(self.params):
@@ -94,8 +95,8 @@ class LoadedVoice:
     """One voice ready to speak: its synthesizer (own SoVITS and GPT), reference prompt and payload."""
 
     info: VoiceInfo
-    synth: Any  # models.tts.Synthesizer
-    reference: Any  # models.tts.Reference
+    synth: Synthesizer
+    reference: Reference
     weight_mb: float
     lock: threading.Lock = field(default_factory=threading.Lock)  # one GPT batch of this voice at a time
 
@@ -124,7 +125,7 @@ class VoiceCache:
         self._lock = threading.Lock()
         self._loaded: OrderedDict[tuple[str, int], LoadedVoice] = OrderedDict()
         self._loading: dict[tuple[str, int], threading.Lock] = {}
-        self._fronts: dict[tuple[str, str], Any] = {}
+        self.fronts = FrontModels(params, device)  # HuBERT / BERT / SV, shared by every voice
         self.evictions = 0
 
     # -- bookkeeping ---------------------------------------------------------------------------------------------
@@ -169,62 +170,26 @@ class VoiceCache:
                 self._loading.pop(key, None)
             return voice
 
-    def _front(self, kind: str, path: str | None):
-        """Shared HuBERT / BERT / SV model for `path` (loaded once)."""
-        if not path:
-            return None
-        with self._lock:
-            if (kind, path) in self._fronts:
-                return self._fronts[(kind, path)]
-        from models.features import BertExtractor, HubertExtractor, pick_device
-        from narrator.storage import fetch
-
-        local = fetch(path, self.params.storage, f"pretrained.{kind}")
-        device = pick_device(self.device)
-        if kind == "hubert_dir":
-            model = HubertExtractor(local, device=str(device))
-        elif kind == "bert_dir":
-            model = BertExtractor(local, device=str(device))
-        else:
-            from models.sv import load_sv
-
-            model = load_sv(local, device=device)
-        with self._lock:
-            return self._fronts.setdefault((kind, path), model)
-
     def bundle_dir(self, info: VoiceInfo) -> Path:
         """Where the champion's bundle lies in the BentoML model store."""
+        from narrator.bundle import BundleError, stored_bundle
+
         if not info.bento:
             raise VoiceUnavailable(f"voice {info.voice} v{info.version} is registered but not packaged; run "
                                    f"`narrator package {info.voice} --version {info.version} ...`")
-        import bentoml
-
         try:
-            return Path(bentoml.models.get(info.bento).path)
-        except bentoml.exceptions.NotFound:
-            raise VoiceUnavailable(f"the bundle {info.bento} of voice {info.voice} is not in the BentoML model "
-                                   "store (package.bentoml_home / $BENTOML_HOME); package the voice again") from None
+            return stored_bundle(info.bento)
+        except BundleError as error:
+            raise VoiceUnavailable(f"voice {info.voice}: {error}") from None
 
     def _load(self, info: VoiceInfo) -> LoadedVoice:
-        from components.package import bundle_manifest, bundle_reference
-        from models.checkpoints import load_gpt, load_sovits
-        from models.features import pick_device
-        from models.tts import Synthesizer
+        from models.tts import load_bundle
 
         started = time.perf_counter()
-        bundle = self.bundle_dir(info)
-        manifest = bundle_manifest(bundle)
-        device = pick_device(self.device)
-        sovits = load_sovits(bundle / "sovits.pth", device=device)
-        gpt = load_gpt(bundle / "gpt.ckpt", device=device)
-        bases = manifest.get("base_models") or {}
-        pre = self.params.pretrained
-        hubert = self._front("hubert_dir", bases.get("hubert_dir") or pre.hubert_dir)
-        bert = self._front("bert_dir", bases.get("bert_dir") or pre.bert_dir)
-        sv = self._front("sv_checkpoint", bases.get("sv_checkpoint") or pre.sv_checkpoint) if sovits.is_pro else None
-        synth = Synthesizer(sovits, gpt, hubert=hubert, bert=bert, sv_model=sv).prepare(self.params.inference.mode)
-        reference = bundle_reference(synth, bundle, manifest)
-        loaded = LoadedVoice(info=info, synth=synth, reference=reference, weight_mb=_weights_mb(sovits, gpt))
+        voice = load_bundle(self.bundle_dir(info), self.params, fronts=self.fronts)
+        synth = voice.synth
+        loaded = LoadedVoice(info=info, synth=synth, reference=voice.reference,
+                             weight_mb=_weights_mb(synth.sovits, synth.gpt))
         log.info("loaded voice %s v%d (%.1f MB) in %.2f s", info.voice, info.version, loaded.weight_mb,
                  time.perf_counter() - started)
         return loaded

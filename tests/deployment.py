@@ -1,8 +1,10 @@
-"""Small voices for the service's tests and load benchmark: seconds to build, registered the real way.
+"""Small voices for the service's tests (tests/test_serving.py) and load benchmark (bench/serve_load.py): seconds
+to build, registered the real way.
 
 `build_small_deployment(work)` writes, under `work`: two tiny random voices (official file formats, espeak-ng
-reference clips) in two tenants, registered in a sqlite MLflow registry as champions with payloads, packaged into
-a BentoML model store, a keys file with one key per tenant, a watermark key and a params.yaml naming it all.
+reference clips) in two tenants, registered in a sqlite MLflow registry as champions with payloads, packaged the
+way the package step packages (from a features folder whose one training segment is the reference clip) into a
+BentoML model store, a keys file with one key per tenant, a watermark key and a params.yaml naming it all.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ class Deployment:
     keys: dict[str, str]  # tenant -> API key
     payloads: dict[str, str]  # voice -> payload hex
     tenants: dict[str, str]  # voice -> tenant
+    features: dict[str, Path]  # voice -> its features folder (what evaluation speaks from)
+    models: dict[str, tuple[Path, Path]]  # voice -> (sovits.pth, gpt.ckpt)
 
     def env(self, port: int) -> dict[str, str]:
         return {**os.environ, "NARRATOR_PARAMS": str(self.params_file), "BENTOML_HOME": str(self.bentoml_home),
@@ -33,12 +37,14 @@ class Deployment:
 
 
 def build_small_deployment(work: str | Path, overrides: dict | None = None) -> Deployment:
-    from components.package import BundleReference, save_to_store, store_tag, write_bundle
-    from components.register import CHAMPION, TENANT_TAG, ensure_registered_model, payload_for, registry_client
+    from cli.demo import build_demo_bases, espeak
+    from components.package import bundle_from_features
     from narrator.audiofile import read_audio, resample, write_wav
+    from narrator.bundle import save_to_store, store_tag
     from narrator.config import load_params
-    from narrator.demo import build_demo_bases, espeak
-    from serving.auth import KeyStore
+    from narrator.registry import (CHAMPION, TENANT_TAG, ensure_registered_model, format_payload, payload_for,
+                                   registry_client)
+    from narrator.keys import KeyStore
 
     work = Path(work).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -58,7 +64,7 @@ def build_small_deployment(work: str | Path, overrides: dict | None = None) -> D
     os.environ["BENTOML_HOME"] = str(work / "bentoml")
 
     client = registry_client(params)
-    payloads, tenants = {}, {}
+    payloads, tenants, features, models = {}, {}, {}, {}
     for voice, (tenant, espeak_voice, seed) in VOICES.items():
         voice_bases = build_demo_bases(work / f"bases-{voice}", seed=seed)
         raw = espeak(REFERENCE_TEXT, work / f"{voice}-ref.wav", espeak_voice, 150, seed=seed)
@@ -73,10 +79,10 @@ def build_small_deployment(work: str | Path, overrides: dict | None = None) -> D
                                                                        "metric.speaker_similarity": "0.8",
                                                                        "metric.rtf": "0.5"})
         version = int(created.version)
-        payload_hex = f"{payload_for(voice, version, params):08x}"
-        reference = BundleReference(Path(reference_wav), REFERENCE_TEXT, "en", round(audio.duration_s, 2))
-        info = write_bundle(bundle, voice, version, payload_hex, Path(voice_bases["sovits"]), Path(voice_bases["gpt"]),
-                            reference, params)
+        payload_hex = format_payload(payload_for(voice, version, params))
+        features[voice] = _features(work / f"features-{voice}", Path(reference_wav), audio.duration_s)
+        models[voice] = Path(voice_bases["sovits"]), Path(voice_bases["gpt"])
+        info = bundle_from_features(bundle, voice, version, payload_hex, features[voice], *models[voice], params)
         tag = save_to_store(bundle, store_tag(voice, version), info, params)
         client.set_model_version_tag(name, str(version), "payload_hex", payload_hex)
         client.set_model_version_tag(name, str(version), "bento", tag)
@@ -85,4 +91,18 @@ def build_small_deployment(work: str | Path, overrides: dict | None = None) -> D
     store = KeyStore(params.serving.keys_file)
     keys = {tenant: store.create(tenant, ["*"], label="tests")[0] for tenant in sorted(set(tenants.values()))}
     return Deployment(params_file=params_file, bentoml_home=work / "bentoml", watermark_key="test-serving-key",
-                      keys=keys, payloads=payloads, tenants=tenants)
+                      keys=keys, payloads=payloads, tenants=tenants, features=features, models=models)
+
+
+def _features(folder: Path, reference_wav: Path, duration_s: float) -> Path:
+    """A features folder whose one training segment is the reference clip (all that evaluation and the package
+    step read of it to choose the voice's reference)."""
+    from components.features import FeatureEntry, FeaturesManifest
+
+    entry = FeatureEntry(name="reference", text=REFERENCE_TEXT, language="en", phones=[], ids=[], word2ph=[],
+                         duration_s=round(duration_s, 2), wav_32k=str(reference_wav), hubert_frames=0,
+                         semantic_frames=0, spec_frames=0, has_sv=False)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "manifest.json").write_text(FeaturesManifest(version=1, sovits_version="v2", models={},
+                                                           entries=[entry]).to_json(), encoding="utf-8")
+    return folder

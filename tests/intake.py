@@ -13,7 +13,7 @@ import soundfile as sf
 
 from narrator.audiofile import read_audio, resample, write_wav
 from narrator.config import DemoConfig
-from narrator.demo import SENTENCES, build_demo_narrator, espeak, write_consent
+from cli.demo import SENTENCES, build_demo_narrator, espeak, write_consent
 
 NARRATOR_VOICE = "en-us+m3"
 INTRUDER_VOICE = "en-us+f3"

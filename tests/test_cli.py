@@ -8,12 +8,12 @@ import sys
 
 import pytest
 
-from narrator.cli import main
+from cli.main import main
 from tests.intake import make_narrator
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "narrator.cli", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, timeout=300)
 
 
 def test_help_lists_every_subcommand():
@@ -84,7 +84,7 @@ def test_unexpected_failure_exits_1_with_a_bug_report_hint(tmp_path, capsys, mon
 
 
 def test_serve_resolves_relative_file_settings_against_the_callers_folder(tmp_path, monkeypatch):
-    from narrator.cli import _absolute_paths
+    from cli.main import _absolute_paths
 
     monkeypatch.chdir(tmp_path)
     data = _absolute_paths({"serving": {"keys_file": "keys.json", "audit_log": "/var/log/a.jsonl"},

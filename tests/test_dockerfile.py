@@ -247,13 +247,14 @@ def test_dockerignore_excludes_the_venv_and_generated_data():
     for path in (".venv", ".git", "data", "runs", "demo", "mlruns", ".narrator-cache", ".pytest_cache",
                  "narrator/__pycache__"):
         assert ignored(path, patterns), f".dockerignore should exclude {path}"
-    assert not ignored("narrator/cli.py", patterns)
+    assert not ignored("cli/main.py", patterns)
 
 
 def test_image_installs_every_tool_the_code_runs(instructions):
     """Each external program named in the code (shutil.which / subprocess argv) is known here and installed."""
     named = set()
-    code = [*REPO_ROOT.glob("narrator/*.py"), *REPO_ROOT.glob("components/*.py"), *REPO_ROOT.glob("models/**/*.py")]
+    code = [*REPO_ROOT.glob("narrator/*.py"), *REPO_ROOT.glob("components/*.py"), *REPO_ROOT.glob("models/**/*.py"),
+            *REPO_ROOT.glob("cli/*.py"), *REPO_ROOT.glob("pipelines/*.py"), *REPO_ROOT.glob("serving/*.py")]
     for path in code:
         text = path.read_text(encoding="utf-8")
         named |= set(re.findall(r"shutil\.which\(\s*\"([\w.-]+)\"", text))
@@ -335,7 +336,7 @@ def test_every_dvc_stage_runs_an_existing_narrator_subcommand():
 
 
 def test_a_missing_subcommand_is_reported():
-    problems = check_commands_start([["narrator", "no-such-step", "x"], ["python", "-m", "narrator.cli"]])
+    problems = check_commands_start([["narrator", "no-such-step", "x"], ["python", "-m", "cli"]])
     assert len(problems) == 2
 
 

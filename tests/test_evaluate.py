@@ -107,7 +107,7 @@ def test_with_asr_the_words_are_checked(voice, tmp_path):
 
 
 def test_cli_exit_status_follows_the_verdict(voice, tmp_path, capsys):
-    from narrator.cli import main
+    from cli.main import main
 
     common = ["evaluate", str(voice[0]), "--sovits", voice[1], "--gpt", voice[2], "--set", "evaluate.device=cpu",
               "--set", f"pretrained.hubert_dir={voice[3]}", "--set", "evaluate.sentences_per_language=0",

@@ -50,8 +50,8 @@ def features(tmp_path_factory):
 
 def test_loss_falls_over_a_few_dozen_steps(features, tmp_path):
     summary = finetune_gpt(features, tmp_path / "run", _params(tmp_path))
-    losses = [h["loss_per_token"] for h in summary["history"]]
-    assert summary["steps"] == 36 and len(losses) == 36
+    losses = [h["loss_per_token"] for h in summary.history]
+    assert summary.steps == 36 and len(losses) == 36
     assert sum(losses[-6:]) / 6 < 0.6 * sum(losses[:6]) / 6
 
 
@@ -59,9 +59,9 @@ def test_killed_run_resumes_to_the_same_weights(features, tmp_path):
     params = _params(tmp_path, epochs=4)
     finetune_gpt(features, tmp_path / "straight", params)
     stopped = finetune_gpt(features, tmp_path / "resumed", params, stop_after_steps=7)
-    assert stopped["stopped_early"] and stopped["steps"] == 7
+    assert stopped.stopped_early and stopped.steps == 7
     resumed = finetune_gpt(features, tmp_path / "resumed", params)
-    assert resumed["resumed_from_step"] == 7 and resumed["steps"] == 12
+    assert resumed.resumed_from_step == 7 and resumed.steps == 12
     a = torch.load(tmp_path / "straight" / "gpt.ckpt", weights_only=True)["weight"]
     b = torch.load(tmp_path / "resumed" / "gpt.ckpt", weights_only=True)["weight"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -71,11 +71,11 @@ def test_export_opens_with_our_loader_and_generates(features, tmp_path):
     from models.checkpoints import load_gpt
 
     summary = finetune_gpt(features, tmp_path / "run", _params(tmp_path, epochs=2))
-    gpt = load_gpt(summary["checkpoint"])
+    gpt = load_gpt(summary.checkpoint)
     tokens = gpt.generate(torch.randint(0, 732, (1, 10)), torch.zeros(1, 1024, 10), torch.tensor([[5, 12]]),
                           top_k=1, early_stop_num=5)
     assert tokens.shape[0] == 1 and 1 <= tokens.shape[1] <= 6
-    assert len(summary["sha256"]) == 64
+    assert len(summary.sha256) == 64
 
 
 def test_corrupt_base_checkpoint_fails_before_training(features, tmp_path):

@@ -14,6 +14,7 @@ from components.training import TrainingError
 from narrator.config import load_params
 from tests.tiny_training import TINY_SOVITS, make_features
 
+SAMPLE_EVERY_STEPS = 10
 TRAINING = {"device": "cpu", "checkpoint_every_steps": 4, "log_every_steps": 1, "mlflow_tracking_uri": None,
             "sample_every_steps": 0}
 
@@ -38,12 +39,28 @@ def _two_threads():
     torch.set_num_threads(before)
 
 
-def test_mel_loss_falls_over_a_few_dozen_steps(features, tmp_path):
-    summary = finetune_sovits(features, tmp_path / "run", _params(epochs=15))
-    mel = [h["loss_mel"] for h in summary["history"]]
-    assert summary["steps"] == 30 and len(mel) == 30
+@pytest.fixture(scope="module")
+def trained(features, tmp_path_factory):
+    """One fine-tuning run shared by the tests that only read its outcome: 15 epochs (30 steps) from the seeded
+    random init, logging to MLflow with a sample every 10 steps. (result, run folder, tracking URI)"""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    root = tmp_path_factory.mktemp("sovits-trained")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    try:
+        result = finetune_sovits(features, root / "run", _params(epochs=15, training={
+            "mlflow_tracking_uri": uri, "sample_every_steps": SAMPLE_EVERY_STEPS}))
+    finally:
+        torch.set_num_threads(before)
+    return result, root / "run", uri
+
+
+def test_mel_loss_falls_over_a_few_dozen_steps(trained):
+    summary, _, _ = trained
+    mel = [h["loss_mel"] for h in summary.history]
+    assert summary.steps == 30 and len(mel) == 30
     assert sum(mel[-6:]) / 6 < 0.8 * sum(mel[:6]) / 6
-    assert all(torch.isfinite(torch.tensor(h["loss_discriminator"])) for h in summary["history"])
+    assert all(torch.isfinite(torch.tensor(h["loss_discriminator"])) for h in summary.history)
 
 
 def test_stopped_run_resumes_to_the_same_weights(features, tmp_path):
@@ -52,9 +69,9 @@ def test_stopped_run_resumes_to_the_same_weights(features, tmp_path):
     params = _params(epochs=3)
     finetune_sovits(features, tmp_path / "straight", params)
     stopped = finetune_sovits(features, tmp_path / "resumed", params, stop_after_steps=3)
-    assert stopped["stopped_early"] and stopped["steps"] == 3
+    assert stopped.stopped_early and stopped.steps == 3
     resumed = finetune_sovits(features, tmp_path / "resumed", params)
-    assert resumed["resumed_from_step"] == 3 and resumed["steps"] == 6
+    assert resumed.resumed_from_step == 3 and resumed.steps == 6
     for name in ("sovits.pth", "sovits_discriminator.pth"):
         a, _ = _read_container(tmp_path / "straight" / name, name)
         b, _ = _read_container(tmp_path / "resumed" / name, name)
@@ -62,15 +79,15 @@ def test_stopped_run_resumes_to_the_same_weights(features, tmp_path):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
 
 
-def test_export_opens_with_our_loader_and_synthesizes(features, tmp_path):
+def test_export_opens_with_our_loader_and_synthesizes(features, trained):
     from components.features import FeatureEntry, load_entry
     from models.checkpoints import load_sovits
     from narrator.storage import sha256_file
 
-    summary = finetune_sovits(features, tmp_path / "run", _params(epochs=1))
-    assert summary["sha256"] == sha256_file(summary["checkpoint"])
-    sovits = load_sovits(summary["checkpoint"]).float().eval()
-    assert sovits.info == f"1epoch_{summary['steps']}iteration"
+    summary, _, _ = trained
+    assert summary.sha256 == sha256_file(summary.checkpoint)
+    sovits = load_sovits(summary.checkpoint).float().eval()
+    assert sovits.info == f"15epoch_{summary.steps}iteration"
     entry = FeatureEntry(**json.loads((features / "manifest.json").read_text())["entries"][0])
     tensors = load_entry(features, entry)
     codes = sovits.extract_latent(tensors["hubert"][None])
@@ -78,14 +95,14 @@ def test_export_opens_with_our_loader_and_synthesizes(features, tmp_path):
     assert wav.shape == (1, 1, codes.shape[-1] * 1280) and torch.isfinite(wav).all()
 
 
-def test_frozen_quantizer_and_projection_do_not_move(features, tmp_path):
+def test_frozen_quantizer_and_projection_do_not_move(trained):
     from models.checkpoints import load_sovits
     from models.sovits import SoVITS, SoVITSConfig
 
-    summary = finetune_sovits(features, tmp_path / "run", _params(epochs=1))
+    summary, _, _ = trained
     torch.manual_seed(1234)  # the seed random_init uses
     start = SoVITS(SoVITSConfig(**TINY_SOVITS)).half().float().state_dict()
-    end = load_sovits(summary["checkpoint"]).float().state_dict()
+    end = load_sovits(summary.checkpoint).float().state_dict()
     frozen = [k for k in start if k.startswith(("ssl_proj.", "quantizer."))]
     assert frozen and all(torch.equal(start[k], end[k]) for k in frozen)
     assert not torch.equal(start["dec.conv_pre.weight"], end["dec.conv_pre.weight"])
@@ -102,8 +119,8 @@ def test_text_parts_learn_at_the_lower_rate(features, tmp_path):
 
 def test_bf16_autocast_trains_on_cpu(features, tmp_path):
     summary = finetune_sovits(features, tmp_path / "run", _params(epochs=1, training={"precision": "bf16"}))
-    assert summary["precision"] == "bf16"
-    assert all(torch.isfinite(torch.tensor(h["loss_generator"])) for h in summary["history"])
+    assert summary.precision == "bf16"
+    assert all(torch.isfinite(torch.tensor(h["loss_generator"])) for h in summary.history)
 
 
 def test_fp16_on_cpu_is_refused_with_advice(features, tmp_path):
@@ -114,7 +131,7 @@ def test_fp16_on_cpu_is_refused_with_advice(features, tmp_path):
 def test_gradient_checkpointing_and_accumulation_run(features, tmp_path):
     summary = finetune_sovits(features, tmp_path / "run", _params(
         epochs=1, accumulate_batches=2, training={"gradient_checkpointing": True}))
-    assert summary["steps"] == 2 and "grad_norm_g" in summary["history"][-1]
+    assert summary.steps == 2 and "grad_norm_g" in summary.history[-1]
 
 
 def test_official_format_base_files_are_the_starting_point(features, tmp_path, gsv_dir):
@@ -127,7 +144,7 @@ def test_official_format_base_files_are_the_starting_point(features, tmp_path, g
                      pretrained={"sovits": str(gsv_dir / "golden_A_s2_v2.pth"),
                                  "sovits_discriminator": str(discriminator)})
     summary = finetune_sovits(features, tmp_path / "run", params)
-    assert summary["version"] == "v2" and summary["steps"] == 2
+    assert summary.version == "v2" and summary.steps == 2
 
 
 def test_corrupt_base_checkpoint_fails_before_training(features, tmp_path):
@@ -168,23 +185,23 @@ def test_features_of_a_pro_base_are_refused_for_a_v2_model(features, tmp_path):
         finetune_sovits(copy, tmp_path / "run", _params())
 
 
-def test_metrics_and_sample_audio_are_logged_to_mlflow(features, tmp_path):
+def test_metrics_and_sample_audio_are_logged_to_mlflow(trained):
     import mlflow
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    finetune_sovits(features, tmp_path / "run", _params(epochs=1, training={
-        "mlflow_tracking_uri": uri, "sample_every_steps": 2}))
-    assert (tmp_path / "run" / "samples" / "step-00000002.wav").exists()
+    summary, run_dir, uri = trained
+    every = SAMPLE_EVERY_STEPS
+    samples = [f"samples/step-{step:08d}.wav" for step in range(every, summary.steps + 1, every)]
+    assert all((run_dir / sample).exists() for sample in samples)
     client = mlflow.MlflowClient(tracking_uri=uri)
     (run,) = client.search_runs([client.get_experiment_by_name("narrator").experiment_id])
     assert {"loss_mel", "loss_kl", "loss_feature_matching", "loss_adversarial", "loss_discriminator", "lr",
             "steps_per_s"} <= set(run.data.metrics)
     assert len(run.data.tags["sovits_sha256"]) == 64
-    assert [a.path for a in client.list_artifacts(run.info.run_id, "samples")] == ["samples/step-00000002.wav"]
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "samples")] == samples
 
 
 def test_cli_fine_tunes_and_prints_the_export(features, tmp_path, capsys):
-    from narrator.cli import main
+    from cli.main import main
 
     code = main(["finetune-sovits", str(features), "--out", str(tmp_path / "run"),
                  "--set", "finetune_sovits.epochs=1", "--set", "finetune_sovits.batch_size=2",
@@ -205,4 +222,4 @@ def test_held_out_segments_are_not_trained_on(features, tmp_path):
     manifest["entries"][0]["split"] = "holdout"
     (copy / "manifest.json").write_text(json.dumps(manifest))
     summary = finetune_sovits(copy, tmp_path / "run", _params(epochs=1, batch_size=1))
-    assert summary["examples"] == 3 and summary["steps"] == 3
+    assert summary.examples == 3 and summary.steps == 3

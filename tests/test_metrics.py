@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from narrator.audiofile import read_audio
-from narrator.demo import SENTENCES, espeak
+from cli.demo import SENTENCES, espeak
 from narrator.errors import NarratorError
 from narrator.metrics import (
     DEFAULT_GATES,

@@ -6,7 +6,6 @@ becomes a PyTorchJob; scheduling asks the cluster for a recurring run."""
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pytest
@@ -14,15 +13,26 @@ import yaml
 
 from narrator.config import load_params
 from pipelines.run import PipelineError, compile_pipeline, run_local
-from tests.test_dockerfile import check_commands_start
 
 STEPS = ("snapshot", "validate", "prepare", "features", "finetune-sovits", "finetune-gpt", "evaluate",
          "watermark-check", "register", "package", "gate-failed", "record-run")
 
 
-def _compiled(tmp_path, name: str, **pipeline) -> dict:
-    params = load_params(None, {"pipeline": {"image": "registry.example/narrator:1.2.3", **pipeline}})
-    return yaml.safe_load(compile_pipeline(name, params, tmp_path / f"{name}.yaml").read_text())
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    """`compiled(name, **pipeline_settings)`: the pipeline's YAML as a dict, compiled once per module for each
+    name and settings (the tests only read it)."""
+    specs: dict[tuple, dict] = {}
+
+    def compile_once(name: str, **pipeline) -> dict:
+        key = (name, tuple(sorted(pipeline.items())))
+        if key not in specs:
+            params = load_params(None, {"pipeline": {"image": "registry.example/narrator:1.2.3", **pipeline}})
+            out = compile_pipeline(name, params, tmp_path_factory.mktemp("compiled") / f"{name}.yaml")
+            specs[key] = yaml.safe_load(out.read_text())
+        return specs[key]
+
+    return compile_once
 
 
 def _executors(spec: dict) -> dict:
@@ -37,15 +47,15 @@ def _tasks(spec: dict) -> dict:
     return tasks
 
 
-def test_onboard_yaml_has_every_step_in_the_project_image(tmp_path):
-    spec = _compiled(tmp_path, "onboard")
+def test_onboard_yaml_has_every_step_in_the_project_image(compiled):
+    spec = compiled("onboard")
     assert set(STEPS) <= set(_tasks(spec))
     images = {e["container"]["image"] for e in _executors(spec).values()}
     assert images == {"registry.example/narrator:1.2.3"}
 
 
-def test_onboard_yaml_requests_gpus_for_training_and_evaluation_only(tmp_path):
-    spec = _compiled(tmp_path, "onboard", training_gpus=1, evaluate_gpus=1)
+def test_onboard_yaml_requests_gpus_for_training_and_evaluation_only(compiled):
+    spec = compiled("onboard", training_gpus=1, evaluate_gpus=1)
     resources = {name.removeprefix("exec-"): e["container"].get("resources", {})
                  for name, e in _executors(spec).items()}
     for step in ("finetune-sovits", "finetune-gpt", "evaluate", "watermark-check"):
@@ -57,8 +67,8 @@ def test_onboard_yaml_requests_gpus_for_training_and_evaluation_only(tmp_path):
     assert resources["finetune-sovits"]["resourceMemoryRequest"] == "32G"
 
 
-def test_onboard_yaml_branches_on_the_evaluation_verdict(tmp_path):
-    tasks = _tasks(_compiled(tmp_path, "onboard"))
+def test_onboard_yaml_branches_on_the_evaluation_verdict(compiled):
+    tasks = _tasks(compiled("onboard"))
     conditions = {name: t["triggerPolicy"]["condition"] for name, t in tasks.items() if "triggerPolicy" in t
                   and "condition" in t["triggerPolicy"]}
     passed = [c for c in conditions.values() if "'pass'" in c and "!" not in c]
@@ -67,8 +77,8 @@ def test_onboard_yaml_branches_on_the_evaluation_verdict(tmp_path):
     assert "evaluate" in passed[0]
 
 
-def test_onboard_yaml_caches_deterministic_steps_but_never_the_registry(tmp_path):
-    tasks = _tasks(_compiled(tmp_path, "onboard"))
+def test_onboard_yaml_caches_deterministic_steps_but_never_the_registry(compiled):
+    tasks = _tasks(compiled("onboard"))
     cached = {name: t.get("cachingOptions", {}).get("enableCache", False) for name, t in tasks.items()}
     for step in ("validate", "prepare", "features", "finetune-sovits", "finetune-gpt", "evaluate"):
         assert cached[step] is True, step
@@ -76,20 +86,20 @@ def test_onboard_yaml_caches_deterministic_steps_but_never_the_registry(tmp_path
         assert cached[step] is False, step
 
 
-def test_onboard_yaml_records_every_run_in_an_exit_handler(tmp_path):
-    tasks = _compiled(tmp_path, "onboard")["root"]["dag"]["tasks"]
+def test_onboard_yaml_records_every_run_in_an_exit_handler(compiled):
+    tasks = compiled("onboard")["root"]["dag"]["tasks"]
     assert tasks["record-run"]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
     assert "exit-handler-1" in tasks["record-run"]["dependentTasks"]
 
 
 @pytest.mark.parametrize("name", ["onboard", "batch", "retrain"])
-def test_the_run_record_is_never_answered_from_the_cache(tmp_path, name):
-    record = _compiled(tmp_path, name)["root"]["dag"]["tasks"]["record-run"]
+def test_the_run_record_is_never_answered_from_the_cache(compiled, name):
+    record = compiled(name)["root"]["dag"]["tasks"]["record-run"]
     assert record.get("cachingOptions", {}).get("enableCache", False) is False  # a re-run is a new run to record
 
 
-def test_more_than_one_training_gpu_runs_fine_tuning_as_a_pytorchjob(tmp_path):
-    tasks = _tasks(_compiled(tmp_path, "onboard", training_gpus=4, work_uri="s3://work/narrator"))
+def test_more_than_one_training_gpu_runs_fine_tuning_as_a_pytorchjob(compiled):
+    tasks = _tasks(compiled("onboard", training_gpus=4, work_uri="s3://work/narrator"))
     launchers = [t for name, t in tasks.items() if name.startswith("finetune-on-cluster")]
     assert len(launchers) == 2
     kinds = {t["inputs"]["parameters"]["kind"]["runtimeValue"]["constant"] for t in launchers}
@@ -112,25 +122,27 @@ def test_pytorchjob_runs_the_same_command_under_torchrun():
     assert job_state({"status": {"conditions": [{"type": "Succeeded", "status": "True"}]}}) == "Succeeded"
 
 
-def test_batch_yaml_loops_over_narrators_with_a_parallelism_limit_and_collects_a_summary(tmp_path):
-    spec = _compiled(tmp_path, "batch", batch_parallelism=3)
+def test_batch_yaml_loops_over_narrators_with_a_parallelism_limit_and_collects_a_summary(compiled):
+    spec = compiled("batch", batch_parallelism=3)
     loops = [t for t in _tasks(spec).values() if "iterator" in t or "parameterIterator" in t]
     assert loops and loops[0]["iteratorPolicy"]["parallelismLimit"] == 3
     assert "summarize" in _tasks(spec)
 
 
-def test_retrain_yaml_trains_only_when_recordings_changed(tmp_path):
-    tasks = _tasks(_compiled(tmp_path, "retrain"))
+def test_retrain_yaml_trains_only_when_recordings_changed(compiled):
+    tasks = _tasks(compiled("retrain"))
     assert "new-recordings" in tasks
     assert any("'yes'" in t.get("triggerPolicy", {}).get("condition", "") for t in tasks.values())
 
 
-def test_every_command_the_steps_run_exists_and_starts():
-    source = (Path(__file__).resolve().parents[1] / "pipelines" / "steps.py").read_text()
-    commands = [["narrator", *re.findall(r'"([a-z-]+)"', match)[:2 if match.startswith('"watermark"') else 1]]
-                for match in re.findall(r"run_cli\(\[([^\]]+)", source)]
-    assert len(commands) >= 9
-    assert check_commands_start(commands) == []
+def test_each_steps_settings_argument_holds_exactly_its_table_sections(compiled):
+    from components import STEPS
+
+    spec = compiled("retrain")
+    inputs = spec["root"]["inputDefinitions"]["parameters"]
+    for name, entry in STEPS.items():
+        settings = json.loads(inputs[f"params_{name}"]["defaultValue"])
+        assert list(settings) == sorted(entry.sections), name
 
 
 def test_schedule_creates_a_recurring_run_with_the_cron(tmp_path, monkeypatch):
@@ -167,7 +179,7 @@ def test_schedule_creates_a_recurring_run_with_the_cron(tmp_path, monkeypatch):
 def local_project(tmp_path_factory):
     """The demo narrator (espeak-ng) and the demo's small base models, with every output under a temp folder."""
     from narrator.config import DemoConfig
-    from narrator.demo import build_demo_bases, build_demo_narrator, demo_overrides
+    from cli.demo import build_demo_bases, build_demo_narrator, demo_overrides
 
     root = tmp_path_factory.mktemp("pipeline")
     source = build_demo_narrator(root / "narrator", DemoConfig(clips=20, speed_wpm=130))
@@ -181,10 +193,10 @@ def local_project(tmp_path_factory):
 @pytest.fixture(scope="module")
 def onboarded(local_project):
     """A first run that fails at the watermark check (no key configured), then the same run with the key."""
-    from pipelines.onboard import step_arguments
+    from pipelines.run import step_arguments
 
     source, params, root = local_project
-    arguments = {"source": str(source), "voice": "ava", **step_arguments(params)}
+    arguments = {"source": str(source), "voice": "ava", **step_arguments("onboard", params)}
     patch = pytest.MonkeyPatch()
     patch.delenv("NARRATOR_WATERMARK_KEY", raising=False)
     patch.delenv("NARRATOR_WATERMARK_KEY_FILE", raising=False)
@@ -204,7 +216,7 @@ def _runs_of(root: Path, step: str) -> list[Path]:
 
 def test_a_failed_step_stops_the_run_with_its_error(onboarded):
     error, _, _, root = onboarded
-    assert "`narrator watermark check` failed" in str(error) and "NARRATOR_WATERMARK_KEY" in str(error)
+    assert "step watermark_check failed" in str(error) and "NARRATOR_WATERMARK_KEY" in str(error)
     first_run = sorted((root / "pipeline").glob("narrator-onboard-*"))[0]
     assert (first_run / "watermark-check").is_dir() and not (first_run / "register").exists()  # nothing after it
 
@@ -289,7 +301,7 @@ def test_output_of_a_run_and_its_subprocesses_goes_to_the_log(tmp_path, capfd):
 
 
 def test_every_run_is_recorded_finished_or_failed(onboarded):
-    from components.register import read_audit_log
+    from narrator.audit import read as read_audit_log
 
     _, _, params, _ = onboarded
     runs = [r for r in read_audit_log(params.registry.audit_log) if r.get("event") == "pipeline_run"]
@@ -299,7 +311,7 @@ def test_every_run_is_recorded_finished_or_failed(onboarded):
 def test_retraining_waits_for_new_recordings(onboarded, local_project):
     import shutil
 
-    from pipelines.runtime import recordings_changed
+    from components.register import recordings_changed
 
     source, params, root = local_project
     assert recordings_changed(str(source), "ava", params) is False
@@ -315,7 +327,7 @@ def test_watermark_cli_embeds_a_registered_versions_payload_and_names_it_back(on
     import numpy as np
 
     from narrator.audiofile import write_wav
-    from narrator.cli import main
+    from cli.main import main
 
     _, _, params, _ = onboarded
     params_file = tmp_path / "params.yaml"
@@ -332,12 +344,12 @@ def test_watermark_cli_embeds_a_registered_versions_payload_and_names_it_back(on
 
 
 def test_a_scheduled_retrain_without_new_recordings_trains_nothing(onboarded, local_project):
-    from components.register import read_audit_log
-    from pipelines.onboard import step_arguments
+    from narrator.audit import read as read_audit_log
+    from pipelines.run import step_arguments
 
     source, params, root = local_project
     before = len(list((root / "pipeline").glob("narrator-retrain-*/validate")))
-    run_local("retrain", params, {"source": str(source), "voice": "ava", **step_arguments(params)})
+    run_local("retrain", params, {"source": str(source), "voice": "ava", **step_arguments("retrain", params)})
     assert len(list((root / "pipeline").glob("narrator-retrain-*/validate"))) == before == 0
     last = read_audit_log(params.registry.audit_log)[-1]
     assert (last["pipeline"], last["state"]) == ("narrator-retrain", "SUCCEEDED")
@@ -345,11 +357,11 @@ def test_a_scheduled_retrain_without_new_recordings_trains_nothing(onboarded, lo
 
 @pytest.mark.slow
 def test_batch_onboards_every_narrator_and_summarises_them(onboarded, local_project, monkeypatch):
-    from pipelines.onboard import step_arguments
+    from pipelines.run import step_arguments
 
     source, params, _ = local_project
     monkeypatch.setenv("NARRATOR_WATERMARK_KEY", "test pipeline key")
     narrators = [{"source": str(source), "voice": "ava"}, {"source": str(source), "voice": "bea"}]
-    result = run_local("batch", params, {"narrators": narrators, **step_arguments(params)})
+    result = run_local("batch", params, {"narrators": narrators, **step_arguments("batch", params)})
     assert sorted(p["voice"] for p in result.packages) == ["ava", "bea"]
     assert all(p["sample_watermark"]["detected"] for p in result.packages)

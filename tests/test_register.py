@@ -17,9 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from components.register import (RegistryError, approve, dataset_tags, lineage, lookup_payload, params_yaml,
-                                 payload_for, register, verify_audit_log)
+from components.register import RegistryError, approve, dataset_tags, lineage, params_yaml, register
+from components.watermark import WatermarkCheck
+from narrator.audit import AuditError
+from narrator.audit import verify as verify_audit_log
 from narrator.config import load_params
+from narrator.registry import format_payload, lookup_payload, payload_for
 from narrator.storage import sha256_file
 
 EXPERIMENT = "narrator-test"
@@ -85,7 +88,7 @@ def _features(out: Path) -> None:
                                                 "embedding": [0.0625] * 256}), encoding="utf-8")
 
 
-def _finetuned(out: Path, file_name: str, tag: str) -> dict:
+def _finetuned(out: Path, file_name: str, tag: str):
     from components.training import LoopResult, record_export, run_summary
 
     out.mkdir(parents=True)
@@ -94,7 +97,7 @@ def _finetuned(out: Path, file_name: str, tag: str) -> dict:
     summary = run_summary(LoopResult(steps=8, epochs=1, resumed_from_step=0, seconds=3.0), examples=2, batch_size=1,
                           precision="fp32", processes=1)
     record_export(summary, exported, tag, None)
-    (out / "result.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    (out / "result.json").write_text(json.dumps(summary.to_dict(), indent=1), encoding="utf-8")
     return summary
 
 
@@ -137,7 +140,7 @@ def steps(tmp_path_factory) -> Steps:
     experiment = client.create_experiment(EXPERIMENT, artifact_location=(root / "artifacts").as_uri())
     run_ids = {}
     for tag, summary, run_name in (("sovits_sha256", sovits, "finetune-sovits"), ("gpt_sha256", gpt, "finetune-gpt")):
-        run_ids[tag] = client.create_run(experiment, run_name=run_name, tags={tag: summary["sha256"]}).info.run_id
+        run_ids[tag] = client.create_run(experiment, run_name=run_name, tags={tag: summary.sha256}).info.run_id
     return Steps(root, uri, root / "validated", root / "prepared", root / "features", root / "sovits", root / "gpt",
                  base_gpt, run_ids)
 
@@ -150,9 +153,22 @@ def make_params(steps: Steps, tmp_path: Path, pretrained: dict | None = None, **
                               "pretrained": pretrained or {}})
 
 
-def register_voice(voice: str, steps: Steps, evaluation_dir: Path, params):
+# what `narrator watermark check` found for the voice
+PASSED_CHECK = WatermarkCheck(payload="4e415252", speech_s=10.4, sample_rate_hz=32000, excerpt_3s_detected=True,
+                              excerpt_3s_score=9.1, detected=True, payload_read="4e415252", score=14.2, passed=True)
+
+
+def watermark_folder(root: Path, check: WatermarkCheck = PASSED_CHECK) -> Path:
+    """A watermark check folder as `narrator watermark check` writes it."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "watermark.json").write_text(check.to_json(), encoding="utf-8")
+    return root
+
+
+def register_voice(voice: str, steps: Steps, evaluation_dir: Path, params, watermark: WatermarkCheck = PASSED_CHECK):
     return register(voice, validated_dir=steps.validated, prepared_dir=steps.prepared, features_dir=steps.features,
-                    sovits_dir=steps.sovits, gpt_dir=steps.gpt, evaluation_dir=evaluation_dir, params=params)
+                    sovits_dir=steps.sovits, gpt_dir=steps.gpt, evaluation_dir=evaluation_dir, watermark=watermark,
+                    params=params)
 
 
 def _client(steps: Steps):
@@ -187,6 +203,7 @@ def test_registration_records_every_lineage_tag(steps, tmp_path):
     assert float(tags["metric.speaker_similarity"]) == 0.86 and float(tags["metric.mcd_db"]) == 6.1
     assert "metric.cer" not in tags  # not measured
     assert tags["verdict"] == "pass" and tags["failed_gates"] == ""
+    assert tags["watermark_check"] == "passed (score 14.2)"
     assert tags["payload_hex"] == done.payload_hex and len(done.payload_hex) == 8
     assert mv.run_id == done.run_id and mv.source == _client(steps).get_run(done.run_id).info.artifact_uri
     logged = {a.path for folder in ("model", "evaluation") for a in _client(steps).list_artifacts(done.run_id, folder)}
@@ -238,7 +255,7 @@ def test_better_challenger_is_promoted_and_worse_one_is_not(steps, tmp_path):
 
 
 def test_champion_readers_name_the_promoted_version_and_skip_voices_without_one(steps, tmp_path):
-    from components.register import champion, champions
+    from narrator.registry import champion, champions
 
     params = make_params(steps, tmp_path, tenant="acme")
     register_voice("served", steps, evaluation(tmp_path, "v1", 0.80), params)
@@ -247,7 +264,7 @@ def test_champion_readers_name_the_promoted_version_and_skip_voices_without_one(
 
     best = champion("served", params)
     assert (best.voice, best.model_name, best.version, best.tenant) == ("served", "narrator-served", 1, "acme")
-    assert best.tags["verdict"] == "pass" and best.tags["payload_hex"] == f"{payload_for('served', 1, params):08x}"
+    assert best.tags["verdict"] == "pass" and best.tags["payload_hex"] == format_payload(payload_for('served', 1, params))
     assert champion("unserved", params) is None
     assert "served" in {c.voice for c in champions(params)} and "unserved" not in {c.voice for c in champions(params)}
     with pytest.raises(RegistryError, match="no voice 'nobody'"):
@@ -330,13 +347,13 @@ def test_audit_log_tampering_is_detected(steps, tmp_path):
 
     log_file.write_text("\n".join([lines[0].replace("pending_approval\": true", "pending_approval\": false"),
                                    *lines[1:]]) + "\n")
-    with pytest.raises(RegistryError, match="line 2 does not chain"):
+    with pytest.raises(AuditError, match="line 2 does not chain"):
         verify_audit_log(log_file)
     assert "line 2 does not chain" in lineage("audited", 1, params).audit_problem
 
 
 def test_cli_registers_approves_and_prints_lineage(steps, tmp_path, capsys, monkeypatch):
-    from narrator.cli import main
+    from cli.main import main
 
     monkeypatch.chdir(tmp_path)  # no params.yaml here: the defaults and these settings
     settings = ["--set", f"registry.tracking_uri={steps.uri}", "--set", f"training.mlflow_tracking_uri={steps.uri}",
@@ -344,7 +361,8 @@ def test_cli_registers_approves_and_prints_lineage(steps, tmp_path, capsys, monk
                 "--set", f"registry.audit_log={tmp_path / 'audit.jsonl'}"]
     folders = ["--validated", str(steps.validated), "--prepared", str(steps.prepared), "--features",
                str(steps.features), "--sovits", str(steps.sovits), "--gpt", str(steps.gpt),
-               "--evaluation", str(evaluation(tmp_path, "eval", 0.86))]
+               "--evaluation", str(evaluation(tmp_path, "eval", 0.86)),
+               "--watermark", str(watermark_folder(tmp_path / "watermark"))]
     assert main(["register", "cli-voice", *folders, "--tag", "source_fingerprint=abc123", "--out",
                  str(tmp_path / "registration.json"), *settings]) == 0
     printed = json.loads(capsys.readouterr().out)
@@ -364,9 +382,11 @@ def test_cli_registers_approves_and_prints_lineage(steps, tmp_path, capsys, monk
 _REGISTER_IN_A_CHILD = """
 import json, sys
 from components.register import register
+from components.watermark import WatermarkCheck
 from narrator.config import load_params
 job = json.loads(sys.argv[1])
-done = register(job["voice"], params=load_params(None, job["settings"]), **job["folders"])
+done = register(job["voice"], params=load_params(None, job["settings"]), watermark=WatermarkCheck(**job["watermark"]),
+                **job["folders"])
 print(done.version)
 """
 
@@ -382,7 +402,7 @@ def test_a_registration_waits_while_another_holds_the_registry(steps, tmp_path):
     import sys
     import time
 
-    from components.register import registry_lock_path, registry_locked
+    from narrator.registry import registry_lock_path, registry_locked
 
     params = make_params(steps, tmp_path)
     settings = {"registry": {"tracking_uri": steps.uri, "audit_log": str(tmp_path / "audit.jsonl")},
@@ -390,7 +410,8 @@ def test_a_registration_waits_while_another_holds_the_registry(steps, tmp_path):
     folders = {"validated_dir": str(steps.validated), "prepared_dir": str(steps.prepared),
                "features_dir": str(steps.features), "sovits_dir": str(steps.sovits), "gpt_dir": str(steps.gpt),
                "evaluation_dir": str(evaluation(tmp_path, "eval", 0.80))}
-    job = json.dumps({"voice": "queued", "settings": settings, "folders": folders})
+    job = json.dumps({"voice": "queued", "settings": settings, "folders": folders,
+                      "watermark": json.loads(PASSED_CHECK.to_json())})
     assert registry_lock_path(params) == steps.root / "mlflow.lock"  # beside the sqlite database
     with registry_locked(params):
         child = subprocess.Popen([sys.executable, "-c", _REGISTER_IN_A_CHILD, job], stdout=subprocess.PIPE,
@@ -405,8 +426,25 @@ def test_a_registration_waits_while_another_holds_the_registry(steps, tmp_path):
     assert [r["event"] for r in _audit(tmp_path)] == ["registered", "promoted"]
 
 
+def test_a_voice_whose_watermark_check_failed_is_never_registered(steps, tmp_path):
+    failed = WatermarkCheck(payload="4e415252", speech_s=10.4, sample_rate_hz=32000, excerpt_3s_detected=False,
+                            excerpt_3s_score=1.2, detected=False, payload_read=None, score=1.9, passed=False)
+    with pytest.raises(RegistryError, match="watermark check failed"):
+        register_voice("unmarked", steps, evaluation(tmp_path, "eval", 0.86), make_params(steps, tmp_path), failed)
+    assert "narrator-unmarked" not in {m.name for m in _client(steps).search_registered_models()}
+
+
+def test_lineage_params_hash_covers_the_voices_settings_not_the_registrys(steps, tmp_path):
+    base = make_params(steps, tmp_path)
+    other_registry = load_params(None, {**base.model_dump(by_alias=True, mode="json"),
+                                        "registry": {"tracking_uri": steps.uri, "min_improvement": 0.5}})
+    other_training = load_params(None, {**base.model_dump(by_alias=True, mode="json"),
+                                        "finetune_gpt": {"epochs": 3}})
+    assert params_yaml(other_registry) == params_yaml(base)
+    assert params_yaml(other_training) != params_yaml(base)
+
+
 def test_a_voice_belongs_to_the_tenant_it_was_first_registered_for(steps, tmp_path):
-    from components.register import RegistryError
 
     ev = evaluation(tmp_path, "eval", 0.80)
     register_voice("owned", steps, ev, make_params(steps, tmp_path, tenant="acme"))

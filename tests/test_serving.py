@@ -1,5 +1,5 @@
 """The speech service through real HTTP on 127.0.0.1: `bentoml serve serving.service:NarratorService` with two
-small voices in two tenants, registered and packaged the real way (serving/testing.py).
+small voices in two tenants, registered and packaged the real way (tests/deployment.py).
 
 Every endpoint, every error code, tenant isolation, the watermark (with the right voice and version) in every
 format and in streams, streaming before the last sentence, the audit chain, metrics, batching, LRU eviction and
@@ -42,7 +42,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory):
-    from serving.testing import build_small_deployment
+    from tests.deployment import build_small_deployment
 
     return build_small_deployment(tmp_path_factory.mktemp("serving"), SETTINGS)
 
@@ -88,7 +88,7 @@ def _speech(service, key, **body) -> httpx.Response:
 
 def _detect_bytes(data: bytes, suffix: str, deployment) -> dict:
     """Decode with ffmpeg (streams may carry "unknown length" headers) and look for the mark locally."""
-    from components.watermark import format_payload
+    from narrator.registry import format_payload
     from models.watermark import detect
 
     decoded = subprocess.run(["ffmpeg", "-v", "error", "-f", suffix if suffix != "ogg" else "ogg", "-i", "-",
@@ -158,6 +158,28 @@ def test_detect_names_no_voice_of_another_tenant_and_nothing_in_silence(service,
     assert not clean["detected"] and clean["payload"] is None
 
 
+def test_the_service_speaks_exactly_what_evaluation_measured(service, deployment):
+    """One synthesizer: the same voice, text and seed give identical samples through `narrator evaluate`'s
+    synthesis path (its voice loading, reference choice and models.tts seeding rule) and through POST /v1/speech,
+    which only adds the watermark."""
+    from components.evaluate import evaluation_voice
+    from narrator.audiofile import encode
+    from narrator.config import load_params
+    from serving.engine import WatermarkStream
+
+    params = load_params(deployment.params_file)
+    sovits, gpt = deployment.models["alice"]
+    synth, reference, _ = evaluation_voice(deployment.features["alice"], str(sovits), str(gpt), params)
+    speech = synth.speak(STREAM_TEXT, reference, "en", seed=11)
+    marker = WatermarkStream(int(deployment.payloads["alice"], 16), deployment.watermark_key)
+    expected = encode(np.concatenate([marker.push(part.samples) for part in speech.sentences]), 32000, "wav")
+
+    served = _speech(service, deployment.keys["acme"], voice="alice", text=STREAM_TEXT, language="en", seed=11,
+                     format="wav", sample_rate_hz=32000)
+    assert served.status_code == 200, served.text
+    assert len(speech.sentences) == 4 and served.content == expected
+
+
 def test_concurrent_requests_each_hear_their_own_voice(service, deployment):
     """alice (acme) and bob (globex) at the same time, twice each: every output carries its own voice's mark."""
     results: dict[str, list[bytes]] = {"alice": [], "bob": []}
@@ -211,7 +233,7 @@ def test_streamed_formats_decode_and_are_marked(service, deployment, fmt):
 
 
 def test_errors_are_json_with_a_code(service, deployment, tmp_path):
-    from serving.auth import KeyStore
+    from narrator.keys import KeyStore
     from narrator.config import load_params
 
     acme, body = deployment.keys["acme"], {"voice": "alice", "text": "Hello."}
@@ -249,15 +271,15 @@ def test_errors_are_json_with_a_code(service, deployment, tmp_path):
 
 def test_rate_limit_per_key(service, deployment):
     from narrator.config import load_params
-    from serving.auth import KeyStore
+    from narrator.keys import KeyStore
 
     key, _ = KeyStore(load_params(deployment.params_file).serving.keys_file).create("acme", ["*"])
-    statuses = [httpx.get(f"{service}/v1/voices", headers=_auth(key)).status_code for _ in range(45)]
+    responses = [httpx.get(f"{service}/v1/voices", headers=_auth(key)) for _ in range(45)]
+    statuses = [r.status_code for r in responses]
     assert statuses[0] == 200 and 429 in statuses
-    limited = httpx.get(f"{service}/v1/voices", headers=_auth(key))
-    if limited.status_code == 429:
-        assert int(limited.headers["retry-after"]) >= 1
-        _error(limited, 429, "rate_limited")
+    limited = responses[statuses.index(429)]  # the first refused request says when to come back
+    assert int(limited.headers["retry-after"]) >= 1
+    _error(limited, 429, "rate_limited")
     # another key is not affected
     assert httpx.get(f"{service}/v1/voices", headers=_auth(deployment.keys["globex"])).status_code == 200
 
@@ -282,7 +304,7 @@ def test_audit_log_records_every_synthesis_and_detects_tampering(service, deploy
     assert len(lines) >= 3
 
     def verify(file: Path) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "narrator.cli", "audit", "verify", str(file)],
+        return subprocess.run([sys.executable, "-m", "cli", "audit", "verify", str(file)],
                               capture_output=True, text=True, cwd=REPO_ROOT)
 
     assert verify(path).returncode == 0
@@ -407,7 +429,7 @@ def test_a_fast_mode_service_speaks_with_bfloat16_sovits_and_int8_gpt_batches(de
 def test_keys_cli_shows_the_key_once_and_stores_only_its_hash(tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text(f"serving:\n  keys_file: {tmp_path / 'keys.json'}\n")
-    run = [sys.executable, "-m", "narrator.cli"]
+    run = [sys.executable, "-m", "cli"]
     created = subprocess.run(run + ["keys", "create", "--tenant", "acme", "--voices", "alice,bob", "--params",
                                     str(params)], capture_output=True, text=True, cwd=REPO_ROOT)
     assert created.returncode == 0, created.stderr
@@ -421,7 +443,7 @@ def test_keys_cli_shows_the_key_once_and_stores_only_its_hash(tmp_path):
     revoked = subprocess.run(run + ["keys", "revoke", key_id, "--params", str(params)], capture_output=True,
                              text=True, cwd=REPO_ROOT)
     assert revoked.returncode == 0
-    from serving.auth import KeyStore
+    from narrator.keys import KeyStore
 
     assert KeyStore(tmp_path / "keys.json").authenticate(secret) is None
 
@@ -432,7 +454,7 @@ def test_keys_cli_shows_the_key_once_and_stores_only_its_hash(tmp_path):
 @pytest.mark.slow
 def test_package_builds_the_champions_bento(deployment):
     env = deployment.env(0)
-    done = subprocess.run([sys.executable, "-m", "narrator.cli", "package", "alice", "--params",
+    done = subprocess.run([sys.executable, "-m", "cli", "package", "alice", "--params",
                            str(deployment.params_file)], capture_output=True, text=True, cwd=REPO_ROOT, env=env)
     assert done.returncode == 0, done.stderr
     assert "narrator:alice-v1" in done.stdout
@@ -440,7 +462,7 @@ def test_package_builds_the_champions_bento(deployment):
     manifest = (bento / "bento.yaml").read_text()
     assert "narrator-alice:v1" in manifest and "voice: alice" in manifest
     assert (bento / "src" / "serving" / "service.py").exists() and not (bento / "src" / "tests").exists()
-    refused = subprocess.run([sys.executable, "-m", "narrator.cli", "package", "nobody", "--params",
+    refused = subprocess.run([sys.executable, "-m", "cli", "package", "nobody", "--params",
                               str(deployment.params_file)], capture_output=True, text=True, cwd=REPO_ROOT, env=env)
     assert refused.returncode == 2 and "no voice 'nobody'" in refused.stderr
 
@@ -448,7 +470,7 @@ def test_package_builds_the_champions_bento(deployment):
 @pytest.mark.slow
 def test_narrator_serve_runs_the_service(deployment):
     port = _free_port()
-    process = subprocess.Popen([sys.executable, "-m", "narrator.cli", "serve", "--params", str(deployment.params_file),
+    process = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--params", str(deployment.params_file),
                                 "--host", "127.0.0.1", "--port", str(port)], cwd=REPO_ROOT, env=deployment.env(port),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:

@@ -123,7 +123,7 @@ def test_missing_local_model_path_names_the_key(tmp_path):
 
 def _cli(s3: dict, cache: Path, *argv: str) -> int:
     """Run `narrator ARGV` in this process against the moto endpoint, with `cache` as storage.cache_dir."""
-    from narrator.cli import main
+    from cli.main import main
 
     return main([*argv, "--set", f"storage.s3_endpoint_url={s3['endpoint']}", "--set", f"storage.cache_dir={cache}"])
 

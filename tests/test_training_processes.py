@@ -30,12 +30,12 @@ def _env() -> dict[str, str]:
 
 
 def _narrator(*args: str) -> list[str]:
-    return [sys.executable, "-m", "narrator.cli", *args]
+    return [sys.executable, "-m", "cli", *args]
 
 
 def _torchrun(*args: str) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-            "-m", "narrator.cli", *args]
+            "-m", "cli", *args]
 
 
 @pytest.fixture(scope="module")

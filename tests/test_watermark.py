@@ -15,13 +15,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from components.watermark import detect_file, embed_file, format_payload, parse_payload
+from components.watermark import detect_file, embed_file
+from narrator.registry import PayloadError, format_payload, parse_payload
 from models.watermark import (KEY_ENV, KEY_FILE_ENV, WatermarkConfig, WatermarkError, decode_payload, detect,
                               embed, encode_payload, load_key)
-from models.watermark_attacks import ATTACKS, attack, needs_ffmpeg, splice, unmarked_clips
-from models.watermark_attacks import narration as _narration
+from tests.watermark_attacks import ATTACKS, attack, needs_ffmpeg, splice, unmarked_clips
+from tests.watermark_attacks import narration as _narration
 from narrator.audiofile import write_wav
-from narrator.cli import main
+from cli.main import main
 
 KEY = "test-key: 8f2c6d0a"
 PAYLOAD = 0xC0FFEE42
@@ -29,7 +30,7 @@ MASTER_HZ = 48000
 
 
 def narration(first: int, count: int, rate_hz: int = MASTER_HZ) -> np.ndarray:
-    """Sentences `first`..`first + count - 1` of the demo text at `rate_hz` (models.watermark_attacks)."""
+    """Sentences `first`..`first + count - 1` of the demo text at `rate_hz` (tests.watermark_attacks)."""
     return _narration(first, count, rate_hz)
 
 
@@ -179,8 +180,15 @@ def test_payload_out_of_range_is_refused(payload):
 def test_payload_hex_is_exactly_8_hex_digits():
     assert parse_payload("00C0ffee") == 0xC0FFEE and format_payload(0xC0FFEE) == "00c0ffee"
     for bad in ("c0ffee", "0x00c0ffee", "00c0ffeeg", "00c0 ffee", ""):
-        with pytest.raises(WatermarkError, match="8 hex digits"):
+        with pytest.raises(PayloadError, match="8 hex digits"):
             parse_payload(bad)
+
+
+def test_the_registry_payload_fills_exactly_the_watermark_payload():
+    from narrator import registry
+    from models.watermark import PAYLOAD_BITS
+
+    assert registry.PAYLOAD_BITS == PAYLOAD_BITS and registry.PAYLOAD_HEX_DIGITS * 4 == PAYLOAD_BITS
 
 
 def test_key_comes_from_the_environment_or_a_secrets_file(tmp_path):

@@ -11,7 +11,7 @@ import torch
 
 from models.audio import spectrogram
 from narrator.audiofile import read_audio, resample, write_wav
-from narrator.demo import SENTENCES, espeak
+from cli.demo import SENTENCES, espeak
 
 TINY_SOVITS = {
     "inter_channels": 8, "hidden_channels": 16, "filter_channels": 32, "n_layers": 1, "resblock_kernel_sizes": [3],

@@ -26,10 +26,10 @@ UNMARKED_RATES_HZ = (16000, 22050, 44100)
 
 
 def narration(first: int, count: int, rate_hz: int, pause_s: float = 0.3) -> np.ndarray:
-    """Sentences `first`..`first + count - 1` of the demo text (narrator.demo.SENTENCES), alternating `VOICES`,
+    """Sentences `first`..`first + count - 1` of the demo text (cli.demo.SENTENCES), alternating `VOICES`,
     with `pause_s` pauses, resampled to `rate_hz` and scaled to `PEAK`; float64 `(samples,)`."""
     from narrator.audiofile import read_audio, resample
-    from narrator.demo import SENTENCES, espeak
+    from cli.demo import SENTENCES, espeak
 
     parts, native = [], 22050
     with tempfile.TemporaryDirectory() as tmp:
