@@ -7,13 +7,14 @@ export TRANSFORMERS_OFFLINE := 1
 export BENTOML_DO_NOT_TRACK := true
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 
-.PHONY: setup demo test test-slow bench clean help
+.PHONY: setup demo test test-slow lint-imports dvc-stages bench clean help
 
 help:
 	@echo "make demo       set up, then onboard a generated demo narrator (see demo/)"
-	@echo "make test       set up, then run the test suite (minus slow tests)"
+	@echo "make test       set up, check the architecture contracts (.importlinter), run the test suite (minus slow)"
 	@echo "make test-slow  the slow tests only"
 	@echo "make bench      run the benchmarks in bench/ and print their tables"
+	@echo "make dvc-stages regenerate dvc.yaml from the step table (components.STEPS)"
 	@echo "make clean      remove generated demo output and caches (keeps .venv)"
 
 setup:
@@ -22,8 +23,14 @@ setup:
 demo: setup
 	$(VENV)/bin/narrator demo --out demo
 
-test: setup
+test: setup lint-imports
 	$(PY) -m pytest -m "not slow" -q
+
+lint-imports: setup
+	$(VENV)/bin/lint-imports --no-cache
+
+dvc-stages: setup
+	$(PY) scripts/dvc_stages.py
 
 test-slow: setup
 	$(PY) -m pytest -m slow -q
