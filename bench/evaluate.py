@@ -48,13 +48,14 @@ def _measure(threads: int, utterance_s: float) -> dict:
 
     from bench.infer_gpt import _model, _prompt, _sentence
     from bench.infer_sovits import _inputs
+    from cli.demo import espeak
     from components import evaluate as E
     from models.sovits import SoVITS, SoVITSConfig
     from models.watermark import detect, embed
     from narrator import metrics as M
     from narrator.audiofile import read_audio, resample
     from narrator.config import load_params
-    from cli.demo import espeak
+    from narrator.registry import EVALUATION_PAYLOAD
 
     torch.set_num_threads(threads)
     rows: list[tuple[str, float]] = []
@@ -99,7 +100,7 @@ def _measure(threads: int, utterance_s: float) -> dict:
     key = bytes(range(32))
 
     def watermark():
-        marked = embed(fake_32k, 32000, E.WATERMARK_EVAL_PAYLOAD, key)
+        marked = embed(fake_32k, 32000, EVALUATION_PAYLOAD, key)
         return detect(marked, 32000, key)
 
     rows.append(("watermark mark + detect", _timed(watermark)))
