@@ -282,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "/healthz, /readyz, /metrics and the web console at /. Needs the watermark key "
                                    "($NARRATOR_WATERMARK_KEY[_FILE]) and API keys (`narrator keys create`).")
     p.add_argument("--port", type=int, metavar="N", help="port (default: serving.port)")
-    p.add_argument("--host", default="0.0.0.0", help="address to listen on (default: 0.0.0.0)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only; "
+                                                       "0.0.0.0 for every interface, e.g. in a container)")
     p.add_argument("--bento", metavar="TAG", help="serve a built bento (e.g. narrator:alice-v3) instead of the code")
     _common(p)
     p.set_defaults(func=_cmd_serve)
@@ -617,7 +618,50 @@ def _cmd_serve(args) -> int:
         if not args.bento:
             command += ["--working-dir", str(repo)]
         print(f"serving on http://{args.host}:{port} (console at /, API under /v1)", file=sys.stderr)
-        return subprocess.call(command, env=env)
+        return _run_forwarding_signals(command, env)
+
+
+SERVE_STOP_TIMEOUT_S = 30.0  # after a stop signal, the service's processes get this long before SIGKILL
+
+
+def _run_forwarding_signals(command: list[str], env: dict[str, str]) -> int:
+    """Run `command` in its own process group and wait for it. SIGTERM, SIGINT and SIGHUP sent to this process (a
+    supervisor stopping `narrator serve`, Ctrl-C) are passed to the whole group, so no worker is left running; a
+    group still alive `SERVE_STOP_TIMEOUT_S` after the signal is killed. Returns the child's exit status."""
+    import signal
+    import subprocess
+    import time
+
+    child = subprocess.Popen(command, env=env, start_new_session=True)
+    received: list[int] = []
+
+    def forward(signum, _frame) -> None:
+        received.append(signum)
+        try:
+            os.killpg(child.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    stopping_since = None
+    try:
+        while True:
+            try:
+                code = child.wait(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                if received and stopping_since is None:
+                    stopping_since = time.monotonic()
+                if stopping_since is not None and time.monotonic() - stopping_since > SERVE_STOP_TIMEOUT_S:
+                    os.killpg(child.pid, signal.SIGKILL)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        try:  # whatever of the group outlived its main process (workers) goes with it
+            os.killpg(child.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return 128 + received[0] if received and code < 0 else code
 
 
 # settings naming files, resolved against the caller's folder before a process with another working folder reads them

@@ -28,7 +28,10 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         extra = {k: v for k, v in record.__dict__.items() if k not in _STANDARD}
         tail = " ".join(f"{k}={v}" for k, v in extra.items())
-        return f"[{record.levelname.lower()}] {record.getMessage()}" + (f"  {tail}" if tail else "")
+        line = f"[{record.levelname.lower()}] {record.getMessage()}" + (f"  {tail}" if tail else "")
+        if record.exc_info:  # e.g. the traceback of an internal error under --log-level debug
+            line += "\n" + self.formatException(record.exc_info)
+        return line
 
 
 def setup_logging(level: str = "info", fmt: str = "text") -> None:

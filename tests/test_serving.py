@@ -483,6 +483,10 @@ def test_narrator_serve_runs_the_service(deployment):
                 time.sleep(0.3)
         voices = httpx.get(f"http://127.0.0.1:{port}/v1/voices", headers=_auth(deployment.keys["globex"])).json()
         assert [v["voice"] for v in voices["voices"]] == ["bob"]
+        process.send_signal(signal.SIGTERM)  # as a supervisor stops it: the front only, not its process group
+        assert process.wait(timeout=45) == 0  # the service shut down cleanly
+        with pytest.raises(httpx.HTTPError):  # the service went with it: nothing answers on the port
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=20)
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
