@@ -597,7 +597,6 @@ def _cmd_package(args) -> int:
 
 
 def _cmd_serve(args) -> int:
-    import subprocess
     import tempfile
 
     import yaml
