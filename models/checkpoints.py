@@ -11,7 +11,12 @@ Security: checkpoints are pickles. We never let a checkpoint name arbitrary Pyth
 pickle asks for goes through `_RestrictedUnpickler.find_class`, which knows exactly: `collections.OrderedDict`,
 torch's tensor/storage rebuild functions and storage types, and `utils.HParams`, which maps to our own inert
 attribute bag `HParams` (no module named `utils` is imported or created). Anything else (os.system, builtins.eval,
-...) stops the load with a `CheckpointError` before it can run.
+...) stops the load with a `CheckpointError` before it can run. The training loop's own checkpoints
+(`read_training_state`) go through the same unpickler, which then also knows the numpy RNG state arrays.
+
+Hostile sizes: before anything is inflated, the zip directory's declared (uncompressed) member sizes are summed
+and checked against a bound (`MAX_WEIGHT_FILE_BYTES` for weight files, a bound from the model for training
+checkpoints), so a small file that inflates to gigabytes is refused at once. Files are streamed, never read whole.
 """
 
 from __future__ import annotations
@@ -21,11 +26,12 @@ import copy
 import io
 import os
 import pickle
+import struct
 import time
 import types
 import zipfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, BinaryIO, Mapping
 
 import torch
 
@@ -44,6 +50,14 @@ _HEADER_TAGS = {
 }
 _VERSION_TAGS = {"v2Pro": b"05", "v2ProPlus": b"06"}
 _UNSUPPORTED_HINT = "Narrator supports GPT-SoVITS v2, v2Pro and v2ProPlus SoVITS weights only"
+
+# The largest model we load: SoVITS v2ProPlus, 99,912,321 parameters + buffers including enc_q
+# (../shared/gsv/ARCH.md section 3; the GPT has 77.6 M, v2 SoVITS 52.9 M).
+_LARGEST_MODEL_ELEMENTS = 99_912_321
+MAX_WEIGHT_FILE_BYTES = 2 * 4 * _LARGEST_MODEL_ELEMENTS + (64 << 20)
+"""The most a weight file's zip members may declare uncompressed, in total, and the largest file we open: twice the
+largest model stored in fp32 (official and Narrator files store fp16, a quarter of this) plus 64 MiB for the pickle
+and config, about 0.81 GiB. Official v3/v4 files (~0.77 GB) stay under it and are refused by version, not size."""
 
 
 class CheckpointError(NarratorError):
@@ -141,6 +155,47 @@ class _RestrictedUnpickler(pickle.Unpickler):
             raise _ForbiddenGlobal(module, name) from None
 
 
+def _latin1_bytes(text: Any, encoding: str = "utf-8") -> bytes:
+    """`_codecs.encode` as protocol-2 pickles use it for bytes objects: `encode(str, "latin1")`, nothing else."""
+    if not isinstance(text, str) or encoding.replace("-", "").lower() != "latin1":
+        raise _ForbiddenGlobal("_codecs", f"encode({type(text).__name__}, {encoding!r})")
+    return text.encode("latin-1")
+
+
+def _training_state_globals() -> dict[tuple[str, str], Any]:
+    """What the training loop's checkpoints add to a weight file's globals: the numpy RNG state
+    (`np.random.get_state()`: an ndarray of uint32 words), pickled as ndarray / dtype / `_reconstruct` plus the bytes
+    codec. Arrays are rebuilt only as plain `numpy.ndarray`s of bool/int/uint/float/complex dtype (no object arrays)."""
+    import numpy as np
+
+    reconstruct = np.zeros(1).__reduce__()[0]  # numpy.core / numpy._core .multiarray._reconstruct, per version
+
+    def plain_array(subtype: Any, shape: Any, dtype: Any) -> Any:
+        if subtype is not np.ndarray:
+            raise _ForbiddenGlobal("numpy", f"_reconstruct({getattr(subtype, '__name__', type(subtype).__name__)})")
+        return reconstruct(np.ndarray, shape, dtype)
+
+    def plain_dtype(spec: Any, align: bool = False, copy: bool = False) -> Any:
+        if not isinstance(spec, str):
+            raise _ForbiddenGlobal("numpy", f"dtype({type(spec).__name__})")
+        dtype = np.dtype(spec, bool(align), bool(copy))
+        if dtype.hasobject or dtype.kind not in "biufc":
+            raise _ForbiddenGlobal("numpy", f"dtype({spec!r})")
+        return dtype
+
+    allowed: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): plain_dtype,
+                                           ("_codecs", "encode"): _latin1_bytes}
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        allowed[(module, "_reconstruct")] = plain_array
+    return allowed
+
+
+class _TrainingStateUnpickler(_RestrictedUnpickler):
+    """The weight-file unpickler plus exactly the numpy RNG state the training loop writes."""
+
+    _allowed = {**_allowed_globals(), **_training_state_globals()}
+
+
 def _unsafe_load(*args: Any, **kwargs: Any) -> Any:
     raise _ForbiddenGlobal("<legacy torch format>", "load")
 
@@ -161,6 +216,10 @@ class _HParamsPickler(pickle._Pickler):  # the pure-Python pickler lets us name 
 _RESTRICTED_PICKLE = types.SimpleNamespace(
     __name__="narrator_restricted_pickle", Unpickler=_RestrictedUnpickler, load=_unsafe_load, Pickler=pickle.Pickler
 )
+_TRAINING_STATE_PICKLE = types.SimpleNamespace(
+    __name__="narrator_training_state_pickle", Unpickler=_TrainingStateUnpickler, load=_unsafe_load,
+    Pickler=pickle.Pickler
+)
 _WRITER_PICKLE = types.SimpleNamespace(__name__="narrator_hparams_pickle", Pickler=_HParamsPickler)
 
 
@@ -169,48 +228,138 @@ _WRITER_PICKLE = types.SimpleNamespace(__name__="narrator_hparams_pickle", Pickl
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _read_container(path: str | os.PathLike, what: str) -> tuple[Any, bytes]:
-    """Safely unpickle a torch zip container. Returns (object, first two bytes of the file)."""
+class _Retagged(io.RawIOBase):
+    """Read-only view of a version-tagged SoVITS file (b"05"/b"06" header) whose first two bytes read as b"PK",
+    so torch and zipfile stream it from disk instead of from a patched copy in memory."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        super().__init__()
+        self._raw = raw
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._raw.tell()
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._raw.seek(offset, whence)
+
+    def readinto(self, buffer: Any) -> int:
+        start = self._raw.tell()
+        count = self._raw.readinto(buffer)
+        if count and start < 2:
+            view = memoryview(buffer).cast("B")
+            for i in range(start, min(2, start + count)):
+                view[i - start] = b"PK"[i]
+        return count or 0
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2 ** 30:.2f} GiB"
+
+
+def _check_zip_directory(stream: BinaryIO, p: Path, what: str, max_bytes: int, remedy: str | None) -> None:
+    """Refuse a zip whose members declare more than `max_bytes` uncompressed in total, reading only the directory.
+
+    The sum is over every entry of the central directory (duplicates included), which torch's reader (miniz) also
+    uses to size its buffers; the directory must end where the end record says, so both readers see the same one."""
+    try:
+        with zipfile.ZipFile(stream) as archive:
+            members = archive.infolist()
+        stream.seek(0)
+        end = zipfile._EndRecData(stream)  # the end-of-directory record zipfile used (ZIP64-aware)
+        if end is None:
+            raise zipfile.BadZipFile("no end record")
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError, struct.error):
+        raise CheckpointError(
+            f"{p} is damaged or incomplete (no readable zip directory; the file may be truncated); "
+            f"{remedy or 'copy or download it again'}"
+        ) from None
+    directory_end = end[zipfile._ECD_OFFSET] + end[zipfile._ECD_SIZE]
+    record = end[zipfile._ECD_LOCATION]
+    if end[zipfile._ECD_SIGNATURE] == zipfile.stringEndArchive64:
+        record -= zipfile.sizeEndCentDir64 + zipfile.sizeEndCentDir64Locator
+    if directory_end != record:
+        raise CheckpointError(
+            f"refusing to load {p}: its zip directory is not where its end record says (data before or inside the "
+            f"archive); torch never writes such files; {remedy or 'do not use this file'}"
+        )
+    declared = sum(member.file_size for member in members)
+    if declared > max_bytes:
+        raise CheckpointError(
+            f"refusing to load {p}: its {len(members)} zip members declare {_gib(declared)} uncompressed, more than "
+            f"a {what} of a supported size can hold ({_gib(max_bytes)}); the file is not such a checkpoint or was "
+            f"made to exhaust memory (a zip bomb); {remedy or 'do not use this file'}"
+        )
+
+
+def _read_container(path: str | os.PathLike, what: str, *, max_bytes: int = MAX_WEIGHT_FILE_BYTES,
+                    pickle_module: Any = _RESTRICTED_PICKLE, remedy: str | None = None,
+                    tagged: bool = True) -> tuple[Any, bytes]:
+    """Safely unpickle a torch zip container. Returns (object, first two bytes of the file).
+
+    The file is streamed from disk. Before anything is inflated: the file may not exceed `max_bytes` bytes and its
+    zip members may not declare more than `max_bytes` bytes uncompressed in total. `pickle_module` decides which
+    globals the pickle may name (the weight-file set by default). `remedy` replaces the default advice at the end
+    of every error message; `tagged=False` refuses SoVITS version headers (only "PK" files are accepted).
+    """
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"{what} file {p} does not exist; check the path")
-    data = p.read_bytes()
-    head = data[:2]
-    if head != b"PK":
-        if head not in _HEADER_TAGS:
+    with p.open("rb") as raw:
+        head = raw.read(2)
+        if head != b"PK" and (not tagged or head not in _HEADER_TAGS):
+            if remedy:
+                raise CheckpointError(f"{p} is not a {what} (it does not start like a torch zip file); {remedy}")
             raise CheckpointError(
                 f"{p} is not a GPT-SoVITS checkpoint (it does not start like a torch zip file or a tagged "
                 "SoVITS file); pass the .pth / .ckpt file written by GPT-SoVITS or Narrator"
             )
-        data = b"PK" + data[2:]
-    buffer = io.BytesIO(data)
-    if not zipfile.is_zipfile(buffer):
-        raise CheckpointError(
-            f"{p} is damaged or incomplete (no readable zip directory; the file may be truncated); "
-            "copy or download it again"
-        )
-    buffer.seek(0)
-    try:
-        obj = torch.load(buffer, map_location="cpu", pickle_module=_RESTRICTED_PICKLE, weights_only=False)
-    except _ForbiddenGlobal as exc:
-        raise CheckpointError(
-            f"refusing to load {p}: its pickle asks for `{exc.module}.{exc.name}`, which a weight file never needs "
-            "(the file may be malicious or is not a GPT-SoVITS checkpoint); do not use this file"
-        ) from None
-    except CheckpointError:
-        raise
-    except Exception as exc:  # torch / zip / pickle errors on damaged data
-        cause = exc.__context__ if isinstance(exc, pickle.UnpicklingError) and exc.__context__ else exc
-        if isinstance(cause, _ForbiddenGlobal):
+        size = os.fstat(raw.fileno()).st_size
+        if size > max_bytes:
             raise CheckpointError(
-                f"refusing to load {p}: its pickle asks for `{cause.module}.{cause.name}`, which a weight file never "
-                "needs (the file may be malicious or is not a GPT-SoVITS checkpoint); do not use this file"
+                f"refusing to load {p}: the file is {_gib(size)}, more than a {what} can hold ({_gib(max_bytes)}); "
+                f"it is not a checkpoint; {remedy or 'pass the right file'}"
+            )
+        stream: BinaryIO = raw if head == b"PK" else _Retagged(raw)  # type: ignore[assignment]
+        _check_zip_directory(stream, p, what, max_bytes, remedy)
+        stream.seek(0)
+        try:
+            obj = torch.load(stream, map_location="cpu", pickle_module=pickle_module, weights_only=False)
+        except _ForbiddenGlobal as exc:
+            raise _forbidden(p, what, exc, remedy) from None
+        except CheckpointError:
+            raise
+        except Exception as exc:  # torch / zip / pickle errors on damaged data
+            cause = exc.__context__ if isinstance(exc, pickle.UnpicklingError) and exc.__context__ else exc
+            if isinstance(cause, _ForbiddenGlobal):
+                raise _forbidden(p, what, cause, remedy) from None
+            raise CheckpointError(
+                f"{p} could not be read as a checkpoint ({type(exc).__name__}: {str(exc)[:200]}); the file is damaged "
+                f"or truncated, {remedy or 'copy or download it again'}"
             ) from None
-        raise CheckpointError(
-            f"{p} could not be read as a checkpoint ({type(exc).__name__}: {str(exc)[:200]}); the file is damaged "
-            "or truncated, copy or download it again"
-        ) from None
     return obj, head
+
+
+def _forbidden(p: Path, what: str, exc: _ForbiddenGlobal, remedy: str | None) -> CheckpointError:
+    kind = "weight file" if remedy is None else what
+    return CheckpointError(
+        f"refusing to load {p}: its pickle asks for `{exc.module}.{exc.name}`, which a {kind} never needs "
+        f"(the file may be malicious or is not a GPT-SoVITS checkpoint); {remedy or 'do not use this file'}"
+    )
+
+
+def read_training_state(path: str | os.PathLike, max_bytes: int, remedy: str) -> Any:
+    """A training-loop checkpoint (`components.training`), through the restricted unpickler: tensors, plain
+    containers, the optimizer / scheduler / scaler state dicts and the python / numpy / torch RNG states, nothing
+    else. `max_bytes` bounds the file and its declared uncompressed size; `remedy` ends every error message."""
+    obj, _ = _read_container(path, "training checkpoint", max_bytes=max_bytes, pickle_module=_TRAINING_STATE_PICKLE,
+                             remedy=remedy, tagged=False)
+    return obj
 
 
 def _as_plain(obj: Any) -> Any:

@@ -1,0 +1,282 @@
+"""Hostile and damaged checkpoint files: nothing runs, nothing inflates, nothing corrupt loads, exports are
+reproducible, and registering the same exports again is a no-op that says so.
+
+Every case is built from scratch in a temporary folder: tiny models (tests/tiny_training.py), tiny fine-tuning runs,
+hand-made zip containers, and copies of the golden official files in ../shared/gsv.
+"""
+
+from __future__ import annotations
+
+import builtins
+import collections
+import io
+import json
+import pickle
+import resource
+import struct
+import sys
+import time
+import types
+import zipfile
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+
+import tests.test_register as reg
+from components.finetune_gpt import finetune_gpt
+from components.finetune_sovits import finetune_sovits
+from components.training import TrainingError
+from models.checkpoints import CheckpointError, load_gpt, load_sovits, save_gpt, save_sovits
+from models.gpt import GPT, GPTConfig
+from models.sovits import SoVITS, SoVITSConfig
+from narrator.config import load_params
+from narrator.storage import sha256_file
+from tests.tiny_training import TINY_GPT, TINY_SOVITS, make_features
+
+GIB = 1 << 30
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# builders
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: one intra-op thread is faster on a busy machine and keeps the floats reproducible."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def gpt_features(tmp_path_factory) -> Path:
+    """A features folder of six examples for the tiny GPT (no audio needed)."""
+    root = tmp_path_factory.mktemp("gptfeatures")
+    entries = []
+    g = torch.Generator().manual_seed(0)
+    for i in range(6):
+        n_phones, n_codes = 12 + i, 30 + 3 * i
+        folder = root / "entries" / f"e{i}"
+        folder.mkdir(parents=True)
+        torch.save(torch.zeros(1024, n_phones, dtype=torch.float16), folder / "bert.pt")
+        torch.save(torch.zeros(768, 2 * n_codes), folder / "hubert.pt")
+        torch.save(torch.randint(0, 1024, (n_codes,), generator=g), folder / "semantic.pt")
+        torch.save(torch.zeros(1025, 2 * n_codes), folder / "spec.pt")
+        entries.append({"name": f"e{i}", "text": "x", "language": "en", "phones": ["a"] * n_phones,
+                        "ids": torch.randint(0, 732, (n_phones,), generator=g).tolist(), "word2ph": [1] * n_phones,
+                        "duration_s": n_codes / 25, "wav_32k": "", "hubert_frames": 2 * n_codes,
+                        "semantic_frames": n_codes, "spec_frames": 2 * n_codes, "has_sv": False})
+    (root / "manifest.json").write_text(json.dumps({"version": 1, "sovits_version": "v2", "models": {},
+                                                    "entries": entries}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def sovits_features(tmp_path_factory) -> Path:
+    """Two espeak-ng clips with the features the tiny SoVITS trains on."""
+    return make_features(tmp_path_factory.mktemp("sovitsfeatures"), clips=2)
+
+
+def _gpt_params(model=None, **finetune):
+    settings = {"epochs": 2, "batch_size": 2, "accumulate_batches": 1, "lr": 3e-3, "lr_init": 1e-4, "lr_end": 1e-4,
+                "warmup_steps": 2, "decay_steps": 100, "random_init": model or TINY_GPT, **finetune}
+    return load_params(None, {"finetune_gpt": settings,
+                              "training": {"device": "cpu", "checkpoint_every_steps": 2, "log_every_steps": 1,
+                                           "mlflow_tracking_uri": None}})
+
+
+def _sovits_params():
+    return load_params(None, {"finetune_sovits": {"epochs": 1, "batch_size": 2, "random_init": TINY_SOVITS,
+                                                  "random_init_discriminator_divisor": 16},
+                              "training": {"device": "cpu", "mlflow_tracking_uri": None}})
+
+
+def _tiny_sovits(version: str = "v2") -> SoVITS:
+    from models.sovits import MRTEConfig
+
+    settings = dict(TINY_SOVITS, version=version)
+    if version != "v2":  # v2Pro: the MRTE hidden width must be 512 (ge_to512), gin 24 like the golden files
+        settings.update(gin_channels=24, mrte=MRTEConfig(16, 512, 16, 4))
+    else:
+        settings["mrte"] = MRTEConfig(**settings["mrte"])
+    torch.manual_seed(0)
+    return SoVITS(SoVITSConfig(**settings)).eval()
+
+
+def _tiny_gpt() -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig(**TINY_GPT)).eval()
+
+
+class _RunsCode:
+    """Unpickling this runs Python code that creates `marker`."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (builtins.exec, (f"open({str(self.marker)!r}, 'w').close()",))
+
+
+def _deflate_bomb(declared: int) -> bytes:
+    """A raw deflate stream that inflates to `declared` zero bytes (a multiple of 1 MiB) in ~1 KB per MiB.
+
+    After a full flush the compressor starts afresh, so every 1 MiB block of zeros compresses to the same bytes:
+    the stream is one block repeated, built in microseconds instead of compressing gigabytes."""
+    chunk = 1 << 20
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    block = compressor.compress(bytes(chunk)) + compressor.flush(zlib.Z_FULL_FLUSH)
+    return block * (declared // chunk) + compressor.flush(zlib.Z_FINISH)
+
+
+def _zip_container(path: Path, members: dict[str, tuple[bytes, int, int]], head: bytes = b"PK") -> Path:
+    """Write a zip by hand: `members` maps name -> (stored bytes, method (0 stored / 8 deflated), declared
+    uncompressed size). CRCs are left 0: the point is what the directory declares. `head` replaces the first
+    two bytes (a SoVITS version tag)."""
+    body, directory = io.BytesIO(), io.BytesIO()
+    for name, (data, method, size) in members.items():
+        offset = body.tell()
+        raw = name.encode()
+        body.write(struct.pack("<4s5H3I2H", b"PK\x03\x04", 20, 0, method, 0, 0x21, 0, len(data), size, len(raw), 0))
+        body.write(raw + data)
+        directory.write(struct.pack("<4s6H3I5H2I", b"PK\x01\x02", 20, 20, 0, method, 0, 0x21, 0, len(data), size,
+                                    len(raw), 0, 0, 0, 0, 0, offset) + raw)
+    cd = directory.getvalue()
+    end = struct.pack("<4s4H2IH", b"PK\x05\x06", 0, 0, len(members), len(members), len(cd), body.tell(), 0)
+    data = body.getvalue() + cd + end
+    path.write_bytes(head + data[2:])
+    return path
+
+
+def _zip_bomb(path: Path, declared: int = 2 * GIB, head: bytes = b"PK") -> Path:
+    """A torch-looking container (~2 MB) whose data.pkl inflates to `declared` bytes of zeros."""
+    return _zip_container(path, {"archive/data.pkl": (_deflate_bomb(declared), 8, declared),
+                                 "archive/byteorder": (b"little", 0, 6), "archive/version": (b"3\n", 0, 2)}, head)
+
+
+def _peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def _flip_storage_bytes(path: Path, count: int = 5000) -> int:
+    """XOR the lowest bit of up to `count` bytes in the largest tensor storage of a torch container, in place.
+    Flipping the low bit of fp16 mantissas keeps every value finite. Returns how many bytes were flipped."""
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(io.BytesIO(b"PK" + bytes(data[2:]))) as z:
+        info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    name_len, extra_len = struct.unpack("<2H", data[info.header_offset + 26:info.header_offset + 30])
+    start = info.header_offset + 30 + name_len + extra_len
+    flipped = min(count, info.file_size)
+    for i in range(start, start + flipped):
+        data[i] ^= 0x01
+    path.write_bytes(bytes(data))
+    return flipped
+
+
+def _official_copy_with(src: Path, dst: Path, key: str, value: float) -> Path:
+    """A copy of an official-format file (no digest) with one weight element set to `value` (NaN, inf)."""
+    from models.checkpoints import _WRITER_PICKLE, _read_container
+
+    obj, head = _read_container(src, "golden")
+    assert "narrator_digest" not in obj
+    obj["weight"][key].view(-1)[0] = value
+    buffer = io.BytesIO()
+    torch.save(obj, buffer, pickle_module=_WRITER_PICKLE)
+    dst.write_bytes(head + buffer.getvalue()[2:])
+    return dst
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 1. training checkpoints are read through the restricted unpickler
+
+
+@pytest.mark.parametrize("container", ["torch-zip", "bare-pickle"])
+def test_planted_training_checkpoint_that_runs_code_is_refused_and_nothing_runs(gpt_features, tmp_path, container):
+    marker = tmp_path / "pwned"
+    planted = tmp_path / "run" / "checkpoints" / "step-00000005.pt"
+    planted.parent.mkdir(parents=True)
+    state = {"task": _RunsCode(marker), "step": 5, "epoch": 0, "batch": 5, "rng": {}}
+    if container == "torch-zip":
+        torch.save(state, planted)
+    else:
+        planted.write_bytes(pickle.dumps(state))
+    with pytest.raises(TrainingError, match=r"step-00000005\.pt.*delete") as info:
+        finetune_gpt(gpt_features, tmp_path / "run", _gpt_params())
+    assert not marker.exists()
+    assert "checkpoints" in str(info.value)
+
+
+def test_training_checkpoint_without_the_loop_entries_is_refused_with_advice(gpt_features, tmp_path):
+    planted = tmp_path / "run" / "checkpoints" / "step-00000003.pt"
+    planted.parent.mkdir(parents=True)
+    torch.save({"step": 3, "weights": torch.zeros(2)}, planted)
+    with pytest.raises(TrainingError, match=r"step-00000003\.pt.*not a training checkpoint.*delete"):
+        finetune_gpt(gpt_features, tmp_path / "run", _gpt_params())
+
+
+def test_training_checkpoint_of_another_model_size_is_refused_with_advice(gpt_features, tmp_path):
+    stopped = finetune_gpt(gpt_features, tmp_path / "run", _gpt_params(), stop_after_steps=2)
+    assert stopped.stopped_early
+    bigger = dict(TINY_GPT, n_embd=48)
+    with pytest.raises(TrainingError, match=r"step-00000002\.pt.*does not fit.*delete .*checkpoints"):
+        finetune_gpt(gpt_features, tmp_path / "run", _gpt_params(model=bigger))
+
+
+def test_stopped_and_resumed_sovits_run_resumes_through_the_restricted_loader(sovits_features, tmp_path):
+    """The SoVITS state (two models, two AdamW, two ExponentialLR, scaler, RNGs) passes the restricted unpickler."""
+    from models.checkpoints import _read_container
+
+    params = _sovits_params()
+    params = load_params(None, {**params.model_dump(by_alias=True, mode="json"),
+                                "finetune_sovits": {**params.finetune_sovits.model_dump(mode="json"), "epochs": 2,
+                                                    "batch_size": 1}})
+    straight = finetune_sovits(sovits_features, tmp_path / "straight", params)
+    finetune_sovits(sovits_features, tmp_path / "resumed", params, stop_after_steps=1)
+    resumed = finetune_sovits(sovits_features, tmp_path / "resumed", params)
+    assert resumed.resumed_from_step == 1 and resumed.steps == straight.steps == 4
+    a, b = (_read_container(run / "sovits.pth", "export")[0]["weight"] for run in (tmp_path / "straight",
+                                                                                   tmp_path / "resumed"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 2. zip bombs: declared sizes are checked before anything is inflated
+
+
+@pytest.mark.parametrize("loader,head", [(load_sovits, b"PK"), (load_sovits, b"05"), (load_gpt, b"PK")],
+                         ids=["sovits", "sovits-v2Pro-tag", "gpt"])
+def test_small_file_that_inflates_to_gigabytes_is_refused_before_inflating(tmp_path, loader, head):
+    bomb = _zip_bomb(tmp_path / "bomb.pth", 2 * GIB, head)
+    assert bomb.stat().st_size < 4 << 20
+    peak, started = _peak_rss_bytes(), time.monotonic()
+    with pytest.raises(CheckpointError, match=r"bomb\.pth.*uncompressed") as info:
+        loader(bomb)
+    assert time.monotonic() - started < 2.0
+    assert _peak_rss_bytes() - peak < 256 << 20
+    assert "GiB" in str(info.value)
+
+
+def test_training_checkpoint_that_inflates_to_gigabytes_is_refused_before_inflating(gpt_features, tmp_path):
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    planted = _zip_bomb(tmp_path / "run" / "checkpoints" / "step-00000004.pt", 2 * GIB)
+    peak, started = _peak_rss_bytes(), time.monotonic()
+    with pytest.raises(TrainingError, match=r"step-00000004\.pt.*uncompressed.*delete"):
+        finetune_gpt(gpt_features, tmp_path / "run", _gpt_params())
+    assert time.monotonic() - started < 5.0
+    assert _peak_rss_bytes() - peak < 256 << 20
+    assert planted.exists()  # refused, not deleted: the user decides
+
+
+def test_huge_file_is_refused_without_being_read_into_memory(tmp_path):
+    huge = tmp_path / "huge.pth"
+    with huge.open("wb") as f:  # sparse: 3 GiB on paper, nothing on disk
+        f.write(b"PK\x03\x04")
+        f.truncate(3 * GIB)
+    peak, started = _peak_rss_bytes(), time.monotonic()
+    with pytest.raises(CheckpointError, match=r"huge\.pth"):
+        load_sovits(huge)
+    assert time.monotonic() - started < 2.0
+    assert _peak_rss_bytes() - peak < 256 << 20
