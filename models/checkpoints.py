@@ -17,6 +17,8 @@ attribute bag `HParams` (no module named `utils` is imported or created). Anythi
 Hostile sizes: before anything is inflated, the zip directory's declared (uncompressed) member sizes are summed
 and checked against a bound (`MAX_WEIGHT_FILE_BYTES` for weight files, a bound from the model for training
 checkpoints), so a small file that inflates to gigabytes is refused at once. Files are streamed, never read whole.
+
+Exports are reproducible: the same weights, config and info give the same bytes.
 """
 
 from __future__ import annotations
@@ -27,11 +29,11 @@ import io
 import os
 import pickle
 import struct
-import time
 import types
+import uuid
 import zipfile
 from pathlib import Path
-from typing import Any, BinaryIO, Mapping
+from typing import Any, BinaryIO, Callable, Mapping
 
 import torch
 
@@ -508,20 +510,29 @@ def _to_hparams(config: Mapping[str, Any]) -> HParams:
     return HParams(**copy.deepcopy(dict(config)))
 
 
-def _atomic_write(path: Path, write) -> None:
+def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write `path` through `write(file)`: into a new temporary file beside it, flushed to disk, then moved into
+    place, so a kill leaves the previous file or the new one, never half of one.
+
+    `torch.save` into an open file names the zip's folder "archive" (into a path it would use the path's stem,
+    and the official tools' stem is a timestamp), and its zip entries carry a fixed date: the bytes depend only on
+    what is written."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f"{time.time()}.pth"  # the official tools save to "<time>.pth", then move
+    tmp = path.parent / f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp"
     try:
-        write(tmp)
+        with tmp.open("xb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
 
 
 def save_sovits(sovits: SoVITS, path: str | os.PathLike, info: str = "0epoch_0iteration") -> Path:
     """Write `sovits` the way the official `process_ckpt.savee` does: fp16 weights without enc_q.*, the config
-    as a pickled `utils.HParams`, `info`, and for v2Pro / v2ProPlus the b"05" / b"06" header tag."""
+    as a pickled `utils.HParams`, `info`, and for v2Pro / v2ProPlus the b"05" / b"06" header tag.
+    The same model, config and info always give the same bytes."""
     if not isinstance(sovits, SoVITS):
         raise CheckpointError(f"save_sovits needs a models.sovits.SoVITS, got {type(sovits).__name__}")
     path = Path(path)
@@ -530,13 +541,14 @@ def save_sovits(sovits: SoVITS, path: str | os.PathLike, info: str = "0epoch_0it
     weight = {k: v.detach().to("cpu").half().contiguous() for k, v in sovits.state_dict().items() if "enc_q" not in k}
     container = collections.OrderedDict(weight=weight, config=_to_hparams(hps), info=str(info))
     tag = _VERSION_TAGS.get(sovits.version)
-    if tag is None:
-        _atomic_write(path, lambda tmp: torch.save(container, tmp, pickle_module=_WRITER_PICKLE))
-    else:
-        buffer = io.BytesIO()
-        torch.save(container, buffer, pickle_module=_WRITER_PICKLE)
-        data = tag + buffer.getvalue()[2:]
-        _atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+    def write(file: BinaryIO) -> None:
+        torch.save(container, file, pickle_module=_WRITER_PICKLE)
+        if tag is not None:
+            file.seek(0)
+            file.write(tag)
+
+    _atomic_write(path, write)
     return path
 
 
@@ -629,7 +641,8 @@ def load_gpt(path: str | os.PathLike, device: str | torch.device = "cpu", dtype:
 
 
 def save_gpt(gpt, path: str | os.PathLike, info: str = "GPT-e1") -> Path:
-    """Write `gpt` as the official stage-1 trainer does: fp16 "model.*" weights, the config dict, `info`."""
+    """Write `gpt` as the official stage-1 trainer does: fp16 "model.*" weights, the config dict, `info`.
+    The same model, config and info always give the same bytes."""
     if not hasattr(gpt, "cfg") or not hasattr(gpt.cfg, "to_official"):
         raise CheckpointError(f"save_gpt needs a models.gpt.GPT, got {type(gpt).__name__}")
     path = Path(path)
@@ -637,5 +650,5 @@ def save_gpt(gpt, path: str | os.PathLike, info: str = "GPT-e1") -> Path:
         ("model." + k, v.detach().to("cpu").half().contiguous()) for k, v in gpt.state_dict().items()
     )
     container = collections.OrderedDict(weight=weight, config=gpt.cfg.to_official(), info=str(info))
-    _atomic_write(path, lambda tmp: torch.save(container, tmp))
+    _atomic_write(path, lambda file: torch.save(container, file))
     return path

@@ -280,3 +280,51 @@ def test_huge_file_is_refused_without_being_read_into_memory(tmp_path):
         load_sovits(huge)
     assert time.monotonic() - started < 2.0
     assert _peak_rss_bytes() - peak < 256 << 20
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 4. reproducible exports
+
+
+@pytest.mark.parametrize("version", ["v2", "v2Pro"])
+def test_saving_the_same_sovits_twice_gives_identical_bytes(tmp_path, version):
+    model = _tiny_sovits(version)
+    a = save_sovits(model, tmp_path / "a" / "sovits.pth")
+    time.sleep(0.01)  # the old writer named the archive after time.time()
+    b = save_sovits(model, tmp_path / "b" / "sovits.pth")
+    assert a.read_bytes() == b.read_bytes()
+    with zipfile.ZipFile(io.BytesIO(b"PK" + a.read_bytes()[2:])) as z:
+        assert {i.filename.split("/")[0] for i in z.infolist()} == {"archive"}
+        assert {i.date_time for i in z.infolist()} == {z.infolist()[0].date_time}
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["sovits.pth"]  # no temporary file left
+
+
+def test_saving_the_same_gpt_twice_gives_identical_bytes(tmp_path):
+    model = _tiny_gpt()
+    a = save_gpt(model, tmp_path / "a" / "gpt.ckpt")
+    time.sleep(0.01)
+    b = save_gpt(model, tmp_path / "b" / "gpt.ckpt")
+    assert a.read_bytes() == b.read_bytes()
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["gpt.ckpt"]
+
+
+def test_stopped_and_resumed_gpt_run_exports_the_same_bytes_as_an_uninterrupted_one(gpt_features, tmp_path):
+    params = _gpt_params(epochs=3)
+    straight = finetune_gpt(gpt_features, tmp_path / "straight", params)
+    finetune_gpt(gpt_features, tmp_path / "resumed", params, stop_after_steps=3)
+    resumed = finetune_gpt(gpt_features, tmp_path / "resumed", params)
+    assert resumed.resumed_from_step == 3 and resumed.steps == straight.steps == 9
+    assert resumed.sha256 == straight.sha256 == sha256_file(tmp_path / "resumed" / "gpt.ckpt")
+
+
+def test_fine_tuning_the_gpt_twice_gives_identical_files(gpt_features, tmp_path):
+    first = finetune_gpt(gpt_features, tmp_path / "one", _gpt_params())
+    second = finetune_gpt(gpt_features, tmp_path / "two", _gpt_params())
+    assert first.sha256 == second.sha256
+    assert sha256_file(tmp_path / "one" / "gpt.ckpt") == sha256_file(tmp_path / "two" / "gpt.ckpt")
+
+
+def test_fine_tuning_sovits_twice_gives_identical_files(sovits_features, tmp_path):
+    first = finetune_sovits(sovits_features, tmp_path / "one", _sovits_params())
+    second = finetune_sovits(sovits_features, tmp_path / "two", _sovits_params())
+    assert first.sha256 == second.sha256
