@@ -18,13 +18,17 @@ Hostile sizes: before anything is inflated, the zip directory's declared (uncomp
 and checked against a bound (`MAX_WEIGHT_FILE_BYTES` for weight files, a bound from the model for training
 checkpoints), so a small file that inflates to gigabytes is refused at once. Files are streamed, never read whole.
 
-Exports are reproducible: the same weights, config and info give the same bytes.
+Integrity: files Narrator exports carry `"narrator_digest": "sha256:<hex>"` (`weights_digest` of the stored
+tensors) as a fourth top-level entry, which the official loaders never look at; our loaders refuse a file whose
+weights do not match it. Any file (ours or official) with NaN or infinite weights is refused, and so is exporting
+such weights. Exports are reproducible: the same weights, config and info give the same bytes.
 """
 
 from __future__ import annotations
 
 import collections
 import copy
+import hashlib
 import io
 import os
 import pickle
@@ -60,6 +64,8 @@ MAX_WEIGHT_FILE_BYTES = 2 * 4 * _LARGEST_MODEL_ELEMENTS + (64 << 20)
 """The most a weight file's zip members may declare uncompressed, in total, and the largest file we open: twice the
 largest model stored in fp32 (official and Narrator files store fp16, a quarter of this) plus 64 MiB for the pickle
 and config, about 0.81 GiB. Official v3/v4 files (~0.77 GB) stay under it and are refused by version, not size."""
+
+DIGEST_KEY = "narrator_digest"  # the top-level container entry holding `weights_digest(weight)` in our exports
 
 
 class CheckpointError(NarratorError):
@@ -411,6 +417,90 @@ def _looks_like_sovits(obj: Mapping[str, Any]) -> bool:
     return isinstance(weight, Mapping) and any(str(k).startswith(("enc_p.", "dec.", "flow.")) for k in weight)
 
 
+def weights_digest(weight: Mapping[str, torch.Tensor]) -> str:
+    """"sha256:<64 hex>" of a container's weights exactly as stored: for each key in sorted order, the key, dtype
+    and shape, then the tensor's bytes (C order, little-endian as torch stores them). Independent of the zip
+    layout and of the order of the dict."""
+    digest = hashlib.sha256()
+    for key in sorted(weight, key=str):
+        tensor = weight[key].detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"{key}\0{tensor.dtype}\0{tuple(weight[key].shape)}\0".encode("utf-8"))
+        digest.update(tensor.view(torch.uint8).numpy())
+    return "sha256:" + digest.hexdigest()
+
+
+def _non_finite(weight: Mapping[str, torch.Tensor]) -> list[str]:
+    """Keys of the floating-point tensors holding NaN or +-inf.
+
+    One reduction per tensor (4x faster than an element-wise test on fp16): NaN and inf propagate into the sum,
+    which is taken in a width it cannot overflow for fp16/bf16/fp32 weights; a non-finite sum is confirmed element by
+    element (a float64 sum of huge values could overflow)."""
+    bad = []
+    for key, value in weight.items():
+        if not value.is_floating_point():
+            continue
+        wide = torch.float32 if value.dtype == torch.float16 else torch.float64
+        if not bool(torch.isfinite(value.sum(dtype=wide))) and not bool(torch.isfinite(value).all()):
+            bad.append(str(key))
+    return bad
+
+
+def _check_weights(p: Path, obj: Mapping[str, Any], weight: Mapping[str, Any]) -> None:
+    """Refuse non-tensor weights, weights that do not match the file's Narrator digest (when it has one) and NaN
+    or infinite weights (any file)."""
+    if not all(isinstance(v, torch.Tensor) for v in weight.values()):
+        raise CheckpointError(f"{p}: 'weight' holds non-tensor values; the file is not a GPT-SoVITS weight file")
+    # a tensor may view its stored bytes with any shape and strides (stride 0 repeats one value forever): bound what
+    # the weights claim before hashing or scanning them
+    for key, value in weight.items():
+        if value.numel() * value.element_size() > value.untyped_storage().nbytes():
+            raise CheckpointError(
+                f"refusing to load {p}: weight {key} claims {tuple(value.shape)} values, more than the file stores for "
+                "it; the file was crafted or is damaged; do not use this file"
+            )
+    claimed = sum(value.numel() * value.element_size() for value in weight.values())
+    if claimed > MAX_WEIGHT_FILE_BYTES:
+        raise CheckpointError(
+            f"refusing to load {p}: its weights claim {_gib(claimed)}, more than any supported model holds "
+            f"({_gib(MAX_WEIGHT_FILE_BYTES)}); the file was crafted or is damaged; do not use this file"
+        )
+    if DIGEST_KEY in obj:
+        recorded = obj[DIGEST_KEY]
+        if not isinstance(recorded, str) or not recorded.startswith("sha256:"):
+            raise CheckpointError(
+                f"{p}: its {DIGEST_KEY} entry is malformed ({type(recorded).__name__}), so its weights cannot be "
+                "checked; the file was edited or is damaged: copy it again or export it again"
+            )
+        if weights_digest(weight) != recorded:
+            raise CheckpointError(
+                f"{p} is damaged: its weights do not match the digest ({DIGEST_KEY}) written when Narrator exported "
+                "it, so bytes changed on disk or in transfer; copy it again from where it came from, or export it "
+                "again"
+            )
+    bad = _non_finite(weight)
+    if bad:
+        raise CheckpointError(
+            f"{p}: weights {format_keys(bad, 6)} hold NaN or infinite values; the file is damaged or comes from a "
+            "training run that diverged; use another file"
+        )
+
+
+def _export_container(weight: Mapping[str, torch.Tensor], config: Any, info: str, digest: bool,
+                      what: str) -> collections.OrderedDict:
+    """The official container {weight, config, info}, plus our digest entry when `digest`; refuses NaN / inf."""
+    bad = _non_finite(weight)
+    if bad:
+        raise CheckpointError(
+            f"cannot export the {what}: weights {format_keys(bad, 6)} hold NaN or infinite values as stored in fp16 "
+            "(values beyond +-65504 overflow); the training diverged: lower the learning rate or export an earlier "
+            "checkpoint"
+        )
+    container = collections.OrderedDict(weight=weight, config=config, info=str(info))
+    if digest:
+        container[DIGEST_KEY] = weights_digest(weight)
+    return container
+
+
 # --------------------------------------------------------------------------------------------------------------
 # SoVITS
 # --------------------------------------------------------------------------------------------------------------
@@ -479,6 +569,7 @@ def load_sovits(
         )
     if not all(isinstance(v, torch.Tensor) for v in weight.values()):
         raise CheckpointError(f"{p}: 'weight' holds non-tensor values; the file is not a SoVITS weight file")
+    _check_weights(p, obj, weight)
     hps = _as_plain(config)
     if not isinstance(hps, dict) or not isinstance(hps.get("model"), dict):
         raise CheckpointError(f"{p}: the config has no 'model' section; the file is not a SoVITS weight file")
@@ -529,17 +620,20 @@ def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def save_sovits(sovits: SoVITS, path: str | os.PathLike, info: str = "0epoch_0iteration") -> Path:
+def save_sovits(sovits: SoVITS, path: str | os.PathLike, info: str = "0epoch_0iteration", digest: bool = True) -> Path:
     """Write `sovits` the way the official `process_ckpt.savee` does: fp16 weights without enc_q.*, the config
     as a pickled `utils.HParams`, `info`, and for v2Pro / v2ProPlus the b"05" / b"06" header tag.
-    The same model, config and info always give the same bytes."""
+
+    With `digest` (the default) the container also holds `narrator_digest` (`weights_digest` of the fp16 weights),
+    which `load_sovits` checks and the official loader ignores; `digest=False` writes exactly the official bytes.
+    The same model, config and info always give the same bytes. NaN / infinite weights are refused."""
     if not isinstance(sovits, SoVITS):
         raise CheckpointError(f"save_sovits needs a models.sovits.SoVITS, got {type(sovits).__name__}")
     path = Path(path)
     hps = copy.deepcopy(sovits.hparams) if sovits.hparams else sovits_official_config(sovits.config)
     hps.setdefault("model", {})["version"] = sovits.version
     weight = {k: v.detach().to("cpu").half().contiguous() for k, v in sovits.state_dict().items() if "enc_q" not in k}
-    container = collections.OrderedDict(weight=weight, config=_to_hparams(hps), info=str(info))
+    container = _export_container(weight, _to_hparams(hps), info, digest, "SoVITS model")
     tag = _VERSION_TAGS.get(sovits.version)
 
     def write(file: BinaryIO) -> None:
@@ -621,6 +715,7 @@ def load_gpt(path: str | os.PathLike, device: str | torch.device = "cpu", dtype:
         )
     if not isinstance(weight, Mapping) or not isinstance(config, dict):
         raise CheckpointError(f"{p} lacks the 'weight' and 'config' entries of a GPT-SoVITS stage-1 checkpoint")
+    _check_weights(p, obj, weight)
     try:
         cfg = GPTConfig.from_official(config)
         gpt = GPT(cfg)
@@ -640,15 +735,17 @@ def load_gpt(path: str | os.PathLike, device: str | torch.device = "cpu", dtype:
     return gpt
 
 
-def save_gpt(gpt, path: str | os.PathLike, info: str = "GPT-e1") -> Path:
+def save_gpt(gpt, path: str | os.PathLike, info: str = "GPT-e1", digest: bool = True) -> Path:
     """Write `gpt` as the official stage-1 trainer does: fp16 "model.*" weights, the config dict, `info`.
-    The same model, config and info always give the same bytes."""
+
+    With `digest` (the default) the container also holds `narrator_digest`, which `load_gpt` checks and the
+    official loader ignores; `digest=False` writes exactly the official records. Reproducible; NaN / inf refused."""
     if not hasattr(gpt, "cfg") or not hasattr(gpt.cfg, "to_official"):
         raise CheckpointError(f"save_gpt needs a models.gpt.GPT, got {type(gpt).__name__}")
     path = Path(path)
     weight = collections.OrderedDict(
         ("model." + k, v.detach().to("cpu").half().contiguous()) for k, v in gpt.state_dict().items()
     )
-    container = collections.OrderedDict(weight=weight, config=gpt.cfg.to_official(), info=str(info))
+    container = _export_container(weight, gpt.cfg.to_official(), info, digest, "GPT model")
     _atomic_write(path, lambda file: torch.save(container, file))
     return path

@@ -283,6 +283,127 @@ def test_huge_file_is_refused_without_being_read_into_memory(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# 3. silent weight corruption
+
+
+def test_flipped_bytes_in_an_exported_sovits_file_are_refused(tmp_path):
+    path = save_sovits(_tiny_sovits(), tmp_path / "voice.pth")
+    load_sovits(path)  # intact: loads
+    assert _flip_storage_bytes(path) > 100
+    with pytest.raises(CheckpointError, match=r"voice\.pth.*digest"):
+        load_sovits(path)
+
+
+def test_flipped_bytes_in_an_exported_gpt_file_are_refused(tmp_path):
+    path = save_gpt(_tiny_gpt(), tmp_path / "voice.ckpt")
+    load_gpt(path)
+    assert _flip_storage_bytes(path) > 100
+    with pytest.raises(CheckpointError, match=r"voice\.ckpt.*digest"):
+        load_gpt(path)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
+@pytest.mark.parametrize("golden,key,loader", [
+    ("golden_A_s2_v2.pth", "dec.conv_pre.weight", load_sovits),
+    ("golden_A_s2_v2Pro.pth", "enc_p.text_embedding.weight", load_sovits),
+    ("golden_A_s1.ckpt", "model.ar_predict_layer.weight", load_gpt),
+], ids=["sovits-v2", "sovits-v2Pro", "gpt"])
+def test_official_format_file_with_non_finite_weights_is_refused(gsv_dir, tmp_path, golden, key, loader, value):
+    bad = _official_copy_with(gsv_dir / golden, tmp_path / f"bad-{golden}", key, value)
+    with pytest.raises(CheckpointError, match=rf"bad-{golden}.*{key}.*(NaN|infinite)"):
+        loader(bad)
+
+
+@pytest.mark.parametrize("golden,loader", [("golden_A_s2_v2.pth", load_sovits), ("golden_A_s2_v2Pro.pth", load_sovits),
+                                           ("golden_A_s1.ckpt", load_gpt)])
+def test_official_files_without_a_digest_still_load(gsv_dir, golden, loader):
+    from models.checkpoints import _read_container
+
+    assert "narrator_digest" not in _read_container(gsv_dir / golden, "golden")[0]
+    assert not loader(gsv_dir / golden).training
+
+
+@pytest.mark.parametrize("copies", [1, 3000], ids=["one-huge-view", "many-full-views"])
+def test_weights_that_view_their_few_stored_bytes_as_terabytes_are_refused_at_once(gsv_dir, tmp_path, copies):
+    """A stride-0 tensor repeats one stored value: 2**40 values from 2 bytes. Scanning or hashing it would never end;
+    so would thousands of keys viewing one large stored tensor."""
+    from models.checkpoints import _WRITER_PICKLE, _read_container
+
+    obj, head = _read_container(gsv_dir / "golden_A_s2_v2.pth", "golden")
+    if copies == 1:
+        obj["weight"]["dec.conv_pre.weight"] = torch.zeros(1, dtype=torch.float16).expand(2 ** 40)
+    else:
+        shared = torch.zeros(2 ** 19, dtype=torch.float16)  # 1 MiB stored once, 3000 keys view all of it: 2.9 GiB
+        obj["weight"].update({f"dec.extra{i}": shared for i in range(copies)})
+    buffer = io.BytesIO()
+    torch.save(obj, buffer, pickle_module=_WRITER_PICKLE)
+    (tmp_path / "views.pth").write_bytes(buffer.getvalue())
+    started = time.monotonic()
+    with pytest.raises(CheckpointError, match=r"views\.pth.*(claims|claim) "):
+        load_sovits(tmp_path / "views.pth")
+    assert time.monotonic() - started < 5.0
+
+
+def test_exporting_a_model_with_non_finite_weights_is_refused(tmp_path):
+    model = _tiny_sovits()
+    with torch.no_grad():
+        model.dec.conv_pre.weight[0, 0, 0] = float("nan")
+    with pytest.raises(CheckpointError, match=r"dec\.conv_pre\.weight.*NaN"):
+        save_sovits(model, tmp_path / "diverged.pth")
+    assert not (tmp_path / "diverged.pth").exists()
+    gpt = _tiny_gpt()
+    with torch.no_grad():
+        next(gpt.parameters()).view(-1)[0] = 1e6  # finite in fp32, infinite once stored as fp16
+    with pytest.raises(CheckpointError, match="infinite"):
+        save_gpt(gpt, tmp_path / "diverged.ckpt")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_exports_carry_a_digest_that_the_official_loaders_ignore(tmp_path, monkeypatch):
+    """The official code reads dict_s2["weight"/"config"/"info"] (unpickling with a `utils.HParams` class) and
+    dict_s1["weight"/"config"]; an extra top-level entry is never looked at."""
+    sovits = save_sovits(_tiny_sovits("v2Pro"), tmp_path / "voice.pth")
+    gpt = save_gpt(_tiny_gpt(), tmp_path / "voice.ckpt")
+
+    official_utils = types.ModuleType("utils")
+    official_utils.HParams = type("HParams", (), {})  # the official class: an attribute bag
+    monkeypatch.setitem(sys.modules, "utils", official_utils)
+    data = sovits.read_bytes()
+    assert data[:2] == b"05"
+    dict_s2 = torch.load(io.BytesIO(b"PK" + data[2:]), map_location="cpu", weights_only=False)
+    assert str(dict_s2["narrator_digest"]).startswith("sha256:")
+    assert dict_s2["config"].model.version == "v2Pro" and dict_s2["info"] == "0epoch_0iteration"
+    assert set(dict_s2["weight"]) == {k for k in _tiny_sovits("v2Pro").state_dict() if "enc_q" not in k}
+
+    dict_s1 = torch.load(gpt, map_location="cpu", weights_only=True)  # plain torch can read ours safely
+    assert str(dict_s1["narrator_digest"]).startswith("sha256:")
+    assert dict_s1["config"]["model"]["n_layer"] == TINY_GPT["n_layer"]
+    assert all(k.startswith("model.") for k in dict_s1["weight"])
+
+
+def test_exports_equal_the_official_records_plus_the_digest_entry(gsv_dir, tmp_path):
+    from models.checkpoints import _read_container
+
+    official = gsv_dir / "golden_A_s2_v2Pro.pth"
+    save_sovits(load_sovits(official), tmp_path / "ours.pth", info="1epoch_10iteration")
+    ours, theirs = _read_container(tmp_path / "ours.pth", "ours")[0], _read_container(official, "official")[0]
+    assert list(ours) == [*theirs, "narrator_digest"]
+    assert ours["info"] == theirs["info"] and ours["config"].to_dict() == theirs["config"].to_dict()
+    assert all(torch.equal(ours["weight"][k], v) for k, v in theirs["weight"].items())
+
+
+def test_tampered_digest_entry_is_refused(tmp_path):
+    from models.checkpoints import _read_container
+
+    path = save_gpt(_tiny_gpt(), tmp_path / "voice.ckpt")
+    obj, _ = _read_container(path, "ours")
+    obj["narrator_digest"] = {"not": "a digest"}
+    torch.save(obj, path)
+    with pytest.raises(CheckpointError, match=r"voice\.ckpt.*digest"):
+        load_gpt(path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # 4. reproducible exports
 
 
