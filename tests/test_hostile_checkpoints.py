@@ -449,3 +449,55 @@ def test_fine_tuning_sovits_twice_gives_identical_files(sovits_features, tmp_pat
     first = finetune_sovits(sovits_features, tmp_path / "one", _sovits_params())
     second = finetune_sovits(sovits_features, tmp_path / "two", _sovits_params())
     assert first.sha256 == second.sha256
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 5. registering byte-identical exports again
+
+
+def test_registering_identical_exports_of_a_second_fine_tuning_run_is_a_noop_that_says_so(
+        gpt_features, sovits_features, tmp_path, capsys, monkeypatch):
+    from mlflow import MlflowClient
+
+    from cli.main import main
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    MlflowClient(tracking_uri=uri).create_experiment(reg.EXPERIMENT, artifact_location=(tmp_path / "art").as_uri())
+    reg._validated(tmp_path / "validated")
+    reg._prepared(tmp_path / "prepared")
+    reg._features(tmp_path / "features")
+    runs = {}
+    for run in ("one", "two"):  # the whole fine-tuning done twice with the same data and settings
+        runs[run] = (finetune_sovits(sovits_features, tmp_path / run / "sovits", _sovits_params()),
+                     finetune_gpt(gpt_features, tmp_path / run / "gpt", _gpt_params()))
+    assert [r.sha256 for r in runs["one"]] == [r.sha256 for r in runs["two"]]
+    settings = ["--set", f"registry.tracking_uri={uri}", "--set", f"training.mlflow_tracking_uri={uri}",
+                "--set", f"training.mlflow_experiment={reg.EXPERIMENT}",
+                "--set", f"registry.audit_log={tmp_path / 'audit.jsonl'}"]
+    watermark = str(reg.watermark_folder(tmp_path / "watermark"))
+
+    def register(run: str, evaluation: Path) -> tuple[dict, str]:
+        code = main(["register", "alice", "--validated", str(tmp_path / "validated"), "--prepared",
+                     str(tmp_path / "prepared"), "--features", str(tmp_path / "features"),
+                     "--sovits", str(tmp_path / run / "sovits"), "--gpt", str(tmp_path / run / "gpt"),
+                     "--evaluation", str(evaluation), "--watermark", watermark, *settings])
+        assert code == 0
+        out = capsys.readouterr()
+        return json.loads(out.out), out.err
+
+    first, said = register("one", reg.evaluation(tmp_path / "ev", "one", 0.86))
+    assert first["version"] == 1 and "nothing new" not in said
+    # the second run is evaluated again: same quality, but the timing metrics (rtf, first audio) differ
+    again = reg.evaluation(tmp_path / "ev", "two", 0.86)
+    report = json.loads((again / "report.json").read_text())
+    report["metrics"].update(rtf=0.31, first_audio_s=0.27)
+    (again / "report.json").write_text(json.dumps(report))
+    second, said = register("two", again)
+
+    assert second["version"] == 1 and second["new_version"] is False
+    assert "nothing new registered" in said and "narrator-alice version 1" in said
+    versions = MlflowClient(tracking_uri=uri, registry_uri=uri).search_model_versions("name='narrator-alice'")
+    assert [int(v.version) for v in versions] == [1]
+    assert [json.loads(line)["event"] for line in (tmp_path / "audit.jsonl").read_text().splitlines()] == [
+        "registered", "promoted"]
