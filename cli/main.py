@@ -538,6 +538,10 @@ def _cmd_register(args) -> int:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(registration.to_json(), encoding="utf-8")
+    if not registration.new_version:  # the JSON on stdout stays machine-readable; the notice goes to stderr
+        print(f"nothing new registered: {registration.model_name} version {registration.version} already holds these "
+              f"fine-tuned files (same sha256), dataset, consent and evaluation "
+              f"[{', '.join(registration.aliases) or 'no aliases'}]", file=sys.stderr)
     print(registration.to_json())
     return 0
 

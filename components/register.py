@@ -86,6 +86,7 @@ class Registration:
     reason: str  # why it was (not) promoted
     payload_hex: str  # 32-bit watermark payload, 8 hex digits
     run_id: str  # the MLflow run "register" holding the artifacts
+    new_version: bool = True  # False: an existing version already held these files and evaluation (nothing done)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, ensure_ascii=False)
@@ -416,8 +417,9 @@ def _register_locked(voice: str, name: str, tags: dict[str, str], metrics: dict[
         version = int(existing.version)
         return Registration(voice, name, version, version_aliases(client, name, version),
                             existing.tags.get("promoted_by") is not None, existing.tags.get("pending_approval") == "true",
-                            "already registered (same fine-tuned files, dataset and evaluation)",
-                            existing.tags.get("payload_hex", ""), existing.run_id or "")
+                            f"already registered as version {version} (same fine-tuned files, dataset, consent and "
+                            "evaluation); nothing new registered",
+                            existing.tags.get("payload_hex", ""), existing.run_id or "", new_version=False)
     voice_id = int(model.tags["voice_id"])
     run_id = _log_register_run(client, params, name, tags, metrics, params_text, artifacts)
     source = client.get_run(run_id).info.artifact_uri
@@ -465,16 +467,19 @@ def _check_tenant(client, model, tenant: str | None) -> None:
 
 
 SAME_REGISTRATION_TAGS = ("sovits_sha256", "gpt_sha256", "dataset_hash", "consent_hash", "verdict")
+# metrics that time the machine the evaluation ran on, not the voice: evaluating the same files again changes them
+MACHINE_METRIC_TAGS = ("metric.rtf", "metric.first_audio_s")
 
 
 def _same_registration(client, name: str, tags: dict[str, str]):
-    """The version of `name` registered from exactly these fine-tuned files, data, consent, verdict and metrics
-    (or None)."""
-    keys = [*SAME_REGISTRATION_TAGS, *(key for key in tags if key.startswith("metric."))]
-    for version in client.search_model_versions(f"name='{name}'"):
-        if all(version.tags.get(key) == tags.get(key) for key in keys):
-            return version
-    return None
+    """The newest version of `name` registered from exactly these fine-tuned files (sha256; exports are
+    reproducible, so fine-tuning the same data with the same settings again gives the same files), data, consent,
+    verdict and quality metrics (or None). The machine timings (MACHINE_METRIC_TAGS) are not compared."""
+    keys = [*SAME_REGISTRATION_TAGS,
+            *(key for key in tags if key.startswith("metric.") and key not in MACHINE_METRIC_TAGS)]
+    same = [version for version in client.search_model_versions(f"name='{name}'")
+            if all(version.tags.get(key) == tags.get(key) for key in keys)]
+    return max(same, key=lambda version: int(version.version), default=None)
 
 
 def _log_register_run(client, params: Params, name: str, tags: dict[str, str], metrics: dict[str, float],

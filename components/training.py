@@ -263,6 +263,56 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+# Bound on a training checkpoint's size, uncompressed, from the task it resumes: the state the task holds before the
+# first step (model(s), buffers) times 4, since the file adds at most AdamW's two moment buffers per parameter (3x in
+# all), plus room for the RNG states, counters and the pickle itself. A file declaring more is refused unread.
+STATE_SIZE_FACTOR = 4
+STATE_SIZE_SLACK_BYTES = 64 << 20
+_LOOP_ENTRIES = {"task": dict, "step": int, "epoch": int, "batch": int, "rng": dict}
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """Bytes of all tensors in nested dicts / lists / tuples."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+def load_checkpoint(checkpoint: Path, task: TrainTask) -> dict[str, Any]:
+    """Restore `task` and the RNGs from `checkpoint` and return its loop counters (step, epoch, batch).
+
+    The file goes through the same restricted unpickler as weight files (models.checkpoints.read_training_state):
+    a pickle naming anything but tensors, plain containers and the optimizer / scheduler / RNG state is refused
+    before it runs, and so is a file declaring more than the task's state could take. A file that is not a loop
+    checkpoint, or one written for another model or other settings, is refused with what to delete."""
+    from models.checkpoints import CheckpointError, read_training_state
+
+    remedy = (f"delete {checkpoint.name} to resume from the checkpoint before it, or delete {checkpoint.parent} to "
+              "start over")
+    limit = STATE_SIZE_FACTOR * _tensor_bytes(task.state_dict()) + STATE_SIZE_SLACK_BYTES
+    try:
+        state = read_training_state(checkpoint, max_bytes=limit, remedy=remedy)
+    except CheckpointError as error:
+        raise TrainingError(str(error)) from None
+    wrong = [key for key, kind in _LOOP_ENTRIES.items()
+             if not isinstance(state, dict) or not isinstance(state.get(key), kind) or isinstance(state.get(key), bool)]
+    if wrong or any(state[key] < 0 for key in ("step", "epoch", "batch")):
+        raise TrainingError(f"{checkpoint} is not a training checkpoint written by this loop (missing or wrong "
+                            f"entries: {', '.join(wrong) or 'negative counters'}); {remedy}")
+    try:
+        task.load_state_dict(state["task"])
+        _set_rng_state(state["rng"])
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as error:
+        detail = " ".join(str(error).split())[:300]
+        raise TrainingError(f"{checkpoint} does not fit this run ({type(error).__name__}: {detail}): it was "
+                            f"written for another model size or other settings; {remedy}") from None
+    return {key: state[key] for key in ("step", "epoch", "batch")}
+
+
 def latest_checkpoint(run_dir: Path) -> Path | None:
     found = sorted(p for p in (run_dir / "checkpoints").glob("step-*.pt") if _CHECKPOINT.search(p.name))
     return found[-1] if found else None
@@ -296,13 +346,7 @@ def run(task: TrainTask, run_dir: str | Path, settings: LoopSettings, logger=Non
     step, start_epoch, start_batch, resumed = 0, 0, 0, 0
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is not None:
-        try:
-            state = torch.load(checkpoint, map_location="cpu", weights_only=False)  # our own file, written above
-        except Exception as error:
-            raise TrainingError(f"{checkpoint} cannot be read ({error}); delete it to resume from the one "
-                                "before, or delete the run folder to start again") from None
-        task.load_state_dict(state["task"])
-        _set_rng_state(state["rng"])
+        state = load_checkpoint(checkpoint, task)
         step, start_epoch, start_batch, resumed = state["step"], state["epoch"], state["batch"], state["step"]
         log.info("resuming from %s (step %d, epoch %d, batch %d)", checkpoint.name, step, start_epoch, start_batch)
     result = LoopResult(steps=step, epochs=settings.epochs, resumed_from_step=resumed, seconds=0.0)

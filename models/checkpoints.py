@@ -11,21 +11,33 @@ Security: checkpoints are pickles. We never let a checkpoint name arbitrary Pyth
 pickle asks for goes through `_RestrictedUnpickler.find_class`, which knows exactly: `collections.OrderedDict`,
 torch's tensor/storage rebuild functions and storage types, and `utils.HParams`, which maps to our own inert
 attribute bag `HParams` (no module named `utils` is imported or created). Anything else (os.system, builtins.eval,
-...) stops the load with a `CheckpointError` before it can run.
+...) stops the load with a `CheckpointError` before it can run. The training loop's own checkpoints
+(`read_training_state`) go through the same unpickler, which then also knows the numpy RNG state arrays.
+
+Hostile sizes: before anything is inflated, the zip directory's declared (uncompressed) member sizes are summed
+and checked against a bound (`MAX_WEIGHT_FILE_BYTES` for weight files, a bound from the model for training
+checkpoints), so a small file that inflates to gigabytes is refused at once. Files are streamed, never read whole.
+
+Integrity: files Narrator exports carry `"narrator_digest": "sha256:<hex>"` (`weights_digest` of the stored
+tensors) as a fourth top-level entry, which the official loaders never look at; our loaders refuse a file whose
+weights do not match it. Any file (ours or official) with NaN or infinite weights is refused, and so is exporting
+such weights. Exports are reproducible: the same weights, config and info give the same bytes.
 """
 
 from __future__ import annotations
 
 import collections
 import copy
+import hashlib
 import io
 import os
 import pickle
-import time
+import struct
 import types
+import uuid
 import zipfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, BinaryIO, Callable, Mapping
 
 import torch
 
@@ -44,6 +56,16 @@ _HEADER_TAGS = {
 }
 _VERSION_TAGS = {"v2Pro": b"05", "v2ProPlus": b"06"}
 _UNSUPPORTED_HINT = "Narrator supports GPT-SoVITS v2, v2Pro and v2ProPlus SoVITS weights only"
+
+# The largest model we load: SoVITS v2ProPlus, 99,912,321 parameters + buffers including enc_q
+# (../shared/gsv/ARCH.md section 3; the GPT has 77.6 M, v2 SoVITS 52.9 M).
+_LARGEST_MODEL_ELEMENTS = 99_912_321
+MAX_WEIGHT_FILE_BYTES = 2 * 4 * _LARGEST_MODEL_ELEMENTS + (64 << 20)
+"""The most a weight file's zip members may declare uncompressed, in total, and the largest file we open: twice the
+largest model stored in fp32 (official and Narrator files store fp16, a quarter of this) plus 64 MiB for the pickle
+and config, about 0.81 GiB. Official v3/v4 files (~0.77 GB) stay under it and are refused by version, not size."""
+
+DIGEST_KEY = "narrator_digest"  # the top-level container entry holding `weights_digest(weight)` in our exports
 
 
 class CheckpointError(NarratorError):
@@ -141,6 +163,47 @@ class _RestrictedUnpickler(pickle.Unpickler):
             raise _ForbiddenGlobal(module, name) from None
 
 
+def _latin1_bytes(text: Any, encoding: str = "utf-8") -> bytes:
+    """`_codecs.encode` as protocol-2 pickles use it for bytes objects: `encode(str, "latin1")`, nothing else."""
+    if not isinstance(text, str) or encoding.replace("-", "").lower() != "latin1":
+        raise _ForbiddenGlobal("_codecs", f"encode({type(text).__name__}, {encoding!r})")
+    return text.encode("latin-1")
+
+
+def _training_state_globals() -> dict[tuple[str, str], Any]:
+    """What the training loop's checkpoints add to a weight file's globals: the numpy RNG state
+    (`np.random.get_state()`: an ndarray of uint32 words), pickled as ndarray / dtype / `_reconstruct` plus the bytes
+    codec. Arrays are rebuilt only as plain `numpy.ndarray`s of bool/int/uint/float/complex dtype (no object arrays)."""
+    import numpy as np
+
+    reconstruct = np.zeros(1).__reduce__()[0]  # numpy.core / numpy._core .multiarray._reconstruct, per version
+
+    def plain_array(subtype: Any, shape: Any, dtype: Any) -> Any:
+        if subtype is not np.ndarray:
+            raise _ForbiddenGlobal("numpy", f"_reconstruct({getattr(subtype, '__name__', type(subtype).__name__)})")
+        return reconstruct(np.ndarray, shape, dtype)
+
+    def plain_dtype(spec: Any, align: bool = False, copy: bool = False) -> Any:
+        if not isinstance(spec, str):
+            raise _ForbiddenGlobal("numpy", f"dtype({type(spec).__name__})")
+        dtype = np.dtype(spec, bool(align), bool(copy))
+        if dtype.hasobject or dtype.kind not in "biufc":
+            raise _ForbiddenGlobal("numpy", f"dtype({spec!r})")
+        return dtype
+
+    allowed: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): plain_dtype,
+                                           ("_codecs", "encode"): _latin1_bytes}
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        allowed[(module, "_reconstruct")] = plain_array
+    return allowed
+
+
+class _TrainingStateUnpickler(_RestrictedUnpickler):
+    """The weight-file unpickler plus exactly the numpy RNG state the training loop writes."""
+
+    _allowed = {**_allowed_globals(), **_training_state_globals()}
+
+
 def _unsafe_load(*args: Any, **kwargs: Any) -> Any:
     raise _ForbiddenGlobal("<legacy torch format>", "load")
 
@@ -161,6 +224,10 @@ class _HParamsPickler(pickle._Pickler):  # the pure-Python pickler lets us name 
 _RESTRICTED_PICKLE = types.SimpleNamespace(
     __name__="narrator_restricted_pickle", Unpickler=_RestrictedUnpickler, load=_unsafe_load, Pickler=pickle.Pickler
 )
+_TRAINING_STATE_PICKLE = types.SimpleNamespace(
+    __name__="narrator_training_state_pickle", Unpickler=_TrainingStateUnpickler, load=_unsafe_load,
+    Pickler=pickle.Pickler
+)
 _WRITER_PICKLE = types.SimpleNamespace(__name__="narrator_hparams_pickle", Pickler=_HParamsPickler)
 
 
@@ -169,48 +236,138 @@ _WRITER_PICKLE = types.SimpleNamespace(__name__="narrator_hparams_pickle", Pickl
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _read_container(path: str | os.PathLike, what: str) -> tuple[Any, bytes]:
-    """Safely unpickle a torch zip container. Returns (object, first two bytes of the file)."""
+class _Retagged(io.RawIOBase):
+    """Read-only view of a version-tagged SoVITS file (b"05"/b"06" header) whose first two bytes read as b"PK",
+    so torch and zipfile stream it from disk instead of from a patched copy in memory."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        super().__init__()
+        self._raw = raw
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._raw.tell()
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._raw.seek(offset, whence)
+
+    def readinto(self, buffer: Any) -> int:
+        start = self._raw.tell()
+        count = self._raw.readinto(buffer)
+        if count and start < 2:
+            view = memoryview(buffer).cast("B")
+            for i in range(start, min(2, start + count)):
+                view[i - start] = b"PK"[i]
+        return count or 0
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2 ** 30:.2f} GiB"
+
+
+def _check_zip_directory(stream: BinaryIO, p: Path, what: str, max_bytes: int, remedy: str | None) -> None:
+    """Refuse a zip whose members declare more than `max_bytes` uncompressed in total, reading only the directory.
+
+    The sum is over every entry of the central directory (duplicates included), which torch's reader (miniz) also
+    uses to size its buffers; the directory must end where the end record says, so both readers see the same one."""
+    try:
+        with zipfile.ZipFile(stream) as archive:
+            members = archive.infolist()
+        stream.seek(0)
+        end = zipfile._EndRecData(stream)  # the end-of-directory record zipfile used (ZIP64-aware)
+        if end is None:
+            raise zipfile.BadZipFile("no end record")
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError, struct.error):
+        raise CheckpointError(
+            f"{p} is damaged or incomplete (no readable zip directory; the file may be truncated); "
+            f"{remedy or 'copy or download it again'}"
+        ) from None
+    directory_end = end[zipfile._ECD_OFFSET] + end[zipfile._ECD_SIZE]
+    record = end[zipfile._ECD_LOCATION]
+    if end[zipfile._ECD_SIGNATURE] == zipfile.stringEndArchive64:
+        record -= zipfile.sizeEndCentDir64 + zipfile.sizeEndCentDir64Locator
+    if directory_end != record:
+        raise CheckpointError(
+            f"refusing to load {p}: its zip directory is not where its end record says (data before or inside the "
+            f"archive); torch never writes such files; {remedy or 'do not use this file'}"
+        )
+    declared = sum(member.file_size for member in members)
+    if declared > max_bytes:
+        raise CheckpointError(
+            f"refusing to load {p}: its {len(members)} zip members declare {_gib(declared)} uncompressed, more than "
+            f"a {what} of a supported size can hold ({_gib(max_bytes)}); the file is not such a checkpoint or was "
+            f"made to exhaust memory (a zip bomb); {remedy or 'do not use this file'}"
+        )
+
+
+def _read_container(path: str | os.PathLike, what: str, *, max_bytes: int = MAX_WEIGHT_FILE_BYTES,
+                    pickle_module: Any = _RESTRICTED_PICKLE, remedy: str | None = None,
+                    tagged: bool = True) -> tuple[Any, bytes]:
+    """Safely unpickle a torch zip container. Returns (object, first two bytes of the file).
+
+    The file is streamed from disk. Before anything is inflated: the file may not exceed `max_bytes` bytes and its
+    zip members may not declare more than `max_bytes` bytes uncompressed in total. `pickle_module` decides which
+    globals the pickle may name (the weight-file set by default). `remedy` replaces the default advice at the end
+    of every error message; `tagged=False` refuses SoVITS version headers (only "PK" files are accepted).
+    """
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"{what} file {p} does not exist; check the path")
-    data = p.read_bytes()
-    head = data[:2]
-    if head != b"PK":
-        if head not in _HEADER_TAGS:
+    with p.open("rb") as raw:
+        head = raw.read(2)
+        if head != b"PK" and (not tagged or head not in _HEADER_TAGS):
+            if remedy:
+                raise CheckpointError(f"{p} is not a {what} (it does not start like a torch zip file); {remedy}")
             raise CheckpointError(
                 f"{p} is not a GPT-SoVITS checkpoint (it does not start like a torch zip file or a tagged "
                 "SoVITS file); pass the .pth / .ckpt file written by GPT-SoVITS or Narrator"
             )
-        data = b"PK" + data[2:]
-    buffer = io.BytesIO(data)
-    if not zipfile.is_zipfile(buffer):
-        raise CheckpointError(
-            f"{p} is damaged or incomplete (no readable zip directory; the file may be truncated); "
-            "copy or download it again"
-        )
-    buffer.seek(0)
-    try:
-        obj = torch.load(buffer, map_location="cpu", pickle_module=_RESTRICTED_PICKLE, weights_only=False)
-    except _ForbiddenGlobal as exc:
-        raise CheckpointError(
-            f"refusing to load {p}: its pickle asks for `{exc.module}.{exc.name}`, which a weight file never needs "
-            "(the file may be malicious or is not a GPT-SoVITS checkpoint); do not use this file"
-        ) from None
-    except CheckpointError:
-        raise
-    except Exception as exc:  # torch / zip / pickle errors on damaged data
-        cause = exc.__context__ if isinstance(exc, pickle.UnpicklingError) and exc.__context__ else exc
-        if isinstance(cause, _ForbiddenGlobal):
+        size = os.fstat(raw.fileno()).st_size
+        if size > max_bytes:
             raise CheckpointError(
-                f"refusing to load {p}: its pickle asks for `{cause.module}.{cause.name}`, which a weight file never "
-                "needs (the file may be malicious or is not a GPT-SoVITS checkpoint); do not use this file"
+                f"refusing to load {p}: the file is {_gib(size)}, more than a {what} can hold ({_gib(max_bytes)}); "
+                f"it is not a checkpoint; {remedy or 'pass the right file'}"
+            )
+        stream: BinaryIO = raw if head == b"PK" else _Retagged(raw)  # type: ignore[assignment]
+        _check_zip_directory(stream, p, what, max_bytes, remedy)
+        stream.seek(0)
+        try:
+            obj = torch.load(stream, map_location="cpu", pickle_module=pickle_module, weights_only=False)
+        except _ForbiddenGlobal as exc:
+            raise _forbidden(p, what, exc, remedy) from None
+        except CheckpointError:
+            raise
+        except Exception as exc:  # torch / zip / pickle errors on damaged data
+            cause = exc.__context__ if isinstance(exc, pickle.UnpicklingError) and exc.__context__ else exc
+            if isinstance(cause, _ForbiddenGlobal):
+                raise _forbidden(p, what, cause, remedy) from None
+            raise CheckpointError(
+                f"{p} could not be read as a checkpoint ({type(exc).__name__}: {str(exc)[:200]}); the file is damaged "
+                f"or truncated, {remedy or 'copy or download it again'}"
             ) from None
-        raise CheckpointError(
-            f"{p} could not be read as a checkpoint ({type(exc).__name__}: {str(exc)[:200]}); the file is damaged "
-            "or truncated, copy or download it again"
-        ) from None
     return obj, head
+
+
+def _forbidden(p: Path, what: str, exc: _ForbiddenGlobal, remedy: str | None) -> CheckpointError:
+    kind = "weight file" if remedy is None else what
+    return CheckpointError(
+        f"refusing to load {p}: its pickle asks for `{exc.module}.{exc.name}`, which a {kind} never needs "
+        f"(the file may be malicious or is not a GPT-SoVITS checkpoint); {remedy or 'do not use this file'}"
+    )
+
+
+def read_training_state(path: str | os.PathLike, max_bytes: int, remedy: str) -> Any:
+    """A training-loop checkpoint (`components.training`), through the restricted unpickler: tensors, plain
+    containers, the optimizer / scheduler / scaler state dicts and the python / numpy / torch RNG states, nothing
+    else. `max_bytes` bounds the file and its declared uncompressed size; `remedy` ends every error message."""
+    obj, _ = _read_container(path, "training checkpoint", max_bytes=max_bytes, pickle_module=_TRAINING_STATE_PICKLE,
+                             remedy=remedy, tagged=False)
+    return obj
 
 
 def _as_plain(obj: Any) -> Any:
@@ -258,6 +415,90 @@ def _looks_like_sovits(obj: Mapping[str, Any]) -> bool:
     if isinstance(obj.get("config"), HParams):
         return True
     return isinstance(weight, Mapping) and any(str(k).startswith(("enc_p.", "dec.", "flow.")) for k in weight)
+
+
+def weights_digest(weight: Mapping[str, torch.Tensor]) -> str:
+    """"sha256:<64 hex>" of a container's weights exactly as stored: for each key in sorted order, the key, dtype
+    and shape, then the tensor's bytes (C order, little-endian as torch stores them). Independent of the zip
+    layout and of the order of the dict."""
+    digest = hashlib.sha256()
+    for key in sorted(weight, key=str):
+        tensor = weight[key].detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"{key}\0{tensor.dtype}\0{tuple(weight[key].shape)}\0".encode("utf-8"))
+        digest.update(tensor.view(torch.uint8).numpy())
+    return "sha256:" + digest.hexdigest()
+
+
+def _non_finite(weight: Mapping[str, torch.Tensor]) -> list[str]:
+    """Keys of the floating-point tensors holding NaN or +-inf.
+
+    One reduction per tensor (4x faster than an element-wise test on fp16): NaN and inf propagate into the sum,
+    which is taken in a width it cannot overflow for fp16/bf16/fp32 weights; a non-finite sum is confirmed element by
+    element (a float64 sum of huge values could overflow)."""
+    bad = []
+    for key, value in weight.items():
+        if not value.is_floating_point():
+            continue
+        wide = torch.float32 if value.dtype == torch.float16 else torch.float64
+        if not bool(torch.isfinite(value.sum(dtype=wide))) and not bool(torch.isfinite(value).all()):
+            bad.append(str(key))
+    return bad
+
+
+def _check_weights(p: Path, obj: Mapping[str, Any], weight: Mapping[str, Any]) -> None:
+    """Refuse non-tensor weights, weights that do not match the file's Narrator digest (when it has one) and NaN
+    or infinite weights (any file)."""
+    if not all(isinstance(v, torch.Tensor) for v in weight.values()):
+        raise CheckpointError(f"{p}: 'weight' holds non-tensor values; the file is not a GPT-SoVITS weight file")
+    # a tensor may view its stored bytes with any shape and strides (stride 0 repeats one value forever): bound what
+    # the weights claim before hashing or scanning them
+    for key, value in weight.items():
+        if value.numel() * value.element_size() > value.untyped_storage().nbytes():
+            raise CheckpointError(
+                f"refusing to load {p}: weight {key} claims {tuple(value.shape)} values, more than the file stores for "
+                "it; the file was crafted or is damaged; do not use this file"
+            )
+    claimed = sum(value.numel() * value.element_size() for value in weight.values())
+    if claimed > MAX_WEIGHT_FILE_BYTES:
+        raise CheckpointError(
+            f"refusing to load {p}: its weights claim {_gib(claimed)}, more than any supported model holds "
+            f"({_gib(MAX_WEIGHT_FILE_BYTES)}); the file was crafted or is damaged; do not use this file"
+        )
+    if DIGEST_KEY in obj:
+        recorded = obj[DIGEST_KEY]
+        if not isinstance(recorded, str) or not recorded.startswith("sha256:"):
+            raise CheckpointError(
+                f"{p}: its {DIGEST_KEY} entry is malformed ({type(recorded).__name__}), so its weights cannot be "
+                "checked; the file was edited or is damaged: copy it again or export it again"
+            )
+        if weights_digest(weight) != recorded:
+            raise CheckpointError(
+                f"{p} is damaged: its weights do not match the digest ({DIGEST_KEY}) written when Narrator exported "
+                "it, so bytes changed on disk or in transfer; copy it again from where it came from, or export it "
+                "again"
+            )
+    bad = _non_finite(weight)
+    if bad:
+        raise CheckpointError(
+            f"{p}: weights {format_keys(bad, 6)} hold NaN or infinite values; the file is damaged or comes from a "
+            "training run that diverged; use another file"
+        )
+
+
+def _export_container(weight: Mapping[str, torch.Tensor], config: Any, info: str, digest: bool,
+                      what: str) -> collections.OrderedDict:
+    """The official container {weight, config, info}, plus our digest entry when `digest`; refuses NaN / inf."""
+    bad = _non_finite(weight)
+    if bad:
+        raise CheckpointError(
+            f"cannot export the {what}: weights {format_keys(bad, 6)} hold NaN or infinite values as stored in fp16 "
+            "(values beyond +-65504 overflow); the training diverged: lower the learning rate or export an earlier "
+            "checkpoint"
+        )
+    container = collections.OrderedDict(weight=weight, config=config, info=str(info))
+    if digest:
+        container[DIGEST_KEY] = weights_digest(weight)
+    return container
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -328,6 +569,7 @@ def load_sovits(
         )
     if not all(isinstance(v, torch.Tensor) for v in weight.values()):
         raise CheckpointError(f"{p}: 'weight' holds non-tensor values; the file is not a SoVITS weight file")
+    _check_weights(p, obj, weight)
     hps = _as_plain(config)
     if not isinstance(hps, dict) or not isinstance(hps.get("model"), dict):
         raise CheckpointError(f"{p}: the config has no 'model' section; the file is not a SoVITS weight file")
@@ -359,35 +601,48 @@ def _to_hparams(config: Mapping[str, Any]) -> HParams:
     return HParams(**copy.deepcopy(dict(config)))
 
 
-def _atomic_write(path: Path, write) -> None:
+def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Write `path` through `write(file)`: into a new temporary file beside it, flushed to disk, then moved into
+    place, so a kill leaves the previous file or the new one, never half of one.
+
+    `torch.save` into an open file names the zip's folder "archive" (into a path it would use the path's stem,
+    and the official tools' stem is a timestamp), and its zip entries carry a fixed date: the bytes depend only on
+    what is written."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f"{time.time()}.pth"  # the official tools save to "<time>.pth", then move
+    tmp = path.parent / f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp"
     try:
-        write(tmp)
+        with tmp.open("xb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
 
 
-def save_sovits(sovits: SoVITS, path: str | os.PathLike, info: str = "0epoch_0iteration") -> Path:
+def save_sovits(sovits: SoVITS, path: str | os.PathLike, info: str = "0epoch_0iteration", digest: bool = True) -> Path:
     """Write `sovits` the way the official `process_ckpt.savee` does: fp16 weights without enc_q.*, the config
-    as a pickled `utils.HParams`, `info`, and for v2Pro / v2ProPlus the b"05" / b"06" header tag."""
+    as a pickled `utils.HParams`, `info`, and for v2Pro / v2ProPlus the b"05" / b"06" header tag.
+
+    With `digest` (the default) the container also holds `narrator_digest` (`weights_digest` of the fp16 weights),
+    which `load_sovits` checks and the official loader ignores; `digest=False` writes exactly the official bytes.
+    The same model, config and info always give the same bytes. NaN / infinite weights are refused."""
     if not isinstance(sovits, SoVITS):
         raise CheckpointError(f"save_sovits needs a models.sovits.SoVITS, got {type(sovits).__name__}")
     path = Path(path)
     hps = copy.deepcopy(sovits.hparams) if sovits.hparams else sovits_official_config(sovits.config)
     hps.setdefault("model", {})["version"] = sovits.version
     weight = {k: v.detach().to("cpu").half().contiguous() for k, v in sovits.state_dict().items() if "enc_q" not in k}
-    container = collections.OrderedDict(weight=weight, config=_to_hparams(hps), info=str(info))
+    container = _export_container(weight, _to_hparams(hps), info, digest, "SoVITS model")
     tag = _VERSION_TAGS.get(sovits.version)
-    if tag is None:
-        _atomic_write(path, lambda tmp: torch.save(container, tmp, pickle_module=_WRITER_PICKLE))
-    else:
-        buffer = io.BytesIO()
-        torch.save(container, buffer, pickle_module=_WRITER_PICKLE)
-        data = tag + buffer.getvalue()[2:]
-        _atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+    def write(file: BinaryIO) -> None:
+        torch.save(container, file, pickle_module=_WRITER_PICKLE)
+        if tag is not None:
+            file.seek(0)
+            file.write(tag)
+
+    _atomic_write(path, write)
     return path
 
 
@@ -460,6 +715,7 @@ def load_gpt(path: str | os.PathLike, device: str | torch.device = "cpu", dtype:
         )
     if not isinstance(weight, Mapping) or not isinstance(config, dict):
         raise CheckpointError(f"{p} lacks the 'weight' and 'config' entries of a GPT-SoVITS stage-1 checkpoint")
+    _check_weights(p, obj, weight)
     try:
         cfg = GPTConfig.from_official(config)
         gpt = GPT(cfg)
@@ -479,14 +735,17 @@ def load_gpt(path: str | os.PathLike, device: str | torch.device = "cpu", dtype:
     return gpt
 
 
-def save_gpt(gpt, path: str | os.PathLike, info: str = "GPT-e1") -> Path:
-    """Write `gpt` as the official stage-1 trainer does: fp16 "model.*" weights, the config dict, `info`."""
+def save_gpt(gpt, path: str | os.PathLike, info: str = "GPT-e1", digest: bool = True) -> Path:
+    """Write `gpt` as the official stage-1 trainer does: fp16 "model.*" weights, the config dict, `info`.
+
+    With `digest` (the default) the container also holds `narrator_digest`, which `load_gpt` checks and the
+    official loader ignores; `digest=False` writes exactly the official records. Reproducible; NaN / inf refused."""
     if not hasattr(gpt, "cfg") or not hasattr(gpt.cfg, "to_official"):
         raise CheckpointError(f"save_gpt needs a models.gpt.GPT, got {type(gpt).__name__}")
     path = Path(path)
     weight = collections.OrderedDict(
         ("model." + k, v.detach().to("cpu").half().contiguous()) for k, v in gpt.state_dict().items()
     )
-    container = collections.OrderedDict(weight=weight, config=gpt.cfg.to_official(), info=str(info))
-    _atomic_write(path, lambda tmp: torch.save(container, tmp))
+    container = _export_container(weight, gpt.cfg.to_official(), info, digest, "GPT model")
+    _atomic_write(path, lambda file: torch.save(container, file))
     return path
