@@ -6,12 +6,17 @@ consent record whose recording is the same voice, and enough accepted speech.
 
 Outputs in DIR: `report.json`, `report.html`, `accepted.list` (GPT-SoVITS format) and `quarantine/` with a copy
 of every rejected clip beside a note of its reasons. Sources are only read, never modified or moved.
+
+Hostile input: nothing outside the source folder is read (see narrator/dataset.py: links that leave it are
+`outside_source`, links inside it are followed); headers are read before any sample is decoded, so a file whose
+header claims an impossible sample rate or hours of audio costs a header read.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -20,9 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from components.prepare import plan_segments
-from narrator.audiofile import read_audio, resample
+from narrator.audiofile import audio_info, read_audio, resample
 from narrator.config import Params, ValidateConfig
-from narrator.dataset import Clip, Consent, discover, list_line
+from narrator.dataset import Clip, Consent, discover, inside, list_line
 from narrator.errors import AudioError, NarratorError
 from narrator.log import get_logger
 from narrator.speech import SAMPLE_RATE_HZ, SpeakerEncoder, VoiceActivityDetector, cosine, ge2e_mel, vad_frame_s, voiced
@@ -45,16 +50,21 @@ REASONS: dict[str, str] = {
     "unsupported_language": "the transcript's language is not supported (zh and en are): remove the clip",
     "duplicate": "the same audio as another clip (kept once): remove the copy",
     "speaker_outlier": "a different voice from the rest of the set: remove clips of other speakers",
+    "outside_source": "a link to a file outside the source folder: never read nor copied; copy the file itself "
+                      "into the folder",
+    "truncated": "the file is cut off: its header promises more audio than it holds; copy or export it again",
+    "bad_file_name": "the file name holds a '|', a line break or control character, or bytes that are not UTF-8, "
+                     "which a GPT-SoVITS .list line cannot carry: rename the file",
 }
 DATASET_REASONS: dict[str, str] = {
     "missing_consent": "the consent record (consent.yaml with speaker, organisation, date, scope, and a recording "
-                       "of the speaker's consent statement) is missing or incomplete",
+                       "of the speaker's consent statement) is missing, incomplete or unreadable",
     "consent_speaker_mismatch": "the voice in the consent recording is not the voice of the training clips",
     "insufficient_speech": "not enough accepted speech to train a voice",
 }
 # Reasons that mean the audio itself is unusable: such clips are left out of the speaker reference.
 _AUDIO_FAULTS = {"unreadable", "too_short", "low_sample_rate", "clipped", "silent", "low_speech_ratio", "low_snr",
-                 "duplicate"}
+                 "duplicate", "outside_source", "truncated", "bad_file_name"}
 
 
 @dataclass
@@ -99,6 +109,7 @@ class ValidationReport:
     thresholds: dict
     created_at: str
     elapsed_s: float
+    ignored: list[dict] = field(default_factory=list)  # transcripts and linked folders not read, and why
 
     @property
     def accepted(self) -> bool:
@@ -118,12 +129,18 @@ class _Analysis:
 
 def validate(source: str, out_dir: str | Path, params: Params) -> ValidationReport:
     """Validate every clip of `source` (folder or s3:// prefix) and write the report files into `out_dir`."""
-    started = time.monotonic()
-    cfg = params.validate_
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    return _validate(source, out_dir, params)
+
+
+def _validate(source: str, out_dir: Path, params: Params) -> ValidationReport:
+    started = time.monotonic()
+    cfg = params.validate_
     local = open_source(source, params.storage, cache_dir=out_dir / ".source-cache")
-    clips, consent = discover(local.root, cfg.audio_extensions, cfg.consent_file)
+    clips, consent, ignored = discover(local.root, cfg.audio_extensions, cfg.consent_file)
+    for item in ignored:
+        log.warning("not read: %s: %s", item.path, item.detail)
     if not clips:
         raise NarratorError(
             f"{source}: no audio files ({', '.join(cfg.audio_extensions)}) found; give the folder that holds the clips"
@@ -150,8 +167,9 @@ def validate(source: str, out_dir: str | Path, params: Params) -> ValidationRepo
         dataset_reasons=dataset_reasons, messages=messages, totals=totals, consent=consent_info,
         consent_hash=consent_hash, clips=reports, thresholds=cfg.model_dump(mode="json"),
         created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), elapsed_s=round(time.monotonic() - started, 3),
+        ignored=[asdict(item) for item in ignored],
     )
-    _write_outputs(report, out_dir, consent_info.get("speaker") or local.root.name, cfg)
+    _write_outputs(report, out_dir, local.root, consent_info.get("speaker") or local.root.name, cfg)
     log.info("verdict %s: %d accepted, %d warnings, %d rejected, %.1f s accepted speech", report.verdict,
              totals["accepted"], totals["warning"], totals["rejected"], totals["accepted_speech_s"])
     return report
@@ -197,15 +215,39 @@ def _analyse_all(clips: list[Clip], reports, analyses, cfg: ValidateConfig, para
 
 
 def _measure_clip(clip: Clip, report: ClipReport, cfg: ValidateConfig, params: Params) -> np.ndarray | None:
-    """Decode and run the checks that need no model. Returns 16 kHz mono audio for the batched checks."""
+    """Read the header, decode and run the checks that need no model. Returns 16 kHz mono audio for the batched
+    checks (None when the clip was not decoded)."""
+    if clip.problem is not None:  # outside_source, bad_file_name, not a regular file: never opened
+        report.add(*clip.problem)
+        return None
     if clip.transcript is None or not clip.transcript.text.strip():
         report.add("no_transcript", REASONS["no_transcript"])
+    elif not any(ch.isalnum() for ch in clip.transcript.text):
+        report.add("no_transcript", f"the transcript {clip.transcript.text[:40]!r} (from {clip.transcript.origin}) "
+                                    "holds no words, only punctuation: write down what the clip says")
     else:
         report.text, report.language = clip.transcript.text, clip.transcript.language
         if report.language not in cfg.languages:
             shown = report.language or "unknown"
             report.add("unsupported_language",
                        f"language {shown!r} (from {clip.transcript.origin}); supported: {', '.join(cfg.languages)}")
+    try:
+        info = audio_info(clip.path)  # the header only: nothing decoded yet
+    except AudioError as error:
+        report.add("unreadable", f"{REASONS['unreadable']} ({error})")
+        return None
+    if info is not None:
+        report.duration_s = round(info.duration_s, 3)
+        report.sample_rate_hz, report.channels = info.sample_rate_hz, info.channels
+        if info.missing_frames:
+            report.add("truncated", f"the header promises {info.declared_duration_s:.2f} s of audio, the file holds "
+                                    f"{info.duration_s:.2f} s: it was cut off; copy or export it again")
+            return None
+        if info.duration_s > cfg.max_source_s:
+            report.add("too_long", f"{info.duration_s:.0f} s > validate.max_source_s={cfg.max_source_s:g} s: split "
+                                   "the recording")
+            report.details["too_long_sliceable"] = "no"
+            return None
     try:
         audio = read_audio(clip.path)
     except AudioError as error:
@@ -376,7 +418,7 @@ def _check_consent(consent: Consent, reference, cfg: ValidateConfig, vad, speake
         consent_hash = "sha256:" + digest.hexdigest()
     if consent.recording is not None:
         try:
-            audio = read_audio(consent.recording)
+            audio = read_audio(consent.recording, max_duration_s=cfg.max_source_s)
         except AudioError as error:
             if "missing_consent" not in reasons:
                 reasons.append("missing_consent")
@@ -422,7 +464,13 @@ def _totals(reports: list[ClipReport], cfg: ValidateConfig) -> dict:
 # --------------------------------------------------------------------------------------------------- outputs
 
 
-def _write_outputs(report: ValidationReport, out_dir: Path, speaker: str, cfg: ValidateConfig) -> None:
+def _copyable(clip: ClipReport, root: Path) -> bool:
+    """A rejected clip is copied into quarantine only when it is a regular file inside the source folder."""
+    real = os.path.realpath(clip.local_path)
+    return "outside_source" not in clip.reasons and inside(real, root) and os.path.isfile(real)
+
+
+def _write_outputs(report: ValidationReport, out_dir: Path, root: Path, speaker: str, cfg: ValidateConfig) -> None:
     quarantine = out_dir / "quarantine"
     if quarantine.exists():
         shutil.rmtree(quarantine)  # our own copies from an earlier run; sources are elsewhere and untouched
@@ -431,16 +479,18 @@ def _write_outputs(report: ValidationReport, out_dir: Path, speaker: str, cfg: V
             continue
         target = quarantine / clip.rel
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(clip.local_path, target)
+        if _copyable(clip, root):  # never a link leaving the source, a pipe or a device
+            shutil.copy2(clip.local_path, target)
         note = [f"{clip.path}", "rejected for:"] + [f"  {r}: {clip.details.get(r, REASONS.get(r, ''))}"
                                                       for r in clip.reasons]
-        target.with_name(target.name + ".reasons.txt").write_text("\n".join(note) + "\n", encoding="utf-8")
+        target.with_name(target.name + ".reasons.txt").write_text("\n".join(note) + "\n", encoding="utf-8",
+                                                                  errors="backslashreplace")
     lines = [list_line(c.local_path, speaker, c.language, c.text) for c in report.clips
              if c.status in ("accepted", "warning")]
     (out_dir / "accepted.list").write_text("\n".join(lines) + ("\n" if lines else ""), encoding="utf-8")
-    (out_dir / "report.json").write_text(report.to_json(), encoding="utf-8")
-    (out_dir / "report.html").write_text(render_html(report, cfg), encoding="utf-8")
-
+    # lone surrogates (file names that are not UTF-8) stay JSON escapes
+    (out_dir / "report.json").write_text(report.to_json(), encoding="utf-8", errors="backslashreplace")
+    (out_dir / "report.html").write_text(render_html(report, cfg), encoding="utf-8", errors="backslashreplace")
 
 
 def render_html(report: ValidationReport, cfg: ValidateConfig) -> str:
@@ -487,13 +537,19 @@ def render_html(report: ValidationReport, cfg: ValidateConfig) -> str:
         body.append("<h2>Rejected clips</h2>")
         for clip in rejected[: cfg.report_pictures]:
             caption = "; ".join(f"{r}: {clip.details.get(r, '')}" for r in clip.reasons)
-            try:
-                audio = read_audio(clip.local_path)
-                picture = html.waveform_and_spectrogram(audio.mono(), audio.sample_rate_hz, clip.rel)
-            except AudioError:
-                picture = "<p><i>not decodable: no picture</i></p>"
+            picture = "<p><i>not decodable: no picture</i></p>"
+            if clip.peak_dbfs is not None:  # decoded during the analysis: not a link outside, not a lying header
+                try:
+                    audio = read_audio(clip.local_path, max_duration_s=cfg.max_source_s)
+                    picture = html.waveform_and_spectrogram(audio.mono(), audio.sample_rate_hz, clip.rel)
+                except AudioError:
+                    pass
             body.append(f"<figure>{picture}<figcaption>{html.esc(caption)}</figcaption></figure>")
         if len(rejected) > cfg.report_pictures:
             body.append(f"<p>{len(rejected) - cfg.report_pictures} more rejected clips: see report.json.</p>")
+    if report.ignored:
+        body.append("<h2>Not read</h2>" + html.table(["path", "reason", "why"], [
+            [html.esc(item["path"]), f"<code>{html.esc(item['reason'])}</code>", html.esc(item["detail"])]
+            for item in report.ignored]))
     subtitle = f"{report.source} · {report.created_at} · {report.elapsed_s:.1f} s"
     return html.page("Narrator validation report", subtitle, body)
