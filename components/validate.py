@@ -9,7 +9,11 @@ of every rejected clip beside a note of its reasons. Sources are only read, neve
 
 Hostile input: nothing outside the source folder is read (see narrator/dataset.py: links that leave it are
 `outside_source`, links inside it are followed); headers are read before any sample is decoded, so a file whose
-header claims an impossible sample rate or hours of audio costs a header read.
+header claims an impossible sample rate or hours of audio costs a header read. The outputs are written under
+temporary names and renamed into place once all are complete (report.json last), so a failed run - a full disk, a
+killed process - leaves the previous complete outputs, or none. One run at a time writes into DIR: a second one
+is refused at once with the pid of the first (`narrator.storage.folder_lock`); DIR is checked writable before any
+work starts.
 """
 
 from __future__ import annotations
@@ -28,10 +32,11 @@ from components.prepare import plan_segments
 from narrator.audiofile import audio_info, read_audio, resample
 from narrator.config import Params, ValidateConfig
 from narrator.dataset import Clip, Consent, discover, inside, list_line
-from narrator.errors import AudioError, NarratorError
+from narrator.errors import AudioError, NarratorError, OutputError
 from narrator.log import get_logger
 from narrator.speech import SAMPLE_RATE_HZ, SpeakerEncoder, VoiceActivityDetector, cosine, ge2e_mel, vad_frame_s, voiced
-from narrator.storage import open_source, sha256_file
+from narrator.storage import (check_free_space, folder_lock, is_s3, is_user_os_error, open_source, output_error,
+                              sha256_file, temporary_name)
 
 log = get_logger("validate")
 
@@ -65,6 +70,7 @@ DATASET_REASONS: dict[str, str] = {
 # Reasons that mean the audio itself is unusable: such clips are left out of the speaker reference.
 _AUDIO_FAULTS = {"unreadable", "too_short", "low_sample_rate", "clipped", "silent", "low_speech_ratio", "low_snr",
                  "duplicate", "outside_source", "truncated", "bad_file_name"}
+_OUTPUTS = ("accepted.list", "report.html", "report.json")  # renamed into place in this order: report.json last
 
 
 @dataclass
@@ -130,8 +136,21 @@ class _Analysis:
 def validate(source: str, out_dir: str | Path, params: Params) -> ValidationReport:
     """Validate every clip of `source` (folder or s3:// prefix) and write the report files into `out_dir`."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return _validate(source, out_dir, params)
+    _check_apart(source, out_dir)
+    with folder_lock(out_dir, "narrator validate"):  # also the check that out_dir can be written
+        _remove_leftovers(out_dir)
+        return _validate(source, out_dir, params)
+
+
+def _check_apart(source: str, out_dir: Path) -> None:
+    """Refuse an --out inside a local source folder, or one holding it: the source would be written into (or, under
+    quarantine/, replaced), and sources are never modified."""
+    if is_s3(source) or not Path(source).expanduser().is_dir():
+        return
+    root, out = os.path.realpath(Path(source).expanduser()), os.path.realpath(out_dir)
+    if inside(out, root) or inside(root, out):
+        where = "lies inside the source folder" if inside(out, root) else "holds the source folder"
+        raise OutputError(f"--out {out_dir} {where} {source}: sources are never modified; give an --out outside it")
 
 
 def _validate(source: str, out_dir: Path, params: Params) -> ValidationReport:
@@ -464,6 +483,16 @@ def _totals(reports: list[ClipReport], cfg: ValidateConfig) -> dict:
 # --------------------------------------------------------------------------------------------------- outputs
 
 
+def _remove_leftovers(out_dir: Path) -> None:
+    """Temporary files of runs that were killed before renaming them into place (we hold the folder's lock)."""
+    for pattern in (".quarantine.*.tmp", ".quarantine.*.old", *(f".{output}.*.tmp" for output in _OUTPUTS)):
+        for path in out_dir.glob(pattern):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+
 def _copyable(clip: ClipReport, root: Path) -> bool:
     """A rejected clip is copied into quarantine only when it is a regular file inside the source folder."""
     real = os.path.realpath(clip.local_path)
@@ -471,26 +500,68 @@ def _copyable(clip: ClipReport, root: Path) -> bool:
 
 
 def _write_outputs(report: ValidationReport, out_dir: Path, root: Path, speaker: str, cfg: ValidateConfig) -> None:
-    quarantine = out_dir / "quarantine"
-    if quarantine.exists():
-        shutil.rmtree(quarantine)  # our own copies from an earlier run; sources are elsewhere and untouched
-    for clip in report.clips:
-        if clip.status != "rejected":
-            continue
-        target = quarantine / clip.rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if _copyable(clip, root):  # never a link leaving the source, a pipe or a device
-            shutil.copy2(clip.local_path, target)
-        note = [f"{clip.path}", "rejected for:"] + [f"  {r}: {clip.details.get(r, REASONS.get(r, ''))}"
-                                                      for r in clip.reasons]
-        target.with_name(target.name + ".reasons.txt").write_text("\n".join(note) + "\n", encoding="utf-8",
-                                                                  errors="backslashreplace")
+    """Write quarantine/, accepted.list, report.html and report.json: everything is first written under temporary
+    names (a hidden staging folder for quarantine/), then renamed into place, report.json last. A failure leaves
+    the previous outputs as they were and no temporary file; a full or read-only disk is an OutputError."""
+    rejected = [c for c in report.clips if c.status == "rejected"]
+    notes = {c.rel: ("\n".join([c.path, "rejected for:"] + [f"  {r}: {c.details.get(r, REASONS.get(r, ''))}"
+                                                            for r in c.reasons]) + "\n").encode("utf-8",
+                                                                                               "backslashreplace")
+             for c in rejected}
+    copies = [c for c in rejected if _copyable(c, root)]
     lines = [list_line(c.local_path, speaker, c.language, c.text) for c in report.clips
              if c.status in ("accepted", "warning")]
-    (out_dir / "accepted.list").write_text("\n".join(lines) + ("\n" if lines else ""), encoding="utf-8")
-    # lone surrogates (file names that are not UTF-8) stay JSON escapes
-    (out_dir / "report.json").write_text(report.to_json(), encoding="utf-8", errors="backslashreplace")
-    (out_dir / "report.html").write_text(render_html(report, cfg), encoding="utf-8", errors="backslashreplace")
+    contents = {
+        "accepted.list": ("\n".join(lines) + ("\n" if lines else "")).encode("utf-8"),
+        "report.html": render_html(report, cfg).encode("utf-8", "backslashreplace"),
+        "report.json": report.to_json().encode("utf-8", "backslashreplace"),  # lone surrogates stay JSON escapes
+    }
+    needed = (sum(os.path.getsize(c.local_path) for c in copies) + sum(map(len, notes.values()))
+              + sum(map(len, contents.values())))
+    check_free_space(out_dir, needed)
+    quarantine, staging = out_dir / "quarantine", temporary_name(out_dir / "quarantine")
+    old = out_dir / f".quarantine.{os.getpid()}.old"
+    temporary = {name: temporary_name(out_dir / name) for name in _OUTPUTS}
+    writing = staging
+    try:
+        copyable = {c.rel for c in copies}
+        for clip in rejected:
+            target = staging / clip.rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            writing = quarantine / clip.rel
+            if clip.rel in copyable:
+                shutil.copy2(clip.local_path, target)
+            _write_file(target.with_name(target.name + ".reasons.txt"), notes[clip.rel])
+        for name in _OUTPUTS:
+            writing = out_dir / name
+            _write_file(temporary[name], contents[name])
+        writing = quarantine
+        if quarantine.exists():
+            os.replace(quarantine, old)
+        if rejected:
+            os.replace(staging, quarantine)
+        for name in _OUTPUTS:
+            writing = out_dir / name
+            os.replace(temporary[name], out_dir / name)
+    except OSError as error:
+        if old.exists():  # the previous quarantine back in place
+            if quarantine.exists():
+                os.replace(quarantine, staging)
+            os.replace(old, quarantine)
+        for path in temporary.values():
+            path.unlink(missing_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
+        if is_user_os_error(error):
+            raise output_error(error, writing, needed) from None
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def render_html(report: ValidationReport, cfg: ValidateConfig) -> str:

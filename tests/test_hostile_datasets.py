@@ -1,11 +1,15 @@
 """`narrator validate` on hostile datasets: links that leave the folder, files that are not what their names say,
-headers that lie, and names and transcripts that break the `.list` format. Each test builds its case from scratch
-in a temporary folder. Whatever the input, validate finishes quickly, reads nothing outside the source folder,
-never modifies the source, explains the problem as the user's, and writes a complete report.
+headers that lie, names and transcripts that break the `.list` format, unwritable and full output folders, and two
+runs at once. Each test builds its case from scratch in a temporary folder. Whatever the input, validate finishes
+quickly, reads nothing outside the source folder, never modifies the source, explains the problem as the user's,
+and leaves in `--out` either a complete output or the previous one.
 """
 
 from __future__ import annotations
 
+import builtins
+import errno
+import io
 import json
 import os
 import shutil
@@ -33,6 +37,7 @@ PARAMS = load_params(None, SMALL)
 SET_SMALL = ["--set", "validate.min_total_speech_s=5"]
 SECRET = b"root:x:0:0:a host file that must never reach the outputs\n"
 SECRET_TEXT = "The secret sentence from outside the dataset."
+LOCK_NAME = ".narrator.lock"  # the lock file validate keeps in --out
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -61,6 +66,11 @@ def files_under(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def out_state(out: Path) -> dict[str, str]:
+    """Content and mtime of every output file (the lock file aside)."""
+    return {k: v for k, v in tree_digest(out).items() if Path(k).name != LOCK_NAME} if out.exists() else {}
+
+
 def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     """`python -m cli ARGS` in a child process; a child still running after `timeout` seconds fails the test."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
@@ -82,6 +92,109 @@ def raw_wav(samples: bytes, rate: int, channels: int = 1, declared_bytes: int | 
 def pcm_of(wav: Path, n_bytes: int) -> bytes:
     data, _ = sf.read(str(wav), dtype="int16")
     return data.tobytes()[:n_bytes]
+
+
+def _under(file, folder: Path) -> bool:
+    if isinstance(file, int):
+        return False
+    return os.path.abspath(os.fsdecode(os.fspath(file))).startswith(str(folder) + os.sep) or \
+        os.path.abspath(os.fsdecode(os.fspath(file))) == str(folder)
+
+
+def _writes(mode: str) -> bool:
+    return any(flag in mode for flag in "wax+")
+
+
+def read_only(monkeypatch, folder: Path, code: int = errno.EROFS) -> None:
+    """Make `folder` behave like a read-only file system (for root, whom chmod does not stop)."""
+    real_open, real_os_open, real_mkdir = builtins.open, os.open, os.mkdir
+    refuse_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+
+    def refuse(path):
+        raise OSError(code, os.strerror(code), os.fsdecode(os.fspath(path)))
+
+    def guarded_open(file, mode="r", *args, **kwargs):
+        if _writes(mode) and _under(file, folder):
+            refuse(file)
+        return real_open(file, mode, *args, **kwargs)
+
+    def guarded_os_open(path, flags, *args, **kwargs):
+        if flags & refuse_flags and _under(path, folder):
+            refuse(path)
+        return real_os_open(path, flags, *args, **kwargs)
+
+    def guarded_mkdir(path, *args, **kwargs):
+        if _under(path, folder):
+            refuse(path)
+        return real_mkdir(path, *args, **kwargs)
+
+    def guarded(real):
+        def call(src, dst, *args, **kwargs):
+            if _under(src, folder) or _under(dst, folder):
+                refuse(dst)
+            return real(src, dst, *args, **kwargs)
+        return call
+
+    monkeypatch.setattr(builtins, "open", guarded_open)
+    monkeypatch.setattr(io, "open", guarded_open)
+    monkeypatch.setattr(os, "open", guarded_os_open)
+    monkeypatch.setattr(os, "mkdir", guarded_mkdir)
+    monkeypatch.setattr(os, "replace", guarded(os.replace))
+    monkeypatch.setattr(os, "rename", guarded(os.rename))
+
+
+class _Disk:
+    def __init__(self, room: int):
+        self.room = room
+
+
+class _FillingFile:
+    """A file on a disk with `disk.room` bytes left: the write that does not fit writes what fits, then fails."""
+
+    def __init__(self, handle, disk: _Disk, name: str):
+        self._handle, self._disk, self._name = handle, disk, name
+
+    def write(self, data):
+        if len(data) <= self._disk.room:
+            self._disk.room -= len(data)
+            return self._handle.write(data)
+        self._handle.write(data[: self._disk.room])
+        self._handle.flush()
+        self._disk.room = 0
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self._name)
+
+    def writelines(self, lines):
+        for line in lines:
+            self.write(line)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._handle.close()
+        return False
+
+    def __iter__(self):
+        return iter(self._handle)
+
+    def __getattr__(self, name):
+        return getattr(self._handle, name)
+
+
+def disk_fills_after(monkeypatch, folder: Path, room: int) -> None:
+    """Writes under `folder` succeed for `room` bytes in all, then fail with ENOSPC after a partial write."""
+    real_open = builtins.open
+    disk = _Disk(room)
+
+    def filling_open(file, mode="r", *args, **kwargs):
+        handle = real_open(file, mode, *args, **kwargs)
+        if _writes(mode) and _under(file, folder):
+            return _FillingFile(handle, disk, os.fsdecode(os.fspath(file)))
+        return handle
+
+    monkeypatch.setattr(builtins, "open", filling_open)
+    monkeypatch.setattr(io, "open", filling_open)
+    monkeypatch.setattr(shutil, "_USE_CP_SENDFILE", False)  # copies go through write() too
 
 
 # ------------------------------------------------------------------------------------ 1. links out of the folder
@@ -294,6 +407,152 @@ def test_a_fifo_in_the_dataset_does_not_block_validate(source, tmp_path, name):
     if name == "clips/pipe.wav":
         clip = next(c for c in data["clips"] if c["rel"] == name)
         assert clip["reasons"] == ["unreadable"] and "regular file" in clip["details"]["unreadable"]
+
+
+# ------------------------------------------------------------------------- 4. unwritable and full output folders
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="chmod does not stop root; the simulated test below covers it")
+def test_a_read_only_out_folder_is_refused_before_any_analysis(source, tmp_path, capsys, monkeypatch):
+    import components.validate as step
+
+    monkeypatch.setattr(step, "VoiceActivityDetector", lambda: pytest.fail("the analysis started"))
+    out = tmp_path / "out"
+    out.mkdir()
+    out.chmod(0o555)
+    try:
+        assert main(["validate", str(source), "--out", str(out)]) == 2
+    finally:
+        out.chmod(0o755)
+    err = capsys.readouterr().err
+    assert str(out) in err and "internal error" not in err
+
+
+@pytest.mark.parametrize("code", [errno.EROFS, errno.EACCES])
+def test_an_unwritable_out_folder_is_refused_before_any_analysis(source, tmp_path, capsys, monkeypatch, code):
+    import components.validate as step
+
+    monkeypatch.setattr(step, "VoiceActivityDetector", lambda: pytest.fail("the analysis started"))
+    out = tmp_path / "out"
+    out.mkdir()
+    read_only(monkeypatch, out, code)
+    assert main(["validate", str(source), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert str(out) in err and "internal error" not in err
+    assert ("read-only" if code == errno.EROFS else "permission") in err.lower()
+
+
+@pytest.mark.parametrize("share", [0.0, 0.2, 0.5, 0.8, 0.99])
+def test_a_full_disk_leaves_the_previous_complete_output(source, tmp_path, capsys, monkeypatch, share):
+    out = tmp_path / "out"
+    assert main(["validate", str(source), "--out", str(out), *SET_SMALL]) == 0
+    previous = out_state(out)
+    size = sum(len(data) for data in files_under(out).values())
+    write_wav(source / "clips" / "quiet.wav", speech(SENTENCES[14], seed=14)[0] * 0, 22050)  # a rejected clip
+    add_to_list(source, "clips/quiet.wav", SENTENCES[14])
+    capsys.readouterr()
+    disk_fills_after(monkeypatch, out, int(share * size))
+    assert main(["validate", str(source), "--out", str(out), *SET_SMALL]) == 2
+    err = capsys.readouterr().err
+    assert "no space left" in err.lower() and str(out) in err and "internal error" not in err
+    assert out_state(out) == previous  # byte for byte, nothing half-written, no temporary files left
+
+
+def test_a_full_disk_on_a_first_run_leaves_no_partial_output(source, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    write_wav(source / "clips" / "quiet.wav", speech(SENTENCES[14], seed=14)[0] * 0, 22050)
+    add_to_list(source, "clips/quiet.wav", SENTENCES[14])
+    disk_fills_after(monkeypatch, out, 150_000)
+    assert main(["validate", str(source), "--out", str(out), *SET_SMALL]) == 2
+    assert out_state(out) == {}
+
+
+def test_too_little_free_space_is_refused_naming_the_space_needed(source, tmp_path, capsys, monkeypatch):
+    real_usage = shutil.disk_usage
+    out = tmp_path / "out"
+
+    def small_disk(path):
+        usage = real_usage(path)
+        return usage._replace(free=1000) if _under(path, out) else usage
+
+    monkeypatch.setattr(shutil, "disk_usage", small_disk)
+    assert main(["validate", str(source), "--out", str(out), *SET_SMALL]) == 2
+    err = capsys.readouterr().err
+    assert "no space" in err.lower() and str(out) in err and " MB" in err
+    assert out_state(out) == {}
+
+
+def test_disk_errors_outside_validate_are_the_users_problem_not_a_bug(tmp_path, capsys, monkeypatch):
+    import components.validate as step
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "somewhere" / "file"))
+
+    monkeypatch.setattr(step, "validate", full)
+    assert main(["validate", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "somewhere" / "file") in err and "internal error" not in err
+
+
+def test_an_out_folder_inside_the_source_is_refused_and_the_source_untouched(source, capsys):
+    before = tree_digest(source)
+    assert main(["validate", str(source), "--out", str(source / "out"), *SET_SMALL]) == 2
+    assert "inside the source folder" in capsys.readouterr().err
+    assert tree_digest(source) == before and not (source / "out").exists()
+
+
+def test_a_source_inside_the_out_folders_quarantine_is_never_deleted(tmp_path, capsys):
+    out = tmp_path / "out"
+    source = make_narrator(out / "quarantine" / "narrator", clips=3)
+    before = tree_digest(source)
+    assert main(["validate", str(source), "--out", str(out), *SET_SMALL]) == 2
+    assert "holds the source folder" in capsys.readouterr().err
+    assert tree_digest(source) == before
+
+
+def test_an_out_that_is_a_file_is_refused(source, tmp_path, capsys):
+    (tmp_path / "out").write_text("not a folder")
+    assert main(["validate", str(source), "--out", str(tmp_path / "out"), *SET_SMALL]) == 2
+    err = capsys.readouterr().err
+    assert "is a file" in err and "internal error" not in err
+
+
+def test_a_link_planted_as_the_lock_file_is_never_written_through(source, outside, tmp_path, capsys):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / LOCK_NAME).symlink_to(outside / "passwd")
+    assert main(["validate", str(source), "--out", str(tmp_path / "out"), *SET_SMALL]) == 2
+    assert "is a link" in capsys.readouterr().err
+    assert (outside / "passwd").read_bytes() == SECRET
+
+
+# ------------------------------------------------------------------------------------------ 5. two runs at once
+
+
+def test_a_second_run_into_the_same_out_is_refused_naming_the_first(source, tmp_path):
+    from narrator.storage import folder_lock
+
+    out = tmp_path / "out"
+    assert main(["validate", str(source), "--out", str(out), *SET_SMALL]) == 0
+    previous = out_state(out)
+    with folder_lock(out, "narrator validate"):
+        result = run_cli("validate", str(source), "--out", str(out), *SET_SMALL)
+    assert result.returncode == 2
+    assert f"pid {os.getpid()}" in result.stderr and "another" in result.stderr
+    assert out_state(out) == previous
+
+
+def test_the_out_folder_is_free_again_after_a_run_even_a_failed_one(source, tmp_path, monkeypatch):
+    import components.validate as step
+    from narrator.storage import folder_lock
+
+    out = tmp_path / "out"
+    validate(str(source), out, PARAMS)
+    monkeypatch.setattr(step, "_check_consent", lambda *a: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        validate(str(source), out, PARAMS)
+    with folder_lock(out, "test"):  # would raise when a lock were still held
+        pass
 
 
 # -------------------------------------------------------------------------------- 6. names and transcripts
