@@ -882,6 +882,12 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # a bug: say so, keep the traceback for --log-level debug
         import logging
 
+        from narrator.storage import explain_os_error, is_user_os_error
+
+        if is_user_os_error(error):  # a full disk, a read-only folder, no permission: the user's to fix
+            logging.getLogger("narrator").debug("disk or permission error", exc_info=True)
+            print(f"error: {explain_os_error(error)}", file=sys.stderr)
+            return 2
         logging.getLogger("narrator").debug("internal error", exc_info=True)
         print(f"internal error: {type(error).__name__}: {error}\n"
               "This is a bug in narrator. Re-run with --log-level debug for the traceback and report it.",

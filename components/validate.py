@@ -6,12 +6,21 @@ consent record whose recording is the same voice, and enough accepted speech.
 
 Outputs in DIR: `report.json`, `report.html`, `accepted.list` (GPT-SoVITS format) and `quarantine/` with a copy
 of every rejected clip beside a note of its reasons. Sources are only read, never modified or moved.
+
+Hostile input: nothing outside the source folder is read (see narrator/dataset.py: links that leave it are
+`outside_source`, links inside it are followed); headers are read before any sample is decoded, so a file whose
+header claims an impossible sample rate or hours of audio costs a header read. The outputs are written under
+temporary names and renamed into place once all are complete (report.json last), so a failed run - a full disk, a
+killed process - leaves the previous complete outputs, or none. One run at a time writes into DIR: a second one
+is refused at once with the pid of the first (`narrator.storage.folder_lock`); DIR is checked writable before any
+work starts.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -20,13 +29,14 @@ from pathlib import Path
 import numpy as np
 
 from components.prepare import plan_segments
-from narrator.audiofile import read_audio, resample
+from narrator.audiofile import audio_info, read_audio, resample
 from narrator.config import Params, ValidateConfig
-from narrator.dataset import Clip, Consent, discover, list_line
-from narrator.errors import AudioError, NarratorError
+from narrator.dataset import Clip, Consent, discover, inside, list_line
+from narrator.errors import AudioError, NarratorError, OutputError
 from narrator.log import get_logger
 from narrator.speech import SAMPLE_RATE_HZ, SpeakerEncoder, VoiceActivityDetector, cosine, ge2e_mel, vad_frame_s, voiced
-from narrator.storage import open_source, sha256_file
+from narrator.storage import (check_free_space, folder_lock, is_s3, is_user_os_error, open_source, output_error,
+                              sha256_file, temporary_name)
 
 log = get_logger("validate")
 
@@ -45,16 +55,22 @@ REASONS: dict[str, str] = {
     "unsupported_language": "the transcript's language is not supported (zh and en are): remove the clip",
     "duplicate": "the same audio as another clip (kept once): remove the copy",
     "speaker_outlier": "a different voice from the rest of the set: remove clips of other speakers",
+    "outside_source": "a link to a file outside the source folder: never read nor copied; copy the file itself "
+                      "into the folder",
+    "truncated": "the file is cut off: its header promises more audio than it holds; copy or export it again",
+    "bad_file_name": "the file name holds a '|', a line break or control character, or bytes that are not UTF-8, "
+                     "which a GPT-SoVITS .list line cannot carry: rename the file",
 }
 DATASET_REASONS: dict[str, str] = {
     "missing_consent": "the consent record (consent.yaml with speaker, organisation, date, scope, and a recording "
-                       "of the speaker's consent statement) is missing or incomplete",
+                       "of the speaker's consent statement) is missing, incomplete or unreadable",
     "consent_speaker_mismatch": "the voice in the consent recording is not the voice of the training clips",
     "insufficient_speech": "not enough accepted speech to train a voice",
 }
 # Reasons that mean the audio itself is unusable: such clips are left out of the speaker reference.
 _AUDIO_FAULTS = {"unreadable", "too_short", "low_sample_rate", "clipped", "silent", "low_speech_ratio", "low_snr",
-                 "duplicate"}
+                 "duplicate", "outside_source", "truncated", "bad_file_name"}
+_OUTPUTS = ("accepted.list", "report.html", "report.json")  # renamed into place in this order: report.json last
 
 
 @dataclass
@@ -99,6 +115,7 @@ class ValidationReport:
     thresholds: dict
     created_at: str
     elapsed_s: float
+    ignored: list[dict] = field(default_factory=list)  # transcripts and linked folders not read, and why
 
     @property
     def accepted(self) -> bool:
@@ -118,12 +135,31 @@ class _Analysis:
 
 def validate(source: str, out_dir: str | Path, params: Params) -> ValidationReport:
     """Validate every clip of `source` (folder or s3:// prefix) and write the report files into `out_dir`."""
+    out_dir = Path(out_dir)
+    _check_apart(source, out_dir)
+    with folder_lock(out_dir, "narrator validate"):  # also the check that out_dir can be written
+        _remove_leftovers(out_dir)
+        return _validate(source, out_dir, params)
+
+
+def _check_apart(source: str, out_dir: Path) -> None:
+    """Refuse an --out inside a local source folder, or one holding it: the source would be written into (or, under
+    quarantine/, replaced), and sources are never modified."""
+    if is_s3(source) or not Path(source).expanduser().is_dir():
+        return
+    root, out = os.path.realpath(Path(source).expanduser()), os.path.realpath(out_dir)
+    if inside(out, root) or inside(root, out):
+        where = "lies inside the source folder" if inside(out, root) else "holds the source folder"
+        raise OutputError(f"--out {out_dir} {where} {source}: sources are never modified; give an --out outside it")
+
+
+def _validate(source: str, out_dir: Path, params: Params) -> ValidationReport:
     started = time.monotonic()
     cfg = params.validate_
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     local = open_source(source, params.storage, cache_dir=out_dir / ".source-cache")
-    clips, consent = discover(local.root, cfg.audio_extensions, cfg.consent_file)
+    clips, consent, ignored = discover(local.root, cfg.audio_extensions, cfg.consent_file)
+    for item in ignored:
+        log.warning("not read: %s: %s", item.path, item.detail)
     if not clips:
         raise NarratorError(
             f"{source}: no audio files ({', '.join(cfg.audio_extensions)}) found; give the folder that holds the clips"
@@ -150,8 +186,9 @@ def validate(source: str, out_dir: str | Path, params: Params) -> ValidationRepo
         dataset_reasons=dataset_reasons, messages=messages, totals=totals, consent=consent_info,
         consent_hash=consent_hash, clips=reports, thresholds=cfg.model_dump(mode="json"),
         created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), elapsed_s=round(time.monotonic() - started, 3),
+        ignored=[asdict(item) for item in ignored],
     )
-    _write_outputs(report, out_dir, consent_info.get("speaker") or local.root.name, cfg)
+    _write_outputs(report, out_dir, local.root, consent_info.get("speaker") or local.root.name, cfg)
     log.info("verdict %s: %d accepted, %d warnings, %d rejected, %.1f s accepted speech", report.verdict,
              totals["accepted"], totals["warning"], totals["rejected"], totals["accepted_speech_s"])
     return report
@@ -197,15 +234,39 @@ def _analyse_all(clips: list[Clip], reports, analyses, cfg: ValidateConfig, para
 
 
 def _measure_clip(clip: Clip, report: ClipReport, cfg: ValidateConfig, params: Params) -> np.ndarray | None:
-    """Decode and run the checks that need no model. Returns 16 kHz mono audio for the batched checks."""
+    """Read the header, decode and run the checks that need no model. Returns 16 kHz mono audio for the batched
+    checks (None when the clip was not decoded)."""
+    if clip.problem is not None:  # outside_source, bad_file_name, not a regular file: never opened
+        report.add(*clip.problem)
+        return None
     if clip.transcript is None or not clip.transcript.text.strip():
         report.add("no_transcript", REASONS["no_transcript"])
+    elif not any(ch.isalnum() for ch in clip.transcript.text):
+        report.add("no_transcript", f"the transcript {clip.transcript.text[:40]!r} (from {clip.transcript.origin}) "
+                                    "holds no words, only punctuation: write down what the clip says")
     else:
         report.text, report.language = clip.transcript.text, clip.transcript.language
         if report.language not in cfg.languages:
             shown = report.language or "unknown"
             report.add("unsupported_language",
                        f"language {shown!r} (from {clip.transcript.origin}); supported: {', '.join(cfg.languages)}")
+    try:
+        info = audio_info(clip.path)  # the header only: nothing decoded yet
+    except AudioError as error:
+        report.add("unreadable", f"{REASONS['unreadable']} ({error})")
+        return None
+    if info is not None:
+        report.duration_s = round(info.duration_s, 3)
+        report.sample_rate_hz, report.channels = info.sample_rate_hz, info.channels
+        if info.missing_frames:
+            report.add("truncated", f"the header promises {info.declared_duration_s:.2f} s of audio, the file holds "
+                                    f"{info.duration_s:.2f} s: it was cut off; copy or export it again")
+            return None
+        if info.duration_s > cfg.max_source_s:
+            report.add("too_long", f"{info.duration_s:.0f} s > validate.max_source_s={cfg.max_source_s:g} s: split "
+                                   "the recording")
+            report.details["too_long_sliceable"] = "no"
+            return None
     try:
         audio = read_audio(clip.path)
     except AudioError as error:
@@ -376,7 +437,7 @@ def _check_consent(consent: Consent, reference, cfg: ValidateConfig, vad, speake
         consent_hash = "sha256:" + digest.hexdigest()
     if consent.recording is not None:
         try:
-            audio = read_audio(consent.recording)
+            audio = read_audio(consent.recording, max_duration_s=cfg.max_source_s)
         except AudioError as error:
             if "missing_consent" not in reasons:
                 reasons.append("missing_consent")
@@ -422,25 +483,85 @@ def _totals(reports: list[ClipReport], cfg: ValidateConfig) -> dict:
 # --------------------------------------------------------------------------------------------------- outputs
 
 
-def _write_outputs(report: ValidationReport, out_dir: Path, speaker: str, cfg: ValidateConfig) -> None:
-    quarantine = out_dir / "quarantine"
-    if quarantine.exists():
-        shutil.rmtree(quarantine)  # our own copies from an earlier run; sources are elsewhere and untouched
-    for clip in report.clips:
-        if clip.status != "rejected":
-            continue
-        target = quarantine / clip.rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(clip.local_path, target)
-        note = [f"{clip.path}", "rejected for:"] + [f"  {r}: {clip.details.get(r, REASONS.get(r, ''))}"
-                                                      for r in clip.reasons]
-        target.with_name(target.name + ".reasons.txt").write_text("\n".join(note) + "\n", encoding="utf-8")
+def _remove_leftovers(out_dir: Path) -> None:
+    """Temporary files of runs that were killed before renaming them into place (we hold the folder's lock)."""
+    for pattern in (".quarantine.*.tmp", ".quarantine.*.old", *(f".{output}.*.tmp" for output in _OUTPUTS)):
+        for path in out_dir.glob(pattern):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+
+def _copyable(clip: ClipReport, root: Path) -> bool:
+    """A rejected clip is copied into quarantine only when it is a regular file inside the source folder."""
+    real = os.path.realpath(clip.local_path)
+    return "outside_source" not in clip.reasons and inside(real, root) and os.path.isfile(real)
+
+
+def _write_outputs(report: ValidationReport, out_dir: Path, root: Path, speaker: str, cfg: ValidateConfig) -> None:
+    """Write quarantine/, accepted.list, report.html and report.json: everything is first written under temporary
+    names (a hidden staging folder for quarantine/), then renamed into place, report.json last. A failure leaves
+    the previous outputs as they were and no temporary file; a full or read-only disk is an OutputError."""
+    rejected = [c for c in report.clips if c.status == "rejected"]
+    notes = {c.rel: ("\n".join([c.path, "rejected for:"] + [f"  {r}: {c.details.get(r, REASONS.get(r, ''))}"
+                                                            for r in c.reasons]) + "\n").encode("utf-8",
+                                                                                               "backslashreplace")
+             for c in rejected}
+    copies = [c for c in rejected if _copyable(c, root)]
     lines = [list_line(c.local_path, speaker, c.language, c.text) for c in report.clips
              if c.status in ("accepted", "warning")]
-    (out_dir / "accepted.list").write_text("\n".join(lines) + ("\n" if lines else ""), encoding="utf-8")
-    (out_dir / "report.json").write_text(report.to_json(), encoding="utf-8")
-    (out_dir / "report.html").write_text(render_html(report, cfg), encoding="utf-8")
+    contents = {
+        "accepted.list": ("\n".join(lines) + ("\n" if lines else "")).encode("utf-8"),
+        "report.html": render_html(report, cfg).encode("utf-8", "backslashreplace"),
+        "report.json": report.to_json().encode("utf-8", "backslashreplace"),  # lone surrogates stay JSON escapes
+    }
+    needed = (sum(os.path.getsize(c.local_path) for c in copies) + sum(map(len, notes.values()))
+              + sum(map(len, contents.values())))
+    check_free_space(out_dir, needed)
+    quarantine, staging = out_dir / "quarantine", temporary_name(out_dir / "quarantine")
+    old = out_dir / f".quarantine.{os.getpid()}.old"
+    temporary = {name: temporary_name(out_dir / name) for name in _OUTPUTS}
+    writing = staging
+    try:
+        copyable = {c.rel for c in copies}
+        for clip in rejected:
+            target = staging / clip.rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            writing = quarantine / clip.rel
+            if clip.rel in copyable:
+                shutil.copy2(clip.local_path, target)
+            _write_file(target.with_name(target.name + ".reasons.txt"), notes[clip.rel])
+        for name in _OUTPUTS:
+            writing = out_dir / name
+            _write_file(temporary[name], contents[name])
+        writing = quarantine
+        if quarantine.exists():
+            os.replace(quarantine, old)
+        if rejected:
+            os.replace(staging, quarantine)
+        for name in _OUTPUTS:
+            writing = out_dir / name
+            os.replace(temporary[name], out_dir / name)
+    except OSError as error:
+        if old.exists():  # the previous quarantine back in place
+            if quarantine.exists():
+                os.replace(quarantine, staging)
+            os.replace(old, quarantine)
+        for path in temporary.values():
+            path.unlink(missing_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
+        if is_user_os_error(error):
+            raise output_error(error, writing, needed) from None
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
+
+def _write_file(path: Path, data: bytes) -> None:
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def render_html(report: ValidationReport, cfg: ValidateConfig) -> str:
@@ -487,13 +608,19 @@ def render_html(report: ValidationReport, cfg: ValidateConfig) -> str:
         body.append("<h2>Rejected clips</h2>")
         for clip in rejected[: cfg.report_pictures]:
             caption = "; ".join(f"{r}: {clip.details.get(r, '')}" for r in clip.reasons)
-            try:
-                audio = read_audio(clip.local_path)
-                picture = html.waveform_and_spectrogram(audio.mono(), audio.sample_rate_hz, clip.rel)
-            except AudioError:
-                picture = "<p><i>not decodable: no picture</i></p>"
+            picture = "<p><i>not decodable: no picture</i></p>"
+            if clip.peak_dbfs is not None:  # decoded during the analysis: not a link outside, not a lying header
+                try:
+                    audio = read_audio(clip.local_path, max_duration_s=cfg.max_source_s)
+                    picture = html.waveform_and_spectrogram(audio.mono(), audio.sample_rate_hz, clip.rel)
+                except AudioError:
+                    pass
             body.append(f"<figure>{picture}<figcaption>{html.esc(caption)}</figcaption></figure>")
         if len(rejected) > cfg.report_pictures:
             body.append(f"<p>{len(rejected) - cfg.report_pictures} more rejected clips: see report.json.</p>")
+    if report.ignored:
+        body.append("<h2>Not read</h2>" + html.table(["path", "reason", "why"], [
+            [html.esc(item["path"]), f"<code>{html.esc(item['reason'])}</code>", html.esc(item["detail"])]
+            for item in report.ignored]))
     subtitle = f"{report.source} · {report.created_at} · {report.elapsed_s:.1f} s"
     return html.page("Narrator validation report", subtitle, body)

@@ -17,6 +17,17 @@ class SourceError(NarratorError):
     """A source folder or s3:// prefix cannot be read."""
 
 
+class OutputError(NarratorError):
+    """An output folder or file cannot be written: read-only, no permission, or the disk is full. The message names
+    the path and what to do; it is the user's (or the machine's) problem, not a bug."""
+
+    exit_code = 2
+
+
+class OutputBusy(OutputError):
+    """Another run is writing into the same output folder; the message names it (pid, since when)."""
+
+
 class AudioError(NarratorError):
     """An audio file cannot be decoded."""
 

@@ -13,6 +13,11 @@ see local paths; this module maps URIs onto them:
 - `output_file(uri, cfg)`: the same for one file, uploaded when the step succeeds.
 - `fetch(uri, cfg, key)`: one input file (or a model directory) named by a setting or an option.
 
+Local output folders: `folder_lock(folder, what)` lets one run at a time write into a folder (and checks that it
+can be written), `temporary_name(path)` is where a file is written before it is renamed into place, and
+`output_error(error, path)` turns a full disk, a read-only file system or a missing permission into an
+`OutputError` that names the path and what to do.
+
 The mirror of a prefix and the staging folder of the same prefix are one folder, so a step reading the output of
 the previous one on the same machine (or in the same container layout) finds it where that step wrote it, local
 paths recorded in its files included. Sources are only ever read, never modified.
@@ -20,17 +25,20 @@ paths recorded in its files included. Sources are only ever read, never modified
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import re
+import shutil
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from narrator.config import StorageConfig
-from narrator.errors import SourceError
+from narrator.errors import OutputBusy, OutputError, SourceError
 from narrator.log import get_logger
 
 log = get_logger("storage")
@@ -459,3 +467,115 @@ def source_fingerprint(source: str, cfg: StorageConfig) -> str:
             stat = path.stat()
             digest.update(f"{path.relative_to(root).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------ local outputs
+
+LOCK_FILE = ".narrator.lock"  # inside an output folder: who is writing into it
+# errors that are the disk's or the permissions' fault, not narrator's: (what happened, what to do)
+_USER_ERRNOS = {
+    errno.ENOSPC: ("no space left on the disk", "free some space or choose another --out on a larger disk"),
+    errno.EDQUOT: ("the disk quota is exhausted", "free some space or choose another --out"),
+    errno.EROFS: ("the file system is read-only", "choose a writable --out"),
+    errno.EACCES: ("permission denied", "make it writable for this user or choose another --out"),
+    errno.EPERM: ("operation not permitted", "make it writable for this user or choose another --out"),
+}
+
+
+def is_user_os_error(error: BaseException) -> bool:
+    """A full disk, exhausted quota, read-only file system or missing permission (not a bug)."""
+    return isinstance(error, OSError) and error.errno in _USER_ERRNOS
+
+
+def explain_os_error(error: OSError) -> str:
+    """A full disk, read-only file system or missing permission met anywhere, in words that name the path."""
+    what, _ = _USER_ERRNOS.get(error.errno, (error.strerror or str(error), ""))
+    where = error.filename if error.filename is not None else "a file"
+    return (f"{where}: {what}; this is a problem of the disk or of the permissions, not a bug: free some space, "
+            "fix the permissions, or choose other paths")
+
+
+def _megabytes(n_bytes: int) -> str:
+    return f"{n_bytes / 1e6:.1f} MB"
+
+
+def output_error(error: OSError, path: str | os.PathLike, needed_bytes: int | None = None) -> OutputError:
+    """An OutputError naming `path` for a full disk, a read-only file system or a missing permission; for a full
+    disk with `needed_bytes` known, how much space the outputs need and how much is free."""
+    what, todo = _USER_ERRNOS.get(error.errno, (error.strerror or str(error), "check the disk and the folder"))
+    space = ""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT) and needed_bytes:
+        space = f" (the outputs need about {_megabytes(needed_bytes)}; {_megabytes(_free_bytes(path))} are free)"
+    return OutputError(f"cannot write {path}: {what}{space}; {todo}")
+
+
+def _free_bytes(path: str | os.PathLike) -> int:
+    folder = Path(path)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return 0
+
+
+def check_free_space(folder: Path, needed_bytes: int) -> None:
+    """OutputError naming `folder` and the space needed when its disk has less than `needed_bytes` free."""
+    free = _free_bytes(folder)
+    if free < needed_bytes:
+        raise OutputError(f"cannot write {folder}: no space left for the outputs (they need about "
+                          f"{_megabytes(needed_bytes)}; {_megabytes(free)} are free); free some space or choose "
+                          "another --out on a larger disk")
+
+
+def temporary_name(path: Path) -> Path:
+    """A hidden name beside `path` for its content while it is being written (`.NAME.PID.tmp`)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+@contextmanager
+def folder_lock(folder: str | os.PathLike, what: str) -> Iterator[None]:
+    """Hold `folder`'s lock (flock on `folder/.narrator.lock`, which names the holder) while the block runs.
+
+    A second holder does not wait: it gets OutputBusy naming the first (what, pid, since when). A folder that cannot
+    be written gives OutputError naming it; without flock (not POSIX, some network mounts) the block runs unlocked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        fcntl = None
+    folder = Path(folder)
+    path = folder / LOCK_FILE
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except (FileExistsError, NotADirectoryError):
+        raise OutputError(f"{folder} (or a folder above it) is a file, not a folder: give a folder for the "
+                          "outputs") from None
+    except OSError as error:
+        if is_user_os_error(error):
+            raise output_error(error, folder) from None
+        if error.errno == errno.ELOOP:
+            raise OutputError(f"{path} is a link: remove it (the lock file must be a plain file)") from None
+        raise
+    with open(descriptor, "r+", encoding="utf-8") as handle:
+        try:
+            if fcntl is not None:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read(200).strip() or "another process"
+            raise OutputBusy(f"{folder} is in use by another run ({holder}): wait for it to finish, or give "
+                             "another --out") from None
+        except OSError as error:  # no flock on this file system: go on unlocked
+            log.warning("cannot lock %s (%s); make sure no other run writes into it", folder, error)
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{what}, pid {os.getpid()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+            handle.flush()
+        except OSError as error:
+            if is_user_os_error(error):
+                raise output_error(error, folder) from None
+            raise
+        yield
