@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check recordings, transcripts and consent; quarantine rejected clips",
                        description="Validate a narrator's recordings before training. Writes report.json, "
                                    "report.html, accepted.list and quarantine/ into --out. Sources are never "
-                                   "modified. Exit 0: accepted; 2: dataset refused; 1: internal error.")
+                                   "modified. Exit 0: accepted; 2: dataset refused, or --out unusable (read-only, full, "
+                                   "busy with another run); 1: internal error.")
     p.add_argument("source", help="folder or s3://bucket/prefix with audio, transcripts and consent.yaml")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     _common(p)
