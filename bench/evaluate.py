@@ -50,6 +50,7 @@ def _measure(threads: int, utterance_s: float) -> dict:
     from bench.infer_sovits import _inputs
     from cli.demo import espeak
     from components import evaluate as E
+    from models.inference import prepare_sovits
     from models.sovits import SoVITS, SoVITSConfig
     from models.watermark import detect, embed
     from narrator import metrics as M
@@ -63,8 +64,7 @@ def _measure(threads: int, utterance_s: float) -> dict:
     # baseline: speak one utterance at full size
     start = time.perf_counter()
     gpt = _model(torch.float32)
-    sovits = SoVITS(SoVITSConfig()).eval()
-    sovits.prepare_inference(channels_last=True)
+    sovits = prepare_sovits(SoVITS(SoVITSConfig()).eval(), channels_last=True)
     load_s = time.perf_counter() - start
     tokens = int(utterance_s * TOKENS_PER_S)
     phones, bert = _sentence(int(utterance_s * 12), 0)

@@ -22,20 +22,20 @@ TOKENS = 250
 AUDIO_S = TOKENS / 25
 OFFICIAL_SENTENCE_RTF = 0.75  # float32, 2 threads, measured with the official code (issue 3)
 GOAL_SENTENCE_RTF = 0.37
-MIXED = "int8-gpt+bf16-sovits"  # GPT.prepare_inference("int8") with a bfloat16 SoVITS
+MIXED = "int8-gpt+bf16-sovits"  # int8 GPT decoding steps with a bfloat16 SoVITS (inference mode "fast" on CPU)
 
 
 def _measure(dtype_name: str, threads: int) -> dict:
     from bench.infer_gpt import _model, _prompt, _sentence
     from bench.infer_sovits import _inputs
+    from models.inference import prepare_sovits
     from models.sovits import SoVITS, SoVITSConfig
 
     torch.set_num_threads(threads)
     int8_gpt = dtype_name == MIXED
     dtype = torch.bfloat16 if int8_gpt else getattr(torch, dtype_name)
-    gpt = _model(torch.float32).prepare_inference("int8") if int8_gpt else _model(dtype)
-    sovits = SoVITS(SoVITSConfig()).eval().to(dtype)
-    sovits.prepare_inference(channels_last=True)
+    gpt = _model(torch.float32, "int8") if int8_gpt else _model(dtype)
+    sovits = prepare_sovits(SoVITS(SoVITSConfig()).eval().to(dtype), channels_last=True)
     phones, bert = _sentence(60, 0)
     prompt = _prompt(150)
     _, text, refer, _ = _inputs(AUDIO_S)

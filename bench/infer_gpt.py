@@ -2,7 +2,8 @@
 
     python -m bench.infer_gpt            # prints a table; `bench_gpt()` returns the rows
 
-Per mode (float32, bfloat16, int8-dynamic = float32 model with `prepare_inference("int8")`), each in a fresh
+Per mode (float32, bfloat16, int8-dynamic = float32 model with int8 decoding steps), each prepared by
+`models.inference.prepare_gpt` (column-major decoding matrices; float or int8 step weights) and measured in a fresh
 process so that the peak memory is its own:
   - ms/token for one decoding step with ~200 and ~1700 positions in the context (median over 32 steps),
   - tokens/s for one sentence and for a batch of 4 sentences sharing a prompt (prefill included),
@@ -23,19 +24,20 @@ import torch
 
 from bench._child import in_child
 from models.gpt import GPT, GPTConfig
+from models.inference import prepare_gpt
 
 TARGETS = {"ms_per_token@200": 11.0, "ms_per_token@1700": 13.0, "tokens_per_s_single": 80.0}
 
 
-MODES = {"int8-dynamic": (torch.float32, "int8")}  # row name -> (model dtype, prepare_inference weights)
+MODES = {"int8-dynamic": (torch.float32, "int8")}  # row name -> (model dtype, prepare_gpt decoding)
 
 
-def _model(dtype: torch.dtype, weights: str = "model") -> GPT:
+def _model(dtype: torch.dtype, decoding: str = "float") -> GPT:
     torch.manual_seed(0)
     model = GPT(GPTConfig()).eval().to(dtype)
     with torch.no_grad():  # random weights: keep EOS from ending a run early
         model.ar_predict_layer.weight[model.cfg.eos] = 0.0
-    return model.prepare_inference(weights)
+    return prepare_gpt(model, decoding)
 
 
 def _sentence(n_phones: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,8 +80,8 @@ def _tokens_per_s(model: GPT, batch: int, n_new: int, repeats: int) -> float:
 
 def _measure(dtype_name: str, threads: int, repeats: int) -> dict:
     torch.set_num_threads(threads)
-    dtype, weights = MODES[dtype_name] if dtype_name in MODES else (getattr(torch, dtype_name), "model")
-    model = _model(dtype, weights)
+    dtype, decoding = MODES[dtype_name] if dtype_name in MODES else (getattr(torch, dtype_name), "float")
+    model = _model(dtype, decoding)
     row = {"dtype": dtype_name, "threads": threads, "params_M": model.num_params() / 1e6,
            "load_before": os.getloadavg()[0]}
     row["ms_per_token@200"] = _step_ms(model, 200, 32, repeats)

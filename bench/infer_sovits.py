@@ -6,7 +6,7 @@
 Each mode runs in its own child process so that the peak-memory figure (max RSS) belongs to that mode only.
 Modes:
     fp32-plain  float32, weight norm recomputed per call, (batch, channels, frames) decoder layout
-    fp32-fast   float32, `SoVITS.prepare_inference()`: cached weight-norm weights + channels-last decoder
+    fp32-fast   float32, `models.inference.prepare_sovits`: cached weight-norm weights + channels-last decoder
     bf16-fast   bfloat16 weights and activations, same fast path
 RTF = wall time of one `decode` / audio duration (lower is better); the table gives the median and the best run
 (on a shared machine the best run is the better estimate of what the hardware does; GFLOP/s uses the best run).
@@ -110,6 +110,7 @@ def gemm_peak_gflops(threads: int, size: int = 2048, repeats: int = 5) -> dict[s
 def run_one(mode: str, seconds: float, repeats: int, threads: int, out_dir: Path) -> dict:
     import torch
 
+    from models.inference import prepare_sovits
     from models.sovits import SoVITS, SoVITSConfig
 
     torch.set_num_threads(threads)
@@ -119,7 +120,7 @@ def run_one(mode: str, seconds: float, repeats: int, threads: int, out_dir: Path
     dtype = torch.bfloat16 if mode.startswith("bf16") else torch.float32
     model.to(dtype)
     if mode.endswith("fast"):
-        model.prepare_inference(channels_last=True)
+        prepare_sovits(model, channels_last=True)
     rss_model = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     codes, phones, refer, noise = _inputs(seconds)
     times = []

@@ -545,8 +545,8 @@ def load_sovits(
 
     `.version` is "v2", "v2Pro" or "v2ProPlus". v1, v3/v4 and LoRA files are refused. The posterior encoder
     `enc_q` is absent from fine-tuned files and is then left at its initial values (only training uses it).
-    `fast=True` prepares the fast inference path (`SoVITS.prepare_inference`: cached weight-norm weights,
-    channels-last decoder); call `prepare_inference()` again after moving the model to another dtype/device.
+    `fast=True` prepares the fast inference path (`models.inference.prepare_sovits`: cached weight-norm weights,
+    channels-last decoder); call `prepare_sovits` again after moving the model to another dtype/device.
     """
     p = Path(path)
     obj, head = _read_container(p, "SoVITS")
@@ -593,7 +593,9 @@ def load_sovits(
     model.to(device=device, dtype=dtype)
     model.eval()
     if fast:
-        model.prepare_inference()
+        from models.inference import prepare_sovits
+
+        prepare_sovits(model)
     return model
 
 

@@ -19,19 +19,18 @@ sample; EOS is unavailable for the first 11 steps; stop on EOS, on `early_stop_n
 The training loss is the official `forward_old`: summed cross-entropy of [codes..., EOS], predicted from the last
 text position onwards.
 
-Speed (CPU decoding, one token per step): keys/values live in a preallocated `KVCache` written in place; the
-per-token path (`Block.step`) is plain functional calls with batched matmuls; most big matrices are stored
-column-major (`_transposed_storage`), which float32 BLAS multiplies by a single row up to twice as fast.
-Opt-in, CPU: `prepare_inference("int8")` runs the decoding steps' projections on int8 weights (~2.5x faster).
+Decoding (one token per step): the prompt is run once as a whole sequence ("prefill") into a preallocated
+`KVCache`; each new token then goes through `Transformer.step`, one position per row, attending to the cache.
+How the models run fast at inference (prefetched or int8 step weights, column-major weight storage) is not
+here but in models/inference.py, which plugs its step in through `GPT.decoding_step`.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Protocol
 
 import torch
 import torch.nn as nn
@@ -218,9 +217,10 @@ class SinePositionalEncoding(nn.Module):
 class KVCache:
     """Keys and values of every layer for a batch, preallocated to `max_len` positions and written in place.
 
-    k: (n_layer, B * n_head, head_dim, max_len)  keys stored transposed, so scores are one batched q @ k
-    v: (n_layer, B * n_head, max_len, head_dim)
-    key_bias: (B * n_head, 1, max_len) additive attention bias, 0 or -inf; None when no position is masked
+        k        (n_layer, B * n_head, head_dim, max_len)  keys stored transposed, so scores are one batched q @ k
+        v        (n_layer, B * n_head, max_len, head_dim)
+        key_bias (B * n_head, 1, max_len)  additive attention bias, 0 or -inf; None when no position is masked
+
     The first `length` positions are valid. A decoding step writes one column and reads a prefix view, so a
     step costs no copy of the cache (torch.cat caches copy it every step). On CPU the cache is float32 whatever
     the weights' dtype: bfloat16 batched matmuls copy strided (prefix-view) operands, float32 ones read them
@@ -239,6 +239,27 @@ class KVCache:
         self.max_len = max_len
         self.layers = list(zip(self.k.unbind(0), self.v.unbind(0)))  # per-layer (keys, values) views
 
+    def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Attention of one new position per row, in `layer`: q, k, v (B, n_head, head_dim) -> (B, n_head * head_dim).
+
+        Stores k and v at position `length`, then attends over positions [0, length] (the cache and itself):
+        softmax(q @ keys / sqrt(head_dim) + key_bias) @ values, as two batched matmuls (faster than
+        scaled_dot_product_attention for a single query on CPU). The result has q's dtype. The caller advances
+        `length` once every layer has attended.
+        """
+        b, h, hd = q.shape
+        t = self.length
+        keys, values = self.layers[layer]  # (B*H, hd, max_len), (B*H, max_len, hd)
+        keys.select(2, t).copy_(k.reshape(b * h, hd))
+        values.select(1, t).copy_(v.reshape(b * h, hd))
+        keys, values = keys.narrow(2, 0, t + 1), values.narrow(1, 0, t + 1)
+        query = q.reshape(b * h, 1, hd).to(keys.dtype)
+        if self.key_bias is None:  # scores (B*H, 1, t+1)
+            scores = torch.baddbmm(self.no_bias, query, keys, beta=0.0, alpha=hd ** -0.5)
+        else:
+            scores = torch.baddbmm(self.key_bias.narrow(2, 0, t + 1), query, keys, alpha=hd ** -0.5)
+        return torch.bmm(scores.softmax(dim=-1), values).to(q.dtype).view(b, h * hd)
+
     def keep_rows(self, rows: Tensor) -> None:
         """Drop finished batch rows: rows (B',) are the indices to keep."""
         def select(t: Tensor, dim: int) -> Tensor:
@@ -251,48 +272,11 @@ class KVCache:
             self.key_bias = select(self.key_bias, 0)
 
 
-def _transposed_storage(weight: Tensor) -> Tensor:
-    """The same (out, in) weight, stored column-major: a transposed view of a contiguous (in, out) tensor.
-
-    Shape, values and state-dict key are unchanged; x @ W.T then runs as a plain (non-transposed) matrix
-    product. Measured for one row (decoding) on CPU, float32: 1.1-2x faster for the C-wide inputs (in_proj,
-    out_proj, linear1, ar_predict_layer), bfloat16 about even; but 1.3-1.7x slower for linear2 (input 4C),
-    which therefore keeps the usual layout. Call .contiguous() on state-dict tensors before writing formats
-    that require it (safetensors).
-    """
-    return weight.detach().t().contiguous().t()
-
-
-def _pack_int8(weight: Tensor, bias: Tensor | None) -> Any:
-    """(out, in) weight -> fbgemm/x86 packed int8 weight, symmetric per output channel (scale = max|w| / 127),
-    with the float32 bias packed alongside. For `_int8_linear`."""
-    w = weight.detach().float().contiguous()
-    scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12).double()
-    with warnings.catch_warnings():  # torch >= 2.10 marks quantized tensors deprecated (in favour of torchao)
-        warnings.simplefilter("ignore", UserWarning)
-        q = torch.quantize_per_channel(w, scale, torch.zeros_like(scale, dtype=torch.long), 0, torch.qint8)
-    return torch.ops.quantized.linear_prepack(q, None if bias is None else bias.detach().float().contiguous())
-
-
-def _int8_linear(x: Tensor, packed: Any, bias: None = None) -> Tensor:
-    """x (..., in) float32 @ packed int8 weight.T + bias: the input is quantized per call to 8 bits (per tensor,
-    7-bit range as torch's dynamic quantized Linear does), products accumulate in int32, output float32."""
-    return torch.ops.quantized.linear_dynamic(x, packed, reduce_range=True)
-
-
-def _int8_linear_relu(x: Tensor, packed: Any, bias: None = None) -> Tensor:
-    """relu(_int8_linear(x, packed)) in one kernel (equal results, one op and one allocation fewer)."""
-    return torch.ops.quantized.linear_relu_dynamic(x, packed, reduce_range=True)
-
-
-def _linear_relu(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    return F.relu(F.linear(x, weight, bias))
-
-
 class SelfAttention(nn.Module):
     """Multi-head self-attention with one fused input projection, (B, T, C) -> (B, T, C).
 
-    Parameter names follow torch.nn.MultiheadAttention: in_proj_weight (3C, C), in_proj_bias (3C), out_proj.
+    Parameter names follow torch.nn.MultiheadAttention: in_proj_weight (3C, C) = [W_q ; W_k ; W_v],
+    in_proj_bias (3C,), out_proj (C -> C).
     """
 
     def __init__(self, cfg: GPTConfig):
@@ -301,10 +285,9 @@ class SelfAttention(nn.Module):
         self.n_head = cfg.n_head
         self.head_dim = cfg.head_dim
         self.dropout = cfg.dropout
-        self.in_proj_weight = nn.Parameter(_transposed_storage(nn.init.xavier_uniform_(torch.empty(3 * c, c))))
+        self.in_proj_weight = nn.Parameter(nn.init.xavier_uniform_(torch.empty(3 * c, c)))
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * c))
         self.out_proj = nn.Linear(c, c)
-        self.out_proj.weight = nn.Parameter(_transposed_storage(self.out_proj.weight))
         nn.init.zeros_(self.out_proj.bias)
 
     def forward(self, x: Tensor, mask: Tensor | None, cache: KVCache | None = None, layer: int = 0) -> Tensor:
@@ -323,16 +306,25 @@ class SelfAttention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # (B, H, T, hd)
         return self.out_proj(y.transpose(1, 2).reshape(b, t, c))
 
+    def step(self, x: Tensor, cache: KVCache, layer: int) -> Tensor:
+        """`forward` for one new position per row: x (B, C) -> (B, C), attending to `layer`'s cache and itself."""
+        b, c = x.shape
+        q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).view(b, 3, self.n_head, self.head_dim).unbind(1)
+        return self.out_proj(cache.attend(layer, q, k, v))
+
 
 class Block(nn.Module):
-    """Post-norm transformer layer: x = LN(x + attn(x)); x = LN(x + W2 relu(W1 x)). (B, T, C) -> (B, T, C)."""
+    """Post-norm transformer layer, (B, T, C) -> (B, T, C):
+
+        x = norm1(x + self_attn(x))
+        x = norm2(x + linear2(relu(linear1(x))))      linear1: C -> 4C, linear2: 4C -> C
+    """
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.self_attn = SelfAttention(cfg)
         self.linear1 = nn.Linear(cfg.n_embd, cfg.d_ff)
         self.linear2 = nn.Linear(cfg.d_ff, cfg.n_embd)
-        self.linear1.weight = nn.Parameter(_transposed_storage(self.linear1.weight))  # (C -> 4C: see there)
         self.norm1 = nn.LayerNorm(cfg.n_embd, eps=1e-5)
         self.norm2 = nn.LayerNorm(cfg.n_embd, eps=1e-5)
         self.drop = nn.Dropout(cfg.dropout)
@@ -342,50 +334,13 @@ class Block(nn.Module):
         x = self.norm2(x + self.drop(self.linear2(self.drop(F.relu(self.linear1(x))))))
         return x
 
-    def step_weights(self) -> tuple[Any, ...]:
-        """This layer's tensors in the order `step` unpacks them (fetched once per generation, not per token):
-        (linear, linear_relu, w_in, b_in, w_out, b_out, w1, b1, w2, b2, g1, e1, g2, e2), where `linear(x, w, b)`
-        applies a projection and `linear_relu` a projection then ReLU: F.linear on the parameters, or the int8
-        kernels on packed weights (see `GPT.prepare_inference`).
+    def step(self, x: Tensor, cache: KVCache, layer: int) -> Tensor:
+        """`forward` for one new position per row (decoding, no dropout): x (B, C) -> (B, C).
+
+        Attends to `layer`'s cached positions and itself, and stores this position's key/value in the cache.
         """
-        a = self.self_attn
-        return (F.linear, _linear_relu, a.in_proj_weight, a.in_proj_bias, a.out_proj.weight, a.out_proj.bias,
-                self.linear1.weight, self.linear1.bias, self.linear2.weight, self.linear2.bias, self.norm1.weight,
-                self.norm1.bias, self.norm2.weight, self.norm2.bias)
-
-    def int8_step_weights(self) -> tuple[Any, ...]:
-        """`step_weights` with the four projections as packed int8 weights (per-output-channel scales, float32
-        bias inside the pack) for `_int8_linear`; the layer norms in float32. CPU only."""
-        a = self.self_attn
-        packed = [_pack_int8(w, b) for w, b in ((a.in_proj_weight, a.in_proj_bias), (a.out_proj.weight,
-                  a.out_proj.bias), (self.linear1.weight, self.linear1.bias), (self.linear2.weight, self.linear2.bias))]
-        norms = [t.detach().float() for t in (self.norm1.weight, self.norm1.bias, self.norm2.weight, self.norm2.bias)]
-        return (_int8_linear, _int8_linear_relu, packed[0], None, packed[1], None, packed[2], None, packed[3], None,
-                *norms)
-
-    def step(self, x: Tensor, cache: KVCache, layer: int, weights: tuple[Tensor, ...]) -> Tensor:
-        """`forward` for one new position per row, x (B, C) -> (B, C), attending to the cache and itself.
-
-        Writes this position's key/value at index cache.length of `layer`. Runs n_layer times per generated
-        token, so it is written with plain functional calls on prefetched `weights` (from `step_weights`), and
-        with batched matmuls instead of scaled_dot_product_attention, which are faster for one query on CPU.
-        """
-        linear, linear_relu, w_in, b_in, w_out, b_out, w1, b1, w2, b2, g1, e1, g2, e2 = weights
-        b, c = x.shape
-        h, hd, t = self.self_attn.n_head, self.self_attn.head_dim, cache.length
-        q, k, v = linear(x, w_in, b_in).view(b, 3, h, hd).unbind(1)  # (B, H, hd) each
-        keys, values = cache.layers[layer]  # (B*H, hd, max_len), (B*H, max_len, hd)
-        keys.select(2, t).copy_(k.reshape(b * h, hd))
-        values.select(1, t).copy_(v.reshape(b * h, hd))
-        q = q.reshape(b * h, 1, hd).to(keys.dtype)
-        keys, values = keys.narrow(2, 0, t + 1), values.narrow(1, 0, t + 1)
-        if cache.key_bias is None:  # scores = q @ keys / sqrt(hd), (B*H, 1, S)
-            scores = torch.baddbmm(cache.no_bias, q, keys, beta=0.0, alpha=hd ** -0.5)
-        else:
-            scores = torch.baddbmm(cache.key_bias.narrow(2, 0, t + 1), q, keys, alpha=hd ** -0.5)
-        y = torch.bmm(scores.softmax(dim=-1), values).to(x.dtype).view(b, c)
-        x = F.layer_norm(x + linear(y, w_out, b_out), (c,), g1, e1, self.norm1.eps)
-        return F.layer_norm(x + linear(linear_relu(x, w1, b1), w2, b2), (c,), g2, e2, self.norm2.eps)
+        x = self.norm1(x + self.self_attn.step(x, cache, layer))
+        return self.norm2(x + self.linear2(F.relu(self.linear1(x))))
 
 
 class Transformer(nn.Module):
@@ -408,16 +363,24 @@ class Transformer(nn.Module):
             cache.length = x.shape[1]
         return x
 
-    def step_weights(self) -> list[tuple[Any, ...]]:
-        return [block.step_weights() for block in self.layers]
-
-    def step(self, x: Tensor, cache: KVCache, weights: list[tuple[Any, ...]]) -> Tensor:
-        """One new position per row through every layer: x (B, C) -> (B, C); advances the cache by one.
-        `weights` = step_weights()."""
+    def step(self, x: Tensor, cache: KVCache) -> Tensor:
+        """One new position per row through every layer: x (B, C) -> (B, C); advances the cache by one."""
         for i, block in enumerate(self.layers):
-            x = block.step(x, cache, i, weights[i])
+            x = block.step(x, cache, i)
         cache.length += 1
         return x
+
+
+class DecodingStep(Protocol):
+    """Another implementation of `Transformer.step` for `generate` / `generate_batch`, set as `GPT.decoding_step`
+    (models/inference.py provides them: the same step on prefetched float weights, or on int8 weights)."""
+
+    name: str  # what the step runs, e.g. "int8"
+
+    def bind(self, model: "GPT") -> Callable[[Tensor, KVCache], Tensor]:
+        """Called once per `generate_batch`: the per-token step x (B, C) -> (B, C) in the model dtype, which
+        stores the new position's key/value in every layer and advances the cache by one, as `Transformer.step`."""
+        ...
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -500,9 +463,9 @@ class GPT(nn.Module):
         self.ar_audio_position = SinePositionalEncoding(c)
         self.h = Transformer(cfg)
         self.ar_predict_layer = nn.Linear(c, cfg.vocab_size, bias=False)
-        self.ar_predict_layer.weight = nn.Parameter(_transposed_storage(self.ar_predict_layer.weight))
-        self._step_weights = "model"  # "model", or "int8" (see prepare_inference)
-        self._int8_cache: tuple[tuple, list] | None = None  # (parameter signature, packed step weights)
+        # The per-token step of `generate`: None runs `Transformer.step` on the modules above; models/inference.py
+        # sets faster implementations of the same step (prefetched or int8 weights). Not part of the state dict.
+        self.decoding_step: DecodingStep | None = None
 
     # ---- weights -----------------------------------------------------------------------------------------------
 
@@ -522,42 +485,6 @@ class GPT(nn.Module):
             raise GPTError(f"GPT weights do not fit this config ({detail}); build GPTConfig.from_official from the "
                            "same checkpoint's 'config' dict")
         self.load_state_dict(sd)
-
-    def prepare_inference(self, weights: str) -> "GPT":
-        """Choose the weights of the per-token decoding steps (`generate`, `generate_batch`); returns self.
-
-        "model" (what a new model does): the parameters as they are (float32 decoding is bit-exact with the golden
-        outputs).
-        "int8": CPU only, opt-in. Each layer's four projections (fused qkv, out_proj, linear1, linear2) run as
-        int8 weight matrices with one scale per output channel, on inputs quantized per call to 8 bits (torch's
-        dynamic-quantized Linear kernels, fbgemm/x86). Decoding reads ~4x fewer weight bytes per token, about 2x
-        faster at full v2 size; greedy tokens follow the float32 model on most but not all steps (see
-        tests/models/test_gpt.py). The prefill pass, the output head, attention and the KV cache keep the model
-        dtype / float32. The packed copies (+25% of the layer weights in memory) are made on first use and
-        remade whenever a parameter is changed or replaced; parameters, state dict and training are unaffected.
-        """
-        if weights not in ("model", "int8"):
-            raise GPTError(f"prepare_inference: weights must be 'model' or 'int8', got {weights!r}")
-        if weights == "int8":
-            if self._device.type != "cpu":
-                raise GPTError("int8 decoding weights run on CPU only (torch's fbgemm/x86 quantized kernels); "
-                               "use a float16/bfloat16 model on an accelerator instead")
-            if "x86" not in torch.backends.quantized.supported_engines and \
-                    "fbgemm" not in torch.backends.quantized.supported_engines:
-                raise GPTError("this torch build has no x86/fbgemm quantized engine for int8 decoding weights")
-        self._step_weights = weights
-        if weights == "model":
-            self._int8_cache = None
-        return self
-
-    def _decode_weights(self) -> list[tuple[Any, ...]]:
-        """Per-layer weights for Transformer.step under the `prepare_inference` choice."""
-        if getattr(self, "_step_weights", "model") != "int8":
-            return self.h.step_weights()
-        signature = tuple((id(p), p._version) for p in self.h.parameters())
-        if self._int8_cache is None or self._int8_cache[0] != signature:
-            self._int8_cache = (signature, [block.int8_step_weights() for block in self.h.layers])
-        return self._int8_cache[1]
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -745,8 +672,7 @@ class GPT(nn.Module):
         rows = torch.arange(n, device=device)  # original index of each live row
         out = torch.empty(n, n_max, dtype=torch.long, device=device)
         results: list[Tensor | None] = [None] * n
-        weights = self._decode_weights()
-        int8 = weights[0][0] is _int8_linear  # int8 steps compute in float32
+        token_step = self.h.step if self.decoding_step is None else self.decoding_step.bind(self)
         h = self.h(x, prefill_mask, cache)[:, -1]  # (B, C)
         for step in range(n_max):
             logits = self.ar_predict_layer(h).float()  # (B, V)
@@ -773,5 +699,5 @@ class GPT(nn.Module):
                     rows, token, out, seen = rows[alive], token[alive], out[alive], seen[alive]
                     cache.keep_rows(alive)
             x = F.embedding(token, self.ar_audio_embedding.word_embeddings.weight) + audio_pe[step]  # (B, C)
-            h = self.h.step(x.float(), cache, weights).to(dtype) if int8 else self.h.step(x, cache, weights)
+            h = token_step(x, cache)  # (B, C)
         return [r if r is not None else out.new_zeros(1, 0) for r in results]

@@ -14,7 +14,9 @@ without renaming:
     sv_emb / prelu / ge_to512   v2Pro/v2ProPlus speaker-verification fusion
 
 Tensor shapes are written `(batch, channels, frames)`; masks are `(batch, 1, frames)` of 0/1 in the
-activation dtype.
+activation dtype. Weight-normalised convs recompute w = g v / ||v|| on every call, as the official model does
+in training; the inference speed-ups (w cached, the decoder channels-last) are applied from outside by
+models/inference.py.
 """
 
 from __future__ import annotations
@@ -174,86 +176,54 @@ def _norm_except_dim0(v: torch.Tensor) -> torch.Tensor:
     return v.norm(2, dim=tuple(range(1, v.dim())), keepdim=True)
 
 
-class _WeightNormMixin:
-    """Weight normalisation `w = g * v / ||v||` (norm over all dims but 0) with the official key names
-    `weight_g` / `weight_v`. `fuse()` caches w for inference; training mode and loading weights drop the cache.
+def weight_norm(weight_v: torch.Tensor, weight_g: torch.Tensor) -> torch.Tensor:
+    """Weight normalisation (Salimans & Kingma, 2016): w = g * v / ||v||, the norm taken over every dim but 0.
 
-    Inputs may also be 4-D `(batch, channels, 1, frames)` (e.g. channels-last for faster CPU kernels); the conv
-    then runs as the equivalent 2-D conv with a `(1, k)` kernel.
+    weight_v `(d0, ...)` (a conv weight), weight_g `(d0, 1, ...)` -> w of weight_v's shape.
     """
+    return weight_v * (weight_g / _norm_except_dim0(weight_v))
+
+
+class _WeightNormMixin:
+    """A conv whose weight is `weight_norm(weight_v, weight_g)`, computed on every call, with the official key names
+    `weight_g` / `weight_v` in place of `weight` (for inference, models/inference.py caches w)."""
 
     def _init_weight_norm(self) -> None:
         w = self._parameters.pop("weight")
         self.weight_g = nn.Parameter(_norm_except_dim0(w.detach()).clone())
         self.weight_v = nn.Parameter(w.detach().clone())
-        self.register_buffer("weight_fused", None, persistent=False)
-        self.register_buffer("weight_fused_2d", None, persistent=False)
 
     def compute_weight(self) -> torch.Tensor:
-        if self.weight_fused is not None and not torch.is_grad_enabled():
-            return self.weight_fused
-        v = self.weight_v
-        return v * (self.weight_g / _norm_except_dim0(v))
-
-    def compute_weight_2d(self) -> torch.Tensor:
-        if self.weight_fused_2d is not None and not torch.is_grad_enabled():
-            return self.weight_fused_2d
-        return self.compute_weight().unsqueeze(2)
-
-    def fuse(self, channels_last: bool = False) -> None:
-        """Cache w: as `(out, in, k)` for 3-D inputs, or (channels_last) only as a channels-last
-        `(out, in, 1, k)` tensor for 4-D inputs, so the cache costs one copy of the weights, not two."""
-        with torch.no_grad():
-            self.unfuse()
-            w = self.compute_weight().detach().clone()
-            if channels_last:
-                self.weight_fused_2d = w.unsqueeze(2).contiguous(memory_format=torch.channels_last)
-            else:
-                self.weight_fused = w
-
-    def unfuse(self) -> None:
-        self.weight_fused = None
-        self.weight_fused_2d = None
-
-    def train(self, mode: bool = True):
-        if mode:
-            self.unfuse()
-        return super().train(mode)
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        self.unfuse()
-        return super()._load_from_state_dict(*args, **kwargs)
+        return weight_norm(self.weight_v, self.weight_g)
 
 
 class WNConv1d(_WeightNormMixin, nn.Conv1d):
-    """Weight-normalised Conv1d, `(batch, in, frames)` -> `(batch, out, frames')`."""
+    """Weight-normalised Conv1d, `(batch, in, frames)` -> `(batch, out, frames')`.
+
+    weight_v `(out, in / groups, kernel)`, weight_g `(out, 1, 1)`.
+    """
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._init_weight_norm()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 4:
-            return F.conv2d(
-                x, self.compute_weight_2d(), self.bias, (1, self.stride[0]), (0, self.padding[0]),
-                (1, self.dilation[0]), self.groups,
-            )
         return self._conv_forward(x, self.compute_weight(), self.bias)
 
 
 class WNConvTranspose1d(_WeightNormMixin, nn.ConvTranspose1d):
-    """Weight-normalised ConvTranspose1d (norm over dim 0 = input channels, like the official model)."""
+    """Weight-normalised ConvTranspose1d, `(batch, in, frames)` -> `(batch, out, frames * stride)` for the
+    decoder's upsampling layers.
+
+    weight_v `(in, out / groups, kernel)`, weight_g `(in, 1, 1)`: the norm is over dim 0 = input channels, as in
+    the official model.
+    """
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._init_weight_norm()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 4:
-            return F.conv_transpose2d(
-                x, self.compute_weight_2d(), self.bias, (1, self.stride[0]), (0, self.padding[0]),
-                (0, self.output_padding[0]), self.groups, (1, self.dilation[0]),
-            )
         return F.conv_transpose1d(
             x, self.compute_weight(), self.bias, self.stride, self.padding, self.output_padding, self.groups,
             self.dilation,
@@ -709,7 +679,13 @@ class ResBlock1(nn.Module):
 
 
 class Generator(nn.Module):
-    """`dec`: z `(B, inter, T)` + ge `(B, gin, 1)` -> waveform `(B, 1, T * prod(upsample_rates))` in [-1, 1]."""
+    """`dec`, the HiFi-GAN v1 generator: z `(B, inter, T)` + ge `(B, gin, 1)` -> waveform
+    `(B, 1, T * prod(upsample_rates))` in [-1, 1].
+
+        x = conv_pre(z) + cond(ge)                                     (B, 512, T)
+        per stage i: x = mean_k resblock_ik(ups_i(lrelu(x)))           (B, 512 / 2^(i+1), T * rates[0..i])
+        wav = tanh(conv_post(lrelu(x)))                                (B, 1, T * prod(rates))
+    """
 
     def __init__(
         self,
@@ -739,7 +715,6 @@ class Generator(nn.Module):
             for k, d in zip(resblock_kernel_sizes, resblock_dilation_sizes):
                 self.resblocks.append(ResBlock1(ch, k, d))
         self.conv_post = nn.Conv1d(ch, 1, 7, 1, padding=3, bias=False)
-        self.channels_last = False  # inference layout switch, see SoVITS.prepare_inference
         self.gradient_checkpointing = False  # training: recompute each upsampling stage in backward
         if gin_channels:
             self.cond = nn.Conv1d(gin_channels, upsample_initial_channel, 1)
@@ -748,23 +723,19 @@ class Generator(nn.Module):
         x = self.conv_pre(x)
         if g is not None:
             x = x + self.cond(g)
-        inplace = not torch.is_grad_enabled()
-        if self.channels_last and inplace:
-            # (B, C, T) -> (B, C, 1, T) stored as (B, T, C): the oneDNN kernels are much faster this way on CPU
-            x = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
         recompute = self.gradient_checkpointing and torch.is_grad_enabled()
+        inplace = not torch.is_grad_enabled()  # inference: reuse the fresh conv outputs' memory
         for i in range(self.num_upsamples):
             if recompute:
-                x = torch.utils.checkpoint.checkpoint(self._stage, x, i, False, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(self.upsampling_stage, x, i, False, use_reentrant=False)
             else:
-                x = self._stage(x, i, inplace)
-        if x.dim() == 4:
-            x = x.squeeze(2).contiguous()
+                x = self.upsampling_stage(x, i, inplace)
         x = self.conv_post(F.leaky_relu(x))  # default slope 0.01 here, as in HiFi-GAN/VITS
         return torch.tanh(x)
 
-    def _stage(self, x: torch.Tensor, i: int, inplace: bool) -> torch.Tensor:
-        """Upsampling stage i: transposed conv, then the mean of its multi-receptive-field resblocks."""
+    def upsampling_stage(self, x: torch.Tensor, i: int, inplace: bool) -> torch.Tensor:
+        """Stage i: `(B, C, T)` -> `(B, C / 2, T * upsample_rates[i])`: leaky ReLU, transposed conv, then the mean
+        of the stage's multi-receptive-field resblocks. `inplace` (inference only) reuses the outputs' memory."""
         x = self.ups[i](F.leaky_relu(x, LRELU_SLOPE))
         blocks = self.resblocks[i * self.num_kernels:(i + 1) * self.num_kernels]
         xs = blocks[0](x)
@@ -992,6 +963,8 @@ class SoVITS(nn.Module):
 
     Inference: `extract_latent(ssl)` -> semantic codes; `decode(codes, phones, [refer_spec], ...)` -> waveform.
     Training: `forward(ssl, spec, spec_lengths, text, text_lengths, sv_emb)`.
+    The faster inference layout (cached weight-norm weights, channels-last decoder) is applied from outside by
+    `models.inference.prepare_sovits`; the computation written here is the official one.
     """
 
     def __init__(self, config: SoVITSConfig | None = None) -> None:
@@ -1060,32 +1033,14 @@ class SoVITS(nn.Module):
     def gradient_checkpointing(self, on: bool) -> None:
         self.dec.gradient_checkpointing = bool(on)
 
-    # -- inference ----------------------------------------------------------------------------------------------
-
-    def fuse_weight_norm(self, channels_last: bool = False) -> "SoVITS":
-        """Cache the weight-normalised conv weights (inference speed-up; gradients are unaffected).
-        `channels_last` caches the decoder's weights in the layout its channels-last path uses."""
-        decoder = set(self.dec.modules())
-        for m in self.modules():
-            if isinstance(m, _WeightNormMixin):
-                m.fuse(channels_last=channels_last and m in decoder)
-        return self
-
-    def prepare_inference(self, channels_last: bool = True) -> "SoVITS":
-        """eval mode, cached weight-norm weights and (default) the channels-last decoder layout.
-
-        Call again after changing dtype/device or weights. Outputs equal the plain path up to float rounding.
-        """
-        self.eval()
-        self.dec.channels_last = channels_last
-        return self.fuse_weight_norm(channels_last=channels_last)
-
     def train(self, mode: bool = True) -> "SoVITS":
         super().train(mode)
         if mode and self.config.freeze_quantizer:
             self.ssl_proj.eval()
             self.quantizer.eval()
         return self
+
+    # -- inference ----------------------------------------------------------------------------------------------
 
     @torch.no_grad()
     def extract_latent(self, ssl: torch.Tensor) -> torch.Tensor:

@@ -147,20 +147,15 @@ class Synthesizer:
 
         "exact": float32 as loaded, the official computation up to float rounding (the decoder's weight-norm
         weights cached and, on CPU, its convolutions channels-last).
-        "fast": on CPU, a bfloat16 SoVITS and int8 GPT decoding steps (`GPT.prepare_inference("int8")`); on a GPU,
-        bfloat16 SoVITS and GPT. About 2.3x faster per sentence on a 2-core CPU (docs/benchmarks.md); outputs differ
-        from "exact" by bfloat16 rounding of the waveform and occasional different sampled tokens.
+        "fast": on CPU, a bfloat16 SoVITS and int8 GPT decoding steps; on a GPU, bfloat16 SoVITS and GPT. About 2.3x
+        faster per sentence on a 2-core CPU (docs/benchmarks.md); outputs differ from "exact" by bfloat16 rounding of
+        the waveform and occasional different sampled tokens. Both are `models.inference.prepare_for_inference`.
         """
+        from models.inference import prepare_for_inference
+
         if mode not in INFERENCE_MODES:
             raise SynthesisError(f"inference mode must be one of {', '.join(INFERENCE_MODES)}, got {mode!r}")
-        on_cpu = self.device.type == "cpu"
-        if mode == "fast":
-            self.sovits.to(torch.bfloat16)
-            if on_cpu:
-                self.gpt.prepare_inference("int8")
-            else:
-                self.gpt.to(torch.bfloat16)
-        self.sovits.prepare_inference(channels_last=on_cpu)
+        prepare_for_inference(self.sovits, self.gpt, mode)
         self.mode = mode
         return self
 

@@ -250,67 +250,7 @@ def test_batched_decoding_to_the_step_limit_equals_per_sentence_decoding(gpt, s1
         assert torch.equal(got, gpt.generate(p, b, prompt, top_k=1, early_stop_num=40))
 
 
-# ---- int8 decoding weights (GPT.prepare_inference) -----------------------------------------------------------------
-
-
-@pytest.fixture()
-def golden_gpt(golden) -> GPT:
-    """A fresh copy of the golden model (the tests below switch its decoding weights)."""
-    model = GPT(GPTConfig.from_official(golden["config"]["s1"])).eval()
-    model.load_official_weights(golden["state_dict_s1"])
-    return model
-
-
-def _logits_per_step(model: GPT, phones, bert, prompt, steps: int) -> list[torch.Tensor]:
-    out = []
-    hook = model.ar_predict_layer.register_forward_hook(lambda mod, inp, o: out.append(o.detach().clone()))
-    model.generate(phones, bert, prompt, top_k=1, early_stop_num=steps - 1)
-    hook.remove()
-    return out
-
-
-def test_int8_decoding_follows_float32_greedy_tokens_and_logits(golden_gpt, s1):
-    """Greedy int8 decoding of the golden model: measured equal to float32 on the first 52 of 61 tokens (then the
-    two diverge, as float32 and bfloat16 do), logits of the first int8 step within 0.8% of their largest value."""
-    phones, bert, prompt, _ = s1
-    ref = golden_gpt.generate(phones, bert, prompt, top_k=1, early_stop_num=39)
-    ref_logits = _logits_per_step(golden_gpt, phones, bert, prompt, 2)
-    golden_gpt.prepare_inference("int8")
-    got = golden_gpt.generate(phones, bert, prompt, top_k=1, early_stop_num=39)
-    got_logits = _logits_per_step(golden_gpt, phones, bert, prompt, 2)
-    assert got.shape == ref.shape == (1, 40)
-    assert (got == ref).float().mean() >= 0.9
-    assert torch.equal(got_logits[0], ref_logits[0])  # the prefill and the output head stay float32
-    step1 = (got_logits[1] - ref_logits[1]).abs().max() / ref_logits[1].abs().max()
-    assert step1 < 0.02
-
-
-def test_float32_decoding_is_unchanged_by_and_after_int8_mode(golden_gpt, s1):
-    phones, bert, prompt, out = s1
-    expected_new = out["greedy_rp1.35_full_y"][:, prompt.shape[1]:]
-    golden_gpt.prepare_inference("int8")
-    golden_gpt.generate(phones, bert, prompt, top_k=1, early_stop_num=24)
-    golden_gpt.prepare_inference("model")
-    assert torch.equal(golden_gpt.generate(phones, bert, prompt, top_k=1, early_stop_num=24), expected_new)
-    assert set(golden_gpt.state_dict()) == set(GPT(golden_gpt.cfg).state_dict())  # no packed weights in the state
-
-
-def test_int8_weights_are_repacked_after_the_parameters_change(golden_gpt, s1):
-    phones, bert, prompt, _ = s1
-    golden_gpt.prepare_inference("int8")
-    before = golden_gpt.generate(phones, bert, prompt, top_k=1, early_stop_num=30)
-    with torch.no_grad():
-        golden_gpt.h.layers[0].linear2.weight.mul_(-3.0)
-    after = golden_gpt.generate(phones, bert, prompt, top_k=1, early_stop_num=30)
-    golden_gpt.prepare_inference("model")
-    assert not torch.equal(before, after)
-    fp32 = golden_gpt.generate(phones, bert, prompt, top_k=1, early_stop_num=30)
-    assert (after == fp32).float().mean() >= 0.8
-
-
-def test_an_unknown_inference_weight_mode_is_refused(golden_gpt):
-    with pytest.raises(NarratorError, match="'model' or 'int8'"):
-        golden_gpt.prepare_inference("int4")
+# The faster decoding steps (prefetched float and int8 weights, models/inference.py) are tested in test_inference.py.
 
 
 # ---- input errors ---------------------------------------------------------------------------------------------------
