@@ -62,8 +62,18 @@ class GptBatcher:
     def depth(self) -> int:
         return self._queue.qsize() + len(self._held)
 
-    def stop(self) -> None:
+    @property
+    def running(self) -> bool:
+        """Whether the worker thread is alive (until `stop` returns)."""
+        return self._worker.is_alive()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop the worker and wait for it, so no decode (and no reference to a voice's tensors) outlives the
+        batcher: a daemon thread still freeing tensors while the interpreter shuts down aborts the process."""
         self._stop.set()
+        if self._worker is not threading.current_thread():
+            self._worker.join(timeout_s)
+        self._held.clear()
 
     def decoder(self, voice: LoadedVoice, settings: SamplingSettings):
         """A `models.tts.Decoder` for `voice`'s synthesizer that sends every decode through this queue."""

@@ -398,13 +398,16 @@ def test_concurrent_unseeded_decodes_are_batched(deployment):
         outputs.append(list(sentences(voice, "Hello there.", "en", SamplingSettings(), None, batcher)))
 
     threads = [threading.Thread(target=speak) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    batcher.stop()
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        batcher.stop()
     assert len(outputs) == 4 and all(len(o[0].samples) > 0 for o in outputs)
     assert batcher.batched_jobs == 4 and batcher.batches < 4
+    assert not batcher.running  # stopped means stopped: no decode outlives it into interpreter shutdown
 
 
 def test_a_fast_mode_service_speaks_with_bfloat16_sovits_and_int8_gpt_batches(deployment):
