@@ -92,17 +92,6 @@ class Registration:
         return json.dumps(asdict(self), indent=1, ensure_ascii=False)
 
 
-@dataclass(frozen=True)
-class Champion:
-    """The `champion` version of one voice, as serving and bento builds read it."""
-
-    voice: str
-    model_name: str
-    version: int
-    tenant: str | None  # the registered model's `tenant` tag (registry.tenant at first registration)
-    tags: dict[str, str]  # the version's tags: payload_hex, bento, verdict, metric.*, lineage ...
-
-
 @dataclass
 class Lineage:
     """Where one registered version came from, section by section (every value a string from the registry)."""

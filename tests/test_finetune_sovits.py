@@ -12,6 +12,7 @@ import torch
 from components.finetune_sovits import finetune_sovits
 from components.training import TrainingError
 from narrator.config import load_params
+from tests.conftest import torch_threads
 from tests.tiny_training import TINY_SOVITS, make_features
 
 SAMPLE_EVERY_STEPS = 10
@@ -33,25 +34,19 @@ def features(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def _two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(2):
+        yield
 
 
 @pytest.fixture(scope="module")
 def trained(features, tmp_path_factory):
     """One fine-tuning run shared by the tests that only read its outcome: 15 epochs (30 steps) from the seeded
     random init, logging to MLflow with a sample every 10 steps. (result, run folder, tracking URI)"""
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
     root = tmp_path_factory.mktemp("sovits-trained")
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    try:
+    with torch_threads(2):
         result = finetune_sovits(features, root / "run", _params(epochs=15, training={
             "mlflow_tracking_uri": uri, "sample_every_steps": SAMPLE_EVERY_STEPS}))
-    finally:
-        torch.set_num_threads(before)
     return result, root / "run", uri
 
 

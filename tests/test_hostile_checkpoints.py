@@ -8,7 +8,6 @@ hand-made zip containers, and copies of the golden official files in ../shared/g
 from __future__ import annotations
 
 import builtins
-import collections
 import io
 import json
 import pickle
@@ -33,6 +32,7 @@ from models.gpt import GPT, GPTConfig
 from models.sovits import SoVITS, SoVITSConfig
 from narrator.config import load_params
 from narrator.storage import sha256_file
+from tests.conftest import torch_threads
 from tests.tiny_training import TINY_GPT, TINY_SOVITS, make_features
 
 GIB = 1 << 30
@@ -45,10 +45,8 @@ GIB = 1 << 30
 @pytest.fixture(autouse=True)
 def _one_thread():
     """Tiny models: one intra-op thread is faster on a busy machine and keeps the floats reproducible."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

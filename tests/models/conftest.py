@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.conftest import torch_threads
+
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """These models are tiny: one intra-op thread is faster and immune to a busy machine's oversubscription."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="session")
