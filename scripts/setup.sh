@@ -6,9 +6,11 @@ VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 
 need_apt=()
-for tool in espeak-ng ffmpeg sox; do
+for tool in espeak-ng ffmpeg sox redis-server; do
   command -v "$tool" >/dev/null 2>&1 || need_apt+=("$tool")
 done
+# PostgreSQL for the `services` tests (and a registry/audit store at scale); Debian keeps it off PATH.
+compgen -G "/usr/lib/postgresql/*/bin/postgres" >/dev/null || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "[setup] installing system packages: ${need_apt[*]}"
   if [ "$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else

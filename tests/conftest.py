@@ -42,3 +42,39 @@ def shared_dir() -> Path:
 @pytest.fixture(scope="session")
 def gsv_dir(shared_dir: Path) -> Path:
     return shared_dir / "gsv"
+
+
+# -- real services on loopback (tests marked `services`; see tests/services.py) ----------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_service():
+    from tests import services
+
+    with services.postgres() as service:
+        yield service
+
+
+@pytest.fixture(scope="session")
+def redis_service():
+    from tests import services
+
+    with services.redis() as service:
+        yield service
+
+
+@pytest.fixture(scope="session")
+def s3_service():
+    from tests import services
+
+    with services.s3() as service:
+        yield service
+
+
+@pytest.fixture(scope="session")
+def mlflow_service(postgres_service, s3_service):
+    """An MLflow server on PostgreSQL + S3, shared by the session: tests keep apart by voice and model names."""
+    from tests import services
+
+    with services.mlflow_server(postgres_service, s3_service) as service:
+        yield service
