@@ -10,6 +10,12 @@ BentoML model store, a keys file with one key per tenant, a watermark key and a 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,3 +112,39 @@ def _features(folder: Path, reference_wav: Path, duration_s: float) -> Path:
     (folder / "manifest.json").write_text(FeaturesManifest(version=1, sovits_version="v2", models={},
                                                            entries=[entry]).to_json(), encoding="utf-8")
     return folder
+
+
+SERVICE_READY_TIMEOUT_S = 120.0  # two workers on a busy 2-core machine take their time to import torch
+
+
+@contextmanager
+def running_service(env: dict[str, str], port: int, log: Path) -> Iterator[str]:
+    """A real `bentoml serve serving.service:NarratorService` on 127.0.0.1:`port` with `env` (NARRATOR_PARAMS, the
+    watermark key, ...), its output in `log`; yields its base URL once /readyz answers 200, stops it (the whole
+    process group, workers included) after."""
+    import httpx
+
+    repo = Path(__file__).resolve().parents[1]
+    with open(log, "wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "serving.service:NarratorService",
+                                    "--host", "127.0.0.1", "--port", str(port), "--working-dir", str(repo)],
+                                   cwd=repo, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + SERVICE_READY_TIMEOUT_S
+        while True:
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the service did not become ready:\n{log.read_text()[-3000:]}")
+            time.sleep(0.3)
+        yield base
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
