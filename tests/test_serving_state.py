@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import multiprocessing
-import os
 import subprocess
 import sys
 import time
@@ -111,24 +110,11 @@ def test_state_url_must_name_redis():
 
 def test_two_workers_pass_at_most_one_buckets_worth_of_a_burst(tmp_path):
     """The regression: each worker held its own bucket, so a key got about twice its burst through."""
-    from narrator.config import load_params
-    from narrator.keys import KeyStore
-    from narrator.registry import champions
-    from tests.deployment import running_service
+    from tests.deployment import bare_service, running_service
     from tests.services import free_port
 
-    params_file = tmp_path / "params.yaml"
-    params_file.write_text(yaml.safe_dump({
-        "registry": {"tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "audit_log": str(tmp_path / "reg.jsonl")},
-        "serving": {"gpus": 0, "workers": 2, "keys_file": str(tmp_path / "keys.json"),
-                    "audit_log": str(tmp_path / "audit.jsonl"), "rate_limit_per_minute": PER_MINUTE,
-                    "rate_limit_burst": BURST}}))
-    params = load_params(params_file)
-    champions(params)  # the empty registry's database made once, before two workers open it
-    key, _ = KeyStore(params.serving.keys_file).create("acme", ["*"])
+    env, key = bare_service(tmp_path, {"workers": 2, "rate_limit_per_minute": PER_MINUTE, "rate_limit_burst": BURST})
     port = free_port()
-    env = {**os.environ, "NARRATOR_PARAMS": str(params_file), "BENTOML_HOME": str(tmp_path / "bento"),
-           "NARRATOR_WATERMARK_KEY": "test-serving-state", "BENTOML_DO_NOT_TRACK": "true"}
     with running_service(env, port, tmp_path / "serve.log") as base:
         def call(_: int) -> int:  # a connection each, so that both workers get their share
             return httpx.get(f"{base}/v1/voices", headers={"Authorization": f"Bearer {key}"}, timeout=30).status_code
