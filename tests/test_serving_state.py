@@ -235,3 +235,25 @@ def test_an_unreachable_redis_is_a_clear_error_not_a_hang():
     assert "hunter2" not in str(refused.value)
     with pytest.raises(StateUnavailable, match="serving.state_url"):
         RedisRateLimiter(url, PER_MINUTE, BURST).take("k")
+
+
+def test_the_service_answers_503_and_is_not_ready_while_redis_is_unreachable(tmp_path, monkeypatch):
+    from narrator.config import load_params
+    from serving.api import NarratorServer
+    from serving.errors import ApiError
+    from tests.services import free_port
+
+    class _Request:  # what authorize reads of a request
+        headers = {"authorization": "Bearer nk_0123abcd_" + "x" * 24}
+
+    monkeypatch.setenv("NARRATOR_WATERMARK_KEY", "test-serving-state")
+    params = load_params(overrides={"serving": {"state_url": f"redis://127.0.0.1:{free_port()}/0",
+                                                "audit_log": str(tmp_path / "audit.jsonl")}})
+    server = NarratorServer(params, device="cpu")
+    try:
+        with pytest.raises(ApiError) as refused:
+            server.authorize(_Request())
+        assert refused.value.status == 503 and "try again" in refused.value.message
+        assert not server.ready()
+    finally:
+        server.close()
