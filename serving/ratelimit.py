@@ -72,7 +72,12 @@ class SqliteRateLimiter:
 
     def take(self, key_id: str) -> float:
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as error:  # locked past the busy timeout, or not writable
+                raise state.StateUnavailable(f"the rate-limit file {self.path} cannot be written ({error}); check its "
+                                             "folder is writable and on a local disk (several machines: set "
+                                             "serving.state_url to a Redis)") from None
             try:
                 now_s = self.clock()  # read under the write lock: takes are ordered as their clocks are
                 row = self._db.execute("SELECT tokens, updated_s FROM buckets WHERE key_id = ?", (key_id,)).fetchone()
