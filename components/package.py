@@ -25,8 +25,9 @@ import yaml
 
 from components.evaluate import pick_reference
 from components.features import read_manifest, training_entries
-from narrator.bundle import (BundleReference, publish_bundle, save_to_store, store_tag, use_model_store,
-                             write_bundle)
+from narrator.bundle import (BUNDLE_SHA256_TAG, BUNDLE_URI_TAG, BundleError, BundleReference, fetch_bundle,
+                             publish_bundle, save_to_store, store_tag, use_model_store, write_bundle)
+from narrator.bundle import read_manifest as read_bundle_manifest
 from narrator.config import Params
 from narrator.errors import NarratorError
 from narrator.log import get_logger
@@ -155,18 +156,34 @@ def champion_bundle(voice: str, params: Params) -> tuple[int, str]:
     return best.version, tag
 
 
+def _store_published_bundle(voice: str, version: int, model_tag: str, params: Params) -> None:
+    """Put the champion's bundle, fetched from the registry's artifact store (`serving.bundle_cache`), into this
+    machine's BentoML model store as `model_tag`."""
+    tags = champion(voice, params).tags
+    uri, digest = tags.get(BUNDLE_URI_TAG), tags.get(BUNDLE_SHA256_TAG)
+    if not (uri and digest):
+        raise BentoBuildError(f"{model_tag} is not in the BentoML model store and the registry names no published "
+                              f"bundle for it; package the voice again (`narrator package {voice} --version "
+                              f"{version} ...`) or set package.bentoml_home")
+    try:
+        bundle = fetch_bundle(voice, version, uri, digest, params.serving.bundle_cache, params)
+    except BundleError as error:
+        raise BentoBuildError(str(error)) from None
+    save_to_store(bundle, model_tag, read_bundle_manifest(bundle), params)
+
+
 def build_bento(voice: str, params: Params, bentofile: str | Path) -> BuiltBento:
     """Build `narrator:VOICE-vN` from `bentofile` (relative: to the repository; `serving.bentofile`) with the
-    champion's bundle included."""
+    champion's bundle included (from this machine's BentoML model store, else from the registry's artifact
+    store)."""
     use_model_store(params)
     import bentoml
 
     version, model_tag = champion_bundle(voice, params)
     try:
         bentoml.models.get(model_tag)
-    except bentoml.exceptions.NotFound:
-        raise BentoBuildError(f"{model_tag} is not in the BentoML model store; package the voice again or set "
-                              "package.bentoml_home") from None
+    except bentoml.exceptions.NotFound:  # packaged on another machine: fetch its published bundle
+        _store_published_bundle(voice, version, model_tag, params)
     path = Path(bentofile)
     if not path.is_absolute():
         path = REPO_ROOT / path

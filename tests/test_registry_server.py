@@ -362,3 +362,70 @@ def test_a_fetched_bundle_that_does_not_match_its_digest_is_refused_and_a_spoilt
     (fetched / "reference.wav").write_bytes(b"not the reference")
     again = fetch_bundle("spoken", 1, result["bundle_uri"], result["bundle_sha256"], cache, params)
     assert again == fetched and bundle_sha256(again) == result["bundle_sha256"]
+
+
+# -- the fronts on another machine (slow: a service, a bento build) ---------------------------------------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.services
+def test_narrator_serve_on_another_machine_speaks_the_voice_packaged_on_the_first(packaged, shared, s3_service,
+                                                                                  tmp_path):
+    import signal
+
+    import httpx
+
+    from narrator.keys import KeyStore
+
+    folder = working_folder(tmp_path / "machine-d", shared, pretrained=packaged["pretrained"])
+    params_file = folder / "params.yaml"
+    settings = yaml.safe_load(params_file.read_text())
+    settings["serving"].update({"keys_file": str(folder / "keys.json"), "audit_log": str(folder / "audit.jsonl")})
+    params_file.write_text(yaml.safe_dump(settings), encoding="utf-8")
+    key, _ = KeyStore(folder / "keys.json").create("default", ["*"], label="tests")
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--params", str(params_file), "--host",
+                               "127.0.0.1", "--port", str(port)], cwd=folder, env=child_env(s3_service, folder),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + QUEUE_TIMEOUT_S
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        spoken = httpx.post(f"{base}/v1/speech", headers={"Authorization": f"Bearer {key}"}, timeout=120,
+                            json={"voice": "spoken", "text": "Hello there.", "seed": 1})
+        assert spoken.status_code == 200, spoken.text
+        assert spoken.content[:4] == b"RIFF" and len(spoken.content) > 1000
+        result = packaged["package"]
+        assert (folder / "bundle-cache" / "spoken" / "v1" / result["bundle_sha256"] / "voice.yaml").exists()
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=45)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+@pytest.mark.services
+def test_the_bento_of_a_voice_packaged_elsewhere_is_built_from_the_registry(packaged, shared, s3_service, tmp_path):
+    folder = working_folder(tmp_path / "machine-e", shared, pretrained=packaged["pretrained"])
+    done = subprocess.run([sys.executable, "-m", "cli", "package", "spoken", "--params", str(folder / "params.yaml")],
+                          cwd=folder, env=child_env(s3_service, folder), capture_output=True, text=True,
+                          timeout=CHILD_TIMEOUT_S)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "narrator:spoken-v1" in done.stdout
+    assert "narrator-spoken:v1" in (folder / "bentoml" / "bentos" / "narrator" / "spoken-v1" / "bento.yaml").read_text()
