@@ -4,7 +4,8 @@ to build, registered the real way.
 `build_small_deployment(work)` writes, under `work`: two tiny random voices (official file formats, espeak-ng
 reference clips) in two tenants, registered in a sqlite MLflow registry as champions with payloads, packaged the
 way the package step packages (from a features folder whose one training segment is the reference clip) into a
-BentoML model store and the registry's artifact store (what the service fetches), a keys file with one key per tenant, a watermark key and a params.yaml naming it all.
+BentoML model store and the registry's artifact store (what the service fetches), a keys file with one key per
+tenant, a watermark key and a params.yaml naming it all.
 """
 
 from __future__ import annotations
