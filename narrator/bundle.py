@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ ARTIFACT_DIGEST_CHARS = 16  # of the bundle digest, naming its artifact folder (
 BUNDLE_RUN = "package"  # the run a bundle is published to when its version has no register run ...
 BUNDLE_EXPERIMENT = "narrator-bundles"  # ... in this experiment
 BUNDLE_URI_TAG, BUNDLE_SHA256_TAG = "bundle_uri", "bundle_sha256"  # model version tags of a published bundle
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 class BundleError(NarratorError):
@@ -191,7 +193,12 @@ def fetch_bundle(voice: str, version: int, uri: str, sha256: str, cache_dir: str
     from mlflow.exceptions import MlflowException
 
     from narrator.log import get_logger
+    from narrator.registry import check_voice_name
 
+    if not SHA256_HEX.fullmatch(sha256):
+        raise BundleError(f"{voice} v{version}: the recorded bundle digest {sha256!r} is not a sha256 (64 hex "
+                          f"digits); package the voice again (`narrator package {voice} --version {version} ...`)")
+    check_voice_name(voice)
     final = cached_bundle_dir(cache_dir, voice, version, sha256)
     if final.is_dir():
         if bundle_sha256(final) == sha256:

@@ -293,14 +293,17 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-REMOTE_SCHEMES = ("http://", "https://")  # a registry server that processes on several machines share
+LOCAL_SCHEMES = ("sqlite:", "file:")  # registries in a local file; any other URI scheme (http, https, postgresql,
+                                     # databricks, ...) names a registry that processes on other machines share
 LOCK_NAMESPACE = b"narrator registry lock\0"  # hashed before the registry URI into the advisory lock key
 LOCK_CONNECT_TIMEOUT_S = 10
 
 
 def is_registry_server(tracking_uri: str) -> bool:
-    """Whether the registry is a server (http/https) that processes on other machines register in too."""
-    return tracking_uri.lower().startswith(REMOTE_SCHEMES)
+    """Whether the registry is a server (http/https) or database that processes on other machines register in
+    too: any URI but a sqlite database, a file:// store or a plain path."""
+    uri = tracking_uri.lower()
+    return "://" in uri and not uri.startswith(LOCAL_SCHEMES)
 
 
 def registry_lock_path(params: Params) -> Path:
@@ -341,8 +344,8 @@ def registry_locked(params: Params) -> Iterator[None]:
             yield
         return
     if is_registry_server(cfg.tracking_uri):
-        raise RegistryError(f"registry.tracking_uri {cfg.tracking_uri} is a server that other machines register in "
-                            "too, and a local file lock cannot serialise them: set registry.lock_url to a "
+        raise RegistryError(f"registry.tracking_uri {redact_url(cfg.tracking_uri)} is a server that other machines "
+                            "register in too, and a local file lock cannot serialise them: set registry.lock_url to a "
                             "PostgreSQL database every registering machine reaches (e.g. --set "
                             "registry.lock_url=postgresql://USER@HOST:5432/DB)")
     path = registry_lock_path(params)

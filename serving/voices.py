@@ -3,9 +3,10 @@
 `VoiceCatalog` reads the MLflow registry: every registered model named `registry.model_prefix + VOICE` with a
 `champion` alias is a voice, served at the champion's version from the bundle the package step published to the
 registry's artifact store (version tags `bundle_uri`, `bundle_sha256`), fetched into `serving.bundle_cache` on
-this machine and checked against its digest; a version packaged before bundles were published is read from the
-BentoML model store (version tag `bento`). Its tenant is the registered model's `tenant` tag (`serving.default_tenant`
-when it has none). The list is cached for `CATALOG_TTL_S` so a promotion reaches the service within seconds.
+this machine and checked against its digest (on every load); a version packaged before bundles were published is
+read from the BentoML model store (version tag `bento`). Its tenant is the registered model's `tenant` tag
+(`serving.default_tenant` when it has none). The list is cached for `CATALOG_TTL_S` so a promotion reaches the
+service within seconds.
 
 `VoiceCache` keeps loaded voices (SoVITS + GPT + reference prompt), several per process, within
 `serving.memory_budget_mb` of weights and `serving.max_voices`; the least recently used go first. A request

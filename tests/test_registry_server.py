@@ -252,11 +252,13 @@ def test_registries_behind_different_uris_do_not_wait_for_each_other(shared, tmp
         assert time.monotonic() - started < QUEUE_TIMEOUT_S / 10
 
 
-def test_a_registry_server_without_a_lock_database_is_refused():
+@pytest.mark.parametrize("registry", ["http://mlflow.example:5000", "https://mlflow.example",
+                                      "postgresql://mlflow@db.example/mlflow"])
+def test_a_registry_server_without_a_lock_database_is_refused(registry):
     from narrator.config import load_params
     from narrator.registry import RegistryError, registry_locked
 
-    params = load_params(None, {"registry": {"tracking_uri": "http://mlflow.example:5000"}})
+    params = load_params(None, {"registry": {"tracking_uri": registry}})
     with pytest.raises(RegistryError, match=r"set registry\.lock_url to a PostgreSQL database"):
         with registry_locked(params):
             pass
@@ -357,6 +359,8 @@ def test_a_fetched_bundle_that_does_not_match_its_digest_is_refused_and_a_spoilt
     cache = tmp_path / "cache"
     with pytest.raises(BundleError, match="but the registry recorded 000000000000"):
         fetch_bundle("spoken", 1, result["bundle_uri"], "0" * 64, cache, params)
+    with pytest.raises(BundleError, match="is not a sha256"):
+        fetch_bundle("spoken", 1, result["bundle_uri"], "../../elsewhere", cache, params)
 
     fetched = fetch_bundle("spoken", 1, result["bundle_uri"], result["bundle_sha256"], cache, params)
     (fetched / "reference.wav").write_bytes(b"not the reference")
