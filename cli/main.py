@@ -672,7 +672,7 @@ def _run_forwarding_signals(command: list[str], env: dict[str, str]) -> int:
 # settings naming files, resolved against the caller's folder before a process with another working folder reads them
 _PATH_SETTINGS = (("serving", "keys_file"), ("serving", "audit_log"), ("registry", "audit_log"),
                   ("package", "bentoml_home"), ("storage", "cache_dir"), ("training", "mlflow_tracking_uri"),
-                  ("registry", "tracking_uri"))
+                  ("registry", "tracking_uri"), ("serving", "bundle_cache"))
 
 
 def _absolute_paths(data: dict) -> dict:

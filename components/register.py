@@ -31,7 +31,7 @@ Model-version tags:
     metric.<name> (every measured evaluation metric), verdict (pass/fail), failed_gates
     watermark_check (the check's outcome and score, e.g. "passed (score 14.2)")
     pending_approval (true/false), promoted_by, promoted_at, approved_by, approved_at
-    bento (set by the package step)
+    bento, bundle_uri, bundle_sha256 (set by the package step)
 
 dataset_hash is "sha256:" + sha256 of the canonical JSON list of prepared segments (sorted by name: name, text,
 language, split, duration_s, and the sha256 of the wav_32k and wav_16k files). It changes when any audio sample,
@@ -70,7 +70,7 @@ AUTO_POLICY_ACTOR = "policy:auto"  # promoted_by of an automatic promotion
 GIT_TIMEOUT_S = 10
 # version tags set after registration (promotion, approval, packaging): extra tags may not use these names
 _DECISION_TAGS = ("payload_hex", "pending_approval", "promoted_by", "promoted_at", "approved_by", "approved_at",
-                  "bento")
+                  "bento", "bundle_uri", "bundle_sha256")
 
 
 @dataclass

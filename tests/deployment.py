@@ -4,7 +4,8 @@ to build, registered the real way.
 `build_small_deployment(work)` writes, under `work`: two tiny random voices (official file formats, espeak-ng
 reference clips) in two tenants, registered in a sqlite MLflow registry as champions with payloads, packaged the
 way the package step packages (from a features folder whose one training segment is the reference clip) into a
-BentoML model store, a keys file with one key per tenant, a watermark key and a params.yaml naming it all.
+BentoML model store and the registry's artifact store (what the service fetches), a keys file with one key per
+tenant, a watermark key and a params.yaml naming it all.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def build_small_deployment(work: str | Path, overrides: dict | None = None) -> D
     from cli.demo import build_demo_bases, espeak
     from components.package import bundle_from_features
     from narrator.audiofile import read_audio, resample, write_wav
-    from narrator.bundle import save_to_store, store_tag
+    from narrator.bundle import publish_bundle, save_to_store, store_tag
     from narrator.config import load_params
     from narrator.registry import (CHAMPION, TENANT_TAG, ensure_registered_model, format_payload, payload_for,
                                    registry_client)
@@ -58,7 +59,7 @@ def build_small_deployment(work: str | Path, overrides: dict | None = None) -> D
         "registry": {"tracking_uri": f"sqlite:///{work / 'mlflow.db'}", "audit_log": str(work / "registry.jsonl")},
         "package": {"bentoml_home": str(work / "bentoml")},
         "serving": {"gpus": 0, "keys_file": str(work / "keys.json"), "audit_log": str(work / "audit.jsonl"),
-                    "memory_budget_mb": 64, "max_voices": 2},
+                    "memory_budget_mb": 64, "max_voices": 2, "bundle_cache": str(work / "bundle-cache")},
     }
     for section, values in (overrides or {}).items():
         settings.setdefault(section, {}).update(values)
@@ -90,6 +91,7 @@ def build_small_deployment(work: str | Path, overrides: dict | None = None) -> D
         models[voice] = Path(voice_bases["sovits"]), Path(voice_bases["gpt"])
         info = bundle_from_features(bundle, voice, version, payload_hex, features[voice], *models[voice], params)
         tag = save_to_store(bundle, store_tag(voice, version), info, params)
+        publish_bundle(bundle, voice, version, params)
         client.set_model_version_tag(name, str(version), "payload_hex", payload_hex)
         client.set_model_version_tag(name, str(version), "bento", tag)
         client.set_registered_model_alias(name, CHAMPION, str(version))
