@@ -71,6 +71,19 @@ def test_the_configmap_holds_settings_the_service_accepts_for_replicas(tmp_path)
     assert _argument(_container()["args"], "--params") == f"{mount['mountPath']}/params.yaml"
 
 
+def test_each_replica_fetches_voices_into_a_writable_cache_of_its_own(tmp_path):
+    from narrator.config import load_params
+
+    path = tmp_path / "params.yaml"
+    path.write_text(_one("ConfigMap", "narrator-params")["data"]["params.yaml"])
+    cache = load_params(path).serving.bundle_cache
+    mount = next(m for m in _container()["volumeMounts"] if m["mountPath"] == cache)
+    assert not mount.get("readOnly"), "bundles are downloaded into the cache"
+    volume = next(v for v in _one("Deployment", "narrator")["spec"]["template"]["spec"]["volumes"]
+                  if v["name"] == mount["name"])
+    assert "emptyDir" in volume, "no shared volume: bundles come from the registry's artifact store"
+
+
 def test_the_secret_is_a_template_with_every_secret_the_service_reads():
     from models.watermark import KEY_ENV
     from narrator.state import PASSWORD_ENV
