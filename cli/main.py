@@ -46,6 +46,7 @@ examples:
   narrator serve --port 3000
   narrator audit verify serving-audit.jsonl
   narrator package alice                   # the champion's bento
+  narrator narrate book.md --voice alice --out runs/alice/book
   narrator demo --out demo
   narrator config --defaults
 
@@ -276,6 +277,25 @@ def build_parser() -> argparse.ArgumentParser:
     _verbose(p)
     _common(p)
     p.set_defaults(func=_cmd_onboard)
+
+    p = sub.add_parser("narrate", help="narrate a manuscript (.txt, .md, .epub, .docx) into a publishable audiobook",
+                       description="Narrate a manuscript with a registered voice: one MP3 (192 kbps CBR, 44.1 kHz, "
+                                   "ACX loudness, room tone), WAV master and WebVTT captions per chapter, book.m4b "
+                                   "with chapter marks, narration.json and report.html in --out. Every sentence "
+                                   "passes the quality guard (loops, duration per phone, ASR when "
+                                   "narrate.guard_limits.asr_model_dir is set) or is spoken again with the next "
+                                   "seed (narrate.max_attempts); sentences that still fail are listed. Every chapter "
+                                   "carries the voice's watermark (needs $NARRATOR_WATERMARK_KEY[_FILE]) and gets an "
+                                   "audit record. Re-running the same command after a kill redoes no finished "
+                                   "sentence and gives byte-identical chapters. Exit 2: the manuscript, the voice or "
+                                   "--out was refused.")
+    p.add_argument("manuscript", metavar="MANUSCRIPT", help="the book: .txt (one chapter), .md (headings start "
+                                                            "chapters), .epub or .docx")
+    p.add_argument("--voice", required=True, metavar="VOICE[@VERSION]",
+                   help="registered voice, e.g. alice (its champion) or alice@3")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (resumable: re-run with the same one)")
+    _common(p)
+    p.set_defaults(func=_cmd_narrate)
 
     p = sub.add_parser("serve", help="run the speech service (BentoML): many voices, streaming, API keys, audit",
                        description="Serve the champion voices of the registry over HTTP (serving/service.py): "
@@ -602,6 +622,24 @@ def _cmd_package(args) -> int:
     return 0
 
 
+def _cmd_narrate(args) -> int:
+    from components.narrate import narrate, parse_voice
+
+    params = _load(args)
+    voice, version = parse_voice(args.voice)
+    result = narrate(args.manuscript, voice, version, args.out, params)
+    for chapter in result.chapters:
+        print(f"chapter {chapter.index} {chapter.title!r}: {chapter.audio} ({chapter.duration_s:.1f} s, RMS "
+              f"{chapter.rms_db:.1f} dB, peak {chapter.peak_db:.1f} dBFS, {chapter.sentences} sentences, "
+              f"{chapter.synthesized} spoken now, {chapter.regenerated} regenerated, {len(chapter.failed)} failing)")
+    print(f"narrated {result.title!r} with {result.voice} v{result.version} in {result.seconds:.0f} s -> "
+          f"{Path(args.out) / result.m4b}; report {Path(args.out) / result.report}")
+    for failed in result.failed:
+        print(f"needs a human: chapter {failed['chapter']} sentence {failed['index']} ({failed['attempts']} "
+              f"attempts: {'; '.join(failed['reasons'])}): {failed['text']}", file=sys.stderr)
+    return 0
+
+
 def _cmd_serve(args) -> int:
     import tempfile
 
@@ -706,7 +744,7 @@ def _cmd_keys_create(args) -> int:
 def _cmd_keys_list(args) -> int:
     from narrator.keys import open_key_store
 
-    for key in open_key_store(_load(args).serving).keys():
+    for key in open_key_store(_load(args).serving):
         print(f"{key.id}  tenant {key.tenant}  voices {','.join(key.voices)}  created {key.created_at}"
               f"{'  REVOKED' if key.revoked else ''}{'  ' + key.label if key.label else ''}")
     return 0
@@ -809,9 +847,9 @@ def _cmd_onboard(args) -> int:
 def _cmd_demo(args) -> int:
     import yaml
 
+    from cli.demo import build_demo_bases, build_demo_narrator, demo_key, demo_overrides
     from components.register import lineage
     from narrator.config import load_params
-    from cli.demo import build_demo_bases, build_demo_narrator, demo_key, demo_overrides
 
     params = _load(args)
     out = Path(args.out).resolve()
