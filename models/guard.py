@@ -4,8 +4,9 @@ The GPT's failure modes are loops (it repeats a stretch of semantic tokens: repe
 decoder (one token over and over: a drone or a long silence) and early stops (skipped words). Per sentence the
 guard checks, with thresholds from `narrate.guard` in params.yaml (`GuardConfig`):
 
-    loop            the most frequent n-gram of `loop_ngram_tokens` semantic tokens occurs at most
-                    `loop_max_repeats` times, and no token runs longer than `loop_max_run_tokens`
+    loop            the most frequent n-gram of `loop_ngram_tokens` semantic tokens (of at least half as many
+                    different tokens: a pause is not a loop) occurs at most `loop_max_repeats` times, and no token
+                    runs longer than `loop_max_run_tokens`
     duration        seconds per phone (the GPT's tokens at 25 per second over the sentence's phones) within
                     [`min_s_per_phone`, `max_s_per_phone`]
     asr             when a transcriber is given (`narrate.guard.asr_model_dir`, a local Whisper), the WER (en) or
@@ -85,11 +86,14 @@ class GuardVerdict:
 
 
 def token_loops(codes: Sequence[int], ngram_tokens: int) -> tuple[int, int]:
-    """(occurrences of the most frequent n-gram of `ngram_tokens` tokens, longest run of one token) in `codes`."""
+    """(occurrences of the most frequent n-gram of `ngram_tokens` tokens, longest run of one token) in `codes`.
+
+    N-grams of fewer than half as many different tokens (a pause is one or two tokens held) are left to the run."""
     codes = [int(c) for c in codes]
     if not codes:
         return 0, 0
-    grams = Counter(tuple(codes[i:i + ngram_tokens]) for i in range(len(codes) - ngram_tokens + 1))
+    grams = Counter(gram for gram in (tuple(codes[i:i + ngram_tokens]) for i in range(len(codes) - ngram_tokens + 1))
+                    if len(set(gram)) >= max(2, ngram_tokens // 2))  # pauses (one or two tokens) are not loops
     most = max(grams.values()) if grams else 0
     longest = run = 1
     for before, after in itertools.pairwise(codes):
