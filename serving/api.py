@@ -40,7 +40,7 @@ from narrator.state import StateUnavailable
 from serving import errors
 from serving.audit import SynthesisAudit, SynthesisRecord, text_sha256
 from serving.encode import FORMATS, StreamEncoder, media_type
-from serving.engine import GptBatcher, Resampler, WatermarkStream, sentences
+from serving.engine import GptBatcher, Resampler, WatermarkStream, checked_sentences, sentences
 from serving.ratelimit import open_rate_limiter
 from serving.voices import LoadedVoice, VoiceCache, VoiceCatalog, VoiceInfo, VoiceUnavailable
 
@@ -65,6 +65,10 @@ class SpeechRequest(BaseModel):
     seed: int | None = Field(None, ge=0, le=2 ** 31 - 1, description="same seed, same audio")
     format: Literal["wav", "flac", "mp3", "ogg"] = "wav"
     sample_rate_hz: int = Field(32000, description="one of serving.sample_rates_hz")
+    quality: Literal["fast", "checked"] = Field(
+        "fast", description="checked: every sentence passes the narration quality guard (loops, duration per phone; "
+                            "narrate.guard_limits) or is spoken again with the next seed, up to narrate.max_attempts; "
+                            "slower, so off by default")
 
 
 class Metrics:
@@ -207,11 +211,17 @@ class NarratorServer:
     def marked_sentences(self, voice: LoadedVoice, req: SpeechRequest) -> Iterator[np.ndarray]:
         """Marked 32 kHz audio per sentence."""
         marker = WatermarkStream(int(voice.info.payload_hex, 16), self.watermark_key)
-        for part in sentences(voice, req.text, req.language, self.settings(req), req.seed, self.batcher):
+        if req.quality == "checked":
+            parts = checked_sentences(voice, req.text, req.language, self.settings(req), req.seed, self.batcher,
+                                      self.params.narrate)
+        else:
+            parts = sentences(voice, req.text, req.language, self.settings(req), req.seed, self.batcher)
+        for part in parts:
             yield marker.push(part.samples)
 
     def synthesize(self, voice: LoadedVoice, req: SpeechRequest) -> Synthesis:
-        key = (voice.key, req.text, req.language, req.speed, req.top_k, req.top_p, req.temperature, req.seed)
+        key = (voice.key, req.text, req.language, req.speed, req.top_k, req.top_p, req.temperature, req.seed,
+               req.quality)
         if req.seed is not None:
             with self._results_lock:
                 if key in self._results:
