@@ -237,20 +237,21 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=_cmd_package)
 
-    p = sub.add_parser("pipeline", help="compile, run or schedule a Kubeflow pipeline (onboard, batch, retrain)",
+    p = sub.add_parser("pipeline", help="compile, run or schedule a Kubeflow pipeline (onboard, batch, retrain, "
+                                        "narrate)",
                        description="The Kubeflow Pipelines (kfp v2) DAGs of pipelines/: onboard (one narrator), "
                                    "batch (many), retrain (new recordings -> challenger). Run here with kfp's local "
                                    "runner (--local) or on a cluster (--host URL).")
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     a = actions.add_parser("compile", help="write the pipeline YAML", description="Compile a pipeline to YAML.")
-    a.add_argument("name", choices=["onboard", "batch", "retrain"])
+    a.add_argument("name", choices=["onboard", "batch", "retrain", "narrate"])
     a.add_argument("--out", metavar="FILE", help="YAML to write (default: NAME.yaml)")
     _common(a)
     a.set_defaults(func=_cmd_pipeline_compile)
     for action, text in (("run", "run once, here (--local) or on a cluster (--host URL)"),
                          ("schedule", "create a recurring run on a cluster (pipeline.retrain_cron)")):
         a = actions.add_parser(action, help=text, description=text[0].upper() + text[1:] + ".")
-        a.add_argument("name", choices=["onboard", "batch", "retrain"])
+        a.add_argument("name", choices=["onboard", "batch", "retrain", "narrate"])
         if action == "run":
             where = a.add_mutually_exclusive_group(required=True)
             where.add_argument("--local", action="store_true", help="run on this machine with kfp's local runner")
@@ -261,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
         a.add_argument("--source", metavar="DIR|S3", help="the narrator's recordings (onboard, retrain)")
         a.add_argument("--voice", metavar="NAME", help="voice name (onboard, retrain)")
         a.add_argument("--narrators", metavar="JSON", help="batch: a JSON file listing {source, voice} objects")
+        a.add_argument("--manuscript", metavar="FILE|S3", help="narrate: the book (.txt, .md, .epub, .docx)")
         if action == "run":
             _verbose(a)
         _common(a)
@@ -779,6 +781,15 @@ def _pipeline_arguments(args, params) -> dict:
             raise NarratorError("the batch pipeline needs --narrators FILE: a JSON list of {\"source\": ..., "
                                 "\"voice\": ...} objects")
         arguments["narrators"] = json.loads(Path(args.narrators).read_text(encoding="utf-8"))
+    elif args.name == "narrate":
+        from components.narrate import parse_voice
+
+        if not (getattr(args, "manuscript", None) and args.voice):
+            raise NarratorError("the narrate pipeline needs --manuscript (a file every step can read, or s3://) and "
+                                "--voice NAME[@VERSION]")
+        voice, version = parse_voice(args.voice)
+        manuscript = args.manuscript if args.manuscript.startswith("s3://") else str(Path(args.manuscript).resolve())
+        arguments.update(manuscript=manuscript, voice=voice, version=version or 0)
     else:
         if not (args.source and args.voice):
             raise NarratorError(f"the {args.name} pipeline needs --source (recordings folder or s3:// prefix) and "

@@ -541,3 +541,52 @@ def narrate(manuscript_path: str | Path, voice: str, version: int | None, out_di
         result = assemble_book(book, source, out, params, chapters)
     result.seconds = time.perf_counter() - started
     return result
+
+
+# -- the pipeline's three parts ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BookPlan:
+    """What the pipeline fans out over: the book's chapters and the voice version every chapter speaks with (the
+    champion is resolved once, so a promotion during the run cannot mix two versions in one book)."""
+
+    title: str
+    chapters: list[str]  # titles, in order
+    voice: str
+    version: int
+
+
+def plan_book(manuscript_path: str | Path, voice: str, version: int | None, params: Params) -> BookPlan:
+    book = read_manuscript(manuscript_path)
+    source = resolve_voice(voice, version, params)
+    return BookPlan(book.title, [c.title for c in book.chapters], source.voice, source.version)
+
+
+def narrate_one_chapter(manuscript_path: str | Path, chapter_index: int, voice: str, version: int,
+                        out_dir: str | Path, params: Params) -> ChapterResult:
+    """Chapter `chapter_index` (from 0) of the manuscript into `out_dir` (the pipeline's per-chapter step)."""
+    from narrator.storage import folder_lock
+
+    book = read_manuscript(manuscript_path)
+    if not 0 <= chapter_index < len(book.chapters):
+        raise NarrationError(f"the manuscript has {len(book.chapters)} chapters; there is no chapter "
+                             f"{chapter_index + 1}")
+    with folder_lock(out_dir, "narrator narrate (one chapter)"):
+        narrator = load_narrator(resolve_voice(voice, version, params), params)
+        return narrate_chapter(narrator, chapter_index, book.chapters[chapter_index], out_dir, params)
+
+
+def assemble_chapters(manuscript_path: str | Path, voice: str, version: int, chapter_dirs: list[str | Path],
+                      out_dir: str | Path, params: Params) -> NarrationResult:
+    """The book from chapters narrated apart (each in its own folder by `narrate_one_chapter`): their files are
+    copied into `out_dir`, then the M4B, narration.json and report.html are written."""
+    import shutil
+
+    out = Path(out_dir)
+    for folder in map(Path, chapter_dirs):
+        for sub in ("chapters", "masters", "captions", CHAPTER_RESULTS_DIR):
+            if (folder / sub).is_dir():
+                shutil.copytree(folder / sub, out / sub, dirs_exist_ok=True)
+    book = read_manuscript(manuscript_path)
+    return assemble_book(book, resolve_voice(voice, version, params), out, params)
