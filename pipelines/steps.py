@@ -230,8 +230,9 @@ def narrate_chapter(manuscript: str, voice: str, version: int, chapter: int, set
     return json.dumps(result.public())
 
 
-def assemble_book(manuscript: str, voice: str, version: int, narrated: Input[List[Artifact]], settings: str,  # noqa: UP006
-                  book: Output[Artifact]) -> str:
+def assemble_book(manuscript: str, voice: str, version: int,
+                  narrated: Input[List[Artifact]],  # noqa: UP006 - KFP reads typing.List
+                  settings: str, book: Output[Artifact]) -> str:
     """pipelines/narrate.py: every chapter's files, book.m4b, narration.json and report.html into `book`."""
     import json
 
