@@ -240,12 +240,15 @@ def load_narrator(source: VoiceSource, params: Params) -> Narrator:
     return Narrator(source, voice.synth, voice.reference, key, transcriber)
 
 
-def _set_torch_threads(params: Params) -> None:
+def _set_torch_threads(params: Params) -> int:
+    """Set torch's threads for narration (`narrate.torch_threads`, else the CPUs shared by the parallel chapters);
+    returns the count before."""
     import torch
 
     cfg = params.narrate
-    threads = cfg.torch_threads or max(1, (os.cpu_count() or 1) // cfg.parallel_chapters)
-    torch.set_num_threads(threads)
+    before = torch.get_num_threads()
+    torch.set_num_threads(cfg.torch_threads or max(1, (os.cpu_count() or 1) // cfg.parallel_chapters))
+    return before
 
 
 # -- sentences ---------------------------------------------------------------------------------------------------
@@ -527,18 +530,24 @@ def narrate(manuscript_path: str | Path, voice: str, version: int | None, out_di
     every finished sentence and gives byte-identical chapters."""
     from narrator.storage import folder_lock
 
+    import torch
+
     started = time.perf_counter()
     book = read_manuscript(manuscript_path)
     out = Path(out_dir)
-    with folder_lock(out, "narrator narrate"):
-        source = resolve_voice(voice, version, params)
-        narrator = load_narrator(source, params)
-        workers = min(params.narrate.parallel_chapters, len(book.chapters))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="chapter") as pool:
-            futures = [pool.submit(narrate_chapter, narrator, i, chapter, out, params, i % workers)
-                       for i, chapter in enumerate(book.chapters)]
-            chapters = [future.result() for future in futures]
-        result = assemble_book(book, source, out, params, chapters)
+    threads = torch.get_num_threads()
+    try:
+        with folder_lock(out, "narrator narrate"):
+            source = resolve_voice(voice, version, params)
+            narrator = load_narrator(source, params)
+            workers = min(params.narrate.parallel_chapters, len(book.chapters))
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="chapter") as pool:
+                futures = [pool.submit(narrate_chapter, narrator, i, chapter, out, params, i % workers)
+                           for i, chapter in enumerate(book.chapters)]
+                chapters = [future.result() for future in futures]
+            result = assemble_book(book, source, out, params, chapters)
+    finally:
+        torch.set_num_threads(threads)
     result.seconds = time.perf_counter() - started
     return result
 

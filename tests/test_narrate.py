@@ -244,6 +244,22 @@ def test_sentences_still_failing_are_listed_for_a_human(deployment, tmp_path):
     assert result.failed == data["failed"]
 
 
+def test_with_a_local_asr_model_each_sentence_is_also_scored_against_its_text(deployment, tmp_path):
+    from components.narrate import narrate
+    from narrator.config import load_params
+    from tests.tiny_whisper import build_tiny_whisper
+
+    asr = build_tiny_whisper(tmp_path / "whisper")
+    params = load_params(deployment.params_file, {"narrate": {
+        "torch_threads": 1, "max_attempts": 1, "guard_limits": {"max_s_per_phone": 1.0, "asr_model_dir": str(asr)}}})
+    book = tmp_path / "note.txt"
+    book.write_text("The lamp was lit.", encoding="utf-8")
+    result = narrate(book, "alice", None, tmp_path / "out", params)
+    [verdict] = result.chapters[0].details[0].verdicts
+    assert isinstance(verdict["figures"]["asr_text"], str)  # the tiny random Whisper hears noise
+    assert verdict["figures"]["error_rate"] is not None and "asr" in verdict["scores"]
+
+
 # -- bad input ---------------------------------------------------------------------------------------------------
 
 
