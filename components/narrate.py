@@ -528,9 +528,9 @@ def narrate(manuscript_path: str | Path, voice: str, version: int | None, out_di
             params: Params) -> NarrationResult:
     """Narrate a manuscript into `out_dir` (see the module docstring). Re-running with the same arguments reuses
     every finished sentence and gives byte-identical chapters."""
-    from narrator.storage import folder_lock
-
     import torch
+
+    from narrator.storage import folder_lock
 
     started = time.perf_counter()
     book = read_manuscript(manuscript_path)
