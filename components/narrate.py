@@ -12,9 +12,9 @@
    kept in `OUT/.sentences/CC/IIII-KEY.npz` (written atomically), KEY hashing everything that shapes it (voice,
    version, bundle digest, text, language, seed, index, sampling, guard and inference settings): a killed run
    re-run with the same arguments redoes no finished sentence and ends with byte-identical chapters.
-4. A chapter is its sentences joined with pauses (`sentence_pause_s`, `paragraph_pause_s`), marked with the
-   voice's watermark payload at 32 kHz (the key from $NARRATOR_WATERMARK_KEY[_FILE]: no chapter leaves unmarked),
-   then mastered to the ACX limits (room tone, RMS, peaks, 44.1 kHz) and written as `chapters/CC-TITLE.mp3`
+4. A chapter is its sentences joined with pauses (`sentence_pause_s`, `paragraph_pause_s`), mastered to the ACX
+   limits (room tone, RMS, peaks, 44.1 kHz), marked with the voice's watermark payload (the key from
+   $NARRATOR_WATERMARK_KEY[_FILE]: no chapter leaves unmarked), limited again and written as `chapters/CC-TITLE.mp3`
    (192 kbps CBR), `masters/CC-TITLE.wav` and `captions/CC-TITLE.vtt` (one cue per sentence, shifted by the head
    room tone). Each file is measured back (`measure_acx`) and the chapter gets an audit record (`narrated`).
 5. The book: `book.m4b` (chapter marks), `narration.json` and `report.html` (loudness against the limits,
@@ -403,18 +403,21 @@ def narrate_chapter(narrator: Narrator, chapter_index: int, chapter: Chapter, ou
         cursor += len(kept.samples) + len(pause)
     bar.close()
     speech = np.concatenate(parts).astype(np.float32)
-    marked = embed(speech, SAMPLE_RATE_HZ, int(narrator.source.payload_hex, 16), narrator.key)
+    # master, then mark the master, then limit its peaks again: the order the publishing measurements chose
+    # (narrator/mastering.py WATERMARK_ORDER: marking before the limiter costs detection margin)
     settings = getattr(params, "mastering", None)
-    master = mastering.master_chapter(marked, SAMPLE_RATE_HZ, settings)
+    master = mastering.master_chapter(speech, SAMPLE_RATE_HZ, settings)
+    marked = embed(master.samples, master.sample_rate_hz, int(narrator.source.payload_hex, 16), narrator.key)
+    master = mastering.relimit(master, marked, settings)
     stem = chapter_stem(chapter_index, chapter.title)
     paths = {"audio": out / "chapters" / f"{stem}.mp3", "master": out / "masters" / f"{stem}.wav",
              "captions": out / "captions" / f"{stem}.vtt"}
     _atomic_write(paths["master"], lambda p: mastering.write_wav_master(master, p))
-    _atomic_write(paths["audio"], lambda p: mastering.write_mp3(master, p))
-    cues = [(d.start_s + master.head_s, d.end_s + master.head_s, d.text) for d in details]
+    _atomic_write(paths["audio"], lambda p: mastering.write_mp3(master, p, title=chapter.title, settings=settings))
+    for d in details:  # sentence times in the chapter file: after the head room tone
+        d.start_s, d.end_s = round(master.output_time_s(d.start_s), 3), round(master.output_time_s(d.end_s), 3)
+    cues = [(d.start_s, d.end_s, d.text) for d in details]
     _atomic_write(paths["captions"], lambda p: mastering.write_vtt(cues, p))
-    for d in details:
-        d.start_s, d.end_s = round(d.start_s + master.head_s, 3), round(d.end_s + master.head_s, 3)
     measured = mastering.measure_acx(paths["audio"])
     failed = [{"chapter": chapter_index + 1, "index": d.index, "text": d.text, "attempts": d.attempts,
                "scores": [v.get("scores", {}) for v in d.verdicts],
@@ -422,7 +425,8 @@ def narrate_chapter(narrator: Narrator, chapter_index: int, chapter: Chapter, ou
               for d in details if not d.passed]
     digest = sha256_file(paths["audio"])
     result = ChapterResult(
-        index=chapter_index + 1, title=chapter.title, audio=_rel(paths["audio"], out), master=_rel(paths["master"], out),
+        index=chapter_index + 1, title=chapter.title, audio=_rel(paths["audio"], out),
+        master=_rel(paths["master"], out),
         captions=_rel(paths["captions"], out), duration_s=round(measured.duration_s, 3),
         rms_db=round(measured.rms_db, 2), peak_db=round(measured.peak_db, 2),
         noise_floor_db=round(measured.noise_floor_db, 2), head_room_tone_s=round(measured.head_room_tone_s, 3),
@@ -468,7 +472,7 @@ def assemble_book(book: Manuscript, source: VoiceSource, out_dir: str | Path, pa
     settings = getattr(params, "mastering", None)
     m4b = out / "book.m4b"
     _atomic_write(m4b, lambda p: mastering.write_m4b([(c.title, out / c.master) for c in chapters], p, book.title,
-                                                     settings))
+                                                     settings=settings))
     result = NarrationResult(title=book.title, voice=source.voice, version=source.version,
                              payload_hex=source.payload_hex, out_dir=str(out), chapters=chapters, m4b=_rel(m4b, out),
                              report="report.html", narration_json="narration.json")
@@ -503,7 +507,8 @@ def report_html(result: NarrationResult) -> str:
             value = getattr(c, name)
             cells.append(f"<span class={'ok' if _within(name, value) else 'bad'}>{fmt(value, 2)}</span>")
         cells += [esc(c.sentences), esc(c.regenerated), esc(len(c.failed)),
-                  f"<audio controls preload=none src='{esc(c.audio)}'></audio> <a href='{esc(c.captions)}'>captions</a>"]
+                  f"<audio controls preload=none src='{esc(c.audio)}'></audio> "
+                  f"<a href='{esc(c.captions)}'>captions</a>"]
         rows.append(cells)
     body.append(table(["#", "chapter", "duration s", *[f"{n} ({lim})" for n, lim in zip(names, limits)],
                        "sentences", "regenerated", "failing", "listen"], rows, numeric={2, 3, 4, 5, 6, 7, 8, 9, 10}))

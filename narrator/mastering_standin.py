@@ -4,6 +4,7 @@ components/narrate.py (`from narrator import mastering_standin as mastering` -> 
 mastering`). Settings are read from `params.mastering` when it exists, else the ACX defaults below.
 
     master_chapter(samples, sample_rate_hz, settings) -> MasteredAudio   room tone, RMS to target, peak limit, 44.1 kHz
+    relimit(master, marked_samples, settings) -> MasteredAudio            the peak limit again after the watermark
     write_wav_master(audio, path) / write_mp3(audio, path)                 16-bit WAV / MP3 192 kbps CBR (ffmpeg)
     write_m4b(chapters, path, title)                                       AAC in MP4 with chapter marks (ffmpeg)
     write_vtt(cues, path)                                                  WebVTT: (start_s, end_s, text)
@@ -46,6 +47,10 @@ class MasteredAudio:
     def duration_s(self) -> float:
         return len(self.samples) / self.sample_rate_hz
 
+    def output_time_s(self, input_s: float) -> float:
+        """Where time `input_s` of the input lies in the master, kept inside the chapter's audio."""
+        return self.head_s + min(max(input_s, 0.0), self.duration_s - self.head_s - self.tail_s)
+
 
 @dataclass(frozen=True)
 class AcxMeasurement:
@@ -75,9 +80,17 @@ def master_chapter(samples: np.ndarray, sample_rate_hz: int, settings=None) -> M
     return MasteredAudio(out, rate, head, tail)
 
 
+def relimit(mastered: MasteredAudio, samples: np.ndarray, settings=None) -> MasteredAudio:
+    """`mastered` with `samples` (the marked master) limited to the peak ceiling again."""
+    ceiling = 10 ** (float(_get(settings, "peak_ceiling_dbfs")) / 20.0)
+    limited = np.clip(np.asarray(samples, np.float32), -ceiling, ceiling)
+    return MasteredAudio(limited, mastered.sample_rate_hz, mastered.head_s, mastered.tail_s)
+
+
 def _ffmpeg(args: list[str], what: str) -> None:
     try:
-        done = subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", *args], capture_output=True, check=False)
+        done = subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", *args], capture_output=True,
+                              check=False)
     except FileNotFoundError:
         raise MissingDependency("ffmpeg is not installed: install it (apt-get install ffmpeg)") from None
     if done.returncode != 0:
@@ -90,17 +103,17 @@ def write_wav_master(audio: MasteredAudio, path: str | Path) -> Path:
     return write_wav(path, audio.samples, audio.sample_rate_hz)
 
 
-def write_mp3(audio: MasteredAudio, path: str | Path, settings=None) -> Path:
+def write_mp3(audio: MasteredAudio, path: str | Path, *, title: str | None = None, settings=None) -> Path:
     path = Path(path)
     with tempfile.TemporaryDirectory() as tmp:
         wav = write_wav_master(audio, Path(tmp) / "in.wav")
         _ffmpeg(["-i", str(wav), "-c:a", "libmp3lame", "-b:a", f"{int(_get(settings, 'mp3_bitrate_kbps'))}k",
                  "-ar", str(int(_get(settings, "sample_rate_hz"))), "-fflags", "+bitexact", "-flags:a", "+bitexact",
-                 "-f", "mp3", str(path)], str(path))
+                 *(["-metadata", f"title={title}"] if title else []), "-f", "mp3", str(path)], str(path))
     return path
 
 
-def write_m4b(chapters: list[tuple[str, Path]], path: str | Path, title: str, settings=None) -> Path:
+def write_m4b(chapters: list[tuple[str, Path]], path: str | Path, title: str, *, settings=None) -> Path:
     """One M4B from chapter audio files [(title, path)], with a chapter mark at the start of each."""
     from narrator.audiofile import read_audio
 
@@ -116,7 +129,8 @@ def write_m4b(chapters: list[tuple[str, Path]], path: str | Path, title: str, se
         listing.write_text("".join(f"file '{Path(f).resolve().as_posix()}'\n" for _, f in chapters))
         meta.write_text("\n".join(lines) + "\n", encoding="utf-8")
         _ffmpeg(["-f", "concat", "-safe", "0", "-i", str(listing), "-i", str(meta), "-map_metadata", "1",
-                 "-map_chapters", "1", "-map", "0:a", "-c:a", "aac", "-b:a", f"{int(_get(settings, 'm4b_bitrate_kbps'))}k",
+                 "-map_chapters", "1", "-map", "0:a", "-c:a", "aac",
+                 "-b:a", f"{int(_get(settings, 'm4b_bitrate_kbps'))}k",
                  "-ar", str(int(_get(settings, "sample_rate_hz"))), "-fflags", "+bitexact", "-flags:a", "+bitexact",
                  "-f", "ipod", str(path)], str(path))
     return path
