@@ -507,8 +507,8 @@ def report_html(result: NarrationResult) -> str:
             value = getattr(c, name)
             cells.append(f"<span class={'ok' if _within(name, value) else 'bad'}>{fmt(value, 2)}</span>")
         cells += [esc(c.sentences), esc(c.regenerated), esc(len(c.failed)),
-                  f"<audio controls preload=none src='{esc(c.audio)}'></audio> "
-                  f"<a href='{esc(c.captions)}'>captions</a>"]
+                  (f"<audio controls preload=none src='{esc(c.audio)}'></audio> "
+                   f"<a href='{esc(c.captions)}'>captions</a>")]
         rows.append(cells)
     body.append(table(["#", "chapter", "duration s", *[f"{n} ({lim})" for n, lim in zip(names, limits)],
                        "sentences", "regenerated", "failing", "listen"], rows, numeric={2, 3, 4, 5, 6, 7, 8, 9, 10}))
