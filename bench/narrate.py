@@ -7,7 +7,8 @@ sentences. Each chapter is narrated from scratch (no kept sentences) with the vo
 
     times real time   seconds of chapter audio per second of wall time (speaking, marking, mastering, MP3)
     guard overhead    wall time with the guard / without it, on limits loose enough that no sentence is retried
-                      (alternating off/on pairs; the median of the ratios): the cost of checking
+                      (alternating off/on pairs; the median of the ratios): the cost of checking; and the checks
+                      alone on a 400-token sentence, in ms (without an ASR model they are all the guard adds)
     regeneration      share of sentences spoken more than once, and still failing, under the default limits
 
     python -m bench.narrate [--pairs 2] [--threads 2]
@@ -66,6 +67,20 @@ def _narrate_book(narrator, params, out: Path) -> tuple[float, float, list]:
     return time.perf_counter() - started, sum(r.duration_s for r in results), results
 
 
+def _check_ms(tokens: int = 400, repeats: int = 200) -> float:
+    """Milliseconds the guard's checks take on one sentence of `tokens` semantic tokens (16 s of speech)."""
+    import numpy as np
+
+    from models.guard import GuardLimits, check_sentence
+
+    codes = np.random.default_rng(0).integers(0, 1024, tokens)
+    check_sentence(codes, tokens // 8, GuardLimits())
+    started = time.perf_counter()
+    for _ in range(repeats):
+        check_sentence(codes, tokens // 8, GuardLimits())
+    return (time.perf_counter() - started) / repeats * 1000
+
+
 def run(pairs: int = 2, threads: int = 2) -> dict:
     from components.narrate import load_narrator, resolve_voice
     from narrator.config import load_params
@@ -92,7 +107,7 @@ def run(pairs: int = 2, threads: int = 2) -> dict:
             speeds.append(audio_s / off_s)
         _, _, results = _narrate_book(narrator, default, work / "default")
         sentences = sum(r.sentences for r in results)
-        return {"voice": what, "threads": threads, "sentences": sentences,
+        return {"voice": what, "threads": threads, "sentences": sentences, "check_ms": _check_ms(),
                 "times_real_time": statistics.median(speeds), "guard_overhead": statistics.median(ratios),
                 "ratios": ratios, "regenerated": sum(r.regenerated for r in results) / sentences,
                 "failing": sum(len(r.failed) for r in results) / sentences}
@@ -100,11 +115,11 @@ def run(pairs: int = 2, threads: int = 2) -> dict:
 
 def table(row: dict) -> str:
     return "\n".join([
-        "| voice | threads | sentences | times real time (guard off) | guard overhead (on / off) | regenerated | "
-        "still failing |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| voice | threads | sentences | times real time (guard off) | guard overhead (on / off) | checks ms per "
+        "sentence | regenerated | still failing |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
         f"| {row['voice']} | {row['threads']} | {row['sentences']} | {row['times_real_time']:.2f}x | "
-        f"{row['guard_overhead']:.3f} ({', '.join(f'{r:.3f}' for r in row['ratios'])}) | "
+        f"{row['guard_overhead']:.3f} ({', '.join(f'{r:.3f}' for r in row['ratios'])}) | {row['check_ms']:.1f} | "
         f"{row['regenerated']:.0%} | {row['failing']:.0%} |"])
 
 
