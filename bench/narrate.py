@@ -114,13 +114,13 @@ def run(pairs: int = 2, threads: int = 2) -> dict:
 
 
 def table(row: dict) -> str:
-    return "\n".join([
-        "| voice | threads | sentences | times real time (guard off) | guard overhead (on / off) | checks ms per "
-        "sentence | regenerated | still failing |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-        f"| {row['voice']} | {row['threads']} | {row['sentences']} | {row['times_real_time']:.2f}x | "
-        f"{row['guard_overhead']:.3f} ({', '.join(f'{r:.3f}' for r in row['ratios'])}) | {row['check_ms']:.1f} | "
-        f"{row['regenerated']:.0%} | {row['failing']:.0%} |"])
+    header = ("| voice | threads | sentences | times real time (guard off) | guard overhead (on / off) | checks ms per "
+              "sentence | regenerated | still failing |")
+    ratios = ", ".join(f"{r:.3f}" for r in row["ratios"])
+    line = (f"| {row['voice']} | {row['threads']} | {row['sentences']} | {row['times_real_time']:.2f}x | "
+            f"{row['guard_overhead']:.3f} ({ratios}) | {row['check_ms']:.1f} | {row['regenerated']:.0%} | "
+            f"{row['failing']:.0%} |")
+    return "\n".join([header, "|---|---:|---:|---:|---:|---:|---:|---:|", line])
 
 
 def main() -> None:
