@@ -312,7 +312,8 @@ def registry_locked(params: Params) -> Iterator[None]:
 
 def audit_event(params: Params, event: str, **details: Any) -> str:
     """Append one event (time, event, details) to the registry's audit log (`registry.audit_log`)."""
-    return audit.append(params.registry.audit_log, {"time": now(), "event": event, **details})
+    return audit.append(params.registry.audit_log, {"time": now(), "event": event, **details},
+                        audit.load_key(params.registry.audit_key_file))
 
 
 def version_audit(params: Params, event: str, name: str, voice: str, version: int, by: str, **details: Any) -> None:
