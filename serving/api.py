@@ -257,6 +257,39 @@ class NarratorServer:
         return {"voice": voice, "version": version}
 
 
+CLOSE_POLL_S = 0.05  # how often the end of a response retries closing a stream a worker thread is still inside
+
+
+def _close(stream: Iterator[bytes]) -> None:
+    """Close a generator, waiting while a worker thread is still inside it (speaking the chunk nobody will take)."""
+    while True:
+        try:
+            stream.close()
+            return
+        except ValueError:  # "generator already executing"
+            time.sleep(CLOSE_POLL_S)
+
+
+class ClosingStreamingResponse(StreamingResponse):
+    """A streamed response whose body generator is closed when the response ends, however it ends: Starlette
+    abandons the generator of a client that went away, so its synthesis would run on and its audit record be
+    written (if ever) when the garbage collector gets to it. Closed here, the synthesis stops at once and the
+    audit record says what was sent (serving.audit.delivered)."""
+
+    def __init__(self, content: Iterator[bytes], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._stream = content
+
+    async def __call__(self, scope, receive, send) -> None:
+        import anyio
+
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(_close, self._stream)
+
+
 def _json_error(error: errors.ApiError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
@@ -383,7 +416,7 @@ def create_app(server: Callable[[], NarratorServer]) -> FastAPI:
                 state.metrics.rtf.observe(elapsed / synthesized_s)
             state.observe("/v1/speech/stream", 200, elapsed)
 
-        return StreamingResponse(delivered(chunks(), ended), media_type=media_type(req.format), headers={
+        return ClosingStreamingResponse(delivered(chunks(), ended), media_type=media_type(req.format), headers={
             "X-Voice": info.voice, "X-Voice-Version": str(info.version), "X-Watermark-Payload": info.payload_hex})
 
     @app.post(f"/{API_VERSION}/watermark/detect", summary="look for the watermark in an uploaded audio file",
