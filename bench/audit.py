@@ -108,7 +108,8 @@ def postgres_rows(url: str, sizes: list[int], appends: int) -> list[dict]:
             db.execute(f"DROP TABLE IF EXISTS {table}, {table}_head")
         started = time.perf_counter()
         lines, mac = chained_lines(size)
-        connection = log._connect()  # creates the tables
+        connection = log._connect()
+        log._create(connection)
         with connection.transaction(), connection.cursor() as cursor:
             with cursor.copy(f"COPY {table} (seq, line) FROM STDIN") as copy:
                 for seq, line in enumerate(lines, start=1):

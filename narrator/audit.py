@@ -416,6 +416,7 @@ class PostgresLog:
         self.location = f"{parts.scheme}://{parts.hostname or ''}{parts.path} table {self.table}"  # no password
         self.key = key
         self._connection = None
+        self._created = False  # the tables were made (or found) through this object
         self._lock = threading.Lock()  # one connection per log object, shared by a process's threads in turn
 
     def _connect(self):
@@ -428,7 +429,6 @@ class PostgresLog:
                 raise AuditError(f"cannot reach the audit log's database {self.location}: "
                                  f"{str(error).strip().splitlines()[0]}; check the URL and that PostgreSQL is up"
                                  ) from None
-            self._create(self._connection)
         return self._connection
 
     def _create(self, connection) -> None:
@@ -443,44 +443,70 @@ class PostgresLog:
                                        "CHECK (one), seq bigint NOT NULL, mac text NOT NULL)").format(head))
             connection.execute(sql.SQL("INSERT INTO {} (one, seq, mac) VALUES (true, 0, %s) ON CONFLICT DO NOTHING")
                                .format(head), (GENESIS_SHA256,))
-
-    @contextmanager
-    def _transaction(self):
-        with self._lock:
-            connection = self._connect()
-            with connection.transaction():
-                yield connection
+        self._created = True
 
     def append(self, record: dict[str, Any]) -> str:
+        """Append in one transaction that locks the head row; a connection the server dropped (a restart, an idle
+        timeout) is replaced and the append tried once more."""
+        import psycopg
+
+        for attempt in range(2):
+            try:
+                with self._lock:
+                    connection = self._connect()
+                    if not self._created:
+                        self._create(connection)
+                    return self._append(connection, record)
+            except psycopg.OperationalError as error:
+                if attempt:
+                    raise AuditError(f"the audit record was not written to {self.location}: "
+                                     f"{str(error).strip().splitlines()[0]}; check that PostgreSQL is up") from None
+        raise AssertionError("unreachable")
+
+    def _append(self, connection, record: dict[str, Any]) -> str:
         from psycopg import sql
 
         records, head = sql.Identifier(self.table), sql.Identifier(self.table + "_head")
-        with self._transaction() as connection:
+        with connection.transaction():
             seq, prev = connection.execute(sql.SQL("SELECT seq, mac FROM {} FOR UPDATE").format(head)).fetchone()
             line, mac = new_line(record, seq + 1, prev, self.key)
             connection.execute(sql.SQL("INSERT INTO {} (seq, line) VALUES (%s, %s)").format(records), (seq + 1, line))
             connection.execute(sql.SQL("UPDATE {} SET seq = %s, mac = %s").format(head), (seq + 1, mac))
         return mac
 
-    def _rows(self) -> tuple[list[tuple[int, str]], Head]:
+    def _rows(self) -> tuple[list[tuple[int, str]], Head] | None:
+        """The rows in seq order and the head row; None when the tables do not exist (nothing was appended)."""
         from psycopg import sql
 
-        with self._transaction() as connection:
-            rows = connection.execute(sql.SQL("SELECT seq, line FROM {} ORDER BY seq").format(
-                sql.Identifier(self.table))).fetchall()
-            seq, mac = connection.execute(sql.SQL("SELECT seq, mac FROM {}").format(
-                sql.Identifier(self.table + "_head"))).fetchone()
+        with self._lock:
+            connection = self._connect()
+            with connection.transaction():
+                exists = connection.execute("SELECT to_regclass(%s) IS NOT NULL AND to_regclass(%s) IS NOT NULL",
+                                            (self.table, self.table + "_head")).fetchone()[0]
+                if not exists:
+                    return None
+                rows = connection.execute(sql.SQL("SELECT seq, line FROM {} ORDER BY seq").format(
+                    sql.Identifier(self.table))).fetchall()
+                seq, mac = connection.execute(sql.SQL("SELECT seq, mac FROM {}").format(
+                    sql.Identifier(self.table + "_head"))).fetchone()
         return rows, Head(seq, mac, None)
 
     def _where(self, rows: list[tuple[int, str]]):
         return lambda i: f"{self.location} row {i} (seq {rows[i - 1][0]})"
 
     def read(self) -> list[dict[str, Any]]:
-        rows, _ = self._rows()
+        found = self._rows()
+        if found is None:
+            return []
+        rows, _ = found
         return check_lines([line for _, line in rows], self.key, self._where(rows))[0]
 
     def verify(self) -> Verification:
-        rows, head = self._rows()
+        found = self._rows()
+        if found is None:
+            raise AuditError(f"{self.location}: no audit log there (no table {self.table} or {self.table}_head); "
+                             "check the URL's database and ?table=")
+        rows, head = found
         _, entries = check_lines([line for _, line in rows], self.key, self._where(rows))
         _check_head(head, entries, f"{self.location} after row {len(rows)}", f"{self.table}_head")
         return _tally(self.location, entries)

@@ -86,10 +86,6 @@ class SynthesisAudit:
         self.log = audit.open_log(location, key)
         self.location = location
 
-    @property
-    def head_path(self) -> Path:
-        return audit.head_path(self.location)
-
     def append(self, record: SynthesisRecord) -> str:
         """Append one record and move the head to it; returns its mac."""
         return self.log.append({"time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),

@@ -367,6 +367,27 @@ def test_a_postgres_log_names_an_edited_and_a_deleted_row(audit_url):
 
 
 @pytest.mark.services
+def test_a_postgres_log_that_was_never_written_reads_empty_and_does_not_verify(audit_url):
+    assert audit.read(audit_url, KEY) == []
+    with pytest.raises(AuditError, match="no audit log there .*no table serving_audit"):
+        audit.verify(audit_url, KEY)
+
+
+@pytest.mark.services
+def test_a_postgres_log_reconnects_when_the_server_dropped_its_connection(audit_url):
+    import psycopg
+
+    log = audit.open_log(audit_url, KEY)
+    log.append({"event": "before"})
+    connection, _ = audit.postgres_table(audit_url)
+    with psycopg.connect(connection, autocommit=True) as db:
+        db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
+                   "AND pid <> pg_backend_pid()")
+    log.append({"event": "after"})
+    assert [r["event"] for r in audit.read(audit_url, KEY)] == ["before", "after"]
+
+
+@pytest.mark.services
 def test_narrator_audit_verify_reads_a_postgres_url(audit_url):
     audit.append(audit_url, {"event": "synthesis"}, KEY)
     done = _cli_verify(audit_url, env_key=KEY)
