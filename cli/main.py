@@ -315,13 +315,13 @@ def build_parser() -> argparse.ArgumentParser:
     a = actions.add_parser("verify", help="exit 0 when intact, 2 naming the first edited, inserted or deleted "
                                           "record or a cut-off end",
                            description="Verify an audit log's chain (default: serving.audit_log) with the audit key "
-                                       "($NARRATOR_AUDIT_KEY, else --key-file, else the log's audit_key_file "
+                                       "(--key-file, else $NARRATOR_AUDIT_KEY, else the log's audit_key_file "
                                        "setting). Says how many records are sealed with the key and how many are "
                                        "unkeyed.")
     a.add_argument("file", nargs="?", metavar="FILE|URL",
                    help="the log: a file or a postgresql://USER@HOST/DB?table=NAME URL (default: serving.audit_log)")
-    a.add_argument("--key-file", metavar="FILE", help="file holding the audit key (default: the audit_key_file "
-                                                     "setting of the log's section)")
+    a.add_argument("--key-file", metavar="FILE", help="file holding the audit key (default: $NARRATOR_AUDIT_KEY, "
+                                                     "else the audit_key_file setting of the log's section)")
     a.add_argument("--require-key", action="store_true",
                    help="exit 2 unless every record is sealed with the key (refuses unkeyed and unchecked records)")
     _common(a)
@@ -736,9 +736,12 @@ def _cmd_audit_verify(args) -> int:
 
     params = _load(args)
     location = args.file or params.serving.audit_log
-    key_file = args.key_file or (params.registry.audit_key_file if location == params.registry.audit_log
-                                 else params.serving.audit_key_file)
-    found = verify(location, load_key(key_file))
+    if args.key_file:  # named on the command line: it wins over $NARRATOR_AUDIT_KEY
+        key = load_key(args.key_file, environ={})
+    else:
+        key = load_key(params.registry.audit_key_file if location == params.registry.audit_log
+                       else params.serving.audit_key_file)
+    found = verify(location, key)
     print(found.summary())
     if args.require_key and found.keyed < found.records:
         raise AuditError(f"{found.records - found.keyed} of {found.records} records are not sealed with the audit "

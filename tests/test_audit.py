@@ -291,13 +291,13 @@ def test_a_legacy_log_cut_off_at_its_end_fails_against_its_old_head(tmp_path):
 # -- the command ----------------------------------------------------------------------------------------------------
 
 
-def _cli_verify(location, *options: str, env_key: bytes | None = None) -> subprocess.CompletedProcess:
+def _cli_verify(*arguments, env_key: bytes | None = None) -> subprocess.CompletedProcess:
     import os
 
     env = {k: v for k, v in os.environ.items() if k != audit.KEY_ENV}
     if env_key:
         env[audit.KEY_ENV] = env_key.decode()
-    return subprocess.run([sys.executable, "-m", "cli", "audit", "verify", str(location), *options],
+    return subprocess.run([sys.executable, "-m", "cli", "audit", "verify", *map(str, arguments)],
                           capture_output=True, text=True, cwd=REPO_ROOT, env=env)
 
 
@@ -312,6 +312,14 @@ def test_narrator_audit_verify_reports_keyed_records_and_names_an_edit(tmp_path)
     edited = _tampered(path, [lines[0], lines[1].replace('"i": 1', '"i": 4'), lines[2]], "edited.jsonl")
     done = _cli_verify(edited, "--key-file", str(key_file))
     assert done.returncode == 2 and "edited.jsonl line 2 was edited" in done.stderr
+
+
+def test_narrator_audit_verify_takes_the_key_file_from_the_settings(tmp_path):
+    path = _log(tmp_path, 2)
+    key_file = tmp_path / "serving-audit.key"
+    key_file.write_bytes(KEY)
+    done = _cli_verify("--set", f"serving.audit_log={path}", "--set", f"serving.audit_key_file={key_file}")
+    assert done.returncode == 0 and "2 sealed with the audit key" in done.stdout
 
 
 # -- PostgreSQL -----------------------------------------------------------------------------------------------------
