@@ -328,11 +328,18 @@ class FileLog:
             if size <= head.size_bytes:  # as the head says, or cut off: continue from the head so the gap shows
                 return head.seq, head.mac
             handle.seek(head.size_bytes)  # written after the head (a crash between the two writes): read only that
-            tail = handle.read(size - head.size_bytes).decode("utf-8", "replace").splitlines()
+            data = handle.read(size - head.size_bytes)
+            if not data.endswith(b"\n"):  # a torn line: the append writing it never returned, so drop it
+                data = data[:data.rfind(b"\n") + 1]
+                handle.truncate(head.size_bytes + len(data))
+            tail = data.decode("utf-8", "replace").splitlines()
             start = head.seq
         else:  # no head, or one from before heads held sizes: read the log once
             handle.seek(0)
-            tail = handle.read().decode("utf-8", "replace").splitlines()
+            data = handle.read()
+            if data and not data.endswith(b"\n"):  # end the last line (verify names it if it is torn)
+                handle.write(b"\n")
+            tail = data.decode("utf-8", "replace").splitlines()
             start = 0
         if not tail:
             return (head.seq, head.mac) if head is not None and head.size_bytes is not None else (0, GENESIS_SHA256)

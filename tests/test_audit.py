@@ -104,6 +104,15 @@ def test_an_append_after_a_crash_between_line_and_head_continues_from_the_newest
     assert audit.verify(path, KEY).records == 5
 
 
+def test_an_append_after_a_torn_write_drops_the_torn_line(tmp_path):
+    path = _log(tmp_path, 2)
+    with open(path, "ab") as handle:
+        handle.write(b'{"event": "half a rec')  # a crash in the middle of writing line 3
+    audit.append(path, {"event": "next"}, KEY)
+    assert [r["event"] for r in audit.read(path, KEY)] == ["registered", "registered", "next"]
+    assert audit.verify(path, KEY).records == 3
+
+
 def test_appends_after_records_were_cut_off_keep_the_gap_visible(tmp_path):
     path = _log(tmp_path, 4)
     path.write_text("\n".join(_lines(path)[:2]) + "\n")  # records 3 and 4 cut off; the head still names 4
