@@ -231,10 +231,10 @@ class _Chain:
             if new_seen:
                 raise AuditError(f"{here} is in the old format after records with seq and mac: it was inserted or "
                                  f"edited; {restore}")
-            previous = f"line {i - 1} and " if i > 1 else ""
-            raise AuditError(f"{here} does not chain to the line before it: the chain breaks between {previous}"
-                             f"{here} (a line was edited, inserted or deleted there; old-format records carry no "
-                             f"sequence numbers to tell which); {restore}")
+            place = f"between line {i - 1} and {here}" if i > 1 else f"before {here}"
+            raise AuditError(f"{here} does not chain to the line before it: the chain breaks {place} (a line was "
+                             "edited, inserted or deleted there; old-format records carry no sequence numbers to "
+                             f"tell which); {restore}")
         if entry.seq > seq:
             missing = f"record {seq} was" if entry.seq == seq + 1 else f"records {seq} to {entry.seq - 1} were"
             raise AuditError(f"{missing} deleted before {here} (it is record {entry.seq}, but record {seq} was "
@@ -242,6 +242,8 @@ class _Chain:
         if entry.seq < seq:
             raise AuditError(f"{here} was inserted: it claims to be record {entry.seq}, which the log already "
                              f"holds; remove it or {restore}")
+        if i == 1:
+            raise AuditError(f"{here} was edited: its prev_mac does not start a chain; {restore}")
         raise AuditError(f"{self.where(i - 1)} was edited and its mac recomputed: {here} still chains to the "
                          f"original; {restore}")
 
