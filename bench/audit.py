@@ -4,8 +4,8 @@ An append reads only the log's head (seq, mac, size) and writes one line (fsync)
 not grow with the log: the goal is 100k/1k within 1.5x. For comparison, "before" is the append this replaced,
 which re-read the whole file (`--before` appends per size; 0 skips it). The logs are written directly in the valid
 keyed format (`narrator.audit.new_line`), not through 100k fsynced appends; each measured append is then
-timed on its own, taking the logs in turn so that each size meets the same load. With `--postgres URL` the same for a PostgreSQL table (rows loaded with COPY; each append is
-one transaction that locks the head row).
+timed on its own, taking the logs in turn so that each size meets the same load. With `--postgres URL` the same
+for a PostgreSQL table (rows loaded with COPY; each append is one transaction that locks the head row).
 
     python -m bench.audit [--sizes 1000 100000] [--appends 300] [--before 20] [--postgres postgresql://...]
 """
