@@ -295,6 +295,17 @@ class ServingConfig(_Section):
                                              description="output sample rates a request may ask for")
     result_cache_items: int = Field(16, ge=0, description="seeded syntheses kept to re-encode in another format")
     bentofile: str = Field("bentofile.yaml", description="what `narrator package VOICE` builds the bento from")
+    state_url: str | None = Field(None, description="shared state of every worker and replica: redis://HOST:6379/0 "
+                                                    "keeps API keys and rate-limit buckets in Redis (password from "
+                                                    "$NARRATOR_STATE_PASSWORD); None: keys_file and a bucket file "
+                                                    "beside it, shared by the workers of one machine")
+
+    @model_validator(mode="after")
+    def _state_url_is_redis(self) -> ServingConfig:
+        if self.state_url is not None and not self.state_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"serving.state_url {self.state_url!r} is not a Redis URL: use redis://HOST:6379/0 "
+                             "(rediss:// for TLS), or leave it unset for the local files")
+        return self
 
 
 class DemoConfig(_Section):
