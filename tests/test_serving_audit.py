@@ -74,3 +74,41 @@ def test_the_synthesis_record_holds_the_delivery(tmp_path):
     assert (record["event"], record["delivery"], record["bytes_sent"], record["seconds_sent"]) == (
         "synthesis", "aborted", 44, 0.0)
     assert record["chain"] == "hmac-sha256" and record["seq"] == 1
+
+
+@pytest.mark.services
+def test_two_service_workers_seal_their_records_into_one_postgres_audit_log(postgres_service, tmp_path):
+    """The service as replicas run it: serving.audit_log on PostgreSQL, $NARRATOR_AUDIT_KEY, two processes."""
+    import socket
+    import subprocess
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    from narrator import audit
+    from tests import services
+    from tests.conftest import REPO_ROOT
+    from tests.deployment import build_small_deployment, running_service
+
+    url = services.create_database(postgres_service, "serving_audit_workers") + "?table=serving_audit"
+    deployment = build_small_deployment(tmp_path / "deployment", {"serving": {"audit_log": url, "workers": 2}})
+    key = "audit-key-of-the-two-workers-0123"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with running_service({**deployment.env(port), audit.KEY_ENV: key}, port, tmp_path / "serve.log") as base:
+        def speak(i: int) -> int:
+            return httpx.post(f"{base}/v1/speech", headers={"Authorization": f"Bearer {deployment.keys['acme']}"},
+                              json={"voice": "alice", "text": f"Record number {i}.", "seed": i}, timeout=120
+                              ).status_code
+
+        with ThreadPoolExecutor(4) as pool:
+            assert list(pool.map(speak, range(6))) == [200] * 6
+    found = audit.verify(url, key.encode())
+    assert (found.records, found.keyed) == (6, 6)
+    records = audit.read(url, key.encode())
+    assert all(r["delivery"] == "completed" and r["voice"] == "alice" for r in records)
+    done = subprocess.run([sys.executable, "-m", "cli", "audit", "verify", url], capture_output=True, text=True,
+                          cwd=REPO_ROOT, env={**deployment.env(port), audit.KEY_ENV: key})
+    assert done.returncode == 0 and "6 records chained; 6 sealed with the audit key" in done.stdout
