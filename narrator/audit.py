@@ -527,6 +527,26 @@ class PostgresLog:
                 self._connection = None
 
 
+@contextmanager
+def postgres_lock(url: str, name: str) -> Iterator[None]:
+    """Hold the PostgreSQL advisory lock `name` in the database of `url` (a log URL) until the block ends: one
+    holder at a time on any machine; the server releases it if the holder dies (its connection closes)."""
+    import psycopg
+
+    conninfo, _ = postgres_table(url)
+    try:
+        connection = psycopg.connect(conninfo, autocommit=True)
+    except psycopg.OperationalError as error:
+        raise AuditError(f"cannot reach the database of {url.split('@')[-1]} to take the lock {name!r}: "
+                         f"{str(error).strip().splitlines()[0]}; check the URL and that PostgreSQL is up") from None
+    with connection:
+        connection.execute("SELECT pg_advisory_lock(hashtext(%s))", (name,))
+        try:
+            yield
+        finally:
+            connection.execute("SELECT pg_advisory_unlock(hashtext(%s))", (name,))
+
+
 # -- one interface over both ---------------------------------------------------------------------------------------
 
 

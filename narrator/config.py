@@ -213,7 +213,8 @@ class RegistryConfig(_Section):
     lock_file: str | None = Field(None, description="file whose lock lets one registration or approval at a time "
                                                    "decide voice ids, versions and promotions (on one machine or a "
                                                    "shared filesystem); None: beside the sqlite database, else "
-                                                   "beside audit_log")
+                                                   "beside audit_log (a postgresql:// audit_log: an advisory "
+                                                   "lock in its database, for several machines)")
     audit_key_file: str | None = Field(None, description="file holding the secret that seals audit_log's records "
                                                         "(HMAC-SHA256; e.g. a mounted secret); $NARRATOR_AUDIT_KEY "
                                                         "wins; None and no variable: unkeyed sha256 chain, not "

@@ -300,10 +300,22 @@ def registry_lock_path(params: Params) -> Path:
     return beside.expanduser().with_suffix(".lock")
 
 
+REGISTRY_LOCK_NAME = "narrator-registry"  # the advisory lock's name when the registry audit log is on PostgreSQL
+
+
 @contextmanager
 def registry_locked(params: Params) -> Iterator[None]:
     """One registration or approval at a time against this registry: voice ids, version numbers and the champion
-    move are decided under this lock, so concurrent pipelines neither share a voice id nor race a promotion."""
+    move are decided under this lock, so concurrent pipelines neither share a voice id nor race a promotion. With
+    no lock_file and no sqlite registry but the audit log on PostgreSQL, the lock is an advisory lock in that
+    database (pipelines on several machines)."""
+    from narrator.tracking import sqlite_database
+
+    if (params.registry.lock_file is None and sqlite_database(params.registry.tracking_uri) is None
+            and audit.is_postgres(params.registry.audit_log)):
+        with audit.postgres_lock(params.registry.audit_log, REGISTRY_LOCK_NAME):
+            yield
+        return
     path = registry_lock_path(params)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as handle, audit.exclusive(handle):

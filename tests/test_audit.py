@@ -410,3 +410,34 @@ def test_narrator_audit_verify_reads_a_postgres_url(audit_url):
     done = _cli_verify(audit_url, env_key=KEY)
     assert done.returncode == 0 and "table serving_audit: intact, 1 records chained; 1 sealed" in done.stdout
     assert "@" not in done.stdout.split(":", 1)[1].split("table")[0]  # no credentials printed
+
+
+@pytest.mark.services
+def test_registrations_on_several_machines_take_turns_on_the_audit_databases_lock(audit_url):
+    import threading
+    import time
+
+    from narrator.config import load_params
+    from narrator.registry import registry_locked
+
+    params = load_params(None, {"registry": {"tracking_uri": "http://mlflow.invalid:5000", "audit_log": audit_url}})
+    held_s, order = 0.5, []
+    entered = threading.Event()
+
+    def first() -> None:
+        with registry_locked(params):
+            entered.set()
+            order.append("first in")
+            time.sleep(held_s)
+            order.append("first out")
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    entered.wait(10)
+    started = time.perf_counter()
+    with registry_locked(params):  # another connection, as another machine would hold
+        waited_s = time.perf_counter() - started
+        order.append("second in")
+    thread.join()
+    assert order == ["first in", "first out", "second in"] and waited_s >= held_s / 2
+    assert not list(Path.cwd().glob("postgresql:*")), "no lock file was made from the URL"
