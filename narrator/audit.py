@@ -21,10 +21,12 @@ Where a log lives:
 - a file (the default): JSON lines; `FILE.head` holds the newest record's seq and mac and the log's size in
   bytes, written under the same lock (POSIX `flock` on the log) as the append. An append reads only the head and
   writes one line, whatever the log's length; when the head is missing or stale (a log from before heads held
-  sizes, a crash between the two writes) it reads what the head does not cover, once.
+  sizes, a crash between the two writes) it reads what the head does not cover, once; a torn last line beyond
+  the head (a crash mid-write: that append never returned) is dropped. Records cut off the end leave the head
+  where it was, so the next append continues from it and the gap stays visible. Move FILE and FILE.head together.
 - a PostgreSQL table: `postgresql://USER@HOST/DB?table=NAME` (table `narrator_audit` without `table`), created on
   first use, with a one-row `NAME_head` table that every append locks (`SELECT ... FOR UPDATE`): processes on
-  several machines append one at a time.
+  several machines append one at a time. The password comes from `$PGPASSWORD` (or ~/.pgpass), not params.yaml.
 
 Logs written before records carried seq and mac (lines with only `prev_sha256`, the sha256 of the line before)
 still read and verify, as unkeyed; new records continue their chain.
@@ -32,6 +34,7 @@ still read and verify, as unkeyed; new records continue their chain.
     append(log, {"event": "registered", ...}, key)  -> the new record's mac
     read(log, key)                                  -> every record, oldest first (AuditError when broken)
     verify(log, key)                                -> a Verification (AuditError naming the first bad record)
+    postgres_lock(url, name)                        -> an advisory lock in that database (the registry's lock)
 """
 
 from __future__ import annotations
