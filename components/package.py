@@ -157,19 +157,20 @@ def champion_bundle(voice: str, params: Params) -> tuple[int, str]:
 
 
 def _store_published_bundle(voice: str, version: int, model_tag: str, params: Params) -> None:
-    """Put the champion's bundle, fetched from the registry's artifact store (`serving.bundle_cache`), into this
-    machine's BentoML model store as `model_tag`."""
+    """Put the champion's bundle, fetched from the registry's artifact store into a temporary folder (checked by
+    digest), into this machine's BentoML model store as `model_tag`."""
     tags = champion(voice, params).tags
     uri, digest = tags.get(BUNDLE_URI_TAG), tags.get(BUNDLE_SHA256_TAG)
     if not (uri and digest):
         raise BentoBuildError(f"{model_tag} is not in the BentoML model store and the registry names no published "
                               f"bundle for it; package the voice again (`narrator package {voice} --version "
                               f"{version} ...`) or set package.bentoml_home")
-    try:
-        bundle = fetch_bundle(voice, version, uri, digest, params.serving.bundle_cache, params)
-    except BundleError as error:
-        raise BentoBuildError(str(error)) from None
-    save_to_store(bundle, model_tag, read_bundle_manifest(bundle), params)
+    with tempfile.TemporaryDirectory(prefix="narrator-bundle-") as cache:
+        try:
+            bundle = fetch_bundle(voice, version, uri, digest, cache, params)
+        except BundleError as error:
+            raise BentoBuildError(str(error)) from None
+        save_to_store(bundle, model_tag, read_bundle_manifest(bundle), params)
 
 
 def build_bento(voice: str, params: Params, bentofile: str | Path) -> BuiltBento:
