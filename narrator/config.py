@@ -217,6 +217,13 @@ class RegistryConfig(_Section):
                                                   "advisory lock, keyed by tracking_uri, lets one registration or "
                                                   "approval at a time decide across machines; needed when "
                                                   "tracking_uri is a server (http/https); None: the file lock")
+    lexicon: str | None = Field(None, description="the voice's pronunciation lexicon (lexicon.yaml, docs/lexicon.md; "
+                                                 "local or s3://) registered with each new version, tagged "
+                                                 "lexicon_sha256 and packaged in its bundle; None: none")
+    tenant_lexicons: dict[str, str] = Field(default_factory=dict, description="tenant: lexicon.yaml merged under "
+                                                                            "the voice's lexicon (the voice's "
+                                                                            "entries win) when registering for "
+                                                                            "that tenant (registry.tenant)")
 
     @model_validator(mode="after")
     def _lock_url_is_postgresql(self) -> "RegistryConfig":

@@ -50,6 +50,20 @@ def lookup(word: str) -> list[str] | None:
     return list(prons[0]) if prons else None
 
 
+def in_dictionary(word: str) -> bool:
+    """Whether CMUdict (or the everyday readings here) reads `word`, its possessive or contraction base included;
+    other words are guessed by rules."""
+    lower = word.lower()
+    if lower in _PREFERRED or lower == "ok" or cmu().get(lower):
+        return True
+    if lower.endswith("'s") and len(lower) > 2:
+        return in_dictionary(word[:-2])
+    if lower.endswith("s'") and len(lower) > 2:
+        return in_dictionary(word[:-1])
+    return any(lower.endswith(suffix) and len(lower) > len(suffix) and lookup(lower[:-len(suffix)])
+               for suffix in _CONTRACTIONS)
+
+
 def spell(word: str) -> list[str]:
     return [p for ch in word.lower() if ch in LETTERS for p in LETTERS[ch].split()]
 

@@ -33,6 +33,9 @@ EN_PHONES: tuple[str, ...] = tuple(p for p in (*_CONSONANTS, *(v + s for v in _V
 ZH_PHONES: tuple[str, ...] = tuple(s for s in symbols if re.fullmatch(r"(?:[a-z]+|E|En)[1-5]|[a-z]{1,2}|AA|EE|OO", s))
 _SYLLABLE = re.compile(r"([a-zü]+)([1-5])")
 NEAREST = 3  # valid symbols suggested for a bad phone
+# extended ARPAbet phones CMUdict (and the v2 table) spell otherwise: suggested first
+_EXTENDED = {"AX": "AH0", "IX": "IH0", "AXR": "ER0", "UX": "UW0", "DX": "T", "NX": "N", "EL": "AH0 L", "EM": "AH0 M",
+             "EN": "AH0 N", "Q": "T"}
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,8 @@ def _respeller(say: dict[str, str]):
 
 def _nearest(phone: str, table: tuple[str, ...]) -> str:
     close = difflib.get_close_matches(phone, table, n=NEAREST, cutoff=0.0)
+    if phone in _EXTENDED and table is EN_PHONES:
+        close = [f"{_EXTENDED[phone]!r} (extended ARPAbet {phone})", *close[:NEAREST - 1]]
     return ", ".join(close)
 
 
