@@ -8,7 +8,7 @@ from pathlib import Path
 
 from narrator.config import Params
 from narrator.errors import NarratorError
-from narrator.lexicon import Lexicon, load_lexicon, merge, registered_lexicon
+from narrator.lexicon import Lexicon, load_lexicon, merge
 
 MANUSCRIPT_SUFFIXES = (".txt", ".md", ".markdown")
 
@@ -38,6 +38,8 @@ def manuscript_text(path: str | Path) -> str:
 
 def _lexicon(voice: str | None, lexicon_file: str | None, params: Params) -> Lexicon | None:
     """The voice's registered lexicon (VOICE[@VERSION]) with `lexicon_file` over it (the edit being tried)."""
+    from components.register import registered_lexicon
+
     registered = None
     if voice:
         name, _, version = voice.partition("@")

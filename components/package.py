@@ -25,12 +25,13 @@ import yaml
 
 from components.evaluate import pick_reference
 from components.features import read_manifest, training_entries
+from components.register import registered_lexicon
 from narrator.bundle import (BUNDLE_SHA256_TAG, BUNDLE_URI_TAG, BundleError, BundleReference, fetch_bundle,
                              publish_bundle, save_to_store, store_tag, use_model_store, write_bundle)
 from narrator.bundle import read_manifest as read_bundle_manifest
 from narrator.config import Params
 from narrator.errors import NarratorError
-from narrator.lexicon import Lexicon, registered_lexicon
+from narrator.lexicon import Lexicon
 from narrator.log import get_logger
 from narrator.registry import (RegistryError, champion, format_payload, model_name, payload_for,
                                registry_client)

@@ -57,7 +57,7 @@ import yaml
 from components.watermark import WatermarkCheck
 from narrator import audit
 from narrator.config import Params
-from narrator.lexicon import LEXICON_ARTIFACTS, LEXICON_FILE, LEXICON_TAG, voice_lexicon
+from narrator.lexicon import LEXICON_ARTIFACTS, LEXICON_FILE, LEXICON_TAG, Lexicon, parse_lexicon, voice_lexicon
 from narrator.log import get_logger
 from narrator.registry import (CHALLENGER, CHAMPION, TENANT_TAG, UNKNOWN, RegistryError, actor, alias_version,
                                compose_payload, ensure_registered_model, format_payload, model_name, model_version,
@@ -513,6 +513,33 @@ def _log_register_run(client, params: Params, name: str, tags: dict[str, str], m
         raise
     client.set_terminated(run_id, "FINISHED")
     return run_id
+
+
+def registered_lexicon(voice: str, version: int | None, params: Params) -> Lexicon | None:
+    """The lexicon registered with `version` of `voice` (None: its champion, else its newest version), read from
+    the register run's artifacts and checked against the version's `lexicon_sha256`; None when it has none."""
+    client = registry_client(params)
+    name = model_name(voice, params)
+    model = registered_model(client, name, voice)
+    if version is None:
+        version = alias_version(model, CHAMPION) or max(
+            (int(v.version) for v in client.search_model_versions(f"name = '{name}'")), default=None)
+        if version is None:
+            raise RegistryError(f"{name} has no versions yet; register the voice first (`narrator register {voice} "
+                                "...`)")
+    found = model_version(client, name, version)
+    digest = found.tags.get(LEXICON_TAG)
+    if not digest:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(client.download_artifacts(found.run_id, f"{LEXICON_ARTIFACTS}/{LEXICON_FILE}", tmp))
+        text = local.read_text(encoding="utf-8")
+    lexicon = parse_lexicon(text, f"{name} v{version} {LEXICON_FILE}")
+    if lexicon.sha256 != digest:
+        raise RegistryError(f"the lexicon of {name} v{version} has sha256 {lexicon.sha256[:12]}, but the version was "
+                            f"registered with {digest[:12]} ({LEXICON_TAG}): the artifact changed; register the voice "
+                            "again with its lexicon")
+    return lexicon
 
 
 def approve(voice: str, version: int, by: str, params: Params) -> Registration:

@@ -157,35 +157,3 @@ def voice_lexicon(params: Params, lexicon_file: str | Path | None = None) -> Lex
     tenant_path = reg.tenant_lexicons.get(reg.tenant) if reg.tenant else None
     tenant = load_lexicon(fetch(tenant_path, params.storage, "registry.tenant_lexicons")) if tenant_path else None
     return merge(tenant, voice)
-
-
-def registered_lexicon(voice: str, version: int | None, params: Params) -> Lexicon | None:
-    """The lexicon registered with `version` of `voice` (None: its champion, else its newest version), read from
-    the register run's artifacts and checked against the version's `lexicon_sha256`; None when it has none."""
-    import tempfile
-
-    from narrator.registry import (CHAMPION, RegistryError, alias_version, model_name, model_version,
-                                   registered_model, registry_client)
-
-    client = registry_client(params)
-    name = model_name(voice, params)
-    model = registered_model(client, name, voice)
-    if version is None:
-        version = alias_version(model, CHAMPION) or max(
-            (int(v.version) for v in client.search_model_versions(f"name = '{name}'")), default=None)
-        if version is None:
-            raise RegistryError(f"{name} has no versions yet; register the voice first (`narrator register {voice} "
-                                "...`)")
-    found = model_version(client, name, version)
-    digest = found.tags.get(LEXICON_TAG)
-    if not digest:
-        return None
-    with tempfile.TemporaryDirectory() as tmp:
-        local = Path(client.download_artifacts(found.run_id, f"{LEXICON_ARTIFACTS}/{LEXICON_FILE}", tmp))
-        text = local.read_text(encoding="utf-8")
-    lexicon = parse_lexicon(text, f"{name} v{version} {LEXICON_FILE}")
-    if lexicon.sha256 != digest:
-        raise LexiconError(f"the lexicon of {name} v{version} has sha256 {lexicon.sha256[:12]}, but the version was "
-                           f"registered with {digest[:12]} ({LEXICON_TAG}): the artifact changed; register the voice "
-                           "again with its lexicon")
-    return lexicon

@@ -79,6 +79,7 @@ def find_guesses(text: str, language: str = "auto", lexicon: PhoneLexicon | None
     if lexicon is not None:
         text = lexicon.respell(text)
     found: dict[tuple[str, str], Guess] = {}
+    first: dict[tuple[str, str], int] = {}  # offset of each guess's first occurrence
     offset = 0
     pieces = split_languages(text, language)
     folded = "".join(raw for _, raw in pieces)
@@ -99,6 +100,7 @@ def find_guesses(text: str, language: str = "auto", lexicon: PhoneLexicon | None
                 kind = _classify(word)
                 if kind is None:
                     continue
+                first[key] = offset + match.start()
                 found[key] = Guess(word, kind[0], 1, _context(folded, offset + match.start(), offset + match.end()),
                                    en_g2p.word_to_phones(word), word, kind[1])
         for match in _NUMBER_RE.finditer(raw):
@@ -110,8 +112,9 @@ def find_guesses(text: str, language: str = "auto", lexicon: PhoneLexicon | None
                 found[key].count += 1
                 continue
             reading = normalize(token, seg_lang)
+            first[key] = offset + match.start()
             found[key] = Guess(token, "ambiguous_number", 1,
                                _context(folded, offset + match.start(), offset + match.end()),
                                g2p(token, seg_lang).phones, reading, _NUMBER_NOTES[match.lastgroup])
         offset += len(raw)
-    return list(found.values())
+    return [found[key] for key in sorted(found, key=first.__getitem__)]
