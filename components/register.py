@@ -141,6 +141,8 @@ class Lineage:
             lines.append(f"               failed gates: {e['failed_gates']}")
         lines.append(f"  registry     version {self.version}, payload {r.get('payload_hex')}, register run "
                      f"{r.get('run_id')}, registered by {r.get('registered_by')} at {r.get('registered_at')}")
+        if r.get(LEXICON_TAG):
+            lines.append(f"               pronunciation lexicon sha256 {r[LEXICON_TAG]}")
         if r.get("promoted_by"):
             lines.append(f"               promoted by {r['promoted_by']} at {r.get('promoted_at')}")
         if r.get("pending_approval") == "true":

@@ -67,13 +67,6 @@ class Lexicon:
     def __len__(self) -> int:
         return len(self.entries)
 
-    def find(self, word: str) -> Entry | None:
-        """The entry for `word` as it appears in a text: its exact key, else a lower-case key matching it."""
-        entry = self.entries.get(word)
-        if entry is None and word.lower() != word:
-            entry = self.entries.get(word.lower())
-        return entry
-
     def to_yaml(self) -> str:
         """The entries as lexicon.yaml text (what a merged lexicon is registered as)."""
         body = {e.word: {e.kind: e.value, **({"language": e.language} if e.language else {})}

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cli.main import main
-from components.register import registered_lexicon
+from components.register import lineage, registered_lexicon
 from models.text import g2p, prepare_for_synthesis
 from models.text.lexicon import compile_lexicon
 from narrator.lexicon import LEXICON_TAG, LexiconError, load_lexicon, parse_lexicon
@@ -96,6 +96,7 @@ def test_a_phone_outside_the_table_is_refused_naming_the_word_the_phone_and_the_
     ('你好: {pinyin: "ni hao3"}', "tone digit"),
     ('你好: {pinyin: "ni3 hx3"}', "nearest valid symbols"),
     ('你好: {phones: "N IY1 HH AW1"}', "give it pinyin"),
+    ('Jean-Luc: {phones: "ZH AA1 N L UW1 K"}', "give each part its own entry"),
 ])
 def test_a_bad_entry_is_refused_with_what_to_fix(entry, named):
     with pytest.raises(LexiconError, match=named):
@@ -167,6 +168,7 @@ def test_registration_logs_the_lexicon_and_tags_its_digest(steps, tmp_path, caps
 
     tags = _client(steps).get_model_version("narrator-lexicon-voice", str(done.version)).tags
     assert tags[LEXICON_TAG] == load_lexicon(lexicon).sha256
+    assert f"lexicon sha256 {tags[LEXICON_TAG]}" in lineage("lexicon-voice", done.version, params).to_text()
     assert registered_lexicon("lexicon-voice", done.version, params).text == lexicon.read_text()
     book = write(tmp_path / "book.txt", MANUSCRIPT)
     params_file = write(tmp_path / "params.yaml", json.dumps({"registry": {"tracking_uri": steps.uri}}))

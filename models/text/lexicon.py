@@ -32,6 +32,7 @@ EN_PHONES: tuple[str, ...] = tuple(p for p in (*_CONSONANTS, *(v + s for v in _V
 #: The Mandarin phones pinyin becomes: initials (and the pseudo-initials AA/EE/OO) and finals with tones 1-5
 ZH_PHONES: tuple[str, ...] = tuple(s for s in symbols if re.fullmatch(r"(?:[a-z]+|E|En)[1-5]|[a-z]{1,2}|AA|EE|OO", s))
 _SYLLABLE = re.compile(r"([a-zü]+)([1-5])")
+_READABLE_KEY = re.compile(rf"[A-Za-z]+(?:'[A-Za-z]+)*|[{_CJK}]+")  # what the G2P sees as one word
 NEAREST = 3  # valid symbols suggested for a bad phone
 # extended ARPAbet phones CMUdict (and the v2 table) spell otherwise: suggested first
 _EXTENDED = {"AX": "AH0", "IX": "IH0", "AXR": "ER0", "UX": "UW0", "DX": "T", "NX": "N", "EL": "AH0 L", "EM": "AH0 M",
@@ -147,6 +148,9 @@ def compile_lexicon(lexicon: Lexicon | None) -> PhoneLexicon | None:
     phones: dict[str, tuple[str, ...]] = {}
     say: dict[str, str] = {}
     for word, entry in lexicon.entries.items():
+        if entry.kind != "say" and not _READABLE_KEY.fullmatch(word):
+            raise LexiconError(f"{source}: {word!r} is not one word the front-end reads (letters and apostrophes, or "
+                               "Chinese characters): give each part its own entry, or respell it with say")
         if entry.kind == "phones":
             if entry.language == "zh":
                 raise LexiconError(f"{source}: {word!r} is marked language zh but gives ARPAbet phones; give pinyin")
