@@ -28,13 +28,16 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 import torch
 
 from narrator.config import Params
 from narrator.errors import NarratorError
+
+if TYPE_CHECKING:
+    from models.text.lexicon import PhoneLexicon
 
 REFERENCE_MIN_S, REFERENCE_MAX_S = 3.0, 10.0  # the official limits on the reference clip
 SAMPLE_RATE_HZ = 32000
@@ -134,9 +137,10 @@ def sentence_seed(seed: int, index: int) -> int:
 class Synthesizer:
     """One SoVITS + one GPT (+ the HuBERT, BERT and sv front models) turned into a text-to-speech engine."""
 
-    def __init__(self, sovits, gpt, hubert=None, bert=None, sv_model=None, lexicon=None) -> None:
+    def __init__(self, sovits, gpt, hubert=None, bert=None, sv_model=None,
+                 lexicon: PhoneLexicon | None = None) -> None:
         self.sovits, self.gpt, self.hubert, self.bert, self.sv_model = sovits.eval(), gpt.eval(), hubert, bert, sv_model
-        self.lexicon = lexicon  # the voice's pronunciation lexicon (models.text.lexicon.PhoneLexicon) or None
+        self.lexicon = lexicon  # the voice's pronunciation lexicon, applied to every text it reads (None: none)
         self.device = next(sovits.parameters()).device
         self.mode = "as loaded"  # until prepare()
         if sovits.is_pro and sv_model is None:
@@ -366,7 +370,8 @@ class FrontModels:
 
 def load_synthesizer(sovits_path: str | Path, gpt_path: str | Path, params: Params,
                      device: str | torch.device = "auto", fronts: FrontModels | None = None,
-                     base_models: dict[str, str | None] | None = None, lexicon=None) -> Synthesizer:
+                     base_models: dict[str, str | None] | None = None,
+                     lexicon: PhoneLexicon | None = None) -> Synthesizer:
     """A voice's synthesizer from its two files (local paths or s3:// URIs), on `device`, prepared for
     `inference.mode`. The front models come from `base_models` (a bundle's `base_models`) where it names them,
     else from `pretrained.*`; `fronts` shares them between voices. `lexicon`: the voice's pronunciation lexicon
