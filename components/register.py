@@ -592,7 +592,7 @@ def lineage(voice: str, version: int | None, params: Params) -> Lineage:
     mv = model_version(client, name, version)
     t = mv.tags
     try:
-        records = [r for r in audit.read(params.registry.audit_log)
+        records = [r for r in audit.read(params.registry.audit_log, audit.load_key(params.registry.audit_key_file))
                    if r.get("model") == name and r.get("version") == version]
         problem = None
     except audit.AuditError as error:
