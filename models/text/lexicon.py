@@ -48,9 +48,11 @@ class PhoneLexicon:
     phones: dict[str, tuple[str, ...]] = field(default_factory=dict)
     say: dict[str, str] = field(default_factory=dict)
     _respell: object = field(default=None, init=False, repr=False, compare=False)
+    _chinese: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_respell", _respeller(self.say) if self.say else None)
+        object.__setattr__(self, "_chinese", {w: p for w, p in self.phones.items() if _CJK_RE.search(w)})
 
     @property
     def sha256(self) -> str:
@@ -65,7 +67,7 @@ class PhoneLexicon:
 
     def chinese_words(self) -> dict[str, tuple[str, ...]]:
         """The Chinese-character words with their phones (2 per character), for the zh G2P."""
-        return {word: phones for word, phones in self.phones.items() if _CJK_RE.search(word)}
+        return self._chinese
 
     def respell(self, text: str) -> str:
         """`text` with every `say` word replaced by its respelling (whole words only)."""
