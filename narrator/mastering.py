@@ -1,0 +1,556 @@
+"""Publishable chapter audio: mastering to the ACX (Audible) audio submission requirements, and the files of a book.
+
+ACX asks of every chapter file: 0.5-1 s of room tone at the head and 1-5 s at the tail, an RMS between -23 and
+-18 dB, sample peaks at or below -3 dBFS, a noise floor at or below -60 dB, and MP3 at 192 kbps CBR, 44.1 kHz.
+The limits and targets live in `params.yaml` (`mastering:`, `MasteringConfig`, also known here as
+`MasteringSettings`).
+
+Conventions (the ones ACX's own checks use): levels are dBFS of the samples, full scale = 1.0.
+* RMS: `20*log10(sqrt(mean(x**2)))` over the whole file (every channel, room tone included; unweighted).
+* Peak: `20*log10(max |x|)`, sample peak (not true peak).
+* Noise floor: the RMS of the quietest `noise_floor_window_s` (0.5 s) window of the file.
+* Head / tail room tone: how long the level of 10 ms frames (their RMS) stays below `room_tone_threshold_db`
+  (-50 dB) from the start / before the end.
+
+`master_chapter` turns any mono audio (any rate, any level, DC offset, noise, clipping) into a 44.1 kHz float32
+master that meets these limits: resample, high-pass (DC, rumble), a downward expander on the quiet frames between
+sentences, edge silence trimmed, seeded room tone laid under the whole chapter (quiet, never digital silence),
+`room tone | chapter | room tone`, then gain to the target RMS and a look-ahead peak limiter, repeated until the
+RMS settles. Everything is deterministic: the same input gives the same bytes.
+
+`measure_acx` measures a file (or samples) independently of how it was made; `AcxMeasurement.problems()` lists
+the limits it fails. The writers (`write_wav_master`, `write_mp3`, `write_m4b`, `write_vtt`) write atomically
+(a temporary name, then a rename) and byte-identically on reruns (ffmpeg runs with bitexact flags).
+
+The watermark and the mastering chain (order matters; tests/test_mastering.py checks it):
+    1. synthesize the chapter, 2. `master_chapter`, 3. embed the voice's watermark into the 44.1 kHz master
+    (`models.watermark.embed`), 4. `relimit` (the mark may lift a peak a hair over the ceiling; limiting by a
+    fraction of a dB leaves the mark intact), 5. `write_wav_master` / `write_mp3` / `write_m4b`.
+    FINDING: see the note in `WATERMARK_ORDER` below (measured by the tests).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+from scipy.ndimage import maximum_filter1d, minimum_filter1d, uniform_filter1d
+from scipy.signal import butter, sosfiltfilt
+
+from narrator.config import MasteringConfig
+from narrator.errors import MissingDependency, NarratorError, OutputError
+from narrator.storage import output_error, temporary_name
+
+MasteringSettings = MasteringConfig  # the name the narration code uses; params.yaml `mastering:`
+
+WATERMARK_ORDER = """\
+Watermark first, master second, or master first, watermark second? (measured in tests/test_mastering.py)
+Recommended: master_chapter -> models.watermark.embed on the 44.1 kHz master -> relimit -> write files (MP3).
+The mark then meets only a sub-dB limiter pass and the MP3 codec, both of which it survives with its payload.
+"""
+
+FRAME_S = 0.01  # level analysis frames: gate, edge trimming, room-tone measurement (441 samples at 44.1 kHz)
+SPEECH_PERCENTILE = 95.0  # the speech level of a chapter: this percentile of its frame levels
+NOISE_PERCENTILE = 10.0  # the noise level between its sentences: this percentile of its frame levels
+DIGITAL_SILENCE_DB = -100.0  # frames quieter than this are digital silence: left out of the percentiles
+MAX_GATE_DEPTH_DB = 80.0  # the expander attenuates by at most this much
+HIGHPASS_ORDER = 2  # Butterworth order of the DC/rumble filter (run forwards and backwards: zero phase)
+ROOM_TONE_BAND_HZ = (100.0, 6000.0)  # the room tone's noise is band-limited like a quiet room's
+MASTER_SUBTYPE = "PCM_16"  # WAV master: 16-bit PCM
+FFMPEG_STDERR_LINES = 15  # the tail of ffmpeg's stderr quoted in an error
+STREAM_BLOCK_FRAMES = 1 << 18  # frames per block when streaming chapters into ffmpeg
+_TINY = 1e-12
+# MPEG-1 Layer III frame headers: bitrate index -> kbps, sample-rate index -> Hz
+_MP3_BITRATES_KBPS = (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)
+_MP3_RATES_HZ = (44100, 48000, 32000)
+
+
+class MasteringError(NarratorError):
+    """Chapter audio cannot be mastered or a book file cannot be written (silent input, bad cues, ffmpeg failed)."""
+
+
+class FfmpegError(MasteringError):
+    """ffmpeg refused to encode; the message quotes the end of its stderr."""
+
+
+def db(value: float) -> float:
+    """20*log10(value), with digital silence as -inf rather than an error."""
+    return 20.0 * math.log10(value) if value > 0 else -math.inf
+
+
+def amplitude(level_db: float) -> float:
+    return 10.0 ** (level_db / 20.0)
+
+
+# ------------------------------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class MasteredAudio:
+    """A mastered chapter: float32 mono `samples` at `sample_rate_hz` (44.1 kHz), with its measured levels.
+
+    `head_s` / `tail_s`: room tone added before / after the chapter's audio. `trimmed_head_s`: silence cut from the
+    start of the input. A time `t` (s) in the input is at `output_time_s(t)` in the master (caption timestamps)."""
+
+    samples: np.ndarray
+    sample_rate_hz: int
+    head_s: float
+    tail_s: float
+    trimmed_head_s: float
+    rms_db: float
+    peak_db: float
+    noise_floor_db: float
+
+    @property
+    def duration_s(self) -> float:
+        return self.samples.size / self.sample_rate_hz
+
+    def output_time_s(self, input_s: float) -> float:
+        """Where input time `input_s` lies in the master: shifted by the trimmed silence and the head room tone,
+        kept inside the chapter's audio."""
+        body_s = self.duration_s - self.head_s - self.tail_s
+        return self.head_s + min(max(input_s - self.trimmed_head_s, 0.0), body_s)
+
+
+@dataclass(frozen=True)
+class AcxMeasurement:
+    """A chapter file measured the way ACX checks it (conventions in the module docstring). `bitrate_kbps` and
+    `constant_bitrate` are None for anything but MP3."""
+
+    rms_db: float
+    peak_db: float
+    noise_floor_db: float
+    head_room_tone_s: float
+    tail_room_tone_s: float
+    sample_rate_hz: int
+    channels: int
+    duration_s: float
+    bitrate_kbps: float | None = None
+    constant_bitrate: bool | None = None
+    codec: str | None = field(default=None)
+
+    def problems(self, settings: MasteringConfig | None = None) -> list[str]:
+        """Each ACX limit this file fails, in words (empty: it passes)."""
+        s = settings or MasteringConfig()
+        found = []
+        if not s.min_rms_db <= self.rms_db <= s.max_rms_db:
+            found.append(f"RMS {self.rms_db:.1f} dB outside {s.min_rms_db:g}..{s.max_rms_db:g} dB")
+        if self.peak_db > s.max_peak_dbfs:
+            found.append(f"peak {self.peak_db:.2f} dBFS above {s.max_peak_dbfs:g} dBFS")
+        if self.noise_floor_db > s.max_noise_floor_db:
+            found.append(f"noise floor {self.noise_floor_db:.1f} dB above {s.max_noise_floor_db:g} dB")
+        if self.noise_floor_db < DIGITAL_SILENCE_DB:
+            found.append("the room tone is digital silence (ACX rejects it): lay room tone under the chapter")
+        if not s.min_head_room_tone_s <= self.head_room_tone_s <= s.max_head_room_tone_s:
+            found.append(f"head room tone {self.head_room_tone_s:.2f} s outside "
+                         f"{s.min_head_room_tone_s:g}..{s.max_head_room_tone_s:g} s")
+        if not s.min_tail_room_tone_s <= self.tail_room_tone_s <= s.max_tail_room_tone_s:
+            found.append(f"tail room tone {self.tail_room_tone_s:.2f} s outside "
+                         f"{s.min_tail_room_tone_s:g}..{s.max_tail_room_tone_s:g} s")
+        if self.sample_rate_hz != s.sample_rate_hz:
+            found.append(f"sample rate {self.sample_rate_hz} Hz, not {s.sample_rate_hz} Hz")
+        if self.bitrate_kbps is not None and self.bitrate_kbps < s.mp3_bitrate_kbps:
+            found.append(f"MP3 bitrate {self.bitrate_kbps:g} kbps below {s.mp3_bitrate_kbps} kbps")
+        if self.constant_bitrate is False:
+            found.append("MP3 is not constant bitrate (CBR)")
+        return found
+
+
+# ------------------------------------------------------------------------------------------------ measuring
+
+
+def _frame_levels_db(samples: np.ndarray, frame: int) -> np.ndarray:
+    """RMS level (dB) of consecutive `frame`-sample frames of `(channels, n)` audio; the last frame may be short."""
+    n = samples.shape[-1]
+    count = -(-n // frame)
+    power = np.zeros(count)
+    squares = np.sum(np.asarray(samples, np.float64).reshape(-1, n) ** 2, axis=0)
+    np.add.at(power, np.arange(n) // frame, squares)
+    sizes = np.full(count, float(frame * samples.reshape(-1, n).shape[0]))
+    sizes[-1] = (n - (count - 1) * frame) * samples.reshape(-1, n).shape[0]
+    return 10.0 * np.log10(np.maximum(power / sizes, _TINY ** 2))
+
+
+def _quietest_window_db(samples: np.ndarray, sample_rate_hz: int, window_s: float) -> float:
+    flat = np.asarray(samples, np.float64).reshape(-1, samples.shape[-1])
+    squares = np.mean(flat ** 2, axis=0)
+    window = min(squares.size, max(1, int(round(window_s * sample_rate_hz))))
+    hop = max(1, int(round(FRAME_S * sample_rate_hz)))
+    sums = np.concatenate([[0.0], np.cumsum(squares)])
+    starts = np.arange(0, squares.size - window + 1, hop)
+    power = (sums[starts + window] - sums[starts]) / window
+    return 10.0 * math.log10(max(float(power.min()), 0.0)) if power.min() > 0 else -math.inf
+
+
+def _edge_run_s(levels_db: np.ndarray, threshold_db: float, frame_s: float) -> tuple[float, float]:
+    """Seconds from the start / before the end during which every frame stays below `threshold_db`."""
+    loud = np.flatnonzero(levels_db >= threshold_db)
+    if loud.size == 0:
+        return float(levels_db.size * frame_s), float(levels_db.size * frame_s)
+    return float(loud[0] * frame_s), float((levels_db.size - 1 - loud[-1]) * frame_s)
+
+
+def measure_acx(path_or_samples: str | os.PathLike | np.ndarray, sample_rate_hz: int | None = None,
+                settings: MasteringConfig | None = None) -> AcxMeasurement:
+    """Measure a chapter file (wav, mp3, m4b ...: decoded as any player would) or float samples `(n,)` /
+    `(channels, n)` (then `sample_rate_hz` is needed) the way ACX does. MP3 files also get their bitrate and whether
+    every frame has the same one (CBR), read from the frame headers."""
+    s = settings or MasteringConfig()
+    bitrate, constant, codec = None, None, None
+    if isinstance(path_or_samples, np.ndarray):
+        if sample_rate_hz is None:
+            raise MasteringError("measure_acx: samples need their sample_rate_hz")
+        samples = np.atleast_2d(np.asarray(path_or_samples, np.float64))
+        rate = int(sample_rate_hz)
+    else:
+        from narrator.audiofile import read_audio
+
+        path = Path(path_or_samples)
+        audio = read_audio(path)
+        samples, rate = audio.samples.astype(np.float64), audio.sample_rate_hz
+        if path.suffix.lower() == ".mp3":
+            bitrates = mp3_frame_bitrates_kbps(path)
+            if bitrates:
+                bitrate, constant, codec = float(np.mean(bitrates)), len(set(bitrates)) == 1, "mp3"
+    if samples.size == 0:
+        raise MasteringError("measure_acx: there is no audio to measure")
+    frame = max(1, int(round(FRAME_S * rate)))
+    head_s, tail_s = _edge_run_s(_frame_levels_db(samples, frame), s.room_tone_threshold_db, frame / rate)
+    return AcxMeasurement(
+        rms_db=db(float(np.sqrt(np.mean(samples ** 2)))), peak_db=db(float(np.max(np.abs(samples)))),
+        noise_floor_db=_quietest_window_db(samples, rate, s.noise_floor_window_s),
+        head_room_tone_s=head_s, tail_room_tone_s=tail_s, sample_rate_hz=rate, channels=samples.shape[0],
+        duration_s=samples.shape[1] / rate, bitrate_kbps=bitrate, constant_bitrate=constant, codec=codec)
+
+
+def mp3_frame_bitrates_kbps(path: str | os.PathLike) -> list[int]:
+    """The bitrate of every MPEG-1 Layer III frame of an MP3 file, read from the frame headers (an ID3v2 tag at
+    the start is skipped). Empty when the file holds no such frames (MPEG-2 rates, not an MP3)."""
+    data = Path(path).read_bytes()
+    pos = 0
+    if data[:3] == b"ID3" and len(data) >= 10:
+        pos = 10 + ((data[6] & 0x7F) << 21 | (data[7] & 0x7F) << 14 | (data[8] & 0x7F) << 7 | (data[9] & 0x7F))
+    bitrates = []
+    while pos + 4 <= len(data):
+        b1, b2, b3 = data[pos + 1], data[pos + 2], data[pos + 3]
+        if data[pos] != 0xFF or (b1 & 0xFE) != 0xFA:  # sync, MPEG-1, Layer III (either CRC setting)
+            break
+        rate_index, bitrate_index = (b2 >> 2) & 0x3, b2 >> 4
+        if rate_index == 3 or bitrate_index in (0, 15):
+            break
+        kbps = _MP3_BITRATES_KBPS[bitrate_index]
+        bitrates.append(kbps)
+        pos += 144000 * kbps // _MP3_RATES_HZ[rate_index] + ((b2 >> 1) & 1)
+        del b3
+    return bitrates
+
+
+# ----------------------------------------------------------------------------------------------- mastering
+
+
+def _mono_float64(samples: np.ndarray) -> np.ndarray:
+    audio = np.asarray(samples, np.float64)
+    if audio.ndim == 2:
+        audio = audio.mean(axis=0)
+    if audio.ndim != 1:
+        raise MasteringError(f"chapter audio must be (samples,) or (channels, samples), not shape {audio.shape}")
+    if not np.all(np.isfinite(audio)):
+        raise MasteringError("chapter audio holds NaN or infinite samples: the synthesis failed; regenerate it")
+    return audio
+
+
+def _gate_gain(audio: np.ndarray, frame: int, s: MasteringConfig) -> np.ndarray:
+    """Per-sample gain of the downward expander: frames below the threshold are pushed down by `gate_ratio`.
+
+    The threshold sits `gate_below_speech_db` under the speech level, rises to `gate_above_noise_db` over the
+    noise between sentences when that is louder, and stays `gate_min_below_speech_db` under the speech level. The
+    gain is held open around loud frames and ramped over `gate_smoothing_s`."""
+    levels = _frame_levels_db(audio, frame)
+    heard = levels[levels > DIGITAL_SILENCE_DB]
+    if heard.size == 0:
+        return np.ones_like(audio)
+    speech = float(np.percentile(heard, SPEECH_PERCENTILE))
+    noise = float(np.percentile(heard, NOISE_PERCENTILE))
+    threshold = min(max(speech - s.gate_below_speech_db, noise + s.gate_above_noise_db),
+                    speech - s.gate_min_below_speech_db)
+    gain_db = -np.minimum(np.maximum(threshold - levels, 0.0) * (s.gate_ratio - 1.0), MAX_GATE_DEPTH_DB)
+    span = max(1, int(round(s.gate_smoothing_s / FRAME_S))) | 1
+    gain_db = uniform_filter1d(maximum_filter1d(gain_db, span, mode="nearest"), span, mode="nearest")
+    centres = (np.arange(levels.size) + 0.5) * frame
+    return 10.0 ** (np.interp(np.arange(audio.size), centres, gain_db) / 20.0)
+
+
+def _limit(audio: np.ndarray, ceiling: float, window: int) -> np.ndarray:
+    """Look-ahead peak limiter: no sample above `ceiling`, the gain ramped over `window` samples around each peak.
+
+    The gain each sample needs is held at its minimum over the window, then averaged over the same window: every
+    sample's gain is then at or below the gain it needs, and the gain moves smoothly (no clipping)."""
+    needed = np.minimum(1.0, ceiling / np.maximum(np.abs(audio), _TINY))
+    if needed.min() >= 1.0:
+        return audio
+    window |= 1
+    gain = uniform_filter1d(minimum_filter1d(needed, window, mode="nearest"), window, mode="nearest")
+    return np.clip(audio * gain, -ceiling, ceiling)  # the clip only catches float rounding
+
+
+def _room_tone(n: int, sample_rate_hz: int, s: MasteringConfig) -> np.ndarray:
+    """`n` samples of seeded, band-limited noise at `room_tone_db` RMS."""
+    noise = np.random.default_rng(s.room_tone_seed).standard_normal(n)
+    high = min(ROOM_TONE_BAND_HZ[1], 0.45 * sample_rate_hz)
+    noise = sosfiltfilt(butter(2, (ROOM_TONE_BAND_HZ[0], high), btype="bandpass", fs=sample_rate_hz,
+                               output="sos"), noise)
+    return noise * (amplitude(s.room_tone_db) / max(float(np.sqrt(np.mean(noise ** 2))), _TINY))
+
+
+def _rms(audio: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(audio ** 2)))
+
+
+def master_chapter(samples: np.ndarray, sample_rate_hz: int, settings: MasteringConfig | None = None
+                   ) -> MasteredAudio:
+    """Master one chapter's audio (float, mono `(n,)` or `(channels, n)` mixed to mono, any rate) to the ACX limits.
+
+    Resample to `settings.sample_rate_hz`; high-pass; expand the quiet frames between sentences downwards; trim the
+    silence at both edges; lay `room tone | chapter | room tone` over seeded room tone; set the gain so the whole
+    file's RMS is `target_rms_db` and limit the peaks to `peak_ceiling_dbfs`, again until the RMS is within
+    `rms_tolerance_db` (at most `max_passes`). Raises MasteringError for silent or non-finite audio."""
+    s = settings or MasteringConfig()
+    rate = s.sample_rate_hz
+    audio = _mono_float64(samples)
+    if sample_rate_hz != rate:
+        audio = soxr.resample(audio, sample_rate_hz, rate, quality="HQ")
+    if audio.size == 0 or np.max(np.abs(audio)) == 0:
+        raise MasteringError("the chapter audio is silent (no sample above zero): nothing to master; check the "
+                             "synthesis of its sentences")
+    highpass = butter(HIGHPASS_ORDER, s.highpass_hz, btype="highpass", fs=rate, output="sos")
+    audio = sosfiltfilt(highpass, audio - audio.mean())
+    frame = max(1, int(round(FRAME_S * rate)))
+    audio = audio * _gate_gain(audio, frame, s)
+
+    head, tail = int(round(s.head_room_tone_s * rate)), int(round(s.tail_room_tone_s * rate))
+    gain = amplitude(s.target_rms_db) / max(_rms(audio), _TINY)
+    levels = _frame_levels_db(audio * gain, frame)
+    heard = np.flatnonzero(levels >= s.room_tone_threshold_db)
+    if heard.size == 0:
+        raise MasteringError("the chapter audio holds nothing above its noise: nothing to master; check the "
+                             "synthesis of its sentences")
+    start, end = heard[0] * frame, min(audio.size, (heard[-1] + 1) * frame)
+    body = audio[start:end]
+
+    content = np.zeros(head + body.size + tail)
+    content[head:head + body.size] = body
+    room = _room_tone(content.size, rate, s)
+    ceiling = amplitude(s.peak_ceiling_dbfs)
+    window = max(1, int(round(s.limiter_window_s * rate)))
+    gain = amplitude(s.target_rms_db) / max(_rms(content), _TINY)
+    for _ in range(s.max_passes):
+        mastered = _limit(content * gain + room, ceiling, window)
+        error_db = s.target_rms_db - db(_rms(mastered))
+        if abs(error_db) <= s.rms_tolerance_db:
+            break
+        gain *= amplitude(error_db)
+    return _measured(MasteredAudio(mastered.astype(np.float32), rate, head / rate, tail / rate, start / rate,
+                                   0.0, 0.0, 0.0), s)
+
+
+def _measured(mastered: MasteredAudio, s: MasteringConfig) -> MasteredAudio:
+    found = measure_acx(mastered.samples, mastered.sample_rate_hz, s)
+    return replace(mastered, rms_db=found.rms_db, peak_db=found.peak_db, noise_floor_db=found.noise_floor_db)
+
+
+def relimit(mastered: MasteredAudio, samples: np.ndarray, settings: MasteringConfig | None = None
+            ) -> MasteredAudio:
+    """`mastered` with its samples replaced by `samples` (the same chapter after a small change: the watermark
+    embedded into the master), peaks limited to `peak_ceiling_dbfs` again and the levels measured again."""
+    s = settings or MasteringConfig()
+    audio = _mono_float64(samples)
+    if audio.size != mastered.samples.size:
+        raise MasteringError(f"relimit: {audio.size} samples given for a master of {mastered.samples.size}; pass "
+                             "the marked master itself, at its own rate")
+    limited = _limit(audio, amplitude(s.peak_ceiling_dbfs), max(1, int(round(s.limiter_window_s *
+                                                                              mastered.sample_rate_hz))))
+    return _measured(replace(mastered, samples=limited.astype(np.float32)), s)
+
+
+# ----------------------------------------------------------------------------------------------- writing
+
+
+def _replace_atomically(temporary: Path, path: Path) -> Path:
+    try:
+        os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise output_error(error, path) from None
+    return path
+
+
+def _prepare(path: str | os.PathLike) -> tuple[Path, Path]:
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise output_error(error, path.parent) from None
+    return path, temporary_name(path)
+
+
+def write_wav_master(mastered: MasteredAudio, path: str | os.PathLike) -> Path:
+    """Write the master as mono 16-bit PCM WAV at its rate (44.1 kHz); atomic."""
+    path, temporary = _prepare(path)
+    try:
+        sf.write(str(temporary), np.clip(mastered.samples, -1.0, 1.0), mastered.sample_rate_hz,
+                 subtype=MASTER_SUBTYPE, format="WAV")
+    except (OSError, sf.LibsndfileError) as error:
+        temporary.unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise output_error(error, path) from None
+        raise OutputError(f"cannot write {path}: {error}; check the folder is writable and has space") from None
+    return _replace_atomically(temporary, path)
+
+
+def _ffmpeg() -> str:
+    found = shutil.which("ffmpeg")
+    if found is None:
+        raise MissingDependency("writing MP3 and M4B files needs ffmpeg (with libmp3lame and aac); install it "
+                                "(apt-get install ffmpeg)")
+    return found
+
+
+def _run_ffmpeg(args: list[str], blocks, what: str, path: Path) -> None:
+    """Run ffmpeg reading raw float32 mono from stdin (`blocks`: arrays fed in order); FfmpegError on failure."""
+    with tempfile.TemporaryFile() as stderr:
+        process = subprocess.Popen([_ffmpeg(), "-nostdin", "-v", "error", "-y", *args], stdin=subprocess.PIPE,
+                                   stdout=subprocess.DEVNULL, stderr=stderr)
+        try:
+            for block in blocks:
+                process.stdin.write(np.ascontiguousarray(block, dtype="<f4").tobytes())
+            process.stdin.close()
+        except BrokenPipeError:
+            pass
+        code = process.wait()
+        if code != 0:
+            stderr.seek(0)
+            tail = stderr.read().decode(errors="replace").strip().splitlines()[-FFMPEG_STDERR_LINES:]
+            raise FfmpegError(f"ffmpeg could not write {what} {path} (exit {code}):\n  " + "\n  ".join(tail) +
+                              "\nCheck that ffmpeg has the encoder (ffmpeg -encoders) and that the folder is "
+                              "writable")
+
+
+def _raw_input(sample_rate_hz: int) -> list[str]:
+    return ["-f", "f32le", "-ar", str(sample_rate_hz), "-ac", "1", "-i", "pipe:0"]
+
+
+_BITEXACT = ["-fflags", "+bitexact", "-flags:a", "+bitexact"]  # no encoder version or dates: reruns byte-identical
+
+
+def write_mp3(mastered: MasteredAudio, path: str | os.PathLike, bitrate_kbps: int = 192, title: str | None = None,
+              artist: str | None = None, album: str | None = None, track: int | None = None) -> Path:
+    """Encode the master as a constant-bitrate MP3 (libmp3lame, mono, at the master's rate) with ID3v2.3 tags;
+    atomic."""
+    path, temporary = _prepare(path)
+    tags = []
+    for key, value in (("title", title), ("artist", artist), ("album", album), ("track", track)):
+        if value is not None:
+            tags += ["-metadata", f"{key}={value}"]
+    args = [*_raw_input(mastered.sample_rate_hz), "-map_metadata", "-1", "-c:a", "libmp3lame",
+            "-b:a", f"{bitrate_kbps}k", "-ar", str(mastered.sample_rate_hz), "-ac", "1", "-id3v2_version", "3",
+            *tags, *_BITEXACT, "-f", "mp3", str(temporary)]
+    try:
+        _run_ffmpeg(args, [mastered.samples], "the MP3", path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return _replace_atomically(temporary, path)
+
+
+def _ffmetadata_escape(text: str) -> str:
+    for char in ("\\", "=", ";", "#", "\n"):
+        text = text.replace(char, "\\" + char)
+    return text
+
+
+def write_m4b(chapters: Sequence[tuple[str, str | os.PathLike]], path: str | os.PathLike, title: str,
+              author: str | None = None, bitrate_kbps: int = 64) -> Path:
+    """Write an audiobook: the chapters' WAV masters, in order, as AAC in an MP4 (.m4b) with one chapter mark
+    per chapter (`chapters`: `(title, wav_path)`); atomic. Chapters must share one sample rate."""
+    if not chapters:
+        raise MasteringError("write_m4b: no chapters given; a book needs at least one")
+    path, temporary = _prepare(path)
+    infos = [(name, Path(wav), sf.info(str(wav))) for name, wav in chapters]
+    rate = infos[0][2].samplerate
+    for name, wav, info in infos:
+        if info.samplerate != rate:
+            raise MasteringError(f"write_m4b: chapter {name!r} ({wav}) is at {info.samplerate} Hz, the first at "
+                                 f"{rate} Hz; master every chapter with the same mastering settings")
+    lines = [";FFMETADATA1", f"title={_ffmetadata_escape(title)}", "genre=Audiobook"]
+    if author:
+        lines += [f"artist={_ffmetadata_escape(author)}", f"album_artist={_ffmetadata_escape(author)}"]
+    lines.append(f"album={_ffmetadata_escape(title)}")
+    start = 0
+    for name, _, info in infos:
+        end = start + info.frames
+        lines += ["[CHAPTER]", "TIMEBASE=1/1000", f"START={start * 1000 // rate}", f"END={end * 1000 // rate}",
+                  f"title={_ffmetadata_escape(name)}"]
+        start = end
+
+    def blocks():
+        for _, wav, _ in infos:
+            with sf.SoundFile(str(wav)) as handle:
+                for block in handle.blocks(blocksize=STREAM_BLOCK_FRAMES, dtype="float32", always_2d=True):
+                    yield block.mean(axis=1)
+
+    with tempfile.TemporaryDirectory() as folder:
+        metadata = Path(folder) / "chapters.txt"
+        metadata.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        args = [*_raw_input(rate), "-f", "ffmetadata", "-i", str(metadata), "-map", "0:a", "-map_metadata", "1",
+                "-map_chapters", "1", "-c:a", "aac", "-b:a", f"{bitrate_kbps}k", "-ac", "1", *_BITEXACT,
+                "-f", "ipod", str(temporary)]
+        try:
+            _run_ffmpeg(args, blocks(), "the M4B", path)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+    return _replace_atomically(temporary, path)
+
+
+def vtt_timestamp(seconds: float) -> str:
+    """WebVTT cue time `HH:MM:SS.mmm` (rounded to the millisecond)."""
+    millis = int(round(seconds * 1000))
+    hours, millis = divmod(millis, 3_600_000)
+    minutes, millis = divmod(millis, 60_000)
+    return f"{hours:02d}:{minutes:02d}:{millis // 1000:02d}.{millis % 1000:03d}"
+
+
+def vtt_escape(text: str) -> str:
+    """Cue text as WebVTT wants it: `&`, `<` and `>` escaped (so no `-->` survives), line breaks as spaces (a
+    blank line would end the cue)."""
+    text = " ".join(text.split())
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def write_vtt(cues: Sequence[tuple[float, float, str]], path: str | os.PathLike) -> Path:
+    """Write WebVTT captions: one cue per `(start_s, end_s, text)`, numbered from 1; atomic. Cues must start in
+    order and each end after it starts."""
+    lines = ["WEBVTT", ""]
+    previous = 0.0
+    for number, (start_s, end_s, text) in enumerate(cues, 1):
+        if not (math.isfinite(start_s) and math.isfinite(end_s)) or start_s < previous or end_s <= start_s:
+            raise MasteringError(f"caption cue {number} ({start_s!r} -> {end_s!r}) must start at or after the cue "
+                                 f"before ({previous:g} s) and end after it starts; check the sentence timings")
+        previous = start_s
+        lines += [str(number), f"{vtt_timestamp(start_s)} --> {vtt_timestamp(end_s)}", vtt_escape(text), ""]
+    path, temporary = _prepare(path)
+    try:
+        temporary.write_text("\n".join(lines), encoding="utf-8")
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise output_error(error, path) from None
+    return _replace_atomically(temporary, path)
