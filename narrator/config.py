@@ -336,10 +336,12 @@ class MasteringConfig(_Section):
     highpass_hz: float = Field(60.0, gt=0, description="DC offset and rumble below this are removed")
     gate_below_speech_db: float = Field(40.0, gt=0, description="frames this far below the speech level (95th "
                                                                 "percentile of frame levels) are expanded downwards")
-    gate_above_noise_db: float = Field(6.0, ge=0, description="in noisy audio the gate threshold rises to this far "
-                                                              "above the noise (10th percentile of frame levels) ...")
-    gate_min_below_speech_db: float = Field(20.0, gt=0, description="... but stays at least this far below the "
-                                                                    "speech level, so quiet consonants pass")
+    pause_above_noise_db: float = Field(6.0, ge=0, description="frames within this of the noise level (10th "
+                                                               "percentile of frame levels) are pause frames ...")
+    pause_min_below_speech_db: float = Field(10.0, gt=0, description="... when also this far below the speech "
+                                                                     "level (so noisy audio keeps its words)")
+    pause_min_s: float = Field(0.15, gt=0, description="a run of pause frames this long (between words and "
+                                                       "sentences) is silenced down to the room tone")
     gate_ratio: float = Field(4.0, ge=1, description="downward expansion: each dB below the threshold becomes this "
                                                      "many dB")
     gate_smoothing_s: float = Field(0.05, gt=0, description="gate gain changes ramp over this long")
@@ -349,7 +351,7 @@ class MasteringConfig(_Section):
     max_passes: int = Field(8, ge=1, description="at most this many normalise-and-limit passes")
 
     @model_validator(mode="after")
-    def _targets_inside_limits(self) -> "MasteringConfig":
+    def _targets_inside_limits(self) -> MasteringConfig:
         for name, low, value, high in (
                 ("head_room_tone_s", self.min_head_room_tone_s, self.head_room_tone_s, self.max_head_room_tone_s),
                 ("tail_room_tone_s", self.min_tail_room_tone_s, self.tail_room_tone_s, self.max_tail_room_tone_s),
