@@ -37,7 +37,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +46,7 @@ import soxr
 from scipy.ndimage import maximum_filter1d, minimum_filter1d, uniform_filter1d
 from scipy.signal import butter, sosfiltfilt
 
+from narrator.audiofile import read_audio
 from narrator.config import MasteringConfig
 from narrator.errors import MissingDependency, NarratorError, OutputError
 from narrator.storage import output_error, temporary_name
@@ -77,6 +78,7 @@ ROOM_TONE_BAND_HZ = (100.0, 6000.0)  # the room tone's noise is band-limited lik
 MASTER_SUBTYPE = "PCM_16"  # WAV master: 16-bit PCM
 MP3_ENCODER = "libmp3lame"  # ffmpeg encoders of the MP3 and of the M4B's AAC
 AAC_ENCODER = "aac"
+MP3_PEAK_PASSES = 3  # encodings of an MP3 whose coding raised a peak over the limit, scaled down each time
 M4B_BRAND = "M4B "  # MP4 major brand of an audiobook (players show it as a book, with chapters and bookmarks)
 FFMPEG_STDERR_LINES = 15  # the tail of ffmpeg's stderr quoted in an error
 STREAM_BLOCK_FRAMES = 1 << 18  # frames per block when streaming chapters into ffmpeg
@@ -134,6 +136,21 @@ class MasteredAudio:
 
 
 @dataclass(frozen=True)
+class AcxCheck:
+    """One ACX requirement against one file: what it is, the measured figure, the limit in words, and whether it
+    passes (what the narration report shows per chapter)."""
+
+    name: str  # "RMS", "peak", "noise floor", "room tone", "head room tone", ...
+    value: str  # the measured figure with its unit, e.g. "-20.0 dB"
+    limit: str  # e.g. "-23..-18 dB"
+    passed: bool
+
+    @property
+    def problem(self) -> str:
+        return f"{self.name}: {self.value}, must be {self.limit}"
+
+
+@dataclass(frozen=True)
 class AcxMeasurement:
     """A chapter file measured the way ACX checks it (conventions in the module docstring). `bitrate_kbps` and
     `constant_bitrate` are None for anything but MP3."""
@@ -148,48 +165,57 @@ class AcxMeasurement:
     duration_s: float
     bitrate_kbps: float | None = None
     constant_bitrate: bool | None = None
-    codec: str | None = field(default=None)
+
+    def checks(self, settings: MasteringConfig | None = None) -> list[AcxCheck]:
+        """Every ACX requirement that applies to this file, measured against `settings`' limits."""
+        s = settings or MasteringConfig()
+        found = [
+            AcxCheck("RMS", f"{self.rms_db:.1f} dB", f"{s.min_rms_db:g}..{s.max_rms_db:g} dB",
+                     s.min_rms_db <= self.rms_db <= s.max_rms_db),
+            AcxCheck("peak", f"{self.peak_db:.2f} dBFS", f"at most {s.max_peak_dbfs:g} dBFS",
+                     self.peak_db <= s.max_peak_dbfs),
+            AcxCheck("noise floor", f"{self.noise_floor_db:.1f} dB", f"at most {s.max_noise_floor_db:g} dB",
+                     self.noise_floor_db <= s.max_noise_floor_db),
+            AcxCheck("room tone", "digital silence" if self.noise_floor_db < DIGITAL_SILENCE_DB else "present",
+                     "quiet noise, never digital silence (lay room tone under the chapter)",
+                     self.noise_floor_db >= DIGITAL_SILENCE_DB),
+            AcxCheck("head room tone", f"{self.head_room_tone_s:.2f} s",
+                     f"{s.min_head_room_tone_s:g}..{s.max_head_room_tone_s:g} s",
+                     s.min_head_room_tone_s <= self.head_room_tone_s <= s.max_head_room_tone_s),
+            AcxCheck("tail room tone", f"{self.tail_room_tone_s:.2f} s",
+                     f"{s.min_tail_room_tone_s:g}..{s.max_tail_room_tone_s:g} s",
+                     s.min_tail_room_tone_s <= self.tail_room_tone_s <= s.max_tail_room_tone_s),
+            AcxCheck("sample rate", f"{self.sample_rate_hz} Hz", f"{s.sample_rate_hz} Hz",
+                     self.sample_rate_hz == s.sample_rate_hz),
+        ]
+        if self.bitrate_kbps is not None:
+            found.append(AcxCheck("MP3 bitrate", f"{self.bitrate_kbps:g} kbps", f"at least {s.mp3_bitrate_kbps} kbps",
+                                  self.bitrate_kbps >= s.mp3_bitrate_kbps))
+        if self.constant_bitrate is not None:
+            found.append(AcxCheck("MP3 bitrate mode", "CBR" if self.constant_bitrate else "VBR", "CBR",
+                                  self.constant_bitrate))
+        return found
 
     def problems(self, settings: MasteringConfig | None = None) -> list[str]:
-        """Each ACX limit this file fails, in words (empty: it passes)."""
-        s = settings or MasteringConfig()
-        found = []
-        if not s.min_rms_db <= self.rms_db <= s.max_rms_db:
-            found.append(f"RMS {self.rms_db:.1f} dB outside {s.min_rms_db:g}..{s.max_rms_db:g} dB")
-        if self.peak_db > s.max_peak_dbfs:
-            found.append(f"peak {self.peak_db:.2f} dBFS above {s.max_peak_dbfs:g} dBFS")
-        if self.noise_floor_db > s.max_noise_floor_db:
-            found.append(f"noise floor {self.noise_floor_db:.1f} dB above {s.max_noise_floor_db:g} dB")
-        if self.noise_floor_db < DIGITAL_SILENCE_DB:
-            found.append("the room tone is digital silence (ACX rejects it): lay room tone under the chapter")
-        if not s.min_head_room_tone_s <= self.head_room_tone_s <= s.max_head_room_tone_s:
-            found.append(f"head room tone {self.head_room_tone_s:.2f} s outside "
-                         f"{s.min_head_room_tone_s:g}..{s.max_head_room_tone_s:g} s")
-        if not s.min_tail_room_tone_s <= self.tail_room_tone_s <= s.max_tail_room_tone_s:
-            found.append(f"tail room tone {self.tail_room_tone_s:.2f} s outside "
-                         f"{s.min_tail_room_tone_s:g}..{s.max_tail_room_tone_s:g} s")
-        if self.sample_rate_hz != s.sample_rate_hz:
-            found.append(f"sample rate {self.sample_rate_hz} Hz, not {s.sample_rate_hz} Hz")
-        if self.bitrate_kbps is not None and self.bitrate_kbps < s.mp3_bitrate_kbps:
-            found.append(f"MP3 bitrate {self.bitrate_kbps:g} kbps below {s.mp3_bitrate_kbps} kbps")
-        if self.constant_bitrate is False:
-            found.append("MP3 is not constant bitrate (CBR)")
-        return found
+        """Each ACX requirement this file fails, in words (empty: it passes)."""
+        return [check.problem for check in self.checks(settings) if not check.passed]
 
 
 # ------------------------------------------------------------------------------------------------ measuring
 
 
 def _frame_levels_db(samples: np.ndarray, frame: int) -> np.ndarray:
-    """RMS level (dB) of consecutive `frame`-sample frames of `(channels, n)` audio; the last frame may be short."""
-    n = samples.shape[-1]
-    count = -(-n // frame)
-    power = np.zeros(count)
-    squares = np.sum(np.asarray(samples, np.float64).reshape(-1, n) ** 2, axis=0)
-    np.add.at(power, np.arange(n) // frame, squares)
-    sizes = np.full(count, float(frame * samples.reshape(-1, n).shape[0]))
-    sizes[-1] = (n - (count - 1) * frame) * samples.reshape(-1, n).shape[0]
-    return 10.0 * np.log10(np.maximum(power / sizes, _TINY ** 2))
+    """RMS level (dB) of consecutive `frame`-sample frames of `(n,)` or `(channels, n)` audio; the last frame may
+    be short."""
+    flat = np.asarray(samples, np.float64).reshape(-1, samples.shape[-1])
+    squares = np.mean(flat ** 2, axis=0)
+    count = -(-squares.size // frame)
+    padded = np.zeros(count * frame)
+    padded[:squares.size] = squares
+    sizes = np.full(count, float(frame))
+    sizes[-1] = squares.size - (count - 1) * frame
+    power = padded.reshape(count, frame).sum(axis=1) / sizes
+    return 10.0 * np.log10(np.maximum(power, _TINY ** 2))
 
 
 def _quietest_window_db(samples: np.ndarray, sample_rate_hz: int, window_s: float) -> float:
@@ -217,22 +243,20 @@ def measure_acx(path_or_samples: str | os.PathLike | np.ndarray, sample_rate_hz:
     `(channels, n)` (then `sample_rate_hz` is needed) the way ACX does. MP3 files also get their bitrate and whether
     every frame has the same one (CBR), read from the frame headers."""
     s = settings or MasteringConfig()
-    bitrate, constant, codec = None, None, None
+    bitrate, constant = None, None
     if isinstance(path_or_samples, np.ndarray):
         if sample_rate_hz is None:
             raise MasteringError("measure_acx: samples need their sample_rate_hz")
         samples = np.atleast_2d(np.asarray(path_or_samples, np.float64))
         rate = int(sample_rate_hz)
     else:
-        from narrator.audiofile import read_audio
-
         path = Path(path_or_samples)
         audio = read_audio(path)
         samples, rate = audio.samples.astype(np.float64), audio.sample_rate_hz
         if path.suffix.lower() == ".mp3":
             bitrates = mp3_frame_bitrates_kbps(path)
             if bitrates:
-                bitrate, constant, codec = float(np.mean(bitrates)), len(set(bitrates)) == 1, "mp3"
+                bitrate, constant = float(np.mean(bitrates)), len(set(bitrates)) == 1
     if samples.size == 0:
         raise MasteringError("measure_acx: there is no audio to measure")
     frame = max(1, round(FRAME_S * rate))
@@ -241,7 +265,7 @@ def measure_acx(path_or_samples: str | os.PathLike | np.ndarray, sample_rate_hz:
         rms_db=db(float(np.sqrt(np.mean(samples ** 2)))), peak_db=db(float(np.max(np.abs(samples)))),
         noise_floor_db=_quietest_window_db(samples, rate, s.noise_floor_window_s),
         head_room_tone_s=head_s, tail_room_tone_s=tail_s, sample_rate_hz=rate, channels=samples.shape[0],
-        duration_s=samples.shape[1] / rate, bitrate_kbps=bitrate, constant_bitrate=constant, codec=codec)
+        duration_s=samples.shape[1] / rate, bitrate_kbps=bitrate, constant_bitrate=constant)
 
 
 def mp3_frame_bitrates_kbps(path: str | os.PathLike) -> list[int]:
@@ -481,9 +505,15 @@ _BITEXACT = ["-fflags", "+bitexact", "-flags:a", "+bitexact"]  # no encoder vers
 
 
 def write_mp3(mastered: MasteredAudio, path: str | os.PathLike, bitrate_kbps: int = 192, title: str | None = None,
-              artist: str | None = None, album: str | None = None, track: int | None = None) -> Path:
+              artist: str | None = None, album: str | None = None, track: int | None = None,
+              settings: MasteringConfig | None = None) -> Path:
     """Encode the master as a constant-bitrate MP3 (libmp3lame, mono, at the master's rate) with ID3v2.3 tags;
-    atomic."""
+    atomic.
+
+    MP3 coding can raise a peak (by about 1 dB on a square wave), so the encoded file is decoded and its peak
+    measured: above `max_peak_dbfs` the master is scaled down until the MP3's peak sits at `peak_ceiling_dbfs`
+    and encoded again (at most `MP3_PEAK_PASSES` times; then MasteringError)."""
+    s = settings or MasteringConfig()
     path, temporary = _prepare(path)
     tags = []
     for key, value in (("title", title), ("artist", artist), ("album", album), ("track", track)):
@@ -492,12 +522,24 @@ def write_mp3(mastered: MasteredAudio, path: str | os.PathLike, bitrate_kbps: in
     args = [*_raw_input(mastered.sample_rate_hz), "-map_metadata", "-1", "-c:a", MP3_ENCODER,
             "-b:a", f"{bitrate_kbps}k", "-ar", str(mastered.sample_rate_hz), "-ac", "1", "-id3v2_version", "3",
             *tags, *_BITEXACT, "-f", "mp3", str(temporary)]
+    samples = mastered.samples
     try:
-        _run_ffmpeg(args, [mastered.samples], "the MP3", path)
+        for _ in range(MP3_PEAK_PASSES):
+            _run_ffmpeg(args, [samples], "the MP3", path)
+            peak_db = _decoded_peak_db(temporary)
+            if peak_db <= s.max_peak_dbfs:
+                return _replace_atomically(temporary, path)
+            samples = samples * np.float32(amplitude(s.peak_ceiling_dbfs - peak_db))
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
-    return _replace_atomically(temporary, path)
+    temporary.unlink(missing_ok=True)
+    raise MasteringError(f"the MP3 of {path} still peaks at {peak_db:.2f} dBFS, above {s.max_peak_dbfs:g} dBFS, after "
+                         f"{MP3_PEAK_PASSES} encodings; lower mastering.peak_ceiling_dbfs")
+
+
+def _decoded_peak_db(path: Path) -> float:
+    return db(float(np.max(np.abs(read_audio(path).samples))))
 
 
 def _ffmetadata_escape(text: str) -> str:

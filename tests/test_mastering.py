@@ -161,6 +161,14 @@ def test_mp3_is_192_kbps_constant_bitrate_44_1_khz_mono(published, case):
     assert (found.bitrate_kbps, found.constant_bitrate, found.sample_rate_hz) == (192, True, 44100)
 
 
+def test_an_mp3_whose_coding_raises_a_peak_over_the_limit_is_encoded_again_under_it(tmp_path):
+    t = np.arange(3 * ACX_HZ) / ACX_HZ
+    square = np.sign(np.sin(2 * np.pi * 997 * t)).astype(np.float32) * np.float32(10 ** (-3.1 / 20))
+    chapter = mastering.MasteredAudio(square, ACX_HZ, 0.0, 0.0, 0.0, -3.1, -3.1, -3.1)  # MP3 raises it ~1 dB
+    path = write_mp3(chapter, tmp_path / "square.mp3", settings=SETTINGS)
+    assert astats(path)["Peak level"] <= SETTINGS.max_peak_dbfs
+
+
 def test_mp3_carries_the_chapter_title_as_an_id3_tag(published):
     tags = ffprobe(published["espeak narration"][1]["mp3"], "format_tags")["format"]["tags"]
     assert tags == {"title": "espeak narration"}
@@ -211,7 +219,7 @@ def test_measure_acx_names_the_limits_an_unmastered_file_fails(tmp_path):
     path = tmp_path / "raw.wav"
     sf.write(str(path), raw, ESPEAK_HZ, subtype="PCM_16")
     problems = " | ".join(measure_acx(path).problems())
-    for failure in ("peak -0.", "tail room tone 0.", "digital silence", "sample rate 22050"):
+    for failure in ("peak: -0.", "tail room tone: 0.", "room tone: digital silence", "sample rate: 22050 Hz"):
         assert failure in problems, problems
 
 
