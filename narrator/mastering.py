@@ -44,7 +44,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 from scipy.ndimage import maximum_filter1d, minimum_filter1d, uniform_filter1d
-from scipy.signal import butter, sosfiltfilt
+from scipy.signal import butter, sosfilt
 
 from narrator.audiofile import read_audio
 from narrator.config import MasteringConfig
@@ -73,7 +73,7 @@ SPEECH_PERCENTILE = 95.0  # the speech level of a chapter: this percentile of it
 NOISE_PERCENTILE = 10.0  # the noise level between its sentences: this percentile of its frame levels
 DIGITAL_SILENCE_DB = -100.0  # frames quieter than this are digital silence: left out of the percentiles
 MAX_GATE_DEPTH_DB = 80.0  # the expander attenuates by at most this much
-HIGHPASS_ORDER = 2  # Butterworth order of the DC/rumble filter (run forwards and backwards: zero phase)
+HIGHPASS_ORDER = 2  # Butterworth order of the DC/rumble filter
 ROOM_TONE_BAND_HZ = (100.0, 6000.0)  # the room tone's noise is band-limited like a quiet room's
 MASTER_SUBTYPE = "PCM_16"  # WAV master: 16-bit PCM
 MP3_ENCODER = "libmp3lame"  # ffmpeg encoders of the MP3 and of the M4B's AAC
@@ -83,6 +83,7 @@ M4B_BRAND = "M4B "  # MP4 major brand of an audiobook (players show it as a book
 FFMPEG_STDERR_LINES = 15  # the tail of ffmpeg's stderr quoted in an error
 STREAM_BLOCK_FRAMES = 1 << 18  # frames per block when streaming chapters into ffmpeg
 _TINY = 1e-12
+CHUNK_SAMPLES = 1 << 20  # per-sample work on a long chapter is done in pieces of this many samples: bounded memory
 # MPEG-1 Layer III frame headers: bitrate index -> kbps, sample-rate index -> Hz
 _MP3_BITRATES_KBPS = (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)
 _MP3_RATES_HZ = (44100, 48000, 32000)
@@ -204,29 +205,51 @@ class AcxMeasurement:
 # ------------------------------------------------------------------------------------------------ measuring
 
 
+def _frame_power(samples: np.ndarray, frame: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sum of squares (float64, every channel) of consecutive `frame`-sample frames of `(n,)` or `(channels, n)`
+    audio, and each frame's sample count (the last frame may be short). Read in pieces: bounded memory."""
+    flat = samples.reshape(-1, samples.shape[-1])
+    n = flat.shape[1]
+    count = -(-n // frame)
+    sums = np.zeros(count)
+    step = max(1, CHUNK_SAMPLES // frame) * frame
+    for start in range(0, n, step):
+        squares = np.sum(flat[:, start:start + step].astype(np.float64) ** 2, axis=0)
+        frames = -(-squares.size // frame)
+        padded = np.zeros(frames * frame)
+        padded[:squares.size] = squares
+        sums[start // frame:start // frame + frames] = padded.reshape(frames, frame).sum(axis=1)
+    sizes = np.full(count, float(frame * flat.shape[0]))
+    sizes[-1] = (n - (count - 1) * frame) * flat.shape[0]
+    return sums, sizes
+
+
 def _frame_levels_db(samples: np.ndarray, frame: int) -> np.ndarray:
-    """RMS level (dB) of consecutive `frame`-sample frames of `(n,)` or `(channels, n)` audio; the last frame may
-    be short."""
-    flat = np.asarray(samples, np.float64).reshape(-1, samples.shape[-1])
-    squares = np.mean(flat ** 2, axis=0)
-    count = -(-squares.size // frame)
-    padded = np.zeros(count * frame)
-    padded[:squares.size] = squares
-    sizes = np.full(count, float(frame))
-    sizes[-1] = squares.size - (count - 1) * frame
-    power = padded.reshape(count, frame).sum(axis=1) / sizes
-    return 10.0 * np.log10(np.maximum(power, _TINY ** 2))
+    """RMS level (dB) of consecutive `frame`-sample frames."""
+    sums, sizes = _frame_power(samples, frame)
+    return 10.0 * np.log10(np.maximum(sums / sizes, _TINY ** 2))
 
 
 def _quietest_window_db(samples: np.ndarray, sample_rate_hz: int, window_s: float) -> float:
-    flat = np.asarray(samples, np.float64).reshape(-1, samples.shape[-1])
-    squares = np.mean(flat ** 2, axis=0)
-    window = min(squares.size, max(1, round(window_s * sample_rate_hz)))
-    hop = max(1, round(FRAME_S * sample_rate_hz))
-    sums = np.concatenate([[0.0], np.cumsum(squares)])
-    starts = np.arange(0, squares.size - window + 1, hop)
-    power = (sums[starts + window] - sums[starts]) / window
-    return 10.0 * math.log10(max(float(power.min()), 0.0)) if power.min() > 0 else -math.inf
+    """RMS (dB) of the quietest `window_s` window, windows starting every FRAME_S."""
+    frame = max(1, round(FRAME_S * sample_rate_hz))
+    sums, sizes = _frame_power(samples, frame)
+    frames = min(sums.size, max(1, round(window_s / FRAME_S)))
+    total = np.concatenate([[0.0], np.cumsum(sums)])
+    counted = np.concatenate([[0.0], np.cumsum(sizes)])
+    power = (total[frames:] - total[:-frames]) / (counted[frames:] - counted[:-frames])
+    quietest = float(power.min())
+    return 10.0 * math.log10(quietest) if quietest > 0 else -math.inf
+
+
+def _rms(samples: np.ndarray) -> float:
+    """RMS of all the samples (every channel), accumulated in float64 piece by piece."""
+    flat = samples.reshape(-1)
+    total = 0.0
+    for start in range(0, flat.size, CHUNK_SAMPLES):
+        piece = flat[start:start + CHUNK_SAMPLES].astype(np.float64)
+        total += float(np.dot(piece, piece))
+    return math.sqrt(total / max(flat.size, 1))
 
 
 def _edge_run_s(levels_db: np.ndarray, threshold_db: float, frame_s: float) -> tuple[float, float]:
@@ -247,12 +270,12 @@ def measure_acx(path_or_samples: str | os.PathLike | np.ndarray, sample_rate_hz:
     if isinstance(path_or_samples, np.ndarray):
         if sample_rate_hz is None:
             raise MasteringError("measure_acx: samples need their sample_rate_hz")
-        samples = np.atleast_2d(np.asarray(path_or_samples, np.float64))
+        samples = np.atleast_2d(path_or_samples)
         rate = int(sample_rate_hz)
     else:
         path = Path(path_or_samples)
         audio = read_audio(path)
-        samples, rate = audio.samples.astype(np.float64), audio.sample_rate_hz
+        samples, rate = audio.samples, audio.sample_rate_hz
         if path.suffix.lower() == ".mp3":
             bitrates = mp3_frame_bitrates_kbps(path)
             if bitrates:
@@ -262,7 +285,7 @@ def measure_acx(path_or_samples: str | os.PathLike | np.ndarray, sample_rate_hz:
     frame = max(1, round(FRAME_S * rate))
     head_s, tail_s = _edge_run_s(_frame_levels_db(samples, frame), s.room_tone_threshold_db, frame / rate)
     return AcxMeasurement(
-        rms_db=db(float(np.sqrt(np.mean(samples ** 2)))), peak_db=db(float(np.max(np.abs(samples)))),
+        rms_db=db(_rms(samples)), peak_db=db(float(np.max(np.abs(samples)))),
         noise_floor_db=_quietest_window_db(samples, rate, s.noise_floor_window_s),
         head_room_tone_s=head_s, tail_room_tone_s=tail_s, sample_rate_hz=rate, channels=samples.shape[0],
         duration_s=samples.shape[1] / rate, bitrate_kbps=bitrate, constant_bitrate=constant)
@@ -293,10 +316,11 @@ def mp3_frame_bitrates_kbps(path: str | os.PathLike) -> list[int]:
 # ----------------------------------------------------------------------------------------------- mastering
 
 
-def _mono_float64(samples: np.ndarray) -> np.ndarray:
-    audio = np.asarray(samples, np.float64)
+def _mono_float32(samples: np.ndarray) -> np.ndarray:
+    audio = np.asarray(samples)
     if audio.ndim == 2:
-        audio = audio.mean(axis=0)
+        audio = audio.mean(axis=0, dtype=np.float64)
+    audio = np.array(audio, dtype=np.float32)  # a copy: the caller's array is never changed
     if audio.ndim != 1:
         raise MasteringError(f"chapter audio must be (samples,) or (channels, samples), not shape {audio.shape}")
     if not np.all(np.isfinite(audio)):
@@ -315,8 +339,8 @@ def _runs_at_least(mask: np.ndarray, length: int) -> np.ndarray:
     return kept
 
 
-def _gate_gain(audio: np.ndarray, frame: int, s: MasteringConfig) -> np.ndarray:
-    """Per-sample gain that cleans the quiet between words and sentences, in two parts.
+def _gate_gain_db(audio: np.ndarray, frame: int, s: MasteringConfig) -> np.ndarray:
+    """Per-frame gain (dB) that cleans the quiet between words and sentences, in two parts.
 
     * Pauses: a run of at least `pause_min_s` of frames near the noise level (within `pause_above_noise_db` of
       the 10th percentile of frame levels, and `pause_min_below_speech_db` under the speech level, the 95th
@@ -328,7 +352,7 @@ def _gate_gain(audio: np.ndarray, frame: int, s: MasteringConfig) -> np.ndarray:
     levels = _frame_levels_db(audio, frame)
     heard = levels[levels > DIGITAL_SILENCE_DB]
     if heard.size == 0:
-        return np.ones_like(audio)
+        return np.zeros_like(levels)
     speech = float(np.percentile(heard, SPEECH_PERCENTILE))
     noise = float(np.percentile(heard, NOISE_PERCENTILE))
     gain_db = -np.minimum(np.maximum(speech - s.gate_below_speech_db - levels, 0.0) * (s.gate_ratio - 1.0),
@@ -337,35 +361,60 @@ def _gate_gain(audio: np.ndarray, frame: int, s: MasteringConfig) -> np.ndarray:
     pauses = _runs_at_least(levels < pause_threshold, max(1, round(s.pause_min_s / FRAME_S)))
     gain_db[pauses] = -MAX_GATE_DEPTH_DB
     span = max(1, round(s.gate_smoothing_s / FRAME_S)) | 1
-    gain_db = uniform_filter1d(maximum_filter1d(gain_db, span, mode="nearest"), span, mode="nearest")
-    centres = (np.arange(levels.size) + 0.5) * frame
-    return 10.0 ** (np.interp(np.arange(audio.size), centres, gain_db) / 20.0)
+    return uniform_filter1d(maximum_filter1d(gain_db, span, mode="nearest"), span, mode="nearest")
+
+
+def _apply_frame_gain(audio: np.ndarray, gain_db: np.ndarray, frame: int) -> None:
+    """Multiply `audio` in place by per-frame gains (dB), interpolated between frame centres, piece by piece."""
+    centres = (np.arange(gain_db.size) + 0.5) * frame
+    for start in range(0, audio.size, CHUNK_SAMPLES):
+        index = np.arange(start, min(start + CHUNK_SAMPLES, audio.size))
+        audio[index[0]:index[-1] + 1] *= (10.0 ** (np.interp(index, centres, gain_db) / 20.0)).astype(np.float32)
 
 
 def _limit(audio: np.ndarray, ceiling: float, window: int) -> np.ndarray:
     """Look-ahead peak limiter: no sample above `ceiling`, the gain ramped over `window` samples around each peak.
 
     The gain each sample needs is held at its minimum over the window, then averaged over the same window: every
-    sample's gain is then at or below the gain it needs, and the gain moves smoothly (no clipping)."""
-    needed = np.minimum(1.0, ceiling / np.maximum(np.abs(audio), _TINY))
-    if needed.min() >= 1.0:
-        return audio
+    sample's gain is then at or below the gain it needs, and the gain moves smoothly (no clipping). Long audio is
+    limited piece by piece, each piece seeing `window` samples of its neighbours on either side."""
     window |= 1
-    gain = uniform_filter1d(minimum_filter1d(needed, window, mode="nearest"), window, mode="nearest")
-    return np.clip(audio * gain, -ceiling, ceiling)  # the clip only catches float rounding
+    margin = window + 1  # a sample's gain depends on the needed gains up to a window either side
+    out = np.empty(audio.size, np.float32)
+    for start in range(0, audio.size, CHUNK_SAMPLES):
+        end = min(start + CHUNK_SAMPLES, audio.size)
+        lo, hi = max(0, start - margin), min(audio.size, end + margin)
+        piece = audio[lo:hi].astype(np.float64)
+        needed = np.minimum(1.0, ceiling / np.maximum(np.abs(piece), _TINY))
+        if needed.min() < 1.0:
+            gain = uniform_filter1d(minimum_filter1d(needed, window, mode="nearest"), window, mode="nearest")
+            piece = np.clip(piece * gain, -ceiling, ceiling)  # the clip only catches float rounding
+        out[start:end] = piece[start - lo:end - lo]
+    return out
 
 
 def _room_tone(n: int, sample_rate_hz: int, s: MasteringConfig) -> np.ndarray:
-    """`n` samples of seeded, band-limited noise at `room_tone_db` RMS."""
-    noise = np.random.default_rng(s.room_tone_seed).standard_normal(n)
+    """`n` samples (float32) of seeded, band-limited noise at `room_tone_db` RMS, made piece by piece."""
+    rng = np.random.default_rng(s.room_tone_seed)
     high = min(ROOM_TONE_BAND_HZ[1], 0.45 * sample_rate_hz)
-    noise = sosfiltfilt(butter(2, (ROOM_TONE_BAND_HZ[0], high), btype="bandpass", fs=sample_rate_hz,
-                               output="sos"), noise)
-    return noise * (amplitude(s.room_tone_db) / max(float(np.sqrt(np.mean(noise ** 2))), _TINY))
+    band = butter(2, (ROOM_TONE_BAND_HZ[0], high), btype="bandpass", fs=sample_rate_hz, output="sos")
+    state = np.zeros((band.shape[0], 2))
+    noise = np.empty(n, np.float32)
+    for start in range(0, n, CHUNK_SAMPLES):
+        piece, state = sosfilt(band, rng.standard_normal(min(CHUNK_SAMPLES, n - start)), zi=state)
+        noise[start:start + piece.size] = piece
+    noise *= np.float32(amplitude(s.room_tone_db) / max(_rms(noise), _TINY))
+    return noise
 
 
-def _rms(audio: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(audio ** 2)))
+def _highpass(audio: np.ndarray, cutoff_hz: float, sample_rate_hz: int) -> None:
+    """Remove DC and rumble below `cutoff_hz` from float32 `audio`, in place, piece by piece."""
+    audio -= np.float32(np.mean(audio, dtype=np.float64))
+    sos = butter(HIGHPASS_ORDER, cutoff_hz, btype="highpass", fs=sample_rate_hz, output="sos")
+    state = np.zeros((sos.shape[0], 2))
+    for start in range(0, audio.size, CHUNK_SAMPLES):
+        piece, state = sosfilt(sos, audio[start:start + CHUNK_SAMPLES], zi=state)
+        audio[start:start + piece.size] = piece
 
 
 def master_chapter(samples: np.ndarray, sample_rate_hz: int, settings: MasteringConfig | None = None
@@ -378,41 +427,37 @@ def master_chapter(samples: np.ndarray, sample_rate_hz: int, settings: Mastering
     `rms_tolerance_db` (at most `max_passes`). Raises MasteringError for silent or non-finite audio."""
     s = settings or MasteringConfig()
     rate = s.sample_rate_hz
-    audio = _mono_float64(samples)
+    audio = _mono_float32(samples)
     if sample_rate_hz != rate:
         audio = soxr.resample(audio, sample_rate_hz, rate, quality="HQ")
     if audio.size == 0 or np.max(np.abs(audio)) == 0:
         raise MasteringError("the chapter audio is silent (no sample above zero): nothing to master; check the "
                              "synthesis of its sentences")
-    highpass = butter(HIGHPASS_ORDER, s.highpass_hz, btype="highpass", fs=rate, output="sos")
-    audio = sosfiltfilt(highpass, audio - audio.mean())
+    _highpass(audio, s.highpass_hz, rate)
     frame = max(1, round(FRAME_S * rate))
-    audio = audio * _gate_gain(audio, frame, s)
+    _apply_frame_gain(audio, _gate_gain_db(audio, frame, s), frame)
 
-    head, tail = round(s.head_room_tone_s * rate), round(s.tail_room_tone_s * rate)
     gain = amplitude(s.target_rms_db) / max(_rms(audio), _TINY)
-    levels = _frame_levels_db(audio * gain, frame)
-    heard = np.flatnonzero(levels >= s.room_tone_threshold_db)
+    heard = np.flatnonzero(_frame_levels_db(audio, frame) + db(gain) >= s.room_tone_threshold_db)
     if heard.size == 0:
         raise MasteringError("the chapter audio holds nothing above its noise: nothing to master; check the "
                              "synthesis of its sentences")
     start, end = heard[0] * frame, min(audio.size, (heard[-1] + 1) * frame)
-    body = audio[start:end]
-
-    content = np.zeros(head + body.size + tail)
-    content[head:head + body.size] = body
+    head, tail = round(s.head_room_tone_s * rate), round(s.tail_room_tone_s * rate)
+    content = np.zeros(head + (end - start) + tail, np.float32)
+    content[head:head + end - start] = audio[start:end]
+    del audio
     room = _room_tone(content.size, rate, s)
     ceiling = amplitude(s.peak_ceiling_dbfs)
     window = max(1, round(s.limiter_window_s * rate))
     gain = amplitude(s.target_rms_db) / max(_rms(content), _TINY)
     for _ in range(s.max_passes):
-        mastered = _limit(content * gain + room, ceiling, window)
+        mastered = _limit(content * np.float32(gain) + room, ceiling, window)
         error_db = s.target_rms_db - db(_rms(mastered))
         if abs(error_db) <= s.rms_tolerance_db:
             break
         gain *= amplitude(error_db)
-    return _measured(MasteredAudio(mastered.astype(np.float32), rate, head / rate, tail / rate, start / rate,
-                                   0.0, 0.0, 0.0), s)
+    return _measured(MasteredAudio(mastered, rate, head / rate, tail / rate, start / rate, 0.0, 0.0, 0.0), s)
 
 
 def _measured(mastered: MasteredAudio, s: MasteringConfig) -> MasteredAudio:
@@ -425,13 +470,13 @@ def relimit(mastered: MasteredAudio, samples: np.ndarray, settings: MasteringCon
     """`mastered` with its samples replaced by `samples` (the same chapter after a small change: the watermark
     embedded into the master), peaks limited to `peak_ceiling_dbfs` again and the levels measured again."""
     s = settings or MasteringConfig()
-    audio = _mono_float64(samples)
+    audio = _mono_float32(samples)
     if audio.size != mastered.samples.size:
         raise MasteringError(f"relimit: {audio.size} samples given for a master of {mastered.samples.size}; pass "
                              "the marked master itself, at its own rate")
     window = max(1, round(s.limiter_window_s * mastered.sample_rate_hz))
     limited = _limit(audio, amplitude(s.peak_ceiling_dbfs), window)
-    return _measured(replace(mastered, samples=limited.astype(np.float32)), s)
+    return _measured(replace(mastered, samples=limited), s)
 
 
 # ----------------------------------------------------------------------------------------------- writing
