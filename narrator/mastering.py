@@ -22,11 +22,15 @@ RMS settles. Everything is deterministic: the same input gives the same bytes.
 the limits it fails. The writers (`write_wav_master`, `write_mp3`, `write_m4b`, `write_vtt`) write atomically
 (a temporary name, then a rename) and byte-identically on reruns (ffmpeg runs with bitexact flags).
 
-The watermark and the mastering chain (order matters; tests/test_mastering.py checks it):
-    1. synthesize the chapter, 2. `master_chapter`, 3. embed the voice's watermark into the 44.1 kHz master
-    (`models.watermark.embed`), 4. `relimit` (the mark may lift a peak a hair over the ceiling; limiting by a
-    fraction of a dB leaves the mark intact), 5. `write_wav_master` / `write_mp3` / `write_m4b`.
-    The measurements behind this order are in `WATERMARK_ORDER` below.
+The watermark and the mastering chain (order matters; tests/test_mastering.py checks it). Per chapter:
+
+    master = master_chapter(speech, speech_rate_hz, settings)          # sentence times t -> t + master.head_s
+    marked = models.watermark.embed(master.samples, master.sample_rate_hz, payload, key)
+    master = relimit(master, marked, settings)      # the mark lifts a peak a hair over the ceiling: limit again
+    write_wav_master(master, ...); write_mp3(master, ..., title=...); write_vtt(cues, ...)
+    ... and once per book: write_m4b([(title, wav_path), ...], "book.m4b", book_title, author=...)
+
+Why this order: `WATERMARK_ORDER` below, measured.
 """
 
 from __future__ import annotations
@@ -113,27 +117,36 @@ def amplitude(level_db: float) -> float:
 class MasteredAudio:
     """A mastered chapter: float32 mono `samples` at `sample_rate_hz` (44.1 kHz), with its measured levels.
 
-    `head_s` / `tail_s`: room tone added before / after the chapter's audio. `trimmed_head_s`: silence cut from the
-    start of the input. A time `t` (s) in the input is at `output_time_s(t)` in the master (caption timestamps)."""
+    `head_room_tone_s` / `tail_room_tone_s`: room tone laid before / after the chapter's audio; `trimmed_head_s`:
+    silence cut from the start of the input first. Caption timestamps: a time `t` (s) of the input is at
+    `t + head_s` in the master (`output_time_s(t)` also keeps it inside the chapter's audio)."""
 
     samples: np.ndarray
     sample_rate_hz: int
-    head_s: float
-    tail_s: float
+    head_room_tone_s: float
+    tail_room_tone_s: float
     trimmed_head_s: float
     rms_db: float
     peak_db: float
     noise_floor_db: float
 
     @property
+    def head_s(self) -> float:
+        """The offset of the input's timeline in the master: head room tone less the trimmed leading silence."""
+        return self.head_room_tone_s - self.trimmed_head_s
+
+    @property
+    def tail_s(self) -> float:
+        return self.tail_room_tone_s
+
+    @property
     def duration_s(self) -> float:
         return self.samples.size / self.sample_rate_hz
 
     def output_time_s(self, input_s: float) -> float:
-        """Where input time `input_s` lies in the master: shifted by the trimmed silence and the head room tone,
-        kept inside the chapter's audio."""
-        body_s = self.duration_s - self.head_s - self.tail_s
-        return self.head_s + min(max(input_s - self.trimmed_head_s, 0.0), body_s)
+        """Where input time `input_s` lies in the master (`input_s + head_s`), kept inside the chapter's audio."""
+        body_s = self.duration_s - self.head_room_tone_s - self.tail_room_tone_s
+        return self.head_room_tone_s + min(max(input_s - self.trimmed_head_s, 0.0), body_s)
 
 
 @dataclass(frozen=True)
@@ -549,16 +562,17 @@ def _raw_input(sample_rate_hz: int) -> list[str]:
 _BITEXACT = ["-fflags", "+bitexact", "-flags:a", "+bitexact"]  # no encoder version or dates: reruns byte-identical
 
 
-def write_mp3(mastered: MasteredAudio, path: str | os.PathLike, bitrate_kbps: int = 192, title: str | None = None,
+def write_mp3(mastered: MasteredAudio, path: str | os.PathLike, *, title: str | None = None,
               artist: str | None = None, album: str | None = None, track: int | None = None,
-              settings: MasteringConfig | None = None) -> Path:
-    """Encode the master as a constant-bitrate MP3 (libmp3lame, mono, at the master's rate) with ID3v2.3 tags;
-    atomic.
+              bitrate_kbps: int | None = None, settings: MasteringConfig | None = None) -> Path:
+    """Encode the master as a constant-bitrate MP3 (libmp3lame, mono, at the master's rate; `bitrate_kbps`, else
+    `mp3_bitrate_kbps`: 192) with ID3v2.3 tags; atomic.
 
     MP3 coding can raise a peak (by about 1 dB on a square wave), so the encoded file is decoded and its peak
     measured: above `max_peak_dbfs` the master is scaled down until the MP3's peak sits at `peak_ceiling_dbfs`
     and encoded again (at most `MP3_PEAK_PASSES` times; then MasteringError)."""
     s = settings or MasteringConfig()
+    bitrate_kbps = bitrate_kbps or s.mp3_bitrate_kbps
     path, temporary = _prepare(path)
     tags = []
     for key, value in (("title", title), ("artist", artist), ("album", album), ("track", track)):
@@ -593,10 +607,12 @@ def _ffmetadata_escape(text: str) -> str:
     return text
 
 
-def write_m4b(chapters: Sequence[tuple[str, str | os.PathLike]], path: str | os.PathLike, title: str,
-              author: str | None = None, bitrate_kbps: int = 64) -> Path:
+def write_m4b(chapters: Sequence[tuple[str, str | os.PathLike]], path: str | os.PathLike, title: str, *,
+              author: str | None = None, settings: MasteringConfig | None = None) -> Path:
     """Write an audiobook: the chapters' WAV masters, in order, as AAC in an MP4 (.m4b) with one chapter mark
-    per chapter (`chapters`: `(title, wav_path)`); atomic. Chapters must share one sample rate."""
+    per chapter (`chapters`: `(title, wav_path)`) at `m4b_bitrate_kbps`; atomic. Chapters must share one sample
+    rate. The mark of a chapter starts where its audio starts in the book (to the millisecond)."""
+    bitrate_kbps = (settings or MasteringConfig()).m4b_bitrate_kbps
     if not chapters:
         raise MasteringError("write_m4b: no chapters given; a book needs at least one")
     path, temporary = _prepare(path)

@@ -177,7 +177,7 @@ def test_mp3_carries_the_chapter_title_as_an_id3_tag(published):
 def test_noisy_pauses_between_sentences_are_silenced_to_the_room_tone(published):
     mastered, paths = published["noisy pauses"]
     audio, rate_hz = sf.read(str(paths["wav"]))
-    body = audio[round(mastered.head_s * rate_hz):-round(mastered.tail_s * rate_hz)]
+    body = audio[round(mastered.head_room_tone_s * rate_hz):-round(mastered.tail_room_tone_s * rate_hz)]
     inner = measure_acx(body, rate_hz)  # the quietest 0.5 s between the words, room tone at the edges left out
     assert inner.noise_floor_db <= SETTINGS.max_noise_floor_db
 
@@ -195,7 +195,7 @@ def test_a_rerun_writes_byte_identical_wav_and_mp3(published, tmp_path):
     assert sha256(write_mp3(again, tmp_path / "a.mp3", title="noisy pauses")) == sha256(paths["mp3"])
 
 
-def test_output_time_points_at_the_same_sound_in_the_master():
+def test_input_time_plus_head_s_points_at_the_same_sound_in_the_master():
     rate_hz = 16000
     audio = np.zeros(4 * rate_hz)
     for onset_s in (1.2, 2.5):  # two 0.3 s tones after 1.2 s of silence: the silence is trimmed
@@ -204,7 +204,8 @@ def test_output_time_points_at_the_same_sound_in_the_master():
     mastered = master_chapter(audio, rate_hz, SETTINGS)
     loud = np.abs(mastered.samples) > 0.05
     for onset_s in (1.2, 2.5):
-        expected = mastered.output_time_s(onset_s)
+        expected = onset_s + mastered.head_s
+        assert mastered.output_time_s(onset_s) == pytest.approx(expected)
         first = np.flatnonzero(loud[int((expected - 0.1) * ACX_HZ):])[0] / ACX_HZ + expected - 0.1
         assert abs(first - expected) < 0.02, (onset_s, expected, first)
 
