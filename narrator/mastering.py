@@ -13,8 +13,8 @@ Conventions (the ones ACX's own checks use): levels are dBFS of the samples, ful
   (-50 dB) from the start / before the end.
 
 `master_chapter` turns any mono audio (any rate, any level, DC offset, noise, clipping) into a 44.1 kHz float32
-master that meets these limits: resample, high-pass (DC, rumble), a downward expander on the quiet frames between
-sentences, edge silence trimmed, seeded room tone laid under the whole chapter (quiet, never digital silence),
+master that meets these limits: resample, high-pass (DC, rumble), pauses between words and sentences silenced
+and other quiet frames expanded downwards (noisy synthesis gets clean pauses), edge silence trimmed, seeded room tone laid under the whole chapter (quiet, never digital silence),
 `room tone | chapter | room tone`, then gain to the target RMS and a look-ahead peak limiter, repeated until the
 RMS settles. Everything is deterministic: the same input gives the same bytes.
 

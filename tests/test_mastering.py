@@ -210,6 +210,20 @@ def test_input_time_plus_head_s_points_at_the_same_sound_in_the_master():
         assert abs(first - expected) < 0.02, (onset_s, expected, first)
 
 
+def test_a_stereo_chapter_is_mastered_to_mono_within_the_limits():
+    speech = _speech()
+    mastered = master_chapter(np.stack([speech, 0.5 * speech]), ESPEAK_HZ, SETTINGS)
+    assert mastered.samples.ndim == 1 and mastered.sample_rate_hz == ACX_HZ
+    assert measure_acx(mastered.samples, ACX_HZ).problems() == []
+
+
+def test_a_chapter_with_non_finite_samples_is_refused():
+    speech = _speech()
+    speech[100] = np.nan
+    with pytest.raises(MasteringError, match="NaN or infinite"):
+        master_chapter(speech, ESPEAK_HZ, SETTINGS)
+
+
 def test_a_silent_chapter_is_refused():
     with pytest.raises(MasteringError, match="silent"):
         master_chapter(np.zeros(ESPEAK_HZ), ESPEAK_HZ, SETTINGS)
