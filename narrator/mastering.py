@@ -68,8 +68,9 @@ Measured (tests/test_mastering.py; espeak-ng narration, payload read back with m
   narration): hence `relimit`, a pass of the same limiter that moves the peaks by a fraction of a dB and leaves
   the mark intact.
 Order for every chapter: master_chapter -> models.watermark.embed(master.samples, master.sample_rate_hz, ...)
--> relimit(master, marked) -> write_wav_master / write_mp3 / write_m4b. (The MP3 decodes about 0.3 dB quieter than
-the master, peaks included: the encoder never pushes a peak over the limit here.)
+-> relimit(master, marked) -> write_wav_master / write_mp3 / write_m4b. (MP3 coding itself can lift a peak: about
+1 dB on a square wave, while narration decodes about 0.3 dB quieter than its master; write_mp3 measures the decoded
+peak and encodes again, quieter, when it is over the limit.)
 """
 
 FRAME_S = 0.01  # level analysis frames: gate, edge trimming, room-tone measurement (441 samples at 44.1 kHz)
@@ -313,7 +314,7 @@ def mp3_frame_bitrates_kbps(path: str | os.PathLike) -> list[int]:
         pos = 10 + ((data[6] & 0x7F) << 21 | (data[7] & 0x7F) << 14 | (data[8] & 0x7F) << 7 | (data[9] & 0x7F))
     bitrates = []
     while pos + 4 <= len(data):
-        b1, b2, b3 = data[pos + 1], data[pos + 2], data[pos + 3]
+        b1, b2 = data[pos + 1], data[pos + 2]
         if data[pos] != 0xFF or (b1 & 0xFE) != 0xFA:  # sync, MPEG-1, Layer III (either CRC setting)
             break
         rate_index, bitrate_index = (b2 >> 2) & 0x3, b2 >> 4
@@ -322,7 +323,6 @@ def mp3_frame_bitrates_kbps(path: str | os.PathLike) -> list[int]:
         kbps = _MP3_BITRATES_KBPS[bitrate_index]
         bitrates.append(kbps)
         pos += 144000 * kbps // _MP3_RATES_HZ[rate_index] + ((b2 >> 1) & 1)
-        del b3
     return bitrates
 
 
