@@ -505,12 +505,13 @@ def _replace_atomically(temporary: Path, path: Path) -> Path:
 
 
 def _prepare(path: str | os.PathLike) -> tuple[Path, Path]:
+    """`path` and the hidden name it is written under first (it keeps the suffix, so it decodes as what it is)."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise output_error(error, path.parent) from None
-    return path, temporary_name(path)
+    return path, temporary_name(path).with_suffix(f".tmp{path.suffix}")
 
 
 def write_wav_master(mastered: MasteredAudio, path: str | os.PathLike) -> Path:
