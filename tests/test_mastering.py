@@ -23,8 +23,18 @@ from narrator import mastering
 from narrator.audiofile import read_audio
 from narrator.config import MasteringConfig, load_params
 from narrator.errors import ConfigError
-from narrator.mastering import (FfmpegError, MasteringError, master_chapter, measure_acx, mp3_frame_bitrates_kbps,
-                                relimit, write_m4b, write_mp3, write_vtt, write_wav_master)
+from narrator.mastering import (
+    FfmpegError,
+    MasteringError,
+    master_chapter,
+    measure_acx,
+    mp3_frame_bitrates_kbps,
+    relimit,
+    write_m4b,
+    write_mp3,
+    write_vtt,
+    write_wav_master,
+)
 from tests.watermark_attacks import narration
 
 SETTINGS = MasteringConfig()
