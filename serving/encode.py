@@ -17,12 +17,14 @@ a length it does not have):
 | pcm  | raw s16le, mono (rate in the headers)        | the same bytes                                                |
 | flac | FLAC 16-bit, exact STREAMINFO                | total_samples 0 ("unknown", FLAC spec); same frames           |
 | mp3  | CBR MPEG audio with an Info/LAME tag (gapless)| CBR MPEG frames with no Info/Xing tag (no frame count to lie)  |
-| ogg  | Ogg Vorbis                                   | the same: Ogg pages with granule positions, EOS on close      |
+| ogg  | Ogg Vorbis (libvorbis, quality 4)            | the same: Ogg pages with granule positions, EOS on close      |
 | opus | Ogg Opus (48 kHz inside; other rates resampled)| the same                                                    |
 | aac  | AAC-LC in ADTS                               | the same                                                      |
 
-wav/pcm/flac/ogg go through libsndfile in process; mp3, opus and aac through an ffmpeg process (libmp3lame,
-libopus, ffmpeg's aac), a stream keeping one ffmpeg process fed through its stdin while a thread reads its stdout.
+wav, pcm and flac go through libsndfile in process; mp3, ogg, opus and aac through an ffmpeg process (libmp3lame,
+libvorbis, libopus, ffmpeg's aac; bit-exact, so the same audio gives the same bytes), a stream keeping one ffmpeg
+process fed through its stdin while a thread reads its stdout. (libsndfile's Ogg Vorbis ends its streams with
+granule positions ffmpeg decodes to 256 samples too few or 468 too many; libvorbis's are exact.)
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import struct
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -51,8 +54,9 @@ MP3_LOW_RATES_MAX_KBPS = 160  # MPEG-2/2.5 (rates under 32 kHz) go up to 160 kbp
 OPUS_BITRATES_KBPS = (16, 24, 32, 48, 64, 96, 128, 192, 256)
 AAC_BITRATES_KBPS = (32, 48, 64, 96, 128, 160, 192, 256)
 FFMPEG_TIMEOUT_S = 60.0
-STREAM_SETTLE_S = 0.02  # after a write, wait until ffmpeg has been quiet this long (at most STREAM_WAIT_S) ...
-STREAM_WAIT_S = 0.25  # ... so a sentence's bytes leave with that sentence, not with the next
+STREAM_SETTLE_S = 0.06  # after a write, wait for ffmpeg's first output, then until it has been quiet this long ...
+STREAM_WAIT_S = 1.0  # ... (at most this long), so a sentence's bytes leave with that sentence, not the next
+STREAM_EXPECT_S = 0.25  # wait for output only when at least this much audio went in since the last output
 
 
 class EncodeError(RuntimeError):
@@ -145,7 +149,12 @@ class AudioFormat:
 
 
 def _pcm16(samples: np.ndarray) -> bytes:
-    return (np.clip(samples, -1.0, 1.0) * 32767.0).round().astype("<i2").tobytes()
+    """16-bit little-endian PCM by libsndfile's own conversion, so streamed samples equal the whole files'."""
+    if not len(samples):
+        return b""
+    buffer = io.BytesIO()
+    sf.write(buffer, np.clip(samples, -1.0, 1.0), 8000, format="RAW", subtype="PCM_16", endian="LITTLE")
+    return buffer.getvalue()
 
 
 def wav_stream_header(sample_rate_hz: int) -> bytes:
@@ -254,8 +263,8 @@ def _ffmpeg() -> str:
 
 
 def _ffmpeg_input(sample_rate_hz: int) -> list[str]:
-    return [_ffmpeg(), "-hide_banner", "-nostdin", "-v", "error", "-f", "f32le", "-ar", str(sample_rate_hz),
-            "-ac", "1", "-i", "pipe:0", "-fflags", "+bitexact", "-flags:a", "+bitexact"]
+    return [_ffmpeg(), "-hide_banner", "-nostdin", "-v", "error", "-probesize", "32", "-analyzeduration", "0",
+            "-f", "f32le", "-ar", str(sample_rate_hz), "-ac", "1", "-i", "pipe:0", "-fflags", "+bitexact", "-flags:a", "+bitexact"]
 
 
 def _mp3_args(sample_rate_hz: int, bitrate_kbps: int | None) -> list[str]:
@@ -267,6 +276,10 @@ def _opus_args(sample_rate_hz: int, bitrate_kbps: int | None) -> list[str]:
     rate = [] if sample_rate_hz in OPUS_RATES_HZ else ["-ar", "48000"]  # libopus takes only these rates
     return [*rate, "-c:a", "libopus", "-b:a", f"{bitrate_kbps}k", "-application", "audio", "-f", "ogg",
             "-page_duration", "200000"]
+
+
+def _vorbis_args(sample_rate_hz: int, bitrate_kbps: int | None) -> list[str]:
+    return ["-c:a", "libvorbis", "-q:a", "4", "-f", "ogg", "-page_duration", "200000"]
 
 
 def _aac_args(sample_rate_hz: int, bitrate_kbps: int | None) -> list[str]:
@@ -311,6 +324,7 @@ class _FfmpegStream(StreamEncoder):
         self._process = subprocess.Popen([*_ffmpeg_input(sample_rate_hz), *args, "-flush_packets", "1", "pipe:1"],
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr)
         self._out: list[bytes] = []
+        self._pending = 0  # samples written since output last came
         self._arrived = threading.Condition()
         self._reader = threading.Thread(target=self._read, name="ffmpeg-stream-reader", daemon=True)
         self._reader.start()
@@ -338,13 +352,20 @@ class _FfmpegStream(StreamEncoder):
             self._process.stdin.flush()
         except (BrokenPipeError, OSError):
             self._fail()
-        with self._arrived:  # let ffmpeg encode what it was given before handing out what it made
-            waited, before = 0.0, -1
-            while waited < STREAM_WAIT_S and len(self._out) != before:
-                before = len(self._out)
-                self._arrived.wait(STREAM_SETTLE_S)
-                waited += STREAM_SETTLE_S
-        return self._take()
+        self._pending += len(samples)
+        if self._pending >= STREAM_EXPECT_S * self.rate:  # let ffmpeg encode it before handing out what it made
+            deadline = time.monotonic() + STREAM_WAIT_S
+            with self._arrived:
+                while not self._out and time.monotonic() < deadline:  # the first output
+                    self._arrived.wait(deadline - time.monotonic())
+                before = -1
+                while len(self._out) != before and time.monotonic() < deadline:  # until it is quiet
+                    before = len(self._out)
+                    self._arrived.wait(min(STREAM_SETTLE_S, max(0.0, deadline - time.monotonic())))
+        data = self._take()
+        if data:
+            self._pending = 0
+        return data
 
     def _close(self) -> bytes:
         try:
@@ -410,8 +431,8 @@ FORMATS: dict[str, AudioFormat] = _register(
                 MP3_RATES_HZ, MP3_BITRATES_KBPS, 128,
                 stream_note="plain CBR frames without the Info/LAME tag (its frame count is unknown while "
                             "streaming): decoders also play the encoder delay and the last frame's padding"),
-    AudioFormat("ogg", "audio/ogg", "ogg", "Ogg Vorbis (quality-based VBR)", "vorbis", False,
-                _sndfile_whole("OGG", "VORBIS"), lambda rate, _b: _SndfileStream(rate, "OGG", "VORBIS"),
+    AudioFormat("ogg", "audio/ogg", "ogg", "Ogg Vorbis (VBR, quality 4)", "vorbis", False,
+                _ffmpeg_whole(_vorbis_args), lambda rate, _b: _FfmpegStream(rate, _vorbis_args(rate, _b)),
                 stream_note="the same Ogg pages: granule positions and the end-of-stream page make the length exact"),
     AudioFormat("opus", "audio/ogg; codecs=opus", "opus", "Ogg Opus (48 kHz inside; other rates resampled)", "opus",
                 False, _ffmpeg_whole(_opus_args), lambda rate, b: _FfmpegStream(rate, _opus_args(rate, b)),
