@@ -241,7 +241,7 @@ class NarratorServer:
         return result
 
     def record(self, key: ApiKey, voice: VoiceInfo, req: SpeechRequest, duration_s: float, sent: Delivery,
-               stream: bool) -> None:
+               stream: bool, request_id: str = "") -> None:
         """The audit record of one synthesis: `duration_s` audio seconds synthesized, `sent` what reached the
         client."""
         self.audit.append(SynthesisRecord(key_id=key.id, tenant=key.tenant, voice=voice.voice, version=voice.version,
@@ -249,7 +249,8 @@ class NarratorServer:
                                           language=req.language, format=req.format,
                                           sample_rate_hz=req.sample_rate_hz, duration_s=round(duration_s, 3),
                                           stream=stream, delivery=sent.delivery, bytes_sent=sent.bytes_sent,
-                                          seconds_sent=round(sent.seconds_sent, 3), output_sha256=sent.output_sha256))
+                                          seconds_sent=round(sent.seconds_sent, 3), output_sha256=sent.output_sha256,
+                                          request_id=request_id))
         if self.metrics:
             self.metrics.audio_seconds.inc(duration_s)
 
@@ -395,25 +396,27 @@ def create_app(server: Callable[[], NarratorServer]) -> FastAPI:
             log.error("%s", error)
             raise errors.unavailable(f"the {req.format} encoder failed; try another format") from None
         duration_s = len(result.samples) / 32000
-        digest = hashlib.sha256(body).hexdigest()
-        state.record(key, info, req, duration_s, Delivery(COMPLETED, len(body), duration_s, digest), stream=False)
+        digest, request_id = hashlib.sha256(body).hexdigest(), _request_id(request)
+        state.record(key, info, req, duration_s, Delivery(COMPLETED, len(body), duration_s, digest), stream=False,
+                     request_id=request_id)
         elapsed = time.perf_counter() - started
         if state.metrics:
             state.metrics.first_audio.labels(endpoint="speech").observe(elapsed)
             state.metrics.rtf.observe(result.seconds / max(duration_s, 1e-6))
         state.observe("/v1/speech", 200, elapsed)
         return Response(body, media_type=fmt.content_type, headers={
-            **_audio_headers(info, fmt, req, _request_id(request)), "X-Audio-Duration-S": f"{duration_s:.3f}",
+            **_audio_headers(info, fmt, req, request_id), "X-Audio-Duration-S": f"{duration_s:.3f}",
             "X-Audio-Sha256": digest, "X-Output-Sha256": digest})
 
     @app.post(f"/{API_VERSION}/speech/stream", summary="the text as audio, streamed sentence by sentence",
               responses={200: {"content": {media_type(f): {} for f in FORMATS}}})
     def speech_stream(req: SpeechRequest, request: Request, key: ApiKey = Depends(authorized)) -> StreamingResponse:
         """Duration and sha256 are known only when the stream ends (no trailers: uvicorn sends none); the audit
-        record of the stream (serving.audit_log) holds them, with the bytes and seconds that reached the client."""
+        record of the stream (serving.audit_log, found by the request id in the file name) holds them, with the
+        bytes and seconds that reached the client."""
         started = time.perf_counter()
         state, info, voice = prepared(req, key)
-        fmt = audio_format(req.format)
+        fmt, request_id = audio_format(req.format), _request_id(request)
 
         synthesized_s = 0.0  # audio seconds synthesized so far
 
@@ -445,14 +448,14 @@ def create_app(server: Callable[[], NarratorServer]) -> FastAPI:
 
         def ended(sent: Delivery) -> None:
             """The stream ended (completed, or the client went away): record what was sent."""
-            state.record(key, info, req, synthesized_s, sent, stream=True)
+            state.record(key, info, req, synthesized_s, sent, stream=True, request_id=request_id)
             elapsed = time.perf_counter() - started
             if state.metrics and synthesized_s:
                 state.metrics.rtf.observe(elapsed / synthesized_s)
             state.observe("/v1/speech/stream", 200, elapsed)
 
         return ClosingStreamingResponse(delivered(chunks(), ended), media_type=fmt.content_type,
-                                        headers=_audio_headers(info, fmt, req, _request_id(request)))
+                                        headers=_audio_headers(info, fmt, req, request_id))
 
     @app.post(f"/{API_VERSION}/watermark/detect", summary="look for the watermark in an uploaded audio file",
               openapi_extra={"requestBody": {"content": {"application/octet-stream": {"schema": {

@@ -18,6 +18,7 @@ import numpy as np
 import soundfile as sf
 
 SOUNDFILE_CANNOT_READ = {"aac": "libsndfile has no AAC decoder"}
+ENTRIES = "stream=codec_name,sample_rate,bit_rate:frame=nb_samples:format=duration,bit_rate"
 
 
 @dataclass
@@ -51,8 +52,7 @@ def ffprobe_decode(data: bytes, fmt: str, rate: int) -> Probe:
         tmp.write(data)
         tmp.flush()
         done = subprocess.run(["ffprobe", "-v", "error", *raw, "-i", tmp.name, "-select_streams", "a:0",
-                               "-show_entries", "stream=codec_name,sample_rate,bit_rate:frame=nb_samples:"
-                               "format=duration,bit_rate", "-of", "json"], capture_output=True, check=True)
+                               "-show_entries", ENTRIES, "-of", "json"], capture_output=True, check=True)
     found = json.loads(done.stdout)
     stream, form = found["streams"][0], found.get("format", {})
     bit_rate = stream.get("bit_rate") or form.get("bit_rate")

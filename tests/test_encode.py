@@ -25,7 +25,8 @@ import numpy as np
 import pytest
 
 from serving.encode import FORMATS, audio_format, open_stream
-from tests.decoders import SOUNDFILE_CANNOT_READ, ffprobe_decode, mp3_frame_bitrates, soundfile_decode
+from tests.decoders import (SOUNDFILE_CANNOT_READ, ffprobe_decode, mp3_frame_bitrates,
+                            soundfile_decode)
 
 CHUNKS = (1, 7, 577, 5003, 1151, 2, 12345)  # odd sizes, cycled
 MP3_DELAY = 576 + 529  # LAME's encoder delay + the decoder's
@@ -115,7 +116,7 @@ def test_a_streamed_flac_says_its_length_is_unknown_and_soundfile_cannot_read_it
     assert stream[:4] == b"fLaC"
     streaminfo = stream[8:42]
     assert int.from_bytes(streaminfo[13:18], "big") & (2 ** 36 - 1) == 0
-    with pytest.raises(Exception):  # noqa: B017, PT011 (libsndfile's messages vary)
+    with pytest.raises(Exception):  # noqa: B017 (libsndfile's messages vary)
         soundfile_decode(stream, "flac", 24000)
 
 
