@@ -66,7 +66,7 @@ class SpeechRequest(BaseModel):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     temperature: float = Field(1.0, gt=0.0, le=2.0)
     seed: int | None = Field(None, ge=0, le=2 ** 31 - 1, description="same seed, same audio")
-    format: Literal["wav", "pcm", "flac", "mp3", "ogg", "opus", "aac"] = Field(
+    format: Literal[tuple(FORMATS)] = Field(  # type: ignore[valid-type]  (the registry's names)
         "wav", description="wav, pcm (raw s16le mono; rate in X-Audio-Sample-Rate-Hz), flac, mp3 (CBR), ogg "
                            "(Vorbis), opus (Ogg Opus), aac (ADTS)")
     sample_rate_hz: int = Field(32000, description="one of serving.sample_rates_hz")

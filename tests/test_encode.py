@@ -197,3 +197,12 @@ def test_a_stream_hands_out_audio_before_it_is_closed():
         rest = encoder.close()
         assert first or second, f"{fmt}: nothing before close"
         assert len(first) + len(second) > len(rest), fmt
+
+
+def test_the_api_offers_exactly_the_registry():
+    from serving.api import SpeechRequest
+
+    schema = SpeechRequest.model_json_schema()["properties"]["format"]
+    assert schema["enum"] == list(FORMATS)
+    with pytest.raises(ValueError, match="format"):
+        SpeechRequest(voice="alice", text="Hi.", format="aiff")
