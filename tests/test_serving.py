@@ -203,11 +203,12 @@ def test_concurrent_requests_each_hear_their_own_voice(service, deployment):
             assert _detect_bytes(data, "wav", deployment)["payload"] == deployment.payloads[voice]
 
 
-def test_stream_sends_audio_before_the_last_sentence(service, deployment):
+@pytest.mark.parametrize("fmt", ["wav", "mp3"])  # in process; an ffmpeg process fed sentence by sentence
+def test_stream_sends_audio_before_the_last_sentence(service, deployment, fmt):
     started = time.perf_counter()
     arrivals, data = [], b""
     with httpx.stream("POST", f"{service}/v1/speech/stream", headers=_auth(deployment.keys["globex"]), timeout=120,
-                      json={"voice": "bob", "text": STREAM_TEXT, "seed": 3, "format": "wav"}) as response:
+                      json={"voice": "bob", "text": STREAM_TEXT, "seed": 3, "format": fmt}) as response:
         assert response.status_code == 200
         assert response.headers["x-watermark-payload"] == deployment.payloads["bob"]
         for chunk in response.iter_raw():
@@ -217,7 +218,7 @@ def test_stream_sends_audio_before_the_last_sentence(service, deployment):
     total_at = arrivals[-1][0]
     assert first_size < len(data) / 2, "the first chunk held most of the audio: it waited for the text"
     assert first_at < total_at - 0.2
-    found = _detect_bytes(data, "wav", deployment)
+    found = _detect_bytes(data, fmt, deployment)
     assert found["detected"] and found["payload"] == deployment.payloads["bob"]
 
 
@@ -464,6 +465,43 @@ def test_a_stream_the_client_abandons_is_recorded_as_aborted_with_what_was_sent(
     assert record["delivery"] == "aborted" and record["voice"] == "bob"
     assert len(received) <= record["bytes_sent"] and record["seconds_sent"] < record["duration_s"]
     assert record["seconds_sent"] == pytest.approx((record["bytes_sent"] - 44) / 2 / 32000, abs=1e-3)
+
+
+def _service_ffmpegs(service: str) -> list[int]:
+    """The ffmpeg processes (stream encoders) under the `bentoml serve` process listening on `service`'s port."""
+    port, children, names = service.rsplit(":", 1)[1], {}, {}
+    root = None
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            command = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+        names[int(entry)] = stat.split("(", 1)[1].rsplit(")", 1)[0]
+        if b"bentoml" in b" ".join(command) and b"--port" in command and port.encode() in command:
+            root = int(entry)
+    assert root is not None, "the service's process was not found"
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found += [child for child in children.get(pid, []) if names.get(child) == "ffmpeg"]
+        todo += children.get(pid, [])
+    return found
+
+
+def test_an_abandoned_stream_ends_its_encoder_process(service, deployment):
+    """A client that hangs up on an mp3 stream: the stream's ffmpeg process ends with it."""
+    with httpx.stream("POST", f"{service}/v1/speech/stream", headers=_auth(deployment.keys["acme"]), timeout=120,
+                      json={"voice": "alice", "text": LONG_TEXT, "seed": 9, "format": "mp3"}) as response:
+        next(response.iter_raw())
+        assert _service_ffmpegs(service), "the mp3 stream is encoded by an ffmpeg process"
+    deadline = time.monotonic() + 30
+    while _service_ffmpegs(service):
+        assert time.monotonic() < deadline, "the abandoned stream's ffmpeg process is still running"
+        time.sleep(0.2)
 
 
 def test_metrics_expose_latency_first_audio_rtf_and_queue_depth(service, deployment):
