@@ -11,15 +11,15 @@ wrong with a request (None when nothing). Input is always mono float `(n,)` in [
 How each format streams (a stream's header is sent before the audio's length is known; nothing in a stream claims
 a length it does not have):
 
-| name | whole file                                   | stream                                                        |
-|------|----------------------------------------------|---------------------------------------------------------------|
-| wav  | RIFF/WAVE PCM 16-bit, exact sizes            | RIFF sizes 0xFFFFFFFF ("unknown"), then the same samples        |
-| pcm  | raw s16le, mono (rate in the headers)        | the same bytes                                                |
-| flac | FLAC 16-bit, exact STREAMINFO                | total_samples 0 ("unknown", FLAC spec); same frames           |
-| mp3  | CBR MPEG audio with an Info/LAME tag (gapless)| CBR MPEG frames with no Info/Xing tag (no frame count to lie)  |
-| ogg  | Ogg Vorbis (libvorbis, quality 4)            | the same: Ogg pages with granule positions, EOS on close      |
-| opus | Ogg Opus (48 kHz inside; other rates resampled)| the same                                                    |
-| aac  | AAC-LC in ADTS                               | the same                                                      |
+| name | whole file                                     | stream                                                     |
+|------|------------------------------------------------|------------------------------------------------------------|
+| wav  | RIFF/WAVE PCM 16-bit, exact sizes              | RIFF and data sizes 0xFFFFFFFF ("unknown"), same samples   |
+| pcm  | raw s16le, mono (rate in the headers)          | the same bytes                                             |
+| flac | FLAC 16-bit, exact STREAMINFO                  | total_samples 0 ("unknown", FLAC spec), same frames        |
+| mp3  | CBR MPEG audio, Info/LAME tag (gapless)        | CBR MPEG frames, no Info/Xing tag (no frame count to lie)  |
+| ogg  | Ogg Vorbis (libvorbis, quality 4)              | the same: granule positions, end-of-stream page on close   |
+| opus | Ogg Opus (48 kHz inside; other rates resampled)| the same                                                   |
+| aac  | AAC-LC in ADTS                                 | the same                                                   |
 
 wav, pcm and flac go through libsndfile in process; mp3, ogg, opus and aac through an ffmpeg process (libmp3lame,
 libvorbis, libopus, ffmpeg's aac; bit-exact, so the same audio gives the same bytes), a stream keeping one ffmpeg
@@ -145,7 +145,7 @@ class AudioFormat:
         return self.bitrates_kbps
 
 
-# -- PCM helpers --------------------------------------------------------------------------------------------------
+# -- PCM helpers -------------------------------------------------------------------------------------------------------
 
 
 def _pcm16(samples: np.ndarray) -> bytes:
@@ -182,7 +182,7 @@ class _PcmStream(StreamEncoder):
         return self._take_head()
 
 
-# -- libsndfile (wav, flac, ogg vorbis) ---------------------------------------------------------------------------
+# -- libsndfile (wav, flac) --------------------------------------------------------------------------------------------
 
 
 def _sndfile_whole(container: str, subtype: str) -> Callable[[np.ndarray, int, int | None], bytes]:
@@ -252,19 +252,20 @@ class _SndfileStream(StreamEncoder):
             self._file.close()
 
 
-# -- ffmpeg (mp3, opus, aac) --------------------------------------------------------------------------------------
+# -- ffmpeg (mp3, ogg, opus, aac) --------------------------------------------------------------------------------------
 
 
 def _ffmpeg() -> str:
     found = shutil.which("ffmpeg")
     if found is None:
-        raise EncodeError("ffmpeg is not installed; it encodes mp3, opus and aac (apt-get install ffmpeg)")
+        raise EncodeError("ffmpeg is not installed; it encodes mp3, ogg, opus and aac (apt-get install ffmpeg)")
     return found
 
 
 def _ffmpeg_input(sample_rate_hz: int) -> list[str]:
     return [_ffmpeg(), "-hide_banner", "-nostdin", "-v", "error", "-probesize", "32", "-analyzeduration", "0",
-            "-f", "f32le", "-ar", str(sample_rate_hz), "-ac", "1", "-i", "pipe:0", "-fflags", "+bitexact", "-flags:a", "+bitexact"]
+            "-f", "f32le", "-ar", str(sample_rate_hz), "-ac", "1", "-i", "pipe:0",
+            "-fflags", "+bitexact", "-flags:a", "+bitexact"]  # no random Ogg serial, no version strings
 
 
 def _mp3_args(sample_rate_hz: int, bitrate_kbps: int | None) -> list[str]:
@@ -407,7 +408,7 @@ class _FfmpegStream(StreamEncoder):
         self._stderr.close()
 
 
-# -- the registry -------------------------------------------------------------------------------------------------
+# -- the registry ------------------------------------------------------------------------------------------------------
 
 
 def _register(*formats: AudioFormat) -> dict[str, AudioFormat]:

@@ -3,15 +3,17 @@
 A 440 Hz sine is encoded whole and, fed in odd-sized chunks, as a stream; both are decoded with soundfile and
 ffprobe. What each decoder must give back, per codec (samples at the encoded rate, N the input's):
 
-| format         | soundfile                   | ffprobe (decoded frames)            | why                                   |
-|----------------|-----------------------------|-------------------------------------|---------------------------------------|
-| wav, pcm       | N, the same samples         | N                                   | PCM                                   |
-| flac whole     | N, the same samples         | N                                   | exact STREAMINFO                      |
-| flac stream    | cannot read (unknown length)| N, the same samples                 | STREAMINFO total_samples 0            |
-| ogg, opus      | N                           | N                                   | granule positions, pre-skip, EOS page |
-| mp3 whole      | N                           | N + padding (< 1 frame)             | the Info/LAME tag: ffmpeg 5 trims the start only |
-| mp3 stream     | N + 1105 + padding          | N + 1105 + padding (< 1 frame)      | no tag: encoder (576) + decoder (529) delay played |
-| aac (ADTS)     | cannot read (no AAC)        | N + 1024 + padding (< 1 frame)      | ADTS has no priming/length info       |
+| format      | soundfile                    | ffprobe (decoded frames)        | why                               |
+|-------------|------------------------------|---------------------------------|-----------------------------------|
+| wav, pcm    | N, the same samples          | N                               | PCM                               |
+| flac whole  | N, the same samples          | N                               | exact STREAMINFO                  |
+| flac stream | cannot read (unknown length) | N, the same samples             | STREAMINFO total_samples 0        |
+| ogg, opus   | N                            | N                               | granules, pre-skip, EOS page      |
+| mp3 whole   | N                            | N to N + padding (< 1 frame)    | Info/LAME tag (ffmpeg 5.1 may not |
+|             |                              |                                 | trim the end padding)             |
+| mp3 stream  | N + 1105 + padding           | N + 1105 + padding              | no tag: the encoder's (576) and   |
+|             |                              |                                 | decoder's (529) delay are played  |
+| aac (ADTS)  | cannot read (no AAC)         | N + 1024 + padding (< 1 frame)  | ADTS has no priming/length info   |
 
 (opus: in seconds; it decodes at 48 kHz.) MP3 frames hold 1152 samples at 32 kHz and up, 576 below.
 """
