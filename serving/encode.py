@@ -118,9 +118,15 @@ class AudioFormat:
         """A new incremental encoder."""
         return self.streaming(sample_rate_hz, bitrate_kbps or self.bitrate_kbps)
 
+    def encoded_rate_hz(self, sample_rate_hz: int) -> int:
+        """The rate inside the file for audio asked at `sample_rate_hz` (Opus takes 8/12/16/24/48 kHz only)."""
+        if self.name == "opus" and sample_rate_hz not in OPUS_RATES_HZ:
+            return 48000
+        return sample_rate_hz
+
     def headers(self, sample_rate_hz: int) -> dict[str, str]:
         """What a response in this format says about its audio beyond the content type."""
-        headers = {"X-Audio-Sample-Rate-Hz": str(sample_rate_hz), "X-Audio-Channels": "1"}
+        headers = {"X-Audio-Sample-Rate-Hz": str(self.encoded_rate_hz(sample_rate_hz)), "X-Audio-Channels": "1"}
         if self.name == "pcm":
             headers["X-Audio-Encoding"] = "s16le"
         return headers

@@ -151,7 +151,9 @@ def test_registry_describes_every_format():
     assert audio_format("MP3") is FORMATS["mp3"]
     with pytest.raises(ValueError, match="one of wav, pcm"):
         audio_format("aiff")
-    assert FORMATS["opus"].problem(44100) is None  # resampled to 48 kHz
+    assert FORMATS["opus"].problem(44100) is None  # resampled to 48 kHz, and the headers say so
+    assert FORMATS["opus"].headers(44100)["X-Audio-Sample-Rate-Hz"] == "48000"
+    assert FORMATS["opus"].headers(24000)["X-Audio-Sample-Rate-Hz"] == "24000"
     assert "cannot carry" in FORMATS["mp3"].problem(96000)
     assert "takes no bitrate" in FORMATS["flac"].problem(24000, 128)
     assert "not 320" in FORMATS["mp3"].problem(24000, 320)  # MPEG-2 tops out at 160 kbps
