@@ -166,6 +166,23 @@ class FinetuneSoVITSConfig(_Section):
         1, ge=1, description="with random_init: narrow the discriminator's layers by this power of two")
 
 
+class GateConfig(_Section):
+    """One quality gate of `evaluate.gates`: the threshold a metric must meet, and whether it must be measured.
+    A bare number in params.yaml is the threshold of a required gate (`wer: 0.1` = `{threshold: 0.1}`)."""
+
+    threshold: float = Field(description="speaker_similarity, f0_correlation and watermark_detected_share must be at "
+                                         "least it, the others at most it")
+    required: bool = Field(True, description="true: a voice whose metric could not be measured fails the gate "
+                                             "(not_measured); false: the gate is skipped and reported as skipped")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_threshold(cls, data: Any) -> Any:
+        if isinstance(data, (int, float)) and not isinstance(data, bool):
+            return {"threshold": data}
+        return data
+
+
 class EvaluateConfig(_Section):
     """`narrator evaluate` (components/evaluate.py): held-out comparison, fixed sentences, quality gates."""
 
@@ -180,12 +197,17 @@ class EvaluateConfig(_Section):
                                                              "narrator's rate predicts is outside [1/(1+t), 1+t] "
                                                              "is an outlier (repeated or skipped words)")
     seed: int = 0
-    gates: dict[str, float | None] = Field(
-        {"speaker_similarity": 0.75, "wer": 0.10, "cer": 0.10, "mcd_db": 8.0, "f0_rmse_cents": 300.0,
-         "duration_outliers_share": 0.1, "rtf": 1.0, "watermark_detected_share": 1.0},
-        description="metric: threshold; speaker_similarity, f0_correlation and watermark_detected_share must be at "
-                    "least it, the others at most it; null disables a gate. A metric that was not measured is skipped, "
-                    "not failed")
+    gates: dict[str, GateConfig | None] = Field(
+        {"speaker_similarity": GateConfig(threshold=0.75), "wer": GateConfig(threshold=0.10),
+         "cer": GateConfig(threshold=0.10), "mcd_db": GateConfig(threshold=8.0, required=False),
+         "f0_rmse_cents": GateConfig(threshold=300.0, required=False),
+         "duration_outliers_share": GateConfig(threshold=0.1), "rtf": GateConfig(threshold=1.0),
+         "watermark_detected_share": GateConfig(threshold=1.0)},
+        description="metric: {threshold, required}; speaker_similarity, f0_correlation and watermark_detected_share "
+                    "must be at least the threshold, the others at most it; null disables a gate. A required metric "
+                    "that was not measured fails its gate (not_measured: e.g. WER/CER without an ASR model); a "
+                    "metric the voice cannot have (CER of an English-only voice) and one not required are skipped. "
+                    "MCD and F0 need held-out segments (prepare.holdout_share), so they are not required")
 
 
 class RegistryConfig(_Section):
