@@ -14,7 +14,12 @@ The flow, for a voice VOICE (registered model `registry.model_prefix + VOICE`, e
 3. approve: `narrator approve VOICE VERSION --by NAME` moves `champion` to any version that passed its gates
    (also the way to roll back to an earlier version).
 4. lineage: `narrator lineage VOICE[@VERSION]` prints the chain consent -> dataset -> code -> params -> base
-   checkpoints -> fine-tuning -> evaluation -> registry (+ audit events) -> packaged bento.
+   checkpoints -> fine-tuning -> evaluation -> registry (+ audit events) -> packaged bento. With --verify it checks
+   that nothing changed since registration (`verify_lineage`): the register run's `lineage.json` (the lineage as
+   registered, canonical JSON) still hashes to the version's `lineage_sha256` tag and to the digest the audit log's
+   "registered" event holds, every lineage tag still has its registered value, and the `champion` alias points at
+   the version of the audit log's last promotion or approval. Tags and aliases edited in the MLflow UI, around
+   `narrator approve` and the audit log, are named there (exit 2).
 
 Every registration, promotion and approval is appended to `registry.audit_log`, the hash-chained log of
 `narrator/audit.py`; promotions are also kept as version tags promoted_by/promoted_at. Voice ids, the watermark
@@ -30,6 +35,8 @@ Model-version tags:
     sovits_sha256, gpt_sha256, sovits_run_id, gpt_run_id   (fine-tuning result.json; run ids "unknown" if not found)
     metric.<name> (every measured evaluation metric), verdict (pass/fail), failed_gates
     watermark_check (the check's outcome and score, e.g. "passed (score 14.2)")
+    lineage_sha256 (sha256 of the register run's lineage.json: every tag above as registered, with the model,
+                    version, register run and tenant)
     pending_approval (true/false), promoted_by, promoted_at, approved_by, approved_at
     bento (set by the package step)
 
@@ -71,6 +78,18 @@ GIT_TIMEOUT_S = 10
 # version tags set after registration (promotion, approval, packaging): extra tags may not use these names
 _DECISION_TAGS = ("payload_hex", "pending_approval", "promoted_by", "promoted_at", "approved_by", "approved_at",
                   "bento")
+LINEAGE_ARTIFACT = "lineage.json"  # the register run's canonical lineage document (see `lineage_document`)
+LINEAGE_DIGEST_TAG = "lineage_sha256"  # version tag (and field of the "registered" audit event): its sha256
+LINEAGE_FORMAT = 1  # the layout of LINEAGE_ARTIFACT
+# the lineage tags of every registration (besides metric.* and extra tags): one of these appearing on a version
+# whose lineage document lacks it was added after registration
+LINEAGE_TAG_NAMES = frozenset({
+    "voice", "registered_by", "registered_at", "consent_hash", "consent_speaker", "consent_organisation",
+    "consent_date", "consent_scope", "dataset_hash", "dataset_segments", "dataset_holdout_segments",
+    "dataset_duration_s", "git_commit", "git_dirty", "params_sha256", "base_sovits_sha256", "base_gpt_sha256",
+    "sovits_sha256", "gpt_sha256", "sovits_run_id", "gpt_run_id", "verdict", "failed_gates", "watermark_check",
+    "payload_hex"})
+CHAMPION_EVENTS = ("promoted", "approved")  # the audit events that move the champion alias
 
 
 @dataclass
@@ -87,9 +106,36 @@ class Registration:
     payload_hex: str  # 32-bit watermark payload, 8 hex digits
     run_id: str  # the MLflow run "register" holding the artifacts
     new_version: bool = True  # False: an existing version already held these files and evaluation (nothing done)
+    lineage_sha256: str = ""  # sha256 of the version's lineage document (LINEAGE_ARTIFACT of the register run)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, ensure_ascii=False)
+
+
+@dataclass
+class LineageCheck:
+    """The outcome of `verify_lineage` for one version: what was compared, and every difference found."""
+
+    voice: str
+    model_name: str
+    version: int
+    lineage_sha256: str | None  # recomputed from the lineage document (None when it could not be read)
+    checked: list[str]  # what was compared, one line each
+    problems: list[str]  # one line per difference; empty when the lineage holds
+
+    @property
+    def intact(self) -> bool:
+        return not self.problems
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "intact": self.intact}, indent=1, ensure_ascii=False)
+
+    def to_text(self) -> str:
+        head = (f"{self.model_name} version {self.version}: lineage "
+                f"{'intact' if self.intact else f'NOT intact ({len(self.problems)} problem(s))'}")
+        lines = [head, *(f"  checked  {line}" for line in self.checked),
+                 *(f"  PROBLEM  {line}" for line in self.problems)]
+        return "\n".join(lines) + "\n"
 
 
 @dataclass
@@ -382,7 +428,7 @@ def register(voice: str, *, validated_dir: str | Path, prepared_dir: str | Path,
             "sovits_run_id": _finetune_run_id(params, "finetune-sovits", "sovits_sha256", sovits_sha256),
             "gpt_run_id": _finetune_run_id(params, "finetune-gpt", "gpt_sha256", gpt_sha256),
             **evaluation_tags, "watermark_check": watermark.summary}
-    clashes = sorted(set(extra_tags or {}) & (set(tags) | set(_DECISION_TAGS)))
+    clashes = sorted(set(extra_tags or {}) & (set(tags) | set(_DECISION_TAGS) | {LINEAGE_DIGEST_TAG}))
     if clashes:
         raise RegistryError(f"extra tag(s) {', '.join(clashes)} would replace lineage tags; give them other names")
     tags.update({key: str(value) for key, value in (extra_tags or {}).items()})
@@ -408,7 +454,8 @@ def _register_locked(voice: str, name: str, tags: dict[str, str], metrics: dict[
                             existing.tags.get("promoted_by") is not None, existing.tags.get("pending_approval") == "true",
                             f"already registered as version {version} (same fine-tuned files, dataset, consent and "
                             "evaluation); nothing new registered",
-                            existing.tags.get("payload_hex", ""), existing.run_id or "", new_version=False)
+                            existing.tags.get("payload_hex", ""), existing.run_id or "", new_version=False,
+                            lineage_sha256=existing.tags.get(LINEAGE_DIGEST_TAG, ""))
     voice_id = int(model.tags["voice_id"])
     run_id = _log_register_run(client, params, name, tags, metrics, params_text, artifacts)
     source = client.get_run(run_id).info.artifact_uri
@@ -417,6 +464,10 @@ def _register_locked(voice: str, name: str, tags: dict[str, str], metrics: dict[
     version = int(created.version)
     payload_hex = format_payload(compose_payload(voice_id, version))
     client.set_model_version_tag(name, str(version), "payload_hex", payload_hex)
+    tenant = model.tags.get(TENANT_TAG) or params.registry.tenant or None
+    lineage_sha256 = _log_lineage(client, run_id, lineage_document(
+        name, voice, version, run_id, tenant, {**tags, "payload_hex": payload_hex}))
+    client.set_model_version_tag(name, str(version), LINEAGE_DIGEST_TAG, lineage_sha256)
     champion_version = alias_version(model, CHAMPION)
     champion = client.get_model_version(name, str(champion_version)) if champion_version else None
     client.set_registered_model_alias(name, CHALLENGER, str(version))
@@ -430,7 +481,8 @@ def _register_locked(voice: str, name: str, tags: dict[str, str], metrics: dict[
     if pending:
         reason += "; waiting for `narrator approve` (registry.deployment_policy: manual)"
     version_audit(params, "registered", name, voice, version, by, run_id=run_id, verdict=tags["verdict"],
-           payload_hex=payload_hex, promotable=promotable, pending_approval=pending, reason=reason)
+                  payload_hex=payload_hex, promotable=promotable, pending_approval=pending, reason=reason,
+                  lineage_sha256=lineage_sha256)
     promoted = promotable and not pending
     if promoted:
         previous = move_champion(client, name, version, AUTO_POLICY_ACTOR)
@@ -439,7 +491,7 @@ def _register_locked(voice: str, name: str, tags: dict[str, str], metrics: dict[
     log.info("registered %s v%d (%s): %s%s", name, version, tags["verdict"], reason,
              "; promoted to champion" if promoted else "")
     return Registration(voice, name, version, version_aliases(client, name, version), promoted, pending, reason,
-                        payload_hex, run_id)
+                        payload_hex, run_id, lineage_sha256=lineage_sha256)
 
 
 def _check_tenant(client, model, tenant: str | None) -> None:
@@ -490,14 +542,39 @@ def _log_register_run(client, params: Params, name: str, tags: dict[str, str], m
                 client.log_artifact(run_id, str(path), folder)
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "params.yaml").write_text(params_text, encoding="utf-8")
-            (Path(tmp) / "lineage.json").write_text(json.dumps(tags, indent=1, ensure_ascii=False), encoding="utf-8")
             client.log_artifact(run_id, str(Path(tmp) / "params.yaml"))
-            client.log_artifact(run_id, str(Path(tmp) / "lineage.json"))
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise
     client.set_terminated(run_id, "FINISHED")
     return run_id
+
+
+def lineage_document(name: str, voice: str, version: int, run_id: str, tenant: str | None,
+                     tags: dict[str, str]) -> dict[str, Any]:
+    """What a registration fixes about a version: the registered model, voice, version, register run and owning
+    tenant, and every lineage tag as registered (consent, dataset, code, params, base and fine-tuned weights with
+    their runs, evaluation metrics and verdict, watermark check and payload, extra tags)."""
+    return {"format": LINEAGE_FORMAT, "model": name, "voice": voice, "version": version, "register_run_id": run_id,
+            "tenant": tenant, "tags": dict(sorted(tags.items()))}
+
+
+def canonical_lineage(document: dict[str, Any]) -> bytes:
+    """The document as canonical JSON (sorted keys, no spaces, UTF-8): the bytes LINEAGE_ARTIFACT holds."""
+    return json.dumps(document, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def lineage_sha256(document: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical_lineage(document)).hexdigest()
+
+
+def _log_lineage(client, run_id: str, document: dict[str, Any]) -> str:
+    """Write the lineage document as LINEAGE_ARTIFACT of the register run; returns its sha256."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / LINEAGE_ARTIFACT
+        path.write_bytes(canonical_lineage(document))
+        client.log_artifact(run_id, str(path))
+    return lineage_sha256(document)
 
 
 def approve(voice: str, version: int, by: str, params: Params) -> Registration:
@@ -533,26 +610,37 @@ def _approve_locked(voice: str, version: int, by: str, params: Params) -> Regist
                         mv.run_id or "")
 
 
+def _chosen_version(client, model, name: str, voice: str, version: int | None) -> int:
+    """`version`, or (None) the champion, or the latest version when there is none."""
+    if version is not None:
+        return version
+    version = alias_version(model, CHAMPION)
+    if version is None:
+        versions = [int(v.version) for v in client.search_model_versions(f"name = '{name}'")]
+        if not versions:
+            raise RegistryError(f"{name} has no versions yet; run `narrator register {voice} ...`")
+        version = max(versions)
+    return version
+
+
+def _audit_records(params: Params) -> tuple[list[dict[str, Any]], str | None]:
+    """The registry's audit records, oldest first, and why the log failed verification (None when intact)."""
+    try:
+        return audit.read(params.registry.audit_log), None
+    except audit.AuditError as error:
+        return [], str(error)
+
+
 def lineage(voice: str, version: int | None, params: Params) -> Lineage:
     """The lineage of `version` of `voice` (None: the champion, or the latest version when there is none)."""
     client = registry_client(params)
     name = model_name(voice, params)
     model = registered_model(client, name, voice)
-    if version is None:
-        version = alias_version(model, CHAMPION)
-        if version is None:
-            versions = [int(v.version) for v in client.search_model_versions(f"name = '{name}'")]
-            if not versions:
-                raise RegistryError(f"{name} has no versions yet; run `narrator register {voice} ...`")
-            version = max(versions)
+    version = _chosen_version(client, model, name, voice, version)
     mv = model_version(client, name, version)
     t = mv.tags
-    try:
-        records = [r for r in audit.read(params.registry.audit_log)
-                   if r.get("model") == name and r.get("version") == version]
-        problem = None
-    except audit.AuditError as error:
-        records, problem = [], str(error)
+    records, problem = _audit_records(params)
+    records = [r for r in records if r.get("model") == name and r.get("version") == version]
     return Lineage(
         voice=voice, model_name=name, version=version, aliases=sorted(mv.aliases or []),
         consent={"hash": t.get("consent_hash", UNKNOWN), "speaker": t.get("consent_speaker", UNKNOWN),
@@ -569,5 +657,145 @@ def lineage(voice: str, version: int | None, params: Params) -> Lineage:
                     "metrics": {k.removeprefix("metric."): float(v) for k, v in t.items() if k.startswith("metric.")}},
         registry={"run_id": mv.run_id or UNKNOWN, "source": mv.source, **{
             key: t[key] for key in ("payload_hex", "registered_by", "registered_at", "pending_approval",
-                                    "promoted_by", "promoted_at", "approved_by", "approved_at") if key in t}},
+                                    "promoted_by", "promoted_at", "approved_by", "approved_at", LINEAGE_DIGEST_TAG)
+            if key in t}},
         audit=records, audit_problem=problem, bento=t.get("bento"))
+
+
+# -- verification ------------------------------------------------------------------------------------------------
+
+
+def verify_lineage(voice: str, version: int | None, params: Params) -> LineageCheck:
+    """Check `version` of `voice` (None: the champion, else the latest) against what its registration fixed:
+
+    - the lineage document (LINEAGE_ARTIFACT of the register run) hashes to the version's `lineage_sha256` tag and
+      to the digest the audit log's "registered" event recorded;
+    - every lineage tag of the version still holds the value the document records (an edited, removed or added
+      lineage tag is named with its registered and current value), and so do the version's run and the voice's
+      tenant;
+    - the `champion` alias points at the version the audit log's last promotion or approval of the voice names.
+
+    Edits made in the MLflow UI or through its API, around `narrator approve`, show up here."""
+    client = registry_client(params)
+    name = model_name(voice, params)
+    model = registered_model(client, name, voice)
+    version = _chosen_version(client, model, name, voice, version)
+    mv = model_version(client, name, version)
+    records, audit_problem = _audit_records(params)
+    checked: list[str] = []
+    problems: list[str] = []
+    if audit_problem:
+        problems.append(f"the audit log failed verification, so the alias and the digest cannot be checked "
+                        f"against it: {audit_problem}")
+    document = _read_lineage_document(client, mv, problems)
+    digest = None
+    if document is not None:
+        digest = lineage_sha256(document)
+        checked.append(f"{LINEAGE_ARTIFACT} of register run {mv.run_id}: sha256 {digest}")
+        problems += _digest_problems(mv, digest, records, name, version)
+        problems += _tag_problems(mv, document)
+        problems += _identity_problems(model, mv, document)
+        checked.append(f"{len(document.get('tags') or {})} lineage tags, the register run and the tenant")
+    if not audit_problem:
+        problems += _champion_problems(model, name, voice, records)
+        checked.append(f"alias {CHAMPION} against the audit log's promotions and approvals of {name}")
+    return LineageCheck(voice, name, version, digest, checked, problems)
+
+
+def _read_lineage_document(client, mv, problems: list[str]) -> dict[str, Any] | None:
+    """The lineage document of a version's register run, or None (with the reason added to `problems`)."""
+    from mlflow.exceptions import MlflowException
+
+    if not mv.run_id:
+        problems.append(f"version {mv.version} names no register run, so it has no lineage document; it was not "
+                        "registered by `narrator register`")
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = Path(client.download_artifacts(mv.run_id, LINEAGE_ARTIFACT, tmp))
+            document = json.loads(path.read_text(encoding="utf-8"))
+        except (MlflowException, OSError) as error:
+            problems.append(f"the register run {mv.run_id} has no readable {LINEAGE_ARTIFACT} ({error}): the "
+                            "artifact was removed, or the version was registered before lineage documents; register "
+                            "the voice again to give it one")
+            return None
+        except json.JSONDecodeError as error:
+            problems.append(f"{LINEAGE_ARTIFACT} of the register run {mv.run_id} is not JSON ({error}): the "
+                            "artifact was changed after registration")
+            return None
+    if not isinstance(document, dict) or not isinstance(document.get("tags"), dict):
+        problems.append(f"{LINEAGE_ARTIFACT} of the register run {mv.run_id} is not a lineage document (no tags): "
+                        "the artifact was changed after registration")
+        return None
+    return document
+
+
+def _digest_problems(mv, digest: str, records: list[dict[str, Any]], name: str, version: int) -> list[str]:
+    problems = []
+    tagged = mv.tags.get(LINEAGE_DIGEST_TAG)
+    if tagged is None:
+        problems.append(f"version {version} has no {LINEAGE_DIGEST_TAG} tag: it was removed (or the version was "
+                        "registered before lineage digests)")
+    elif tagged != digest:
+        problems.append(f"{LINEAGE_ARTIFACT} hashes to {digest}, but the version's {LINEAGE_DIGEST_TAG} tag is "
+                        f"{tagged}: the artifact or the tag was changed after registration")
+    registered = [r for r in records if r.get("event") == "registered" and r.get("model") == name
+                  and r.get("version") == version and r.get(LINEAGE_DIGEST_TAG)]
+    if registered and registered[-1][LINEAGE_DIGEST_TAG] != digest:
+        problems.append(f"the audit log's registration of version {version} recorded {LINEAGE_DIGEST_TAG} "
+                        f"{registered[-1][LINEAGE_DIGEST_TAG]}, but {LINEAGE_ARTIFACT} now hashes to {digest}: the "
+                        "artifact was replaced after registration")
+    return problems
+
+
+def _tag_problems(mv, document: dict[str, Any]) -> list[str]:
+    """Every lineage tag whose value differs from the registered one, was removed or was added later."""
+    recorded: dict[str, str] = document["tags"]
+    current = dict(mv.tags)
+    problems = []
+    for key, value in sorted(recorded.items()):
+        if key not in current:
+            problems.append(f"tag {key} was removed (registered {value!r})")
+        elif current[key] != value:
+            problems.append(f"tag {key} was edited: registered {value!r}, now {current[key]!r}")
+    for key in sorted(set(current) - set(recorded)):
+        if key in LINEAGE_TAG_NAMES or key.startswith("metric."):
+            problems.append(f"tag {key} was added after registration ({current[key]!r}); the registered lineage "
+                            "has no such tag")
+    return problems
+
+
+def _identity_problems(model, mv, document: dict[str, Any]) -> list[str]:
+    """The document belongs to this version and run, and the voice still has the tenant it was registered for."""
+    problems = []
+    for field_name, actual in (("model", mv.name), ("version", int(mv.version)), ("register_run_id", mv.run_id)):
+        if document.get(field_name) != actual:
+            problems.append(f"{LINEAGE_ARTIFACT} names {field_name} {document.get(field_name)!r}, but this is "
+                            f"{actual!r}: the version's source or run was changed")
+    tenant = model.tags.get(TENANT_TAG) or None
+    if document.get("tenant") and tenant != document["tenant"]:
+        problems.append(f"the voice's {TENANT_TAG} tag was changed: registered for {document['tenant']!r}, now "
+                        f"{tenant!r}")
+    return problems
+
+
+def _champion_problems(model, name: str, voice: str, records: list[dict[str, Any]]) -> list[str]:
+    """The champion alias against the audit log's last promotion or approval of the voice."""
+    moves = [r for r in records if r.get("model") == name and r.get("event") in CHAMPION_EVENTS]
+    champion = alias_version(model, CHAMPION)
+    expected = int(moves[-1]["version"]) if moves else None
+    if champion == expected:
+        return []
+    if expected is None:
+        return [f"alias {CHAMPION} points at version {champion}, but the audit log records no promotion or "
+                f"approval of {name}: it was moved outside `narrator register`/`narrator approve`; remove the alias, "
+                f"or approve the version that should serve (`narrator approve {voice} VERSION --by NAME`)"]
+    last = moves[-1]
+    said = (f"the audit log's last {last.get('event')} (by {last.get('by')} at {last.get('time')}) names version "
+            f"{expected}")
+    if champion is None:
+        return [f"alias {CHAMPION} was removed, but {said}; restore it with "
+                f"`narrator approve {voice} {expected} --by NAME`"]
+    return [f"alias {CHAMPION} points at version {champion}, but {said}: the alias was moved outside `narrator "
+            f"approve`; move it back with `narrator approve {voice} {expected} --by NAME`, then approve the version "
+            "that should serve"]
