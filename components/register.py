@@ -723,6 +723,10 @@ def _read_lineage_document(client, mv, problems: list[str]) -> dict[str, Any] | 
             problems.append(f"{LINEAGE_ARTIFACT} of the register run {mv.run_id} is not JSON ({error}): the "
                             "artifact was changed after registration")
             return None
+    if isinstance(document, dict) and "format" not in document and "tags" not in document:
+        problems.append(f"{LINEAGE_ARTIFACT} of the register run {mv.run_id} holds only tags: the version was "
+                        "registered before lineage documents had a digest; register the voice again to give it one")
+        return None
     if not isinstance(document, dict) or not isinstance(document.get("tags"), dict):
         problems.append(f"{LINEAGE_ARTIFACT} of the register run {mv.run_id} is not a lineage document (no tags): "
                         "the artifact was changed after registration")

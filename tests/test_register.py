@@ -580,3 +580,21 @@ def test_cli_lineage_verify_exits_0_when_intact_and_2_naming_what_changed(steps,
     report = json.loads(capsys.readouterr().out)
     assert report["intact"] is False
     assert report["problems"] == ["tag verdict was edited: registered 'pass', now 'pass!'"]
+
+
+@pytest.mark.services
+def test_verification_holds_against_an_mlflow_server_on_postgresql_and_s3(steps, tmp_path, mlflow_service):
+    params = load_params(None, {"registry": {"tracking_uri": mlflow_service.url, "deployment_policy": "manual",
+                                             "audit_log": str(tmp_path / "audit.jsonl")},
+                                "training": {"mlflow_tracking_uri": steps.uri, "mlflow_experiment": EXPERIMENT}})
+    register_voice("served-lineage", steps, evaluation(tmp_path, "eval", 0.86), params)
+    approve("served-lineage", 1, "Dana Reviewer", params)
+    assert _problems("served-lineage", params) == []
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=mlflow_service.url, registry_uri=mlflow_service.url)
+    client.set_model_version_tag("narrator-served-lineage", "1", "dataset_hash", "sha256:" + "0" * 64)
+    assert _problems("served-lineage", params) == [
+        f"tag dataset_hash was edited: registered {dataset_tags(steps.prepared)['dataset_hash']!r}, now "
+        f"{'sha256:' + '0' * 64!r}"]
