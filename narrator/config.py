@@ -8,6 +8,7 @@ repository root repeats them so DVC can track each value.
 from __future__ import annotations
 
 import difflib
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -180,6 +181,8 @@ class GateConfig(_Section):
     def _bare_threshold(cls, data: Any) -> Any:
         if isinstance(data, (int, float)) and not isinstance(data, bool):
             return {"threshold": data}
+        if not isinstance(data, (dict, GateConfig)):
+            raise ValueError("a gate is a threshold (e.g. 0.1) or {threshold: 0.1, required: false}")
         return data
 
 
@@ -339,13 +342,31 @@ class Params(_Section):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+def _entry_model(annotation: Any) -> type[BaseModel] | None:
+    """The section type of a mapping of sections (`dict[str, GateConfig | None]`: GateConfig), else None."""
+    if typing.get_origin(annotation) is not dict:
+        return None
+    entry = typing.get_args(annotation)[1]
+    for kind in typing.get_args(entry) or (entry,):
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            return kind
+    return None
+
+
 def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     """The valid keys of the section that `loc` (a pydantic error location) points into."""
-    for part in loc[:-1]:
+    parts = list(loc[:-1])
+    while parts:
+        part = parts.pop(0)
         field = None
         for name, info in model.model_fields.items():
             if part in (name, info.alias):
                 field = info
+        entry = _entry_model(field.annotation) if field is not None else None
+        if entry is not None and parts:  # a mapping of sections, e.g. evaluate.gates.wer: skip the key
+            parts.pop(0)
+            model = entry
+            continue
         if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
             return []
         model = field.annotation

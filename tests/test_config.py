@@ -71,3 +71,10 @@ def test_a_gate_whose_required_flag_is_not_a_boolean_is_named(tmp_path):
     path.write_text("evaluate:\n  gates:\n    wer: {threshold: 0.1, required: maybe}\n")
     with pytest.raises(ConfigError, match=r"'evaluate.gates.wer.required': Input should be a valid boolean"):
         load_params(path)
+
+
+def test_a_misspelt_gate_setting_is_named_with_a_suggestion(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("evaluate:\n  gates:\n    wer: {treshold: 0.1}\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'evaluate.gates.wer.treshold' \(did you mean 'threshold'\?\)"):
+        load_params(path)
