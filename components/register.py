@@ -595,7 +595,7 @@ def _approve_locked(voice: str, version: int, by: str, params: Params) -> Regist
         raise RegistryError(f"{name} version {version} failed its evaluation gates "
                             f"({mv.tags.get('failed_gates') or 'no passing verdict recorded'}); it cannot be "
                             "approved. Fix the voice, evaluate and register a new version")
-    if alias_version(model, CHAMPION) == version:
+    if alias_version(model, CHAMPION) == version and _audited_champion(_audit_records(params)[0], name) == version:
         return Registration(voice, name, version, version_aliases(client, name, version), False, False,
                             f"version {version} is already the champion", payload_hex, mv.run_id or "")
     previous = move_champion(client, name, version, by)
@@ -783,23 +783,33 @@ def _identity_problems(model, mv, document: dict[str, Any]) -> list[str]:
     return problems
 
 
+def _champion_moves(records: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    """The audit records that moved `name`'s champion alias, oldest first."""
+    return [r for r in records if r.get("model") == name and r.get("event") in CHAMPION_EVENTS]
+
+
+def _audited_champion(records: list[dict[str, Any]], name: str) -> int | None:
+    """The version the audit log's last promotion or approval of `name` names (None: there is none)."""
+    moves = _champion_moves(records, name)
+    return int(moves[-1]["version"]) if moves else None
+
+
 def _champion_problems(model, name: str, voice: str, records: list[dict[str, Any]]) -> list[str]:
     """The champion alias against the audit log's last promotion or approval of the voice."""
-    moves = [r for r in records if r.get("model") == name and r.get("event") in CHAMPION_EVENTS]
     champion = alias_version(model, CHAMPION)
-    expected = int(moves[-1]["version"]) if moves else None
+    expected = _audited_champion(records, name)
     if champion == expected:
         return []
     if expected is None:
         return [f"alias {CHAMPION} points at version {champion}, but the audit log records no promotion or "
-                f"approval of {name}: it was moved outside `narrator register`/`narrator approve`; remove the alias, "
-                f"or approve the version that should serve (`narrator approve {voice} VERSION --by NAME`)"]
-    last = moves[-1]
+                f"approval of {name}: it was moved outside `narrator register`/`narrator approve`; approve the "
+                f"version that should serve (`narrator approve {voice} VERSION --by NAME` records it)"]
+    last = _champion_moves(records, name)[-1]
     said = (f"the audit log's last {last.get('event')} (by {last.get('by')} at {last.get('time')}) names version "
             f"{expected}")
     if champion is None:
         return [f"alias {CHAMPION} was removed, but {said}; restore it with "
                 f"`narrator approve {voice} {expected} --by NAME`"]
     return [f"alias {CHAMPION} points at version {champion}, but {said}: the alias was moved outside `narrator "
-            f"approve`; move it back with `narrator approve {voice} {expected} --by NAME`, then approve the version "
-            "that should serve"]
+            f"approve`; approve the version that should serve (`narrator approve {voice} {expected} --by NAME` moves "
+            f"it back; approving version {champion} records that move)"]

@@ -536,6 +536,16 @@ def test_a_champion_alias_moved_outside_narrator_fails_verification_naming_the_a
     assert "names version 1" in problem and "narrator approve hijacked 1 --by NAME" in problem
 
 
+def test_approving_the_version_an_alias_was_moved_to_records_the_move_so_it_verifies(steps, tmp_path):
+    params = make_params(steps, tmp_path, deployment_policy="manual")
+    register_voice("adopted", steps, evaluation(tmp_path, "eval", 0.86), params)
+    _client(steps).set_registered_model_alias("narrator-adopted", "champion", "1")  # outside narrator
+
+    done = approve("adopted", 1, "Dana Reviewer", params)
+    assert done.promoted and [r["event"] for r in _audit(tmp_path)] == ["registered", "approved"]
+    assert _problems("adopted", params) == []
+
+
 def test_a_champion_alias_set_without_any_audited_promotion_fails_verification(steps, tmp_path):
     params = make_params(steps, tmp_path, deployment_policy="manual")
     register_voice("unapproved", steps, evaluation(tmp_path, "eval", 0.86), params)  # pending approval
