@@ -81,6 +81,7 @@ _DECISION_TAGS = ("payload_hex", "pending_approval", "promoted_by", "promoted_at
 LINEAGE_ARTIFACT = "lineage.json"  # the register run's canonical lineage document (see `lineage_document`)
 LINEAGE_DIGEST_TAG = "lineage_sha256"  # version tag (and field of the "registered" audit event): its sha256
 LINEAGE_FORMAT = 1  # the layout of LINEAGE_ARTIFACT
+PARAMS_ARTIFACT = "params.yaml"  # the register run's copy of the settings params_sha256 hashes
 # the lineage tags of every registration (besides metric.* and extra tags): one of these appearing on a version
 # whose lineage document lacks it was added after registration
 LINEAGE_TAG_NAMES = frozenset({
@@ -541,8 +542,8 @@ def _log_register_run(client, params: Params, name: str, tags: dict[str, str], m
             for path in files:
                 client.log_artifact(run_id, str(path), folder)
         with tempfile.TemporaryDirectory() as tmp:
-            (Path(tmp) / "params.yaml").write_text(params_text, encoding="utf-8")
-            client.log_artifact(run_id, str(Path(tmp) / "params.yaml"))
+            (Path(tmp) / PARAMS_ARTIFACT).write_text(params_text, encoding="utf-8")
+            client.log_artifact(run_id, str(Path(tmp) / PARAMS_ARTIFACT))
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise
@@ -695,7 +696,9 @@ def verify_lineage(voice: str, version: int | None, params: Params) -> LineageCh
         problems += _digest_problems(mv, digest, records, name, version)
         problems += _tag_problems(mv, document)
         problems += _identity_problems(model, mv, document)
-        checked.append(f"{len(document.get('tags') or {})} lineage tags, the register run and the tenant")
+        problems += _params_problems(client, mv.run_id, document["tags"].get("params_sha256"))
+        checked.append(f"{len(document.get('tags') or {})} lineage tags, the register run, the tenant and the "
+                       f"run's {PARAMS_ARTIFACT}")
     if not audit_problem:
         problems += _champion_problems(model, name, voice, records)
         checked.append(f"alias {CHAMPION} against the audit log's promotions and approvals of {name}")
@@ -767,6 +770,22 @@ def _tag_problems(mv, document: dict[str, Any]) -> list[str]:
             problems.append(f"tag {key} was added after registration ({current[key]!r}); the registered lineage "
                             "has no such tag")
     return problems
+
+
+def _params_problems(client, run_id: str, registered_sha256: str | None) -> list[str]:
+    """The register run's params.yaml still hashes to the params_sha256 the lineage recorded."""
+    from mlflow.exceptions import MlflowException
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            text = Path(client.download_artifacts(run_id, PARAMS_ARTIFACT, tmp)).read_text(encoding="utf-8")
+        except (MlflowException, OSError) as error:
+            return [f"the register run {run_id} has no readable {PARAMS_ARTIFACT} ({error}): it was removed"]
+    actual = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    if actual != registered_sha256:
+        return [f"the register run's {PARAMS_ARTIFACT} hashes to {actual}, but the lineage recorded params_sha256 "
+                f"{registered_sha256}: the settings file was replaced after registration"]
+    return []
 
 
 def _identity_problems(model, mv, document: dict[str, Any]) -> list[str]:

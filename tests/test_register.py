@@ -574,6 +574,18 @@ def test_a_replaced_lineage_artifact_fails_verification(steps, tmp_path):
     assert "tag consent_speaker was edited: registered 'Someone Else', now 'Alice Example'" in problems
 
 
+def test_a_replaced_params_file_in_the_register_run_fails_verification(steps, tmp_path):
+    params = make_params(steps, tmp_path)
+    done = register_voice("reparametrised", steps, evaluation(tmp_path, "eval", 0.86), params)
+    replaced = tmp_path / "replaced" / "params.yaml"
+    replaced.parent.mkdir()
+    replaced.write_text("finetune_gpt: {epochs: 99}\n")
+    _client(steps).log_artifact(done.run_id, str(replaced))
+
+    (problem,) = _problems("reparametrised", params)
+    assert "params.yaml hashes to" in problem and "the settings file was replaced after registration" in problem
+
+
 def test_cli_lineage_verify_exits_0_when_intact_and_2_naming_what_changed(steps, tmp_path, capsys, monkeypatch):
     from cli.main import main
 
