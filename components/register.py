@@ -592,6 +592,7 @@ def _approve_locked(voice: str, version: int, by: str, params: Params) -> Regist
     model = registered_model(client, name, voice)
     mv = model_version(client, name, version)
     payload_hex = mv.tags.get("payload_hex", "")
+    _check_before_approval(client, model, mv, voice, params)
     if mv.tags.get("verdict") != "pass":
         raise RegistryError(f"{name} version {version} failed its evaluation gates "
                             f"({mv.tags.get('failed_gates') or 'no passing verdict recorded'}); it cannot be "
@@ -688,21 +689,54 @@ def verify_lineage(voice: str, version: int | None, params: Params) -> LineageCh
     if audit_problem:
         problems.append(f"the audit log failed verification, so the alias and the digest cannot be checked "
                         f"against it: {audit_problem}")
-    document = _read_lineage_document(client, mv, problems)
-    digest = None
-    if document is not None:
-        digest = lineage_sha256(document)
-        checked.append(f"{LINEAGE_ARTIFACT} of register run {mv.run_id}: sha256 {digest}")
-        problems += _digest_problems(mv, digest, records, name, version)
-        problems += _tag_problems(mv, document)
-        problems += _identity_problems(model, mv, document)
-        problems += _params_problems(client, mv.run_id, document["tags"].get("params_sha256"))
-        checked.append(f"{len(document.get('tags') or {})} lineage tags, the register run, the tenant and the "
-                       f"run's {PARAMS_ARTIFACT}")
+    digest = _version_lineage(client, model, mv, records, checked, problems)
     if not audit_problem:
         problems += _champion_problems(model, name, voice, records)
         checked.append(f"alias {CHAMPION} against the audit log's promotions and approvals of {name}")
     return LineageCheck(voice, name, version, digest, checked, problems)
+
+
+def _version_lineage(client, model, mv, records: list[dict[str, Any]], checked: list[str],
+                     problems: list[str]) -> str | None:
+    """Check one version against its lineage document (digest, tags, run, tenant, params file), adding to `checked`
+    and `problems`; returns the document's recomputed sha256 (None when it could not be read)."""
+    document = _read_lineage_document(client, mv, problems)
+    if document is None:
+        return None
+    digest = lineage_sha256(document)
+    checked.append(f"{LINEAGE_ARTIFACT} of register run {mv.run_id}: sha256 {digest}")
+    problems += _digest_problems(mv, digest, records, mv.name, int(mv.version))
+    problems += _tag_problems(mv, document)
+    problems += _identity_problems(model, mv, document)
+    problems += _params_problems(client, mv.run_id, document["tags"].get("params_sha256"))
+    checked.append(f"{len(document['tags'])} lineage tags, the register run, the tenant and the run's "
+                   f"{PARAMS_ARTIFACT}")
+    return digest
+
+
+def _registered_digest(records: list[dict[str, Any]], name: str, version: int) -> str | None:
+    """The lineage_sha256 the audit log's registration of (name, version) recorded, or None."""
+    registered = [r for r in records if r.get("event") == "registered" and r.get("model") == name
+                  and r.get("version") == version and r.get(LINEAGE_DIGEST_TAG)]
+    return registered[-1][LINEAGE_DIGEST_TAG] if registered else None
+
+
+def _check_before_approval(client, model, mv, voice: str, params: Params) -> None:
+    """Refuse to approve a version whose tags no longer match its registered lineage (a verdict edited to "pass"
+    in the MLflow UI, say). A version registered before lineage documents (no digest on the version or in the
+    audit log) is approved on its tags, with a warning."""
+    records, _ = _audit_records(params)
+    version = int(mv.version)
+    if LINEAGE_DIGEST_TAG not in mv.tags and _registered_digest(records, mv.name, version) is None:
+        log.warning("%s v%d has no registered lineage digest (registered before lineage documents): approving it "
+                    "on its tags as they are", mv.name, version)
+        return
+    problems: list[str] = []
+    _version_lineage(client, model, mv, records, [], problems)
+    if problems:
+        raise RegistryError(f"{mv.name} version {version} no longer matches its registered lineage, so it cannot be "
+                            f"approved: {'; '.join(problems)}. Restore what changed (`narrator lineage {voice} "
+                            f"--version {version} --verify` lists it) or register the voice again")
 
 
 def _read_lineage_document(client, mv, problems: list[str]) -> dict[str, Any] | None:
@@ -746,12 +780,11 @@ def _digest_problems(mv, digest: str, records: list[dict[str, Any]], name: str, 
     elif tagged != digest:
         problems.append(f"{LINEAGE_ARTIFACT} hashes to {digest}, but the version's {LINEAGE_DIGEST_TAG} tag is "
                         f"{tagged}: the artifact or the tag was changed after registration")
-    registered = [r for r in records if r.get("event") == "registered" and r.get("model") == name
-                  and r.get("version") == version and r.get(LINEAGE_DIGEST_TAG)]
-    if registered and registered[-1][LINEAGE_DIGEST_TAG] != digest:
+    audited = _registered_digest(records, name, version)
+    if audited is not None and audited != digest:
         problems.append(f"the audit log's registration of version {version} recorded {LINEAGE_DIGEST_TAG} "
-                        f"{registered[-1][LINEAGE_DIGEST_TAG]}, but {LINEAGE_ARTIFACT} now hashes to {digest}: the "
-                        "artifact was replaced after registration")
+                        f"{audited}, but {LINEAGE_ARTIFACT} now hashes to {digest}: the artifact was replaced after "
+                        "registration")
     return problems
 
 

@@ -586,6 +586,17 @@ def test_a_replaced_params_file_in_the_register_run_fails_verification(steps, tm
     assert "params.yaml hashes to" in problem and "the settings file was replaced after registration" in problem
 
 
+def test_a_failed_version_whose_verdict_tag_was_edited_to_pass_is_not_approved(steps, tmp_path):
+    params = make_params(steps, tmp_path)
+    register_voice("doctored", steps, evaluation(tmp_path, "eval", 0.60), params)  # failed its gates
+    _client(steps).set_model_version_tag("narrator-doctored", "1", "verdict", "pass")
+
+    with pytest.raises(RegistryError, match="no longer matches its registered lineage, so it cannot be approved: "
+                                            "tag verdict was edited: registered 'fail', now 'pass'"):
+        approve("doctored", 1, "Dana Reviewer", params)
+    assert "champion" not in _client(steps).get_registered_model("narrator-doctored").aliases
+
+
 def test_cli_lineage_verify_exits_0_when_intact_and_2_naming_what_changed(steps, tmp_path, capsys, monkeypatch):
     from cli.main import main
 
