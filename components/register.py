@@ -185,6 +185,9 @@ class Lineage:
             lines.append(f"               failed gates: {e['failed_gates']}")
         lines.append(f"  registry     version {self.version}, payload {r.get('payload_hex')}, register run "
                      f"{r.get('run_id')}, registered by {r.get('registered_by')} at {r.get('registered_at')}")
+        if r.get(LINEAGE_DIGEST_TAG):
+            lines.append(f"               lineage sha256 {r[LINEAGE_DIGEST_TAG]} (check it: `narrator lineage "
+                         f"{self.voice} --version {self.version} --verify`)")
         if r.get("promoted_by"):
             lines.append(f"               promoted by {r['promoted_by']} at {r.get('promoted_at')}")
         if r.get("pending_approval") == "true":

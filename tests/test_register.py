@@ -331,7 +331,7 @@ def test_lineage_text_names_the_whole_chain(steps, tmp_path):
     for expected in (CONSENT_HASH, "Alice Example", "Acme Audio", dataset_tags(steps.prepared)["dataset_hash"],
                      f"git {commit}", "speaker_similarity 0.86", "PASS", "champion", "challenger",
                      steps.finetune_run_ids["sovits_sha256"], done.payload_hex, "promoted by policy:auto",
-                     "not packaged yet"):
+                     f"lineage sha256 {done.lineage_sha256}", "not packaged yet"):
         assert expected in text
     assert json.loads(found.to_json())["evaluation"]["metrics"]["speaker_similarity"] == 0.86
     assert [r["event"] for r in found.audit] == ["registered", "promoted"] and found.audit_problem is None
