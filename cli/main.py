@@ -295,7 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("keys", help="create, list or revoke the service's API keys",
-                       description="API keys are stored hashed in serving.keys_file with their tenant and voices.")
+                       description="API keys are stored hashed in serving.keys_file (or the Redis of "
+                                   "serving.state_url) with their tenant and voices.")
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     a = actions.add_parser("create", help="create a key (printed once)", description="Create an API key.")
     a.add_argument("--tenant", required=True, help="the tenant the key belongs to")
@@ -683,7 +684,7 @@ def _run_forwarding_signals(command: list[str], env: dict[str, str]) -> int:
 # settings naming files, resolved against the caller's folder before a process with another working folder reads them
 _PATH_SETTINGS = (("serving", "keys_file"), ("serving", "audit_log"), ("registry", "audit_log"),
                   ("package", "bentoml_home"), ("storage", "cache_dir"), ("training", "mlflow_tracking_uri"),
-                  ("registry", "tracking_uri"))
+                  ("registry", "tracking_uri"), ("serving", "bundle_cache"))
 
 
 def _absolute_paths(data: dict) -> dict:
@@ -704,29 +705,29 @@ def _absolute_paths(data: dict) -> dict:
 
 
 def _cmd_keys_create(args) -> int:
-    from narrator.keys import KeyStore
+    from narrator.keys import open_key_store
 
-    store = KeyStore(_load(args).serving.keys_file)
+    store = open_key_store(_load(args).serving)
     secret, record = store.create(args.tenant, args.voices.split(","), args.label)
     print(secret)
     print(f"key {record.id} for tenant {record.tenant}, voices {','.join(record.voices)}: shown once, stored hashed "
-          f"in {store.path}", file=sys.stderr)
+          f"in {store.location}", file=sys.stderr)
     return 0
 
 
 def _cmd_keys_list(args) -> int:
-    from narrator.keys import KeyStore
+    from narrator.keys import open_key_store
 
-    for key in KeyStore(_load(args).serving.keys_file).keys():
+    for key in open_key_store(_load(args).serving).keys():
         print(f"{key.id}  tenant {key.tenant}  voices {','.join(key.voices)}  created {key.created_at}"
               f"{'  REVOKED' if key.revoked else ''}{'  ' + key.label if key.label else ''}")
     return 0
 
 
 def _cmd_keys_revoke(args) -> int:
-    from narrator.keys import KeyStore
+    from narrator.keys import open_key_store
 
-    key = KeyStore(_load(args).serving.keys_file).revoke(args.key_id)
+    key = open_key_store(_load(args).serving).revoke(args.key_id)
     print(f"revoked key {key.id} (tenant {key.tenant})")
     return 0
 

@@ -3,9 +3,10 @@ the service's bento around a voice's champion.
 
 With a version (the pipeline's last step): the bundle (`narrator/bundle.py`: voice.yaml, the two fine-tuned models,
 the reference clip, the speaker fingerprint) is written to `--out`/voice, speaks `package.sample_text`
-watermarked with the version's payload (`sample.wav`), is kept in the BentoML model store as `narrator-VOICE:vN`,
-and the registered version gets the tag `bento` (the store tag), so `narrator lineage` ends at the packaged voice.
-`--out`/package.json holds the result.
+watermarked with the version's payload (`sample.wav`), is published to the registry's artifact store (the version's
+tags `bundle_uri` and `bundle_sha256`: what the service fetches, on any machine), is kept in the BentoML model store
+as `narrator-VOICE:vN`, and the registered version gets the tag `bento` (the store tag), so `narrator lineage` ends
+at the packaged voice. `--out`/package.json holds the result.
 
 Without a version: the bento is the service of bentofile.yaml plus the champion's bundle in its `models`, labelled
 with the voice and version, tagged `narrator:VOICE-vN`. Built offline (`python.lock_packages: false`);
@@ -24,7 +25,9 @@ import yaml
 
 from components.evaluate import pick_reference
 from components.features import read_manifest, training_entries
-from narrator.bundle import BundleReference, save_to_store, store_tag, use_model_store, write_bundle
+from narrator.bundle import (BUNDLE_SHA256_TAG, BUNDLE_URI_TAG, BundleError, BundleReference, fetch_bundle,
+                             publish_bundle, save_to_store, store_tag, use_model_store, write_bundle)
+from narrator.bundle import read_manifest as read_bundle_manifest
 from narrator.config import Params
 from narrator.errors import NarratorError
 from narrator.log import get_logger
@@ -56,6 +59,8 @@ class PackageResult:
     sample: str  # the watermarked sample
     payload_hex: str
     sample_watermark: dict  # detection of the mark in the sample: {"detected", "payload", "score"}
+    bundle_uri: str = ""  # the bundle in the registry's artifact store (what the service fetches)
+    bundle_sha256: str = ""  # its digest (narrator.bundle.bundle_sha256)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -117,15 +122,17 @@ def package(voice: str, version: int, features_dir: str | Path, sovits_path: str
     if not (found["detected"] and found["payload"] == payload_hex):
         log.warning("the packaged sample's watermark was not read back whole (it is short); the mark is present: %s",
                     found["detected"])
+    published = publish_bundle(bundle, voice, version, params)
     tag = save_to_store(bundle, store_tag(voice, version), info, params)
     client = registry_client(params)
     name = model_name(voice, params)
     client.set_model_version_tag(name, str(version), "bento", tag)
     client.set_model_version_tag(name, str(version), "sample_sha256", sha256_file(sample))
     result = PackageResult(voice=voice, version=version, store_tag=tag, bundle_dir=str(bundle), sample=str(sample),
-                           payload_hex=payload_hex, sample_watermark=found)
+                           payload_hex=payload_hex, sample_watermark=found, bundle_uri=published.uri,
+                           bundle_sha256=published.sha256)
     (out_dir / "package.json").write_text(result.to_json(), encoding="utf-8")
-    log.info("packaged %s version %d as %s", voice, version, tag)
+    log.info("packaged %s version %d as %s and %s", voice, version, tag, published.uri)
     return result
 
 
@@ -149,18 +156,34 @@ def champion_bundle(voice: str, params: Params) -> tuple[int, str]:
     return best.version, tag
 
 
+def _store_published_bundle(voice: str, version: int, model_tag: str, params: Params) -> None:
+    """Put the champion's bundle, fetched from the registry's artifact store (`serving.bundle_cache`), into this
+    machine's BentoML model store as `model_tag`."""
+    tags = champion(voice, params).tags
+    uri, digest = tags.get(BUNDLE_URI_TAG), tags.get(BUNDLE_SHA256_TAG)
+    if not (uri and digest):
+        raise BentoBuildError(f"{model_tag} is not in the BentoML model store and the registry names no published "
+                              f"bundle for it; package the voice again (`narrator package {voice} --version "
+                              f"{version} ...`) or set package.bentoml_home")
+    try:
+        bundle = fetch_bundle(voice, version, uri, digest, params.serving.bundle_cache, params)
+    except BundleError as error:
+        raise BentoBuildError(str(error)) from None
+    save_to_store(bundle, model_tag, read_bundle_manifest(bundle), params)
+
+
 def build_bento(voice: str, params: Params, bentofile: str | Path) -> BuiltBento:
     """Build `narrator:VOICE-vN` from `bentofile` (relative: to the repository; `serving.bentofile`) with the
-    champion's bundle included."""
+    champion's bundle included (from this machine's BentoML model store, else from the registry's artifact
+    store)."""
     use_model_store(params)
     import bentoml
 
     version, model_tag = champion_bundle(voice, params)
     try:
         bentoml.models.get(model_tag)
-    except bentoml.exceptions.NotFound:
-        raise BentoBuildError(f"{model_tag} is not in the BentoML model store; package the voice again or set "
-                              "package.bentoml_home") from None
+    except bentoml.exceptions.NotFound:  # packaged on another machine: fetch its published bundle
+        _store_published_bundle(voice, version, model_tag, params)
     path = Path(bentofile)
     if not path.is_absolute():
         path = REPO_ROOT / path

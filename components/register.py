@@ -38,7 +38,7 @@ Model-version tags:
     lineage_sha256 (sha256 of the register run's lineage.json: every tag above as registered, with the model,
                     version, register run and tenant)
     pending_approval (true/false), promoted_by, promoted_at, approved_by, approved_at
-    bento (set by the package step)
+    bento, bundle_uri, bundle_sha256 (set by the package step)
 
 dataset_hash is "sha256:" + sha256 of the canonical JSON list of prepared segments (sorted by name: name, text,
 language, split, duration_s, and the sha256 of the wav_32k and wav_16k files). It changes when any audio sample,
@@ -77,7 +77,7 @@ AUTO_POLICY_ACTOR = "policy:auto"  # promoted_by of an automatic promotion
 GIT_TIMEOUT_S = 10
 # version tags set after registration (promotion, approval, packaging): extra tags may not use these names
 _DECISION_TAGS = ("payload_hex", "pending_approval", "promoted_by", "promoted_at", "approved_by", "approved_at",
-                  "bento")
+                  "bento", "bundle_uri", "bundle_sha256")
 LINEAGE_ARTIFACT = "lineage.json"  # the register run's canonical lineage document (see `lineage_document`)
 LINEAGE_DIGEST_TAG = "lineage_sha256"  # version tag (and field of the "registered" audit event): its sha256
 LINEAGE_FORMAT = 1  # the layout of LINEAGE_ARTIFACT

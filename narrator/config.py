@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from narrator.errors import ConfigError
 
 DEFAULT_PARAMS_FILE = "params.yaml"
+POSTGRESQL_SCHEMES = ("postgresql://", "postgres://")  # what a PostgreSQL URL setting (registry.lock_url) starts with
 
 
 class _Section(BaseModel):
@@ -235,8 +236,18 @@ class RegistryConfig(_Section):
                                                                "before by its sha256")
     lock_file: str | None = Field(None, description="file whose lock lets one registration or approval at a time "
                                                    "decide voice ids, versions and promotions (on one machine or a "
-                                                   "shared filesystem); None: beside the sqlite database, else "
-                                                   "beside audit_log")
+                                                   "shared filesystem); None: beside the sqlite database (a "
+                                                   "registry server takes lock_url instead)")
+    lock_url: str | None = Field(None, description="PostgreSQL database (postgresql://USER@HOST:PORT/DB) whose "
+                                                  "advisory lock, keyed by tracking_uri, lets one registration or "
+                                                  "approval at a time decide across machines; needed when "
+                                                  "tracking_uri is a server (http/https); None: the file lock")
+
+    @model_validator(mode="after")
+    def _lock_url_is_postgresql(self) -> "RegistryConfig":
+        if self.lock_url and not self.lock_url.startswith(POSTGRESQL_SCHEMES):
+            raise ValueError(f"lock_url must be a postgresql:// URL, not {self.lock_url.split('://')[0]}://...")
+        return self
 
 
 class InferenceConfig(_Section):
@@ -308,6 +319,19 @@ class ServingConfig(_Section):
                                              description="output sample rates a request may ask for")
     result_cache_items: int = Field(16, ge=0, description="seeded syntheses kept to re-encode in another format")
     bentofile: str = Field("bentofile.yaml", description="what `narrator package VOICE` builds the bento from")
+    bundle_cache: str = Field("bundle-cache", description="where voice bundles fetched from the registry's artifact "
+                                                         "store are kept (VOICE/vN/SHA256), checked by digest")
+    state_url: str | None = Field(None, description="shared state of every worker and replica: redis://HOST:6379/0 "
+                                                    "keeps API keys and rate-limit buckets in Redis (password from "
+                                                    "$NARRATOR_STATE_PASSWORD); None: keys_file and a bucket file "
+                                                    "beside it, shared by the workers of one machine")
+
+    @model_validator(mode="after")
+    def _state_url_is_redis(self) -> ServingConfig:
+        if self.state_url is not None and not self.state_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"serving.state_url {self.state_url!r} is not a Redis URL: use redis://HOST:6379/0 "
+                             "(rediss:// for TLS), or leave it unset for the local files")
+        return self
 
 
 class DemoConfig(_Section):

@@ -9,6 +9,10 @@ sha256(key) is stored. The keys file (serving.keys_file) is JSON:
 A key may use a voice when the voice belongs to the key's tenant (the registered model's `tenant` tag) and the
 voice is in its list (`*`: every voice of the tenant). The file is re-read when it changes, so keys created or
 revoked (`narrator keys`) while the service runs take effect at the next request.
+
+With `serving.state_url` naming a Redis server, the same records live there instead (`RedisKeyStore`, one hash
+`narrator:keys` of id -> record JSON), so every replica of the service and `narrator keys` on any machine see one
+set of keys. `open_key_store(params.serving)` picks the store.
 """
 
 from __future__ import annotations
@@ -20,11 +24,18 @@ import os
 import re
 import secrets
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
+from narrator import state
 from narrator.errors import NarratorError
+
+if TYPE_CHECKING:
+    from narrator.config import ServingConfig
 
 KEY_PREFIX = "nk_"
 ALL_VOICES = "*"
@@ -59,11 +70,61 @@ def _hash(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
+def _presented_id(presented: str | None) -> str | None:
+    """The id part of a well-formed presented key, else None."""
+    match = _KEY_FORMAT.match(presented.strip()) if presented else None
+    return match.group(1) if match else None
+
+
+def _matches(key: ApiKey | None, presented: str) -> bool:
+    return key is not None and not key.revoked and hmac.compare_digest(key.sha256, _hash(presented.strip()))
+
+
+def _new_key(tenant: str, voices: list[str], label: str, taken: set[str]) -> tuple[str, ApiKey]:
+    """A new secret and its record, with an id outside `taken`; refuses an unusable tenant or an empty scope."""
+    if not _TENANT.match(tenant):
+        raise KeyStoreError(f"tenant {tenant!r} is not usable: letters, digits, '.', '_' or '-', e.g. acme")
+    voices = [v.strip() for v in voices if v.strip()]
+    if not voices:
+        raise KeyStoreError("name the voices the key may use: --voices alice,bob (or --voices '*' for all of the "
+                            "tenant's voices)")
+    key_id = secrets.token_hex(4)
+    while key_id in taken:
+        key_id = secrets.token_hex(4)
+    secret = f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(24)}"
+    return secret, ApiKey(id=key_id, sha256=_hash(secret), tenant=tenant, voices=voices,
+                          created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), label=label)
+
+
+class KeyStoreLike(Protocol):
+    """What the service and `narrator keys` need of a key store (the file's or Redis's)."""
+
+    location: str
+
+    def keys(self) -> list[ApiKey]: ...
+
+    def authenticate(self, presented: str | None) -> ApiKey | None: ...
+
+    def create(self, tenant: str, voices: list[str], label: str = "") -> tuple[str, ApiKey]: ...
+
+    def revoke(self, key_id: str) -> ApiKey: ...
+
+    def reachable(self) -> bool: ...
+
+
+def open_key_store(serving: ServingConfig) -> KeyStoreLike:
+    """Redis's store when `serving.state_url` is set, else the keys file `serving.keys_file`."""
+    if serving.state_url:
+        return RedisKeyStore(serving.state_url)
+    return KeyStore(serving.keys_file)
+
+
 class KeyStore:
     """The keys file, re-read when its modification time changes. Thread-safe."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self.location = str(self.path)
         self._lock = threading.Lock()
         self._stamp: tuple[float, int] | None = None
         self._keys: dict[str, ApiKey] = {}
@@ -85,17 +146,16 @@ class KeyStore:
     def keys(self) -> list[ApiKey]:
         return list(self._load().values())
 
+    def reachable(self) -> bool:
+        return True  # a missing keys file is an empty store
+
     def authenticate(self, presented: str | None) -> ApiKey | None:
         """The stored key matching `presented` (not revoked), or None."""
-        if not presented:
+        key_id = _presented_id(presented)
+        if key_id is None:
             return None
-        match = _KEY_FORMAT.match(presented.strip())
-        if not match:
-            return None
-        key = self._load().get(match.group(1))
-        if key is None or key.revoked or not hmac.compare_digest(key.sha256, _hash(presented.strip())):
-            return None
-        return key
+        key = self._load().get(key_id)
+        return key if _matches(key, presented) else None
 
     def _write(self, keys: list[ApiKey]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -107,20 +167,8 @@ class KeyStore:
     def create(self, tenant: str, voices: list[str], label: str = "") -> tuple[str, ApiKey]:
         """A new key for `tenant` limited to `voices` (["*"]: all the tenant's voices): (the secret, shown once,
         and its stored record)."""
-        if not _TENANT.match(tenant):
-            raise KeyStoreError(f"tenant {tenant!r} is not usable: letters, digits, '.', '_' or '-', e.g. acme")
-        voices = [v.strip() for v in voices if v.strip()]
-        if not voices:
-            raise KeyStoreError("name the voices the key may use: --voices alice,bob (or --voices '*' for all of the "
-                            "tenant's voices)")
         existing = self.keys()
-        ids = {k.id for k in existing}
-        key_id = secrets.token_hex(4)
-        while key_id in ids:
-            key_id = secrets.token_hex(4)
-        secret = f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(24)}"
-        record = ApiKey(id=key_id, sha256=_hash(secret), tenant=tenant, voices=voices,
-                        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), label=label)
+        secret, record = _new_key(tenant, voices, label, {k.id for k in existing})
         self._write(existing + [record])
         return secret, record
 
@@ -131,4 +179,68 @@ class KeyStore:
                 key.revoked = True
                 self._write(keys)
                 return key
-        raise KeyStoreError(f"no key {key_id!r} in {self.path}; `narrator keys list` shows the ids")
+        raise KeyStoreError(f"no key {key_id!r} in {self.location}; `narrator keys list` shows the ids")
+
+
+class RedisKeyStore:
+    """The same records in Redis (`serving.state_url`): one hash, id -> record JSON, read at every request so a
+    key created or revoked anywhere takes effect at once on every replica. Thread-safe (redis-py's pool)."""
+
+    HASH = state.STATE_PREFIX + "keys"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.location = f"Redis {state.redact(url)}"
+        self._redis = state.connect(url)
+
+    @contextmanager
+    def _answering(self) -> Iterator[None]:
+        import redis
+
+        try:
+            yield
+        except redis.RedisError as error:
+            raise state.unavailable(self.url, error) from None
+
+    @staticmethod
+    def _record(raw: str | None) -> ApiKey | None:
+        return ApiKey(**json.loads(raw)) if raw else None
+
+    def keys(self) -> list[ApiKey]:
+        with self._answering():
+            found = self._redis.hgetall(self.HASH)
+        return sorted((ApiKey(**json.loads(raw)) for raw in found.values()), key=lambda k: (k.created_at, k.id))
+
+    def reachable(self) -> bool:
+        import redis
+
+        try:
+            return bool(self._redis.ping())
+        except redis.RedisError:
+            return False
+
+    def authenticate(self, presented: str | None) -> ApiKey | None:
+        key_id = _presented_id(presented)
+        if key_id is None:
+            return None
+        with self._answering():
+            key = self._record(self._redis.hget(self.HASH, key_id))
+        return key if _matches(key, presented) else None
+
+    def create(self, tenant: str, voices: list[str], label: str = "") -> tuple[str, ApiKey]:
+        taken: set[str] = set()
+        with self._answering():
+            while True:  # HSETNX: two creators drawing the same id cannot overwrite each other
+                secret, record = _new_key(tenant, voices, label, taken)
+                if self._redis.hsetnx(self.HASH, record.id, json.dumps(asdict(record))):
+                    return secret, record
+                taken.add(record.id)
+
+    def revoke(self, key_id: str) -> ApiKey:
+        with self._answering():
+            key = self._record(self._redis.hget(self.HASH, key_id))
+            if key is None:
+                raise KeyStoreError(f"no key {key_id!r} in {self.location}; `narrator keys list` shows the ids")
+            key.revoked = True
+            self._redis.hset(self.HASH, key_id, json.dumps(asdict(key)))
+        return key

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import getpass
 import hashlib
+import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,6 +32,9 @@ from typing import Any
 from narrator import audit
 from narrator.config import Params
 from narrator.errors import NarratorError
+from narrator.log import get_logger
+
+log = get_logger("registry")
 
 CHAMPION = "champion"  # the alias serving takes
 CHALLENGER = "challenger"  # the alias of the newest registered version
@@ -289,9 +293,22 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+LOCAL_SCHEMES = ("sqlite:", "file:")  # registries in a local file; any other URI scheme (http, https, postgresql,
+                                     # databricks, ...) names a registry that processes on other machines share
+LOCK_NAMESPACE = b"narrator registry lock\0"  # hashed before the registry URI into the advisory lock key
+LOCK_CONNECT_TIMEOUT_S = 10
+
+
+def is_registry_server(tracking_uri: str) -> bool:
+    """Whether the registry is a server (http/https) or database that processes on other machines register in
+    too: any URI but a sqlite database, a file:// store or a plain path."""
+    uri = tracking_uri.lower()
+    return "://" in uri and not uri.startswith(LOCAL_SCHEMES)
+
+
 def registry_lock_path(params: Params) -> Path:
     """The file whose lock serialises registrations and approvals (`registry.lock_file`; default: beside the
-    sqlite database, or beside the audit log for a registry server)."""
+    sqlite database, or beside the audit log for another local store)."""
     from narrator.tracking import sqlite_database
 
     if params.registry.lock_file:
@@ -300,14 +317,69 @@ def registry_lock_path(params: Params) -> Path:
     return beside.expanduser().with_suffix(".lock")
 
 
+def registry_lock_key(tracking_uri: str) -> int:
+    """The PostgreSQL advisory lock key of a registry: the first 64 bits of sha256 over the registry URI (as
+    written, without a trailing '/'), as the signed bigint `pg_advisory_lock` takes."""
+    digest = hashlib.sha256(LOCK_NAMESPACE + tracking_uri.rstrip("/").encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def redact_url(url: str) -> str:
+    """A URL with its password replaced by ***, for messages and logs."""
+    return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
+
+
 @contextmanager
 def registry_locked(params: Params) -> Iterator[None]:
     """One registration or approval at a time against this registry: voice ids, version numbers and the champion
-    move are decided under this lock, so concurrent pipelines neither share a voice id nor race a promotion."""
+    move are decided under this lock, so concurrent pipelines neither share a voice id nor race a promotion.
+
+    With `registry.lock_url` the lock is PostgreSQL's session advisory lock keyed by the registry URI
+    (`registry_lock_key`), so processes on every machine that reach the database queue on it; a process that dies
+    drops its connection and the lock with it. Without it, a file lock (`registry_lock_path`), which a registry
+    server refuses: a file on one machine serialises nothing on another."""
+    cfg = params.registry
+    if cfg.lock_url:
+        with _advisory_locked(cfg.lock_url, registry_lock_key(cfg.tracking_uri)):
+            yield
+        return
+    if is_registry_server(cfg.tracking_uri):
+        raise RegistryError(f"registry.tracking_uri {redact_url(cfg.tracking_uri)} is a server that other machines "
+                            "register in too, and a local file lock cannot serialise them: set registry.lock_url to a "
+                            "PostgreSQL database every registering machine reaches (e.g. --set "
+                            "registry.lock_url=postgresql://USER@HOST:5432/DB)")
     path = registry_lock_path(params)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as handle, audit.exclusive(handle):
         yield
+
+
+@contextmanager
+def _advisory_locked(url: str, key: int) -> Iterator[None]:
+    """Hold PostgreSQL's session advisory lock `key` in the database `url` for the block (waiting for it)."""
+    import psycopg
+
+    try:
+        connection = psycopg.connect(url, autocommit=True, connect_timeout=LOCK_CONNECT_TIMEOUT_S,
+                                     application_name=f"narrator registry lock (pid {os.getpid()})")
+    except psycopg.Error as error:
+        raise RegistryError(f"cannot reach the registry lock database registry.lock_url {redact_url(url)} "
+                            f"({str(error).strip()}); check the URL, the credentials and that PostgreSQL is "
+                            "up") from None
+    try:
+        connection.execute("SELECT pg_advisory_lock(%s)", (key,))
+        try:
+            yield
+        finally:
+            try:
+                released = connection.execute("SELECT pg_advisory_unlock(%s)", (key,)).fetchone()[0]
+            except psycopg.Error:
+                released = False
+            if not released:  # the session ended meanwhile, and the lock with it
+                log.warning("the registry lock %d was no longer held when released (the connection to %s dropped)",
+                            key, redact_url(url))
+    finally:
+        connection.close()
 
 
 def audit_event(params: Params, event: str, **details: Any) -> str:

@@ -28,11 +28,19 @@ def artifact_location(tracking_uri: str) -> str | None:
 
 
 def ensure_experiment(client, name: str, tracking_uri: str) -> str:
-    """The id of experiment `name` in `client`'s store, created (see `artifact_location`) if missing."""
+    """The id of experiment `name` in `client`'s store, created (see `artifact_location`) if missing, also when
+    another process creates it at the same moment."""
+    from mlflow.exceptions import MlflowException
+
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    return client.create_experiment(name, artifact_location=artifact_location(tracking_uri))
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location(tracking_uri))
+    except MlflowException as error:  # created meanwhile by another process (a tracking server is shared)
+        if getattr(error, "error_code", None) != "RESOURCE_ALREADY_EXISTS":
+            raise
+        return client.get_experiment_by_name(name).experiment_id
 
 
 def use_experiment(tracking_uri: str, name: str) -> str:

@@ -34,13 +34,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from narrator.audiofile import encode
 from narrator.config import Params
 from narrator.errors import NarratorError
-from narrator.keys import ApiKey, KeyStore
+from narrator.keys import ApiKey, open_key_store
 from narrator.log import get_logger
+from narrator.state import StateUnavailable
 from serving import errors
 from serving.audit import SynthesisAudit, SynthesisRecord, text_sha256
 from serving.encode import FORMATS, StreamEncoder, media_type
 from serving.engine import GptBatcher, Resampler, WatermarkStream, sentences
-from serving.ratelimit import RateLimiter
+from serving.ratelimit import open_rate_limiter
 from serving.voices import LoadedVoice, VoiceCache, VoiceCatalog, VoiceInfo, VoiceUnavailable
 
 log = get_logger("serving.api")
@@ -98,15 +99,15 @@ class Synthesis:
 
 
 class NarratorServer:
-    """Everything one service process holds: config, keys, rate limits, voices, batcher, audit log, metrics."""
+    """Everything one service process holds: config, keys and rate limits (shared stores), voices, batcher, audit log, metrics."""
 
     def __init__(self, params: Params, metrics: Metrics | None = None, device: str = "auto") -> None:
         from models.watermark import WatermarkError, load_key
 
         self.params = params
         cfg = params.serving
-        self.keys = KeyStore(cfg.keys_file)
-        self.limiter = RateLimiter(cfg.rate_limit_per_minute, cfg.rate_limit_burst)
+        self.keys = open_key_store(cfg)  # shared by every worker (and with serving.state_url, every replica)
+        self.limiter = open_rate_limiter(cfg)
         self.catalog = VoiceCatalog(params)
         self.cache = VoiceCache(params, device)
         self.batcher = GptBatcher(cfg.max_batch_size, cfg.max_latency_ms)
@@ -123,8 +124,8 @@ class NarratorServer:
             self.watermark_key, self.key_problem = None, str(error)
 
     def ready(self) -> bool:
-        """Ready when the watermark key is loaded and the registry answers."""
-        if self.watermark_key is None:
+        """Ready when the watermark key is loaded, the key store answers and the registry answers."""
+        if self.watermark_key is None or not self.keys.reachable():
             return False
         try:
             self.catalog.voices()
@@ -155,10 +156,14 @@ class NarratorServer:
         if not presented:
             raise errors.unauthorized("no API key: send `Authorization: Bearer KEY` (create one with "
                                       "`narrator keys create --tenant T --voices a,b`)")
-        key = self.keys.authenticate(presented)
+        try:
+            key = self.keys.authenticate(presented)
+            wait = self.limiter.take(key.id) if key is not None else 0.0
+        except StateUnavailable as error:
+            log.error("%s", error)
+            raise errors.unavailable("the service cannot check API keys right now; try again shortly") from None
         if key is None:
             raise errors.unauthorized("the API key is unknown or revoked; ask for a new one")
-        wait = self.limiter.take(key.id)
         if wait > 0:
             raise errors.rate_limited(wait)
         return key

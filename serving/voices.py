@@ -1,9 +1,12 @@
 """Which voices serve, and the voices loaded in this process.
 
 `VoiceCatalog` reads the MLflow registry: every registered model named `registry.model_prefix + VOICE` with a
-`champion` alias is a voice, served at the champion's version from the bundle the package step put in the BentoML
-model store (version tag `bento`). Its tenant is the registered model's `tenant` tag (`serving.default_tenant`
-when it has none). The list is cached for `CATALOG_TTL_S` so a promotion reaches the service within seconds.
+`champion` alias is a voice, served at the champion's version from the bundle the package step published to the
+registry's artifact store (version tags `bundle_uri`, `bundle_sha256`), fetched into `serving.bundle_cache` on
+this machine and checked against its digest (on every load); a version packaged before bundles were published is
+read from the BentoML model store (version tag `bento`). Its tenant is the registered model's `tenant` tag
+(`serving.default_tenant` when it has none). The list is cached for `CATALOG_TTL_S` so a promotion reaches the
+service within seconds.
 
 `VoiceCache` keeps loaded voices (SoVITS + GPT + reference prompt), several per process, within
 `serving.memory_budget_mb` of weights and `serving.max_voices`; the least recently used go first. A request
@@ -49,10 +52,16 @@ class VoiceInfo:
     payload_hex: str
     bento: str | None  # BentoML model store tag of the bundle, None when not packaged
     evaluation: dict[str, Any]  # {"verdict", "metrics": {name: value}}
+    bundle_uri: str | None = None  # the bundle in the registry's artifact store, None when not published
+    bundle_sha256: str | None = None  # its digest (narrator.bundle.bundle_sha256)
+
+    @property
+    def packaged(self) -> bool:
+        return self.bundle_uri is not None or self.bento is not None
 
     def public(self) -> dict[str, Any]:
         return {"voice": self.voice, "version": self.version, "tenant": self.tenant,
-                "watermark_payload": self.payload_hex, "packaged": self.bento is not None,
+                "watermark_payload": self.payload_hex, "packaged": self.packaged,
                 "evaluation": self.evaluation}
 
 
@@ -66,6 +75,7 @@ class VoiceCatalog:
         self._read_at = -1e9
 
     def _read(self) -> dict[str, VoiceInfo]:
+        from narrator.bundle import BUNDLE_SHA256_TAG, BUNDLE_URI_TAG
         from narrator.registry import champions
 
         found = {}
@@ -76,7 +86,9 @@ class VoiceCatalog:
             found[best.voice] = VoiceInfo(voice=best.voice, model_name=best.model_name, version=best.version,
                                           tenant=best.tenant or self.params.serving.default_tenant,
                                           payload_hex=tags.get("payload_hex", ""), bento=tags.get("bento"),
-                                          evaluation={"verdict": tags.get("verdict", "unknown"), "metrics": metrics})
+                                          evaluation={"verdict": tags.get("verdict", "unknown"), "metrics": metrics},
+                                          bundle_uri=tags.get(BUNDLE_URI_TAG),
+                                          bundle_sha256=tags.get(BUNDLE_SHA256_TAG))
         return found
 
     def voices(self) -> dict[str, VoiceInfo]:
@@ -171,13 +183,21 @@ class VoiceCache:
             return voice
 
     def bundle_dir(self, info: VoiceInfo) -> Path:
-        """Where the champion's bundle lies in the BentoML model store."""
-        from narrator.bundle import BundleError, stored_bundle
+        """The champion's bundle as a local folder: fetched from the registry's artifact store into
+        `serving.bundle_cache` (any machine), else from the BentoML model store (a version packaged before bundles
+        were published, or a bento that carries it)."""
+        from narrator.bundle import BundleError, fetch_bundle, stored_bundle
 
-        if not info.bento:
+        if not info.packaged:
             raise VoiceUnavailable(f"voice {info.voice} v{info.version} is registered but not packaged; run "
                                    f"`narrator package {info.voice} --version {info.version} ...`")
         try:
+            if info.bundle_uri:
+                if not info.bundle_sha256:
+                    raise BundleError(f"{info.model_name} v{info.version} names its bundle ({info.bundle_uri}) but "
+                                      "not its digest (tag bundle_sha256); package the voice again")
+                return fetch_bundle(info.voice, info.version, info.bundle_uri, info.bundle_sha256,
+                                    self.params.serving.bundle_cache, self.params)
             return stored_bundle(info.bento)
         except BundleError as error:
             raise VoiceUnavailable(f"voice {info.voice}: {error}") from None
