@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -616,9 +617,13 @@ def test_cli_lineage_verify_exits_0_when_intact_and_2_naming_what_changed(steps,
 
 
 @pytest.mark.services
-def test_verification_holds_against_an_mlflow_server_on_postgresql_and_s3(steps, tmp_path, mlflow_service):
+def test_verification_holds_against_an_mlflow_server_on_postgresql_and_s3(steps, tmp_path, mlflow_service,
+                                                                         postgres_service):
+    from tests import services
+
+    lock_url = services.create_database(postgres_service, f"registry_lock_lineage_{uuid.uuid4().hex[:8]}")
     params = load_params(None, {"registry": {"tracking_uri": mlflow_service.url, "deployment_policy": "manual",
-                                             "audit_log": str(tmp_path / "audit.jsonl")},
+                                             "audit_log": str(tmp_path / "audit.jsonl"), "lock_url": lock_url},
                                 "training": {"mlflow_tracking_uri": steps.uri, "mlflow_experiment": EXPERIMENT}})
     register_voice("served-lineage", steps, evaluation(tmp_path, "eval", 0.86), params)
     approve("served-lineage", 1, "Dana Reviewer", params)
