@@ -61,6 +61,7 @@ import yaml
 
 from components.watermark import WatermarkCheck
 from narrator import audit
+from narrator.bundle import BUNDLE_SHA256_TAG, BUNDLE_URI_TAG
 from narrator.config import Params
 from narrator.log import get_logger
 from narrator.registry import (CHALLENGER, CHAMPION, TENANT_TAG, UNKNOWN, RegistryError, actor, alias_version,
@@ -91,6 +92,7 @@ LINEAGE_TAG_NAMES = frozenset({
     "sovits_sha256", "gpt_sha256", "sovits_run_id", "gpt_run_id", "verdict", "failed_gates", "watermark_check",
     "payload_hex"})
 CHAMPION_EVENTS = ("promoted", "approved")  # the audit events that move the champion alias
+PACKAGED_EVENT = "packaged"  # the audit event of the package step: the bundle tags it set
 
 
 @dataclass
@@ -712,9 +714,26 @@ def _version_lineage(client, model, mv, records: list[dict[str, Any]], checked: 
     problems += _tag_problems(mv, document)
     problems += _identity_problems(model, mv, document)
     problems += _params_problems(client, mv.run_id, document["tags"].get("params_sha256"))
-    checked.append(f"{len(document['tags'])} lineage tags, the register run, the tenant and the run's "
-                   f"{PARAMS_ARTIFACT}")
+    problems += _bundle_problems(mv, records)
+    checked.append(f"{len(document['tags'])} lineage tags, the register run, the tenant, the run's "
+                   f"{PARAMS_ARTIFACT} and the bundle tags against the audit log's packaging")
     return digest
+
+
+def _bundle_problems(mv, records: list[dict[str, Any]]) -> list[str]:
+    """The bundle tags the service fetches by (bundle_uri, bundle_sha256) against the audit log's last packaging of
+    this version; bundle tags on a version the audit log never saw packaged were set outside `narrator package`."""
+    version = int(mv.version)
+    packaged = [r for r in records if r.get("event") == PACKAGED_EVENT and r.get("model") == mv.name
+                and r.get("version") == version]
+    tags = (BUNDLE_URI_TAG, BUNDLE_SHA256_TAG)
+    if not packaged:
+        return [f"tag {tag} was set outside `narrator package` ({mv.tags[tag]!r}): the audit log records no "
+                f"packaging of version {version}; package it again" for tag in tags if tag in mv.tags]
+    last = packaged[-1]
+    return [f"tag {tag} was changed after packaging: the audit log's packaging recorded {last.get(tag)!r}, now "
+            f"{mv.tags.get(tag)!r}; the service would fetch another bundle. Package version {version} again"
+            for tag in tags if mv.tags.get(tag) != last.get(tag)]
 
 
 def _registered_digest(records: list[dict[str, Any]], name: str, version: int) -> str | None:

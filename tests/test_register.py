@@ -598,6 +598,38 @@ def test_a_failed_version_whose_verdict_tag_was_edited_to_pass_is_not_approved(s
     assert "champion" not in _client(steps).get_registered_model("narrator-doctored").aliases
 
 
+def _packaged(steps: Steps, params, voice: str, version: int, uri: str, sha256: str) -> None:
+    """What `narrator package` leaves in the registry and the audit log about a published bundle."""
+    from narrator.registry import version_audit
+
+    client = _client(steps)
+    client.set_model_version_tag(f"narrator-{voice}", str(version), "bundle_uri", uri)
+    client.set_model_version_tag(f"narrator-{voice}", str(version), "bundle_sha256", sha256)
+    version_audit(params, "packaged", f"narrator-{voice}", voice, version, "packager", bento=f"narrator-{voice}:v1",
+                  bundle_uri=uri, bundle_sha256=sha256)
+
+
+def test_a_packaged_bundle_verifies_and_a_bundle_tag_changed_after_packaging_is_named(steps, tmp_path):
+    params = make_params(steps, tmp_path)
+    done = register_voice("bundled", steps, evaluation(tmp_path, "eval", 0.86), params)
+    _packaged(steps, params, "bundled", 1, f"runs:/{done.run_id}/bundle", "b" * 64)
+    assert _problems("bundled", params) == []
+
+    _client(steps).set_model_version_tag("narrator-bundled", "1", "bundle_sha256", "e" * 64)
+    (problem,) = _problems("bundled", params)
+    assert problem.startswith(f"tag bundle_sha256 was changed after packaging: the audit log's packaging recorded "
+                              f"{'b' * 64!r}, now {'e' * 64!r}")
+
+
+def test_bundle_tags_set_on_a_version_never_packaged_are_named(steps, tmp_path):
+    params = make_params(steps, tmp_path)
+    register_voice("smuggled", steps, evaluation(tmp_path, "eval", 0.86), params)
+    _client(steps).set_model_version_tag("narrator-smuggled", "1", "bundle_uri", "s3://elsewhere/bundle")
+
+    (problem,) = _problems("smuggled", params)
+    assert problem.startswith("tag bundle_uri was set outside `narrator package` ('s3://elsewhere/bundle')")
+
+
 def test_cli_lineage_verify_exits_0_when_intact_and_2_naming_what_changed(steps, tmp_path, capsys, monkeypatch):
     from cli.main import main
 
