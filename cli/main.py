@@ -45,7 +45,7 @@ examples:
   narrator pipeline schedule retrain --host http://kubeflow:8888 --source s3://voices/alice --voice alice
   narrator keys create --tenant acme --voices alice,bob
   narrator serve --port 3000
-  narrator audit verify serving-audit.jsonl
+  narrator audit verify serving-audit.jsonl  # or postgresql://USER@HOST/DB?table=serving_audit
   narrator package alice                   # the champion's bento
   narrator demo --out demo
   narrator config --defaults
@@ -313,12 +313,23 @@ def build_parser() -> argparse.ArgumentParser:
     _common(a)
     a.set_defaults(func=_cmd_keys_revoke)
 
-    p = sub.add_parser("audit", help="check the synthesis audit log's hash chain",
-                       description="Audit logs are JSON lines chained by sha256.")
+    p = sub.add_parser("audit", help="check an audit log's chain (the service's or the registry's)",
+                       description="Audit logs are JSON lines (a file, or rows of a PostgreSQL table) chained by "
+                                   "HMAC-SHA256 with the audit key ($NARRATOR_AUDIT_KEY or audit_key_file), or by "
+                                   "plain sha256 when written without a key (not tamper-proof).")
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    a = actions.add_parser("verify", help="exit 0 when intact, 2 naming the first edited or deleted record",
-                           description="Verify an audit log's chain (default: serving.audit_log).")
-    a.add_argument("file", nargs="?", metavar="FILE", help="the log (default: serving.audit_log)")
+    a = actions.add_parser("verify", help="exit 0 when intact, 2 naming the first edited, inserted or deleted "
+                                          "record or a cut-off end",
+                           description="Verify an audit log's chain (default: serving.audit_log) with the audit key "
+                                       "(--key-file, else $NARRATOR_AUDIT_KEY, else the log's audit_key_file "
+                                       "setting). Says how many records are sealed with the key and how many are "
+                                       "unkeyed.")
+    a.add_argument("file", nargs="?", metavar="FILE|URL",
+                   help="the log: a file or a postgresql://USER@HOST/DB?table=NAME URL (default: serving.audit_log)")
+    a.add_argument("--key-file", metavar="FILE", help="file holding the audit key (default: $NARRATOR_AUDIT_KEY, "
+                                                     "else the audit_key_file setting of the log's section)")
+    a.add_argument("--require-key", action="store_true",
+                   help="exit 2 unless every record is sealed with the key (refuses unkeyed and unchecked records)")
     _common(a)
     a.set_defaults(func=_cmd_audit_verify)
 
@@ -683,6 +694,7 @@ def _run_forwarding_signals(command: list[str], env: dict[str, str]) -> int:
 
 # settings naming files, resolved against the caller's folder before a process with another working folder reads them
 _PATH_SETTINGS = (("serving", "keys_file"), ("serving", "audit_log"), ("registry", "audit_log"),
+                  ("serving", "audit_key_file"), ("registry", "audit_key_file"),
                   ("package", "bentoml_home"), ("storage", "cache_dir"), ("training", "mlflow_tracking_uri"),
                   ("registry", "tracking_uri"), ("serving", "bundle_cache"))
 
@@ -733,11 +745,21 @@ def _cmd_keys_revoke(args) -> int:
 
 
 def _cmd_audit_verify(args) -> int:
-    from narrator.audit import verify
+    from narrator.audit import AuditError, load_key, verify
 
-    path = args.file or _load(args).serving.audit_log
-    count = verify(path)
-    print(f"{path}: intact, {count} records chained")
+    params = _load(args)
+    location = args.file or params.serving.audit_log
+    if args.key_file:  # named on the command line: it wins over $NARRATOR_AUDIT_KEY
+        key = load_key(args.key_file, environ={})
+    else:
+        key = load_key(params.registry.audit_key_file if location == params.registry.audit_log
+                       else params.serving.audit_key_file)
+    found = verify(location, key)
+    print(found.summary())
+    if args.require_key and found.keyed < found.records:
+        raise AuditError(f"{found.records - found.keyed} of {found.records} records are not sealed with the audit "
+                         "key (--require-key); give the key the log was written with, or find who wrote them "
+                         "without it")
     return 0
 
 

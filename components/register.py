@@ -633,7 +633,7 @@ def _chosen_version(client, model, name: str, voice: str, version: int | None) -
 def _audit_records(params: Params) -> tuple[list[dict[str, Any]], str | None]:
     """The registry's audit records, oldest first, and why the log failed verification (None when intact)."""
     try:
-        return audit.read(params.registry.audit_log), None
+        return audit.read(params.registry.audit_log, audit.load_key(params.registry.audit_key_file)), None
     except audit.AuditError as error:
         return [], str(error)
 

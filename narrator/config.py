@@ -233,15 +233,23 @@ class RegistryConfig(_Section):
                                                  "None: serving.default_tenant")
     audit_log: str = Field("registry-audit.jsonl", description="append-only JSON lines of every registration, "
                                                                "promotion and approval, each chained to the line "
-                                                               "before by its sha256")
+                                                               "before by its mac; a file, or postgresql://USER@HOST"
+                                                               "/DB?table=registry_audit (a table, created on first "
+                                                               "use, that processes on several machines share)")
     lock_file: str | None = Field(None, description="file whose lock lets one registration or approval at a time "
                                                    "decide voice ids, versions and promotions (on one machine or a "
                                                    "shared filesystem); None: beside the sqlite database (a "
-                                                   "registry server takes lock_url instead)")
+                                                   "registry server takes lock_url, or a postgresql:// audit_log's "
+                                                   "database)")
     lock_url: str | None = Field(None, description="PostgreSQL database (postgresql://USER@HOST:PORT/DB) whose "
                                                   "advisory lock, keyed by tracking_uri, lets one registration or "
                                                   "approval at a time decide across machines; needed when "
-                                                  "tracking_uri is a server (http/https); None: the file lock")
+                                                  "tracking_uri is a server (http/https) and audit_log is not "
+                                                  "postgresql://; None: the file lock")
+    audit_key_file: str | None = Field(None, description="file holding the secret that seals audit_log's records "
+                                                        "(HMAC-SHA256; e.g. a mounted secret); $NARRATOR_AUDIT_KEY "
+                                                        "wins; None and no variable: unkeyed sha256 chain, not "
+                                                        "tamper-proof")
 
     @model_validator(mode="after")
     def _lock_url_is_postgresql(self) -> "RegistryConfig":
@@ -311,7 +319,13 @@ class ServingConfig(_Section):
     keys_file: str = Field("serving-keys.json", description="API keys: sha256 hashes with tenant and voice scopes "
                                                             "(`narrator keys create`)")
     audit_log: str = Field("serving-audit.jsonl", description="append-only, hash-chained log of every synthesis "
-                                                              "(`narrator audit verify`)")
+                                                              "(`narrator audit verify`); a file, or postgresql://"
+                                                              "USER@HOST/DB?table=serving_audit (shared by service "
+                                                              "replicas on several machines)")
+    audit_key_file: str | None = Field(None, description="file holding the secret that seals audit_log's records "
+                                                        "(HMAC-SHA256; e.g. a mounted secret); $NARRATOR_AUDIT_KEY "
+                                                        "wins; None and no variable: unkeyed sha256 chain, not "
+                                                        "tamper-proof")
     default_tenant: str = Field("default", description="tenant of a registered voice without a `tenant` tag")
     max_batch_size: int = Field(8, ge=1, description="GPT decodes of one voice batched together across requests")
     max_latency_ms: int = Field(10, ge=0, description="how long a decode waits for others to join its batch")

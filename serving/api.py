@@ -32,13 +32,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from narrator.audiofile import encode
+from narrator.audit import load_key as load_audit_key
 from narrator.config import Params
 from narrator.errors import NarratorError
 from narrator.keys import ApiKey, open_key_store
 from narrator.log import get_logger
 from narrator.state import StateUnavailable
 from serving import errors
-from serving.audit import SynthesisAudit, SynthesisRecord, text_sha256
+from serving.audit import COMPLETED, Delivery, SynthesisAudit, SynthesisRecord, delivered, text_sha256
 from serving.encode import FORMATS, StreamEncoder, media_type
 from serving.engine import GptBatcher, Resampler, WatermarkStream, sentences
 from serving.ratelimit import open_rate_limiter
@@ -111,7 +112,7 @@ class NarratorServer:
         self.catalog = VoiceCatalog(params)
         self.cache = VoiceCache(params, device)
         self.batcher = GptBatcher(cfg.max_batch_size, cfg.max_latency_ms)
-        self.audit = SynthesisAudit(cfg.audit_log)
+        self.audit = SynthesisAudit(cfg.audit_log, load_audit_key(cfg.audit_key_file))
         self.metrics = metrics
         self._results: OrderedDict[tuple, Synthesis] = OrderedDict()
         self._results_lock = threading.Lock()
@@ -231,13 +232,16 @@ class NarratorServer:
                     self._results.popitem(last=False)
         return result
 
-    def record(self, key: ApiKey, voice: VoiceInfo, req: SpeechRequest, duration_s: float, digest: str,
+    def record(self, key: ApiKey, voice: VoiceInfo, req: SpeechRequest, duration_s: float, sent: Delivery,
                stream: bool) -> None:
+        """The audit record of one synthesis: `duration_s` audio seconds synthesized, `sent` what reached the
+        client."""
         self.audit.append(SynthesisRecord(key_id=key.id, tenant=key.tenant, voice=voice.voice, version=voice.version,
                                           payload_hex=voice.payload_hex, text_sha256=text_sha256(req.text),
                                           language=req.language, format=req.format,
                                           sample_rate_hz=req.sample_rate_hz, duration_s=round(duration_s, 3),
-                                          output_sha256=digest, stream=stream))
+                                          stream=stream, delivery=sent.delivery, bytes_sent=sent.bytes_sent,
+                                          seconds_sent=round(sent.seconds_sent, 3), output_sha256=sent.output_sha256))
         if self.metrics:
             self.metrics.audio_seconds.inc(duration_s)
 
@@ -256,6 +260,39 @@ class NarratorServer:
         if tenant != key.tenant:
             return {"voice": None, "version": None, "note": "the payload belongs to a voice of another tenant"}
         return {"voice": voice, "version": version}
+
+
+CLOSE_POLL_S = 0.05  # how often the end of a response retries closing a stream a worker thread is still inside
+
+
+def _close(stream: Iterator[bytes]) -> None:
+    """Close a generator, waiting while a worker thread is still inside it (speaking the chunk nobody will take)."""
+    while True:
+        try:
+            stream.close()
+            return
+        except ValueError:  # "generator already executing"
+            time.sleep(CLOSE_POLL_S)
+
+
+class ClosingStreamingResponse(StreamingResponse):
+    """A streamed response whose body generator is closed when the response ends, however it ends: Starlette
+    abandons the generator of a client that went away, so its synthesis would run on and its audit record be
+    written (if ever) when the garbage collector gets to it. Closed here, the synthesis stops at once and the
+    audit record says what was sent (serving.audit.delivered)."""
+
+    def __init__(self, content: Iterator[bytes], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._stream = content
+
+    async def __call__(self, scope, receive, send) -> None:
+        import anyio
+
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(_close, self._stream)
 
 
 def _json_error(error: errors.ApiError) -> JSONResponse:
@@ -333,7 +370,7 @@ def create_app(server: Callable[[], NarratorServer]) -> FastAPI:
         body = encode(samples, req.sample_rate_hz, req.format)
         duration_s = len(result.samples) / 32000
         digest = hashlib.sha256(body).hexdigest()
-        state.record(key, info, req, duration_s, digest, stream=False)
+        state.record(key, info, req, duration_s, Delivery(COMPLETED, len(body), duration_s, digest), stream=False)
         elapsed = time.perf_counter() - started
         if state.metrics:
             state.metrics.first_audio.labels(endpoint="speech").observe(elapsed)
@@ -350,33 +387,41 @@ def create_app(server: Callable[[], NarratorServer]) -> FastAPI:
         started = time.perf_counter()
         state, info, voice = prepared(req, key)
 
-        def chunks() -> Iterator[bytes]:
+        synthesized_s = 0.0  # audio seconds synthesized so far
+
+        def chunks() -> Iterator[tuple[bytes, float]]:
+            """Encoded bytes as they become final, each with the audio seconds encoded up to and with them."""
+            nonlocal synthesized_s
             encoder, resampler = StreamEncoder(req.format, req.sample_rate_hz), Resampler(req.sample_rate_hz)
-            digest, audio_s, first = hashlib.sha256(), 0.0, None
+            encoded_samples, first = 0, None
             state._track(+1)
             try:
                 for samples in state.marked_sentences(voice, req):
-                    audio_s += len(samples) / 32000
-                    data = encoder.write(resampler.push(samples))
+                    synthesized_s += len(samples) / 32000
+                    resampled = resampler.push(samples)
+                    encoded_samples += len(resampled)
+                    data = encoder.write(resampled)
                     if data:
                         if first is None:
                             first = time.perf_counter() - started
                             if state.metrics:
                                 state.metrics.first_audio.labels(endpoint="speech_stream").observe(first)
-                        digest.update(data)
-                        yield data
-                data = encoder.write(resampler.push(np.zeros(0, np.float32), last=True)) + encoder.close()
-                digest.update(data)
-                yield data
+                        yield data, encoded_samples / req.sample_rate_hz
+                rest = resampler.push(np.zeros(0, np.float32), last=True)
+                encoded_samples += len(rest)
+                yield encoder.write(rest) + encoder.close(), encoded_samples / req.sample_rate_hz
             finally:
                 state._track(-1)
-                state.record(key, info, req, audio_s, digest.hexdigest(), stream=True)
-                elapsed = time.perf_counter() - started
-                if state.metrics and audio_s:
-                    state.metrics.rtf.observe(elapsed / audio_s)
-                state.observe("/v1/speech/stream", 200, elapsed)
 
-        return StreamingResponse(chunks(), media_type=media_type(req.format), headers={
+        def ended(sent: Delivery) -> None:
+            """The stream ended (completed, or the client went away): record what was sent."""
+            state.record(key, info, req, synthesized_s, sent, stream=True)
+            elapsed = time.perf_counter() - started
+            if state.metrics and synthesized_s:
+                state.metrics.rtf.observe(elapsed / synthesized_s)
+            state.observe("/v1/speech/stream", 200, elapsed)
+
+        return ClosingStreamingResponse(delivered(chunks(), ended), media_type=media_type(req.format), headers={
             "X-Voice": info.voice, "X-Voice-Version": str(info.version), "X-Watermark-Payload": info.payload_hex})
 
     @app.post(f"/{API_VERSION}/watermark/detect", summary="look for the watermark in an uploaded audio file",

@@ -8,6 +8,7 @@ the web console in headless Chromium.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -30,6 +31,7 @@ LONG_TEXT = ("The lighthouse keeper climbed the spiral stairs before the storm a
              "opened her shop at exactly six o'clock. A small boat drifted slowly across the quiet harbour.")
 STREAM_TEXT = ("Hello there. The library on the hill holds more than ten thousand old maps. The old clock in the "
                "hallway chimed seven times. Snow covered the mountain village for most of the winter.")
+AUDIT_KEY = "audit-key-for-the-test-service-0123"  # the service seals its synthesis audit log with it
 SETTINGS = {"serving": {"max_upload_mb": 4.0, "max_text_chars": 400, "rate_limit_per_minute": 600,
                         "rate_limit_burst": 20}}
 
@@ -55,7 +57,8 @@ def service(deployment, tmp_path_factory):
     with open(log, "wb") as out:
         process = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "serving.service:NarratorService",
                                     "--host", "127.0.0.1", "--port", str(port), "--working-dir", str(REPO_ROOT)],
-                                   cwd=REPO_ROOT, env=deployment.env(port), stdout=out, stderr=subprocess.STDOUT,
+                                   cwd=REPO_ROOT, env={**deployment.env(port), "NARRATOR_AUDIT_KEY": AUDIT_KEY},
+                                   stdout=out, stderr=subprocess.STDOUT,
                                    start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -292,22 +295,27 @@ def test_audit_log_records_every_synthesis_and_detects_tampering(service, deploy
     from serving.audit import text_sha256
 
     text = "An audited sentence."
-    response = _speech(service, deployment.keys["globex"], voice="bob", text=text, seed=1)
-    assert response.status_code == 200
+    for fmt in ("flac", "ogg", "wav"):  # three records at least, whichever tests ran before
+        response = _speech(service, deployment.keys["globex"], voice="bob", text=text, seed=1, format=fmt)
+        assert response.status_code == 200
     path = Path(load_params(deployment.params_file).serving.audit_log)
     lines = path.read_text().splitlines()
     last = json.loads(lines[-1])
     assert last["voice"] == "bob" and last["version"] == 1 and last["text_sha256"] == text_sha256(text)
     assert last["output_sha256"] == response.headers["x-output-sha256"]
     assert last["payload_hex"] == deployment.payloads["bob"] and last["key_id"] == deployment.keys["globex"][3:11]
-    assert last["duration_s"] > 0 and "prev_sha256" in last and "time" in last
+    assert last["duration_s"] > 0 and last["chain"] == "hmac-sha256" and "mac" in last and "time" in last
+    assert (last["delivery"], last["bytes_sent"]) == ("completed", len(response.content))
+    assert last["seconds_sent"] == last["duration_s"] and not last["stream"]
     assert len(lines) >= 3
 
     def verify(file: Path) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "cli", "audit", "verify", str(file)],
-                              capture_output=True, text=True, cwd=REPO_ROOT)
+                              capture_output=True, text=True, cwd=REPO_ROOT,
+                              env={**os.environ, "NARRATOR_AUDIT_KEY": AUDIT_KEY})
 
-    assert verify(path).returncode == 0
+    intact = verify(path)
+    assert intact.returncode == 0 and "sealed with the audit key" in intact.stdout and "UNKEYED" not in intact.stdout
 
     def tampered(name: str, change) -> Path:
         copy = tmp_path / name
@@ -317,13 +325,51 @@ def test_audit_log_records_every_synthesis_and_detects_tampering(service, deploy
 
     edited = tampered("edited.jsonl", lambda ls: [ls[0].replace('"voice": "', '"voice": "x')] + ls[1:])
     done = verify(edited)
-    assert done.returncode == 2 and "line 2" in done.stderr
+    assert done.returncode == 2 and "edited.jsonl line 1 was edited" in done.stderr
     deleted = tampered("deleted.jsonl", lambda ls: ls[:1] + ls[2:])
     done = verify(deleted)
-    assert done.returncode == 2 and "line 2" in done.stderr
+    assert done.returncode == 2 and "record 2 was deleted before" in done.stderr and "line 2" in done.stderr
     cut = tampered("cut.jsonl", lambda ls: ls[:-1])
     done = verify(cut)
     assert done.returncode == 2 and "deleted from the end" in done.stderr
+
+
+def _stream_records(path: Path) -> list[dict]:
+    return [r for r in map(json.loads, path.read_text().splitlines()) if r["stream"]]
+
+
+def test_a_stream_the_client_reads_to_the_end_is_recorded_as_completed(service, deployment):
+    from narrator.config import load_params
+
+    path = Path(load_params(deployment.params_file).serving.audit_log)
+    with httpx.stream("POST", f"{service}/v1/speech/stream", headers=_auth(deployment.keys["acme"]), timeout=120,
+                      json={"voice": "alice", "text": "One sentence. And another.", "seed": 5}) as response:
+        data = b"".join(response.iter_raw())
+    deadline = time.monotonic() + 10
+    while not any(r["output_sha256"] == hashlib.sha256(data).hexdigest() for r in _stream_records(path)):
+        assert time.monotonic() < deadline, "no audit record of the completed stream"
+        time.sleep(0.1)
+    last = _stream_records(path)[-1]
+    assert (last["delivery"], last["bytes_sent"]) == ("completed", len(data))
+    assert last["seconds_sent"] == pytest.approx((len(data) - 44) / 2 / 32000, abs=1e-3)  # 16-bit wav, 32 kHz
+
+
+def test_a_stream_the_client_abandons_is_recorded_as_aborted_with_what_was_sent(service, deployment):
+    from narrator.config import load_params
+
+    path = Path(load_params(deployment.params_file).serving.audit_log)
+    before = len(_stream_records(path))
+    with httpx.stream("POST", f"{service}/v1/speech/stream", headers=_auth(deployment.keys["globex"]), timeout=120,
+                      json={"voice": "bob", "text": STREAM_TEXT, "seed": 4, "format": "wav"}) as response:
+        received = next(response.iter_raw())  # the first sentence; then the client hangs up
+    deadline = time.monotonic() + 30
+    while len(_stream_records(path)) == before:
+        assert time.monotonic() < deadline, "no audit record of the abandoned stream"
+        time.sleep(0.1)
+    record = _stream_records(path)[-1]
+    assert record["delivery"] == "aborted" and record["voice"] == "bob"
+    assert len(received) <= record["bytes_sent"] and record["seconds_sent"] < record["duration_s"]
+    assert record["seconds_sent"] == pytest.approx((record["bytes_sent"] - 44) / 2 / 32000, abs=1e-3)
 
 
 def test_metrics_expose_latency_first_audio_rtf_and_queue_depth(service, deployment):
