@@ -219,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", type=int, metavar="N", help="the version (same as VOICE@N)")
     p.add_argument("--verify", action="store_true",
                    help="check that nothing changed since registration: the lineage document's digest, every lineage "
-                        "tag, and the champion alias against the audit log; exit 2 naming what changed")
+                        "tag, the bundle tags and the champion alias against the audit log; exit 2 naming what "
+                        "changed")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     _common(p)
     p.set_defaults(func=_cmd_lineage)

@@ -21,10 +21,12 @@ The flow, for a voice VOICE (registered model `registry.model_prefix + VOICE`, e
    the version of the audit log's last promotion or approval. Tags and aliases edited in the MLflow UI, around
    `narrator approve` and the audit log, are named there (exit 2).
 
-Every registration, promotion and approval is appended to `registry.audit_log`, the hash-chained log of
-`narrator/audit.py`; promotions are also kept as version tags promoted_by/promoted_at. Voice ids, the watermark
-payload codec, aliases and the registry lock live in the library (`narrator/registry.py`), which the service reads
-too.
+Every registration (with its lineage_sha256), promotion and approval, and every packaging (with the bundle's
+bundle_uri and bundle_sha256, written by `components/package.py`), is appended to `registry.audit_log`, the
+hash-chained log of `narrator/audit.py`; promotions are also kept as version tags promoted_by/promoted_at. What the
+audit log holds is what `lineage --verify` trusts over the registry's editable tags and aliases. Voice ids, the
+watermark payload codec, aliases and the registry lock live in the library (`narrator/registry.py`), which the
+service reads too.
 
 Model-version tags:
     voice, registered_by, registered_at, payload_hex (8 hex digits)
