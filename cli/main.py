@@ -844,7 +844,7 @@ def _cmd_onboard(args) -> int:
 def _cmd_demo(args) -> int:
     import yaml
 
-    from components.register import lineage
+    from components.register import lineage, verify_lineage
     from narrator.config import load_params
     from cli.demo import build_demo_bases, build_demo_narrator, demo_key, demo_overrides
 
@@ -872,6 +872,7 @@ def _cmd_demo(args) -> int:
     sample = Path(shutil.copy2(packaged["sample"], out / "sample.wav"))
     print()
     print(lineage(voice, packaged["version"], demo_params).to_text(), end="")
+    print(verify_lineage(voice, packaged["version"], demo_params).to_text(), end="")
     reports = sorted(Path(demo_params.pipeline.pipeline_root).rglob("validated/report.html"),
                      key=lambda p: p.stat().st_mtime)
     print(f"\nvalidation report: {reports[-1]}" if reports else "")

@@ -763,6 +763,25 @@ def _check_before_approval(client, model, mv, voice: str, params: Params) -> Non
                             f"--version {version} --verify` lists it) or register the voice again")
 
 
+def _artifact_text(client, run_id: str, path: str) -> str:
+    """One small text artifact of a run (downloaded without MLflow's progress bar, which would clutter reports)."""
+    import os
+
+    from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
+
+    name = MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name
+    before = os.environ.get(name)
+    os.environ[name] = "false"
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            return Path(client.download_artifacts(run_id, path, tmp)).read_text(encoding="utf-8")
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
 def _read_lineage_document(client, mv, problems: list[str]) -> dict[str, Any] | None:
     """The lineage document of a version's register run, or None (with the reason added to `problems`)."""
     from mlflow.exceptions import MlflowException
@@ -771,19 +790,17 @@ def _read_lineage_document(client, mv, problems: list[str]) -> dict[str, Any] | 
         problems.append(f"version {mv.version} names no register run, so it has no lineage document; it was not "
                         "registered by `narrator register`")
         return None
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            path = Path(client.download_artifacts(mv.run_id, LINEAGE_ARTIFACT, tmp))
-            document = json.loads(path.read_text(encoding="utf-8"))
-        except (MlflowException, OSError) as error:
-            problems.append(f"the register run {mv.run_id} has no readable {LINEAGE_ARTIFACT} ({error}): the "
-                            "artifact was removed, or the version was registered before lineage documents; register "
-                            "the voice again to give it one")
-            return None
-        except json.JSONDecodeError as error:
-            problems.append(f"{LINEAGE_ARTIFACT} of the register run {mv.run_id} is not JSON ({error}): the "
-                            "artifact was changed after registration")
-            return None
+    try:
+        document = json.loads(_artifact_text(client, mv.run_id, LINEAGE_ARTIFACT))
+    except (MlflowException, OSError) as error:
+        problems.append(f"the register run {mv.run_id} has no readable {LINEAGE_ARTIFACT} ({error}): the "
+                        "artifact was removed, or the version was registered before lineage documents; register "
+                        "the voice again to give it one")
+        return None
+    except json.JSONDecodeError as error:
+        problems.append(f"{LINEAGE_ARTIFACT} of the register run {mv.run_id} is not JSON ({error}): the "
+                        "artifact was changed after registration")
+        return None
     if isinstance(document, dict) and "format" not in document and "tags" not in document:
         problems.append(f"{LINEAGE_ARTIFACT} of the register run {mv.run_id} holds only tags: the version was "
                         "registered before lineage documents had a digest; register the voice again to give it one")
@@ -833,11 +850,10 @@ def _params_problems(client, run_id: str, registered_sha256: str | None) -> list
     """The register run's params.yaml still hashes to the params_sha256 the lineage recorded."""
     from mlflow.exceptions import MlflowException
 
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            text = Path(client.download_artifacts(run_id, PARAMS_ARTIFACT, tmp)).read_text(encoding="utf-8")
-        except (MlflowException, OSError) as error:
-            return [f"the register run {run_id} has no readable {PARAMS_ARTIFACT} ({error}): it was removed"]
+    try:
+        text = _artifact_text(client, run_id, PARAMS_ARTIFACT)
+    except (MlflowException, OSError) as error:
+        return [f"the register run {run_id} has no readable {PARAMS_ARTIFACT} ({error}): it was removed"]
     actual = hashlib.sha256(text.encode("utf-8")).hexdigest()
     if actual != registered_sha256:
         return [f"the register run's {PARAMS_ARTIFACT} hashes to {actual}, but the lineage recorded params_sha256 "
