@@ -34,10 +34,12 @@ from typing import Any
 import numpy as np
 
 from components.features import FeatureEntry, read_manifest, training_entries
+from models.text.lexicon import compile_lexicon
 from models.tts import REFERENCE_MAX_S, REFERENCE_MIN_S, Reference, Synthesizer, load_synthesizer
 from narrator.audiofile import read_audio, resample
 from narrator.config import Params
 from narrator.errors import NarratorError
+from narrator.lexicon import load_lexicon
 from narrator.log import get_logger
 from narrator.registry import EVALUATION_PAYLOAD
 
@@ -157,14 +159,16 @@ def pick_reference(entries: list[FeatureEntry]) -> FeatureEntry:
     return min(usable, key=lambda e: (abs(e.duration_s - 6.0), e.name))
 
 
-def evaluation_voice(features_dir: str | Path, sovits_path: str, gpt_path: str,
-                     params: Params) -> tuple[Synthesizer, Reference, FeatureEntry]:
+def evaluation_voice(features_dir: str | Path, sovits_path: str, gpt_path: str, params: Params,
+                     lexicon_file: str | Path | None = None) -> tuple[Synthesizer, Reference, FeatureEntry]:
     """The voice as evaluation (and the watermark check) speak with it: the synthesizer of `sovits_path` and
     `gpt_path` (on `evaluate.device`, in `inference.mode`) and its reference prompt from the training segment
-    `pick_reference` chooses, the same clip the package step bundles as the voice's reference."""
+    `pick_reference` chooses, the same clip the package step bundles as the voice's reference; it reads with the
+    pronunciation lexicon `lexicon_file` when given."""
     manifest = read_manifest(features_dir)
     reference_entry = pick_reference(training_entries(manifest))
-    synth = load_synthesizer(sovits_path, gpt_path, params, device=params.evaluate.device)
+    lexicon = compile_lexicon(load_lexicon(lexicon_file)) if lexicon_file else None
+    synth = load_synthesizer(sovits_path, gpt_path, params, device=params.evaluate.device, lexicon=lexicon)
     audio = read_audio(reference_entry.wav_32k)
     reference = synth.reference(audio.mono(), audio.sample_rate_hz, reference_entry.text, reference_entry.language)
     return synth, reference, reference_entry
@@ -182,8 +186,9 @@ def read_verdict(evaluation_dir: str | Path) -> dict[str, Any]:
 
 
 def evaluate(features_dir: str | Path, sovits_path: str, gpt_path: str, out_dir: str | Path, params: Params,
-             logger=None) -> EvaluationReport:
-    """Evaluate the voice (`sovits_path` + `gpt_path`) against the narrator's held-out data in `features_dir`.
+             logger=None, lexicon_file: str | Path | None = None) -> EvaluationReport:
+    """Evaluate the voice (`sovits_path` + `gpt_path`) against the narrator's held-out data in `features_dir`,
+    reading with the pronunciation lexicon `lexicon_file` when given (the one it will be registered with).
 
     Writes out_dir/report.json, report.html, verdict.json and samples/*.wav; returns the report.
     """
@@ -200,7 +205,7 @@ def evaluate(features_dir: str | Path, sovits_path: str, gpt_path: str, out_dir:
     if not holdout:
         warnings.append("no held-out segments (prepare.holdout_share is 0): speaker similarity is measured against "
                         "training segments and MCD/F0 are skipped")
-    synth, reference, reference_entry = evaluation_voice(features_dir, sovits_path, gpt_path, params)
+    synth, reference, reference_entry = evaluation_voice(features_dir, sovits_path, gpt_path, params, lexicon_file)
     speaker = SpeakerModel(cfg.speaker_model_dir)
     asr_dir = cfg.asr_model_dir or params.prepare.asr_model_dir
     transcriber = None

@@ -41,6 +41,8 @@ Model-version tags:
                     version, register run and tenant)
     pending_approval (true/false), promoted_by, promoted_at, approved_by, approved_at
     bento, bundle_uri, bundle_sha256 (set by the package step)
+    lexicon_sha256 (sha256 of the pronunciation lexicon registered with the version, artifact lexicon/lexicon.yaml;
+                    only when it has one: registry.lexicon or --lexicon, over registry.tenant_lexicons[tenant])
 
 dataset_hash is "sha256:" + sha256 of the canonical JSON list of prepared segments (sorted by name: name, text,
 language, split, duration_s, and the sha256 of the wav_32k and wav_16k files). It changes when any audio sample,
@@ -65,6 +67,7 @@ from components.watermark import WatermarkCheck
 from narrator import audit
 from narrator.bundle import BUNDLE_SHA256_TAG, BUNDLE_URI_TAG
 from narrator.config import Params
+from narrator.lexicon import LEXICON_ARTIFACTS, LEXICON_FILE, LEXICON_TAG, Lexicon, parse_lexicon, voice_lexicon
 from narrator.log import get_logger
 from narrator.registry import (CHALLENGER, CHAMPION, TENANT_TAG, UNKNOWN, RegistryError, actor, alias_version,
                                compose_payload, ensure_registered_model, format_payload, model_name, model_version,
@@ -92,7 +95,7 @@ LINEAGE_TAG_NAMES = frozenset({
     "consent_date", "consent_scope", "dataset_hash", "dataset_segments", "dataset_holdout_segments",
     "dataset_duration_s", "git_commit", "git_dirty", "params_sha256", "base_sovits_sha256", "base_gpt_sha256",
     "sovits_sha256", "gpt_sha256", "sovits_run_id", "gpt_run_id", "verdict", "failed_gates", "watermark_check",
-    "payload_hex"})
+    "payload_hex", LEXICON_TAG})
 CHAMPION_EVENTS = ("promoted", "approved")  # the audit events that move the champion alias
 PACKAGED_EVENT = "packaged"  # the audit event of the package step: the bundle tags it set
 
@@ -192,6 +195,8 @@ class Lineage:
         if r.get(LINEAGE_DIGEST_TAG):
             lines.append(f"               lineage sha256 {r[LINEAGE_DIGEST_TAG]} (check it: `narrator lineage "
                          f"{self.voice} --version {self.version} --verify`)")
+        if r.get(LEXICON_TAG):
+            lines.append(f"               pronunciation lexicon sha256 {r[LEXICON_TAG]}")
         if r.get("promoted_by"):
             lines.append(f"               promoted by {r['promoted_by']} at {r.get('promoted_at')}")
         if r.get("pending_approval") == "true":
@@ -406,13 +411,18 @@ def recordings_changed(source: str, voice: str, params: Params) -> bool:
 
 def register(voice: str, *, validated_dir: str | Path, prepared_dir: str | Path, features_dir: str | Path,
              sovits_dir: str | Path, gpt_dir: str | Path, evaluation_dir: str | Path, watermark: WatermarkCheck,
-             params: Params, extra_tags: dict[str, str] | None = None) -> Registration:
+             params: Params, extra_tags: dict[str, str] | None = None,
+             lexicon_file: str | Path | None = None) -> Registration:
     """Register the fine-tuned voice as a new model version with its lineage, then apply the promotion rule.
 
     `watermark` is the voice's watermark check (`components.watermark.check_voice`): a voice whose marked output
     did not give the mark back is never registered. `extra_tags` are added to the version's tags (e.g. a
-    pipeline's source fingerprint); they may not replace a lineage tag.
+    pipeline's source fingerprint); they may not replace a lineage tag. The voice's pronunciation lexicon
+    (`lexicon_file`, else `registry.lexicon`, over its tenant's) is checked against the v2 symbol table, logged
+    with the run and tagged `lexicon_sha256`.
     """
+    from models.text.lexicon import compile_lexicon
+
     name = model_name(voice, params)
     if not watermark.passed:
         raise RegistryError(f"{voice}: the watermark check failed ({watermark.summary}, payload read "
@@ -427,6 +437,8 @@ def register(voice: str, *, validated_dir: str | Path, prepared_dir: str | Path,
     voice_file = features_dir / "voice.json"
     _read_json(voice_file, "narrator features PREPARED_DIR --out FEATURES_DIR")
     evaluation_tags, metrics = _evaluation_tags(evaluation_dir)
+    lexicon = voice_lexicon(params, lexicon_file)
+    compile_lexicon(lexicon)  # a phone outside the v2 table is refused before anything is registered
     params_text = params_yaml(params)
     by, registered_at = actor(), now()
     tags = {"voice": voice, "registered_by": by, "registered_at": registered_at,
@@ -436,15 +448,20 @@ def register(voice: str, *, validated_dir: str | Path, prepared_dir: str | Path,
             "sovits_run_id": _finetune_run_id(params, "finetune-sovits", "sovits_sha256", sovits_sha256),
             "gpt_run_id": _finetune_run_id(params, "finetune-gpt", "gpt_sha256", gpt_sha256),
             **evaluation_tags, "watermark_check": watermark.summary}
-    clashes = sorted(set(extra_tags or {}) & (set(tags) | set(_DECISION_TAGS) | {LINEAGE_DIGEST_TAG}))
+    if lexicon is not None:
+        tags[LEXICON_TAG] = lexicon.sha256
+    clashes = sorted(set(extra_tags or {}) & (set(tags) | set(_DECISION_TAGS) | {LEXICON_TAG, LINEAGE_DIGEST_TAG}))
     if clashes:
         raise RegistryError(f"extra tag(s) {', '.join(clashes)} would replace lineage tags; give them other names")
     tags.update({key: str(value) for key, value in (extra_tags or {}).items()})
 
-    with registry_locked(params):
-        return _register_locked(voice, name, tags, metrics, params_text, by, params, {
-            "model": [sovits_file, gpt_file, voice_file],
-            "evaluation": [evaluation_dir / "verdict.json", evaluation_dir / "report.json"]})
+    artifacts = {"model": [sovits_file, gpt_file, voice_file],
+                 "evaluation": [evaluation_dir / "verdict.json", evaluation_dir / "report.json"]}
+    with tempfile.TemporaryDirectory() as tmp, registry_locked(params):
+        if lexicon is not None:
+            (Path(tmp) / LEXICON_FILE).write_text(lexicon.text, encoding="utf-8")
+            artifacts[LEXICON_ARTIFACTS] = [Path(tmp) / LEXICON_FILE]
+        return _register_locked(voice, name, tags, metrics, params_text, by, params, artifacts)
 
 
 def _register_locked(voice: str, name: str, tags: dict[str, str], metrics: dict[str, float], params_text: str,
@@ -515,7 +532,7 @@ def _check_tenant(client, model, tenant: str | None) -> None:
                             "deliberately")
 
 
-SAME_REGISTRATION_TAGS = ("sovits_sha256", "gpt_sha256", "dataset_hash", "consent_hash", "verdict")
+SAME_REGISTRATION_TAGS = ("sovits_sha256", "gpt_sha256", "dataset_hash", "consent_hash", "verdict", LEXICON_TAG)
 # metrics that time the machine the evaluation ran on, not the voice: evaluating the same files again changes them
 MACHINE_METRIC_TAGS = ("metric.rtf", "metric.first_audio_s")
 
@@ -583,6 +600,33 @@ def _log_lineage(client, run_id: str, document: dict[str, Any]) -> str:
         path.write_bytes(canonical_lineage(document))
         client.log_artifact(run_id, str(path))
     return lineage_sha256(document)
+
+
+def registered_lexicon(voice: str, version: int | None, params: Params) -> Lexicon | None:
+    """The lexicon registered with `version` of `voice` (None: its champion, else its newest version), read from
+    the register run's artifacts and checked against the version's `lexicon_sha256`; None when it has none."""
+    client = registry_client(params)
+    name = model_name(voice, params)
+    model = registered_model(client, name, voice)
+    if version is None:
+        version = alias_version(model, CHAMPION) or max(
+            (int(v.version) for v in client.search_model_versions(f"name = '{name}'")), default=None)
+        if version is None:
+            raise RegistryError(f"{name} has no versions yet; register the voice first (`narrator register {voice} "
+                                "...`)")
+    found = model_version(client, name, version)
+    digest = found.tags.get(LEXICON_TAG)
+    if not digest:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(client.download_artifacts(found.run_id, f"{LEXICON_ARTIFACTS}/{LEXICON_FILE}", tmp))
+        text = local.read_text(encoding="utf-8")
+    lexicon = parse_lexicon(text, f"{name} v{version} {LEXICON_FILE}")
+    if lexicon.sha256 != digest:
+        raise RegistryError(f"the lexicon of {name} v{version} has sha256 {lexicon.sha256[:12]}, but the version was "
+                            f"registered with {digest[:12]} ({LEXICON_TAG}): the artifact changed; register the voice "
+                            "again with its lexicon")
+    return lexicon
 
 
 def approve(voice: str, version: int, by: str, params: Params) -> Registration:
@@ -666,7 +710,8 @@ def lineage(voice: str, version: int | None, params: Params) -> Lineage:
                     "metrics": {k.removeprefix("metric."): float(v) for k, v in t.items() if k.startswith("metric.")}},
         registry={"run_id": mv.run_id or UNKNOWN, "source": mv.source, **{
             key: t[key] for key in ("payload_hex", "registered_by", "registered_at", "pending_approval",
-                                    "promoted_by", "promoted_at", "approved_by", "approved_at", LINEAGE_DIGEST_TAG)
+                                    "promoted_by", "promoted_at", "approved_by", "approved_at", LEXICON_TAG,
+                                    LINEAGE_DIGEST_TAG)
             if key in t}},
         audit=records, audit_problem=problem, bento=t.get("bento"))
 

@@ -250,6 +250,13 @@ class RegistryConfig(_Section):
                                                         "(HMAC-SHA256; e.g. a mounted secret); $NARRATOR_AUDIT_KEY "
                                                         "wins; None and no variable: unkeyed sha256 chain, not "
                                                         "tamper-proof")
+    lexicon: str | None = Field(None, description="the voice's pronunciation lexicon (lexicon.yaml, docs/lexicon.md; "
+                                                 "local or s3://) registered with each new version, tagged "
+                                                 "lexicon_sha256 and packaged in its bundle; None: none")
+    tenant_lexicons: dict[str, str] = Field(default_factory=dict, description="tenant: lexicon.yaml merged under "
+                                                                            "the voice's lexicon (the voice's "
+                                                                            "entries win) when registering for "
+                                                                            "that tenant (registry.tenant)")
 
     @model_validator(mode="after")
     def _lock_url_is_postgresql(self) -> "RegistryConfig":
