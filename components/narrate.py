@@ -40,9 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from narrator import (
-    mastering_standin as mastering,  # SWAP for `from narrator import mastering` once merged
-)
+from narrator import mastering
 from narrator.config import Params
 from narrator.errors import NarratorError
 from narrator.log import get_logger
@@ -56,8 +54,6 @@ CHAPTER_RESULTS_DIR = ".chapters"
 CACHE_FORMAT = 1  # bump to invalidate every kept sentence
 KEY_DIGITS = 16
 TITLE_SLUG_CHARS = 40
-ACX_LIMITS = {"rms_db": (-23.0, -18.0), "peak_db": (None, -3.0), "noise_floor_db": (None, -60.0),
-              "head_room_tone_s": (0.5, 1.0), "tail_room_tone_s": (1.0, 5.0)}
 
 
 class NarrationError(NarratorError):
@@ -100,6 +96,7 @@ class ChapterResult:
     synthesized: int  # sentences spoken in this run (the others were kept from an earlier one)
     audio_sha256: str
     watermark_payload: str
+    acx_problems: list[str] = field(default_factory=list)  # the ACX limits its MP3 fails, in words (none: passes)
     details: list[SentenceResult] = field(default_factory=list)
 
     def public(self) -> dict[str, Any]:
@@ -119,6 +116,7 @@ class NarrationResult:
     m4b: str
     report: str
     narration_json: str
+    limits: dict[str, list[float | None]] = field(default_factory=dict)  # figure: [low, high] (mastering.*)
     seconds: float = 0.0
 
     @property
@@ -405,20 +403,20 @@ def narrate_chapter(narrator: Narrator, chapter_index: int, chapter: Chapter, ou
     speech = np.concatenate(parts).astype(np.float32)
     # master, then mark the master, then limit its peaks again: the order the publishing measurements chose
     # (narrator/mastering.py WATERMARK_ORDER: marking before the limiter costs detection margin)
-    settings = getattr(params, "mastering", None)
+    settings = params.mastering
     master = mastering.master_chapter(speech, SAMPLE_RATE_HZ, settings)
     marked = embed(master.samples, master.sample_rate_hz, int(narrator.source.payload_hex, 16), narrator.key)
     master = mastering.relimit(master, marked, settings)
     stem = chapter_stem(chapter_index, chapter.title)
     paths = {"audio": out / "chapters" / f"{stem}.mp3", "master": out / "masters" / f"{stem}.wav",
              "captions": out / "captions" / f"{stem}.vtt"}
-    _atomic_write(paths["master"], lambda p: mastering.write_wav_master(master, p))
-    _atomic_write(paths["audio"], lambda p: mastering.write_mp3(master, p, title=chapter.title, settings=settings))
+    mastering.write_wav_master(master, paths["master"])  # the writers write atomically
+    mastering.write_mp3(master, paths["audio"], title=chapter.title, settings=settings)
     for d in details:  # sentence times in the chapter file: after the head room tone
         d.start_s, d.end_s = round(master.output_time_s(d.start_s), 3), round(master.output_time_s(d.end_s), 3)
     cues = [(d.start_s, d.end_s, d.text) for d in details]
-    _atomic_write(paths["captions"], lambda p: mastering.write_vtt(cues, p))
-    measured = mastering.measure_acx(paths["audio"])
+    mastering.write_vtt(cues, paths["captions"])
+    measured = mastering.measure_acx(paths["audio"], settings=settings)
     failed = [{"chapter": chapter_index + 1, "index": d.index, "text": d.text, "attempts": d.attempts,
                "scores": [v.get("scores", {}) for v in d.verdicts],
                "reasons": d.verdicts[d.kept_attempt]["reasons"] if d.verdicts else []}
@@ -432,7 +430,8 @@ def narrate_chapter(narrator: Narrator, chapter_index: int, chapter: Chapter, ou
         noise_floor_db=round(measured.noise_floor_db, 2), head_room_tone_s=round(measured.head_room_tone_s, 3),
         tail_room_tone_s=round(measured.tail_room_tone_s, 3), sentences=len(details),
         regenerated=sum(d.attempts > 1 for d in details), failed=failed, synthesized=synthesized,
-        audio_sha256=digest, watermark_payload=narrator.source.payload_hex, details=details)
+        audio_sha256=digest, watermark_payload=narrator.source.payload_hex,
+        acx_problems=measured.problems(settings), details=details)
     _atomic_write(out / CHAPTER_RESULTS_DIR / f"{chapter_index + 1:02d}.json",
                   lambda p: p.write_text(json.dumps(asdict(result), indent=1, ensure_ascii=False), encoding="utf-8"))
     audit_event(params, "narrated", voice=narrator.source.voice, version=narrator.source.version,
@@ -469,15 +468,14 @@ def assemble_book(book: Manuscript, source: VoiceSource, out_dir: str | Path, pa
                 raise NarrationError(f"chapter {i + 1} of {book.title!r} is not narrated yet ({path} is missing); "
                                      "narrate it first")
             chapters.append(_load_chapter_result(path))
-    settings = getattr(params, "mastering", None)
+    settings = params.mastering
     m4b = out / "book.m4b"
-    _atomic_write(m4b, lambda p: mastering.write_m4b([(c.title, out / c.master) for c in chapters], p, book.title,
-                                                     settings=settings))
+    mastering.write_m4b([(c.title, out / c.master) for c in chapters], m4b, book.title, settings=settings)
     result = NarrationResult(title=book.title, voice=source.voice, version=source.version,
                              payload_hex=source.payload_hex, out_dir=str(out), chapters=chapters, m4b=_rel(m4b, out),
-                             report="report.html", narration_json="narration.json")
+                             report="report.html", narration_json="narration.json", limits=acx_limits(settings))
     summary = {"title": book.title, "voice": source.voice, "version": source.version,
-               "watermark_payload": source.payload_hex, "m4b": result.m4b, "limits": ACX_LIMITS,
+               "watermark_payload": source.payload_hex, "m4b": result.m4b, "limits": result.limits,
                "chapters": [c.public() for c in chapters], "failed": result.failed}
     _atomic_write(out / "narration.json", lambda p: p.write_text(json.dumps(summary, indent=2, ensure_ascii=False),
                                                                  encoding="utf-8"))
@@ -485,8 +483,16 @@ def assemble_book(book: Manuscript, source: VoiceSource, out_dir: str | Path, pa
     return result
 
 
-def _within(name: str, value: float) -> bool:
-    low, high = ACX_LIMITS[name]
+def acx_limits(settings) -> dict[str, list[float | None]]:
+    """The ACX limits of the figures narration.json and the report show: name -> [low, high] (None: no bound)."""
+    return {"rms_db": [settings.min_rms_db, settings.max_rms_db], "peak_db": [None, settings.max_peak_dbfs],
+            "noise_floor_db": [None, settings.max_noise_floor_db],
+            "head_room_tone_s": [settings.min_head_room_tone_s, settings.max_head_room_tone_s],
+            "tail_room_tone_s": [settings.min_tail_room_tone_s, settings.max_tail_room_tone_s]}
+
+
+def _within(limits: dict, name: str, value: float) -> bool:
+    low, high = limits[name]
     return (low is None or value >= low) and (high is None or value <= high)
 
 
@@ -499,13 +505,14 @@ def report_html(result: NarrationResult) -> str:
                    ("still failing", str(len(result.failed)), "bad" if result.failed else "ok")])]
     body.append("<h2>Loudness against the ACX limits</h2>")
     names = ("rms_db", "peak_db", "noise_floor_db", "head_room_tone_s", "tail_room_tone_s")
-    limits = [" .. ".join("" if v is None else f"{v:g}" for v in ACX_LIMITS[n]) for n in names]
+    limits = [" .. ".join("" if v is None else f"{v:g}" for v in result.limits[n]) for n in names]
     rows = []
     for c in result.chapters:
         cells = [esc(c.index), esc(c.title), fmt(c.duration_s, 1)]
         for name in names:
             value = getattr(c, name)
-            cells.append(f"<span class={'ok' if _within(name, value) else 'bad'}>{fmt(value, 2)}</span>")
+            good = _within(result.limits, name, value)
+            cells.append(f"<span class={'ok' if good else 'bad'}>{fmt(value, 2)}</span>")
         cells += [esc(c.sentences), esc(c.regenerated), esc(len(c.failed)),
                   (f"<audio controls preload=none src='{esc(c.audio)}'></audio> "
                    f"<a href='{esc(c.captions)}'>captions</a>")]

@@ -329,25 +329,39 @@ def redact_url(url: str) -> str:
     return re.sub(r"(://[^:/@]*):[^@/]*@", r"\1:***@", url)
 
 
+REGISTRY_LOCK_NAME = "narrator-registry"  # the advisory lock's name when the registry audit log is on PostgreSQL
+
+
 @contextmanager
 def registry_locked(params: Params) -> Iterator[None]:
     """One registration or approval at a time against this registry: voice ids, version numbers and the champion
     move are decided under this lock, so concurrent pipelines neither share a voice id nor race a promotion.
 
-    With `registry.lock_url` the lock is PostgreSQL's session advisory lock keyed by the registry URI
-    (`registry_lock_key`), so processes on every machine that reach the database queue on it; a process that dies
-    drops its connection and the lock with it. Without it, a file lock (`registry_lock_path`), which a registry
-    server refuses: a file on one machine serialises nothing on another."""
+    Where the lock lives, first match wins:
+    - `registry.lock_url`: PostgreSQL's session advisory lock keyed by the registry URI (`registry_lock_key`), so
+      processes on every machine that reach the database queue on it; a process that dies drops its connection
+      and the lock with it;
+    - a registry that is not sqlite, with `registry.audit_log` on PostgreSQL and no `lock_file`: an advisory lock
+      in the audit log's database (one setting fewer for a cluster that shares its audit log);
+    - a registry server (http/https, postgresql) otherwise: refused, since a file on one machine serialises
+      nothing on another;
+    - else a file lock (`registry_lock_path`)."""
+    from narrator.tracking import sqlite_database
+
     cfg = params.registry
     if cfg.lock_url:
         with _advisory_locked(cfg.lock_url, registry_lock_key(cfg.tracking_uri)):
+            yield
+        return
+    if cfg.lock_file is None and sqlite_database(cfg.tracking_uri) is None and audit.is_postgres(cfg.audit_log):
+        with audit.postgres_lock(cfg.audit_log, REGISTRY_LOCK_NAME):
             yield
         return
     if is_registry_server(cfg.tracking_uri):
         raise RegistryError(f"registry.tracking_uri {redact_url(cfg.tracking_uri)} is a server that other machines "
                             "register in too, and a local file lock cannot serialise them: set registry.lock_url to a "
                             "PostgreSQL database every registering machine reaches (e.g. --set "
-                            "registry.lock_url=postgresql://USER@HOST:5432/DB)")
+                            "registry.lock_url=postgresql://USER@HOST:5432/DB), or put registry.audit_log in one")
     path = registry_lock_path(params)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as handle, audit.exclusive(handle):
@@ -384,7 +398,8 @@ def _advisory_locked(url: str, key: int) -> Iterator[None]:
 
 def audit_event(params: Params, event: str, **details: Any) -> str:
     """Append one event (time, event, details) to the registry's audit log (`registry.audit_log`)."""
-    return audit.append(params.registry.audit_log, {"time": now(), "event": event, **details})
+    return audit.append(params.registry.audit_log, {"time": now(), "event": event, **details},
+                        audit.load_key(params.registry.audit_key_file))
 
 
 def version_audit(params: Params, event: str, name: str, voice: str, version: int, by: str, **details: Any) -> None:

@@ -29,6 +29,7 @@ from tests.test_register import PASSED_CHECK, _features, _prepared, _validated, 
 CHILD_TIMEOUT_S = 240
 QUEUE_TIMEOUT_S = 90
 WATERMARK_KEY = "test-registry-server-key"
+AUDIT_KEY = "test-registry-server-audit-key"  # seals the shared registry audit log (NARRATOR_AUDIT_KEY)
 
 _REGISTER = """
 import json, sys
@@ -72,22 +73,23 @@ print(json.dumps({"version": info.version, "bundle_dir": str(cache.bundle_dir(in
 
 @pytest.fixture(scope="module")
 def shared(postgres_service, mlflow_service, s3_service) -> dict:
-    """Settings every working folder shares: the registry server, a lock database of this module, a registered
-    model prefix of its own (the MLflow server serves the whole test session)."""
+    """Settings every working folder shares: the registry server, a lock database of this module, the registry
+    audit log in a PostgreSQL table of its own, a registered model prefix of its own (the MLflow server serves the
+    whole test session)."""
     from tests import services
 
     run = uuid.uuid4().hex[:8]
     return {"registry": {"tracking_uri": mlflow_service.url, "model_prefix": f"narrator-{run}-",
-                         "lock_url": services.create_database(postgres_service, f"registry_lock_{run}")},
+                         "lock_url": services.create_database(postgres_service, f"registry_lock_{run}"),
+                         "audit_log": f"{postgres_service.url}?table=registry_audit_{run}"},
             "training": {"mlflow_tracking_uri": mlflow_service.url, "mlflow_experiment": f"narrator-{run}"},
             "storage": {"s3_endpoint_url": s3_service.url}}
 
 
 def working_folder(root: Path, shared: dict, **sections) -> Path:
-    """A folder of its own with a params.yaml: the shared services plus a local audit log and caches."""
+    """A folder of its own with a params.yaml: the shared services (registry, lock, audit log) plus local caches."""
     root.mkdir(parents=True, exist_ok=True)
     settings = json.loads(json.dumps(shared))
-    settings["registry"]["audit_log"] = str(root / "registry-audit.jsonl")
     settings["serving"] = {"bundle_cache": str(root / "bundle-cache"), "gpus": 0}
     settings["package"] = {"bentoml_home": str(root / "bentoml")}
     for section, values in sections.items():
@@ -101,7 +103,7 @@ def child_env(s3_service, folder: Path) -> dict[str, str]:
     the test's."""
     env = {key: value for key, value in os.environ.items() if not key.startswith(("MLFLOW_", "BENTOML_"))}
     return {**env, **s3_service.env, "PYTHONPATH": str(REPO_ROOT), "BENTOML_HOME": str(folder / "bentoml"),
-            "BENTOML_DO_NOT_TRACK": "true", "NARRATOR_WATERMARK_KEY": WATERMARK_KEY}
+            "BENTOML_DO_NOT_TRACK": "true", "NARRATOR_WATERMARK_KEY": WATERMARK_KEY, "NARRATOR_AUDIT_KEY": AUDIT_KEY}
 
 
 def start(script: str, folder: Path, env: dict[str, str], *args: str) -> subprocess.Popen:
@@ -161,8 +163,14 @@ def registry_client(shared: dict):
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-def audit_events(folder: Path) -> list[dict]:
-    return [json.loads(line) for line in (folder / "registry-audit.jsonl").read_text().splitlines()]
+def audit_events(shared: dict) -> list[dict]:
+    """The shared registry audit log's records, its keyed chain verified first."""
+    from narrator import audit
+
+    location, key = shared["registry"]["audit_log"], AUDIT_KEY.encode()
+    verification = audit.verify(location, key)
+    assert verification.keyed == verification.records > 0, verification.summary()
+    return audit.read(location, key)
 
 
 # -- registration across machines --------------------------------------------------------------------------------
@@ -200,8 +208,11 @@ def test_two_machines_registering_at_once_get_distinct_versions_ids_and_one_cham
     winner = next(m for m in done if done[m]["shared"]["promoted"])
     assert promoted == [done[winner]["shared"]["version"]] == [1]
     assert int(client.get_registered_model(f"{prefix}shared").aliases["champion"]) == 1
-    moves = [event for machine in folders for event in audit_events(folders[machine]) if event["event"] == "promoted"]
+    events = audit_events(shared)  # one chain both machines appended to, every record sealed with the key
+    moves = [event for event in events if event["event"] == "promoted"]
     assert sorted(event["voice"] for event in moves) == ["shared", "solo-a", "solo-b"]
+    registered = sorted((event["voice"], event["version"]) for event in events if event["event"] == "registered")
+    assert registered == [("shared", 1), ("shared", 2), ("solo-a", 1), ("solo-b", 1)]
 
 
 def _queued_on_the_lock(lock_url: str, pid: int) -> bool:
