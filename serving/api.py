@@ -22,10 +22,10 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 import numpy as np
-from fastapi import Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -154,6 +154,10 @@ class NarratorServer:
     def authorize(self, request: Request) -> ApiKey:
         header = request.headers.get("authorization", "")
         presented = header[7:].strip() if header.lower().startswith("bearer ") else request.headers.get("x-api-key")
+        return self.authenticate(presented)
+
+    def authenticate(self, presented: str | None) -> ApiKey:
+        """The key behind a presented secret, after its rate limit (401 unknown or revoked, 429 over its rate)."""
         if not presented:
             raise errors.unauthorized("no API key: send `Authorization: Bearer KEY` (create one with "
                                       "`narrator keys create --tenant T --voices a,b`)")
@@ -299,8 +303,100 @@ def _json_error(error: errors.ApiError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
 
-def create_app(server: Callable[[], NarratorServer]) -> FastAPI:
-    """The API over the process's NarratorServer (`server()` returns it; BentoML builds it per worker)."""
+def _prepared(state: NarratorServer, req: SpeechRequest, key: ApiKey) -> tuple[VoiceInfo, LoadedVoice]:
+    state.check(req)
+    info = state.voice_for(key, req.voice)
+    return info, state.load(info)
+
+
+def spoken(state: NarratorServer, key: ApiKey, req: SpeechRequest,
+           endpoint: str = f"/{API_VERSION}/speech") -> tuple[bytes, dict[str, str]]:
+    """The whole text as one encoded file (audited, measured under `endpoint`) and its response headers: the
+    synthesis path of POST /v1/speech, which the compatible APIs (serving/openai_api.py, elevenlabs_api.py) share."""
+    started = time.perf_counter()
+    info, voice = _prepared(state, req, key)
+    state._track(+1)
+    try:
+        result = state.synthesize(voice, req)
+    finally:
+        state._track(-1)
+    resampler = Resampler(req.sample_rate_hz)
+    samples = resampler.push(result.samples, last=True)
+    body = encode(samples, req.sample_rate_hz, req.format)
+    duration_s = len(result.samples) / 32000
+    digest = hashlib.sha256(body).hexdigest()
+    state.record(key, info, req, duration_s, Delivery(COMPLETED, len(body), duration_s, digest), stream=False)
+    elapsed = time.perf_counter() - started
+    if state.metrics:
+        state.metrics.first_audio.labels(endpoint=endpoint).observe(elapsed)
+        state.metrics.rtf.observe(result.seconds / max(duration_s, 1e-6))
+    state.observe(endpoint, 200, elapsed)
+    return body, {
+        "X-Voice": info.voice, "X-Voice-Version": str(info.version), "X-Watermark-Payload": info.payload_hex,
+        "X-Audio-Duration-S": f"{duration_s:.3f}", "X-Output-Sha256": digest,
+        "Content-Disposition": f'attachment; filename="{info.voice}.{req.format}"'}
+
+
+def speak(state: NarratorServer, key: ApiKey, req: SpeechRequest, endpoint: str = f"/{API_VERSION}/speech") -> Response:
+    body, headers = spoken(state, key, req, endpoint)
+    return Response(body, media_type=media_type(req.format), headers=headers)
+
+
+def spoken_stream(state: NarratorServer, key: ApiKey, req: SpeechRequest,
+                  endpoint: str = f"/{API_VERSION}/speech/stream") -> tuple[Iterator[bytes], dict[str, str]]:
+    """The text as encoded chunks, one per sentence as soon as it is spoken (audited when the stream ends,
+    completed or not; measured under `endpoint`), and the response headers: the synthesis path of
+    POST /v1/speech/stream, shared with the compatible APIs. Close the iterator when the response ends."""
+    started = time.perf_counter()
+    info, voice = _prepared(state, req, key)
+
+    synthesized_s = 0.0  # audio seconds synthesized so far
+
+    def chunks() -> Iterator[tuple[bytes, float]]:
+        """Encoded bytes as they become final, each with the audio seconds encoded up to and with them."""
+        nonlocal synthesized_s
+        encoder, resampler = StreamEncoder(req.format, req.sample_rate_hz), Resampler(req.sample_rate_hz)
+        encoded_samples, first = 0, None
+        state._track(+1)
+        try:
+            for samples in state.marked_sentences(voice, req):
+                synthesized_s += len(samples) / 32000
+                resampled = resampler.push(samples)
+                encoded_samples += len(resampled)
+                data = encoder.write(resampled)
+                if data:
+                    if first is None:
+                        first = time.perf_counter() - started
+                        if state.metrics:
+                            state.metrics.first_audio.labels(endpoint=endpoint).observe(first)
+                    yield data, encoded_samples / req.sample_rate_hz
+            rest = resampler.push(np.zeros(0, np.float32), last=True)
+            encoded_samples += len(rest)
+            yield encoder.write(rest) + encoder.close(), encoded_samples / req.sample_rate_hz
+        finally:
+            state._track(-1)
+
+    def ended(sent: Delivery) -> None:
+        """The stream ended (completed, or the client went away): record what was sent."""
+        state.record(key, info, req, synthesized_s, sent, stream=True)
+        elapsed = time.perf_counter() - started
+        if state.metrics and synthesized_s:
+            state.metrics.rtf.observe(elapsed / synthesized_s)
+        state.observe(endpoint, 200, elapsed)
+
+    return delivered(chunks(), ended), {
+        "X-Voice": info.voice, "X-Voice-Version": str(info.version), "X-Watermark-Payload": info.payload_hex}
+
+
+def speak_streamed(state: NarratorServer, key: ApiKey, req: SpeechRequest,
+                   endpoint: str = f"/{API_VERSION}/speech/stream") -> StreamingResponse:
+    stream, headers = spoken_stream(state, key, req, endpoint)
+    return ClosingStreamingResponse(stream, media_type=media_type(req.format), headers=headers)
+
+
+def create_app(server: Callable[[], NarratorServer], routers: Sequence[APIRouter] = ()) -> FastAPI:
+    """The API over the process's NarratorServer (`server()` returns it; BentoML builds it per worker), with
+    `routers` (the compatible APIs) mounted before the catch-all 404."""
     app = FastAPI(title="Narrator", version=API_VERSION, openapi_url=f"/{API_VERSION}/openapi.json",
                   docs_url=f"/{API_VERSION}/docs", redoc_url=None,
                   description="Multi-voice, streaming, authenticated speech; every output carries the watermark.")
@@ -349,80 +445,15 @@ def create_app(server: Callable[[], NarratorServer]) -> FastAPI:
         found = [info.public() for info in state.catalog.voices().values() if key.may_use(info.voice, info.tenant)]
         return {"tenant": key.tenant, "voices": sorted(found, key=lambda v: v["voice"])}
 
-    def prepared(req: SpeechRequest, key: ApiKey) -> tuple[NarratorServer, VoiceInfo, LoadedVoice]:
-        state = server()
-        state.check(req)
-        info = state.voice_for(key, req.voice)
-        return state, info, state.load(info)
-
     @app.post(f"/{API_VERSION}/speech", summary="the whole text as one audio file",
               responses={200: {"content": {media_type(f): {} for f in FORMATS}}})
     def speech(req: SpeechRequest, key: ApiKey = Depends(authorized)) -> Response:
-        started = time.perf_counter()
-        state, info, voice = prepared(req, key)
-        state._track(+1)
-        try:
-            result = state.synthesize(voice, req)
-        finally:
-            state._track(-1)
-        resampler = Resampler(req.sample_rate_hz)
-        samples = resampler.push(result.samples, last=True)
-        body = encode(samples, req.sample_rate_hz, req.format)
-        duration_s = len(result.samples) / 32000
-        digest = hashlib.sha256(body).hexdigest()
-        state.record(key, info, req, duration_s, Delivery(COMPLETED, len(body), duration_s, digest), stream=False)
-        elapsed = time.perf_counter() - started
-        if state.metrics:
-            state.metrics.first_audio.labels(endpoint="speech").observe(elapsed)
-            state.metrics.rtf.observe(result.seconds / max(duration_s, 1e-6))
-        state.observe("/v1/speech", 200, elapsed)
-        return Response(body, media_type=media_type(req.format), headers={
-            "X-Voice": info.voice, "X-Voice-Version": str(info.version), "X-Watermark-Payload": info.payload_hex,
-            "X-Audio-Duration-S": f"{duration_s:.3f}", "X-Output-Sha256": digest,
-            "Content-Disposition": f'attachment; filename="{info.voice}.{req.format}"'})
+        return speak(server(), key, req)
 
     @app.post(f"/{API_VERSION}/speech/stream", summary="the text as audio, streamed sentence by sentence",
               responses={200: {"content": {media_type(f): {} for f in FORMATS}}})
     def speech_stream(req: SpeechRequest, key: ApiKey = Depends(authorized)) -> StreamingResponse:
-        started = time.perf_counter()
-        state, info, voice = prepared(req, key)
-
-        synthesized_s = 0.0  # audio seconds synthesized so far
-
-        def chunks() -> Iterator[tuple[bytes, float]]:
-            """Encoded bytes as they become final, each with the audio seconds encoded up to and with them."""
-            nonlocal synthesized_s
-            encoder, resampler = StreamEncoder(req.format, req.sample_rate_hz), Resampler(req.sample_rate_hz)
-            encoded_samples, first = 0, None
-            state._track(+1)
-            try:
-                for samples in state.marked_sentences(voice, req):
-                    synthesized_s += len(samples) / 32000
-                    resampled = resampler.push(samples)
-                    encoded_samples += len(resampled)
-                    data = encoder.write(resampled)
-                    if data:
-                        if first is None:
-                            first = time.perf_counter() - started
-                            if state.metrics:
-                                state.metrics.first_audio.labels(endpoint="speech_stream").observe(first)
-                        yield data, encoded_samples / req.sample_rate_hz
-                rest = resampler.push(np.zeros(0, np.float32), last=True)
-                encoded_samples += len(rest)
-                yield encoder.write(rest) + encoder.close(), encoded_samples / req.sample_rate_hz
-            finally:
-                state._track(-1)
-
-        def ended(sent: Delivery) -> None:
-            """The stream ended (completed, or the client went away): record what was sent."""
-            state.record(key, info, req, synthesized_s, sent, stream=True)
-            elapsed = time.perf_counter() - started
-            if state.metrics and synthesized_s:
-                state.metrics.rtf.observe(elapsed / synthesized_s)
-            state.observe("/v1/speech/stream", 200, elapsed)
-
-        return ClosingStreamingResponse(delivered(chunks(), ended), media_type=media_type(req.format), headers={
-            "X-Voice": info.voice, "X-Voice-Version": str(info.version), "X-Watermark-Payload": info.payload_hex})
+        return speak_streamed(server(), key, req)
 
     @app.post(f"/{API_VERSION}/watermark/detect", summary="look for the watermark in an uploaded audio file",
               openapi_extra={"requestBody": {"content": {"application/octet-stream": {"schema": {
@@ -445,6 +476,9 @@ def create_app(server: Callable[[], NarratorServer]) -> FastAPI:
             raise errors.invalid("send the audio file as the request body (Content-Type: audio/wav, ...)")
         return await anyio.to_thread.run_sync(_detect, state, bytes(body), request.headers.get("content-type", ""),
                                               key)
+
+    for router in routers:
+        app.include_router(router)
 
     @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
     def unknown(path: str) -> None:
