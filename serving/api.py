@@ -5,6 +5,9 @@
     GET  /v1/voices             the voices this key may use, with version and evaluation summary
     POST /v1/watermark/detect   raw audio body -> {"detected", "score", "payload", "voice", "version"}
     GET  /                      the web console
+The OpenAI-compatible (/v1/audio/speech, /v1/models: serving/openai_api.py) and ElevenLabs-compatible
+(/elevenlabs/v1/...: serving/elevenlabs_api.py) routes are mounted with `create_app(routers=...)` and speak through
+`spoken` / `spoken_stream`, the synthesis path of /v1/speech and /v1/speech/stream.
 (/healthz, /readyz and /metrics are BentoML's, fed by `NarratorServer.ready` and `Metrics`.)
 
 Every request needs `Authorization: Bearer KEY` (or `X-API-Key: KEY`). Errors are JSON
