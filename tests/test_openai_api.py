@@ -226,3 +226,12 @@ def test_over_the_keys_rate_raises_rate_limit_error_with_retry_after(service, de
             limited.models.list()
     assert int(refused.value.response.headers["retry-after"]) >= 1
     assert refused.value.code == "rate_limit_exceeded"
+
+
+def test_the_schema_documents_the_compatible_routes(service):
+    schema = httpx.get(f"{service}/v1/openapi.json").json()
+    assert {"/v1/audio/speech", "/v1/models", "/v1/models/{model}", "/elevenlabs/v1/text-to-speech/{voice_id}",
+            "/elevenlabs/v1/text-to-speech/{voice_id}/stream", "/elevenlabs/v1/voices"} <= set(schema["paths"])
+    body = schema["components"]["schemas"]["OpenAISpeechRequest"]
+    assert {"model", "input", "voice"} <= set(body["required"])
+    assert set(body["properties"]["response_format"]["enum"]) == set(OPENAI_FORMATS)
