@@ -224,3 +224,11 @@ def test_over_the_keys_rate_is_refused_with_429_and_retry_after(service, deploym
             limited.voices.get_all(request_options=NO_RETRIES)
     assert refused.value.status_code == 429 and int(refused.value.headers["retry-after"]) >= 1
     assert refused.value.body["detail"]["status"] == "rate_limit_exceeded"
+
+
+def test_metrics_count_the_route_not_the_voice(client, service, deployment):
+    b"".join(client.text_to_speech.convert("alice", text="Hello.", output_format="wav_24000", seed=1))
+    metrics = httpx.get(f"{service}/metrics", headers={"Authorization": f"Bearer {deployment.keys['acme']}"}).text
+    assert 'narrator_requests_total{endpoint="/elevenlabs/v1/text-to-speech/{voice_id}",status="200"}' in metrics
+    ours = [line for line in metrics.splitlines() if line.startswith("narrator_")]  # (BentoML's own series are
+    assert not [line for line in ours if "text-to-speech/alice" in line]  # the contract work's) one per route
