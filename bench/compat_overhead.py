@@ -63,7 +63,8 @@ def measure(url: str, key: str, voice: str, streamed: bool, rounds: int) -> list
 
 
 def format_table(rows: dict[str, list[tuple[str, list[float], int]]]) -> str:
-    lines = ["| mode | route | requests | median ms | p90 ms | vs /v1/speech | bytes |", "|---|---|---|---|---|---|---|"]
+    lines = ["| mode | route | requests | median ms | p90 ms | vs /v1/speech | bytes |",
+             "|---|---|---|---|---|---|---|"]
     for mode, measured in rows.items():
         base = statistics.median(measured[0][1])
         for label, values, size in measured:

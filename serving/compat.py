@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -105,7 +106,8 @@ def split_voice(name: str) -> tuple[str, int | None]:
     if not version:
         return voice, None
     if not version.isdigit():
-        raise errors.invalid(f"voice {name!r}: write a version as VOICE@N, N a version number (e.g. alice@3)")
+        raise FieldError(errors.invalid(f"voice {name!r}: write a version as VOICE@N, N a version number (e.g. "
+                                        "alice@3)"), "voice")
     return voice, int(version)
 
 
