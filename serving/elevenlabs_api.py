@@ -6,6 +6,7 @@ service's own GET /v1/voices has another shape.
     POST /elevenlabs/v1/text-to-speech/{voice_id}/stream   the same, streamed sentence by sentence
     GET  /elevenlabs/v1/voices                             the key's voices, in ElevenLabs' shape
     GET  /elevenlabs/v1/voices/{voice_id}                  one of them
+    GET  /elevenlabs/v2/voices                             the key's voices, searched and paged (voices.search)
     GET  /elevenlabs/v1/models                             the one model, `narrator`
 
 Keys are the service's own, sent as `xi-api-key: KEY` (what the package sends) or `Authorization: Bearer KEY`, with
@@ -52,6 +53,7 @@ PREFIX = "/elevenlabs"
 SPEECH_PATH = PREFIX + "/v1/text-to-speech/{voice_id}"
 STREAM_PATH = SPEECH_PATH + "/stream"
 VOICES_PATH = PREFIX + "/v1/voices"
+SEARCH_PATH = PREFIX + "/v2/voices"
 MODELS_PATH = PREFIX + "/v1/models"
 MODEL_ID = "narrator"
 DEFAULT_OUTPUT_FORMAT = "mp3_44100_128"
@@ -193,6 +195,17 @@ def router(server: Callable[[], NarratorServer]) -> APIRouter:
         check_version(found[0], version)
         return voice_entry(found[0])
 
+    @api.get(SEARCH_PATH, summary="the voices this key may use, searched and paged (voices.search)")
+    def search(search: str | None = Query(None, description="part of the voice name"),
+               page_size: int = Query(10, ge=1, le=100), next_page_token: str | None = Query(None),
+               include_total_count: bool = Query(True), key: ApiKey = Depends(authorized)) -> dict:
+        found = [info for info in usable(key) if not search or search.lower() in info.voice.lower()]
+        start = int(next_page_token) if next_page_token and next_page_token.isdigit() else 0
+        page = found[start:start + page_size]
+        more = start + page_size < len(found)
+        return {"voices": [voice_entry(info) for info in page], "has_more": more, "total_count": len(found),
+                "next_page_token": str(start + page_size) if more else None}
+
     @api.get(MODELS_PATH, summary="the one model, in ElevenLabs' shape (models.list)")
     def models(_: ApiKey = Depends(authorized)) -> list[dict]:
         return [{"model_id": MODEL_ID, "name": "Narrator (GPT-SoVITS)", "can_do_text_to_speech": True,
@@ -209,4 +222,6 @@ def _endpoint(request: Request) -> str:
         return STREAM_PATH if path.endswith("/stream") else SPEECH_PATH
     if path.startswith(VOICES_PATH):
         return VOICES_PATH
+    if path.startswith(SEARCH_PATH):
+        return SEARCH_PATH
     return MODELS_PATH

@@ -155,6 +155,12 @@ def test_voices_lists_the_keys_voices_in_elevenlabs_shape(client, deployment):
     assert refused.value.status_code == 404
 
 
+def test_voices_search_finds_the_keys_voices_by_name(client):
+    found = client.voices.search(search="ali", page_size=5)
+    assert [v.voice_id for v in found.voices] == ["alice"] and found.total_count == 1 and not found.has_more
+    assert client.voices.search(search="bob").voices == []  # another tenant's voice is not there at all
+
+
 def test_models_lists_the_narrator_model(client):
     models = client.models.list()
     assert [m.model_id for m in models] == ["narrator"] and models[0].can_do_text_to_speech
