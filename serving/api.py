@@ -6,6 +6,9 @@
     GET  /v1/voices             the voices this key may use, with version and evaluation summary
     POST /v1/watermark/detect   raw audio body -> {"detected", "score", "payload", "voice", "version"}
     GET  /                      the web console
+The OpenAI-compatible (/v1/audio/speech, /v1/models: serving/openai_api.py) and ElevenLabs-compatible
+(/elevenlabs/v1/...: serving/elevenlabs_api.py) routes are mounted with `create_app(routers=...)` and speak through
+`spoken` / `spoken_stream`, the synthesis path of /v1/speech and /v1/speech/stream.
 (/healthz, /readyz and /metrics are BentoML's, fed by `NarratorServer.ready` and `Metrics`.)
 
 Every request needs `Authorization: Bearer KEY` (or `X-API-Key: KEY`). Errors are JSON
@@ -25,10 +28,10 @@ import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 import numpy as np
-from fastapi import Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -163,6 +166,10 @@ class NarratorServer:
     def authorize(self, request: Request) -> ApiKey:
         header = request.headers.get("authorization", "")
         presented = header[7:].strip() if header.lower().startswith("bearer ") else request.headers.get("x-api-key")
+        return self.authenticate(presented)
+
+    def authenticate(self, presented: str | None) -> ApiKey:
+        """The key behind a presented secret, after its rate limit (401 unknown or revoked, 429 over its rate)."""
         if not presented:
             raise errors.unauthorized("no API key: send `Authorization: Bearer KEY` (create one with "
                                       "`narrator keys create --tenant T --voices a,b`)")
@@ -314,10 +321,14 @@ class ClosingStreamingResponse(StreamingResponse):
                 await anyio.to_thread.run_sync(_close, self._stream)
 
 
+def _new_request_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
 def _request_id(request: Request) -> str:
     """The id in a response's file name: the request's X-Request-Id when it is a plain token, else a new one."""
     given = request.headers.get("x-request-id", "")
-    return given if re.fullmatch(r"[A-Za-z0-9._-]{1,64}", given) else uuid.uuid4().hex[:16]
+    return given if re.fullmatch(r"[A-Za-z0-9._-]{1,64}", given) else _new_request_id()
 
 
 def _audio_headers(info: VoiceInfo, fmt: AudioFormat, req: SpeechRequest, request_id: str) -> dict[str, str]:
@@ -331,8 +342,110 @@ def _json_error(error: errors.ApiError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
 
 
-def create_app(server: Callable[[], NarratorServer]) -> FastAPI:
-    """The API over the process's NarratorServer (`server()` returns it; BentoML builds it per worker)."""
+def _prepared(state: NarratorServer, req: SpeechRequest, key: ApiKey) -> tuple[VoiceInfo, LoadedVoice]:
+    state.check(req)
+    info = state.voice_for(key, req.voice)
+    return info, state.load(info)
+
+
+def spoken(state: NarratorServer, key: ApiKey, req: SpeechRequest, endpoint: str = f"/{API_VERSION}/speech",
+           request_id: str | None = None) -> tuple[bytes, dict[str, str]]:
+    """The whole text as one encoded file (audited, measured under `endpoint`) and its response headers: the
+    synthesis path of POST /v1/speech, which the compatible APIs (serving/openai_api.py, elevenlabs_api.py) share.
+    `request_id` names the file and the audit record (None: a new one)."""
+    started = time.perf_counter()
+    info, voice = _prepared(state, req, key)
+    request_id = request_id or _new_request_id()
+    state._track(+1)
+    try:
+        result = state.synthesize(voice, req)
+    finally:
+        state._track(-1)
+    resampler = Resampler(req.sample_rate_hz)
+    samples = resampler.push(result.samples, last=True)
+    fmt = audio_format(req.format)
+    try:
+        body = fmt.encode(samples, req.sample_rate_hz, req.bitrate_kbps)
+    except EncodeError as error:
+        log.error("%s", error)
+        raise errors.unavailable(f"the {req.format} encoder failed; try another format") from None
+    duration_s = len(result.samples) / 32000
+    digest = hashlib.sha256(body).hexdigest()
+    state.record(key, info, req, duration_s, Delivery(COMPLETED, len(body), duration_s, digest), stream=False,
+                 request_id=request_id)
+    elapsed = time.perf_counter() - started
+    if state.metrics:
+        state.metrics.first_audio.labels(endpoint=endpoint).observe(elapsed)
+        state.metrics.rtf.observe(result.seconds / max(duration_s, 1e-6))
+    state.observe(endpoint, 200, elapsed)
+    return body, {**_audio_headers(info, fmt, req, request_id), "X-Audio-Duration-S": f"{duration_s:.3f}",
+                  "X-Audio-Sha256": digest, "X-Output-Sha256": digest}
+
+
+def speak(state: NarratorServer, key: ApiKey, req: SpeechRequest, endpoint: str = f"/{API_VERSION}/speech",
+          request_id: str | None = None) -> Response:
+    body, headers = spoken(state, key, req, endpoint, request_id)
+    return Response(body, media_type=media_type(req.format), headers=headers)
+
+
+def spoken_stream(state: NarratorServer, key: ApiKey, req: SpeechRequest,
+                  endpoint: str = f"/{API_VERSION}/speech/stream",
+                  request_id: str | None = None) -> tuple[Iterator[bytes], dict[str, str]]:
+    """The text as encoded chunks, one per sentence as soon as it is spoken (audited when the stream ends,
+    completed or not; measured under `endpoint`), and the response headers: the synthesis path of
+    POST /v1/speech/stream, shared with the compatible APIs. Close the iterator when the response ends."""
+    started = time.perf_counter()
+    info, voice = _prepared(state, req, key)
+    fmt, request_id = audio_format(req.format), request_id or _new_request_id()
+
+    synthesized_s = 0.0  # audio seconds synthesized so far
+
+    def chunks() -> Iterator[tuple[bytes, float]]:
+        """Encoded bytes as they become final, each with the audio seconds encoded up to and with them."""
+        nonlocal synthesized_s
+        encoder = fmt.stream(req.sample_rate_hz, req.bitrate_kbps)
+        resampler = Resampler(req.sample_rate_hz)
+        encoded_samples, first = 0, None
+        state._track(+1)
+        try:
+            for samples in state.marked_sentences(voice, req):
+                synthesized_s += len(samples) / 32000
+                resampled = resampler.push(samples)
+                encoded_samples += len(resampled)
+                data = encoder.write(resampled)
+                if data:
+                    if first is None:
+                        first = time.perf_counter() - started
+                        if state.metrics:
+                            state.metrics.first_audio.labels(endpoint=endpoint).observe(first)
+                    yield data, encoded_samples / req.sample_rate_hz
+            rest = resampler.push(np.zeros(0, np.float32), last=True)
+            encoded_samples += len(rest)
+            yield encoder.write(rest) + encoder.close(), encoded_samples / req.sample_rate_hz
+        finally:
+            encoder.abort()  # after close(): nothing; a stream that ended early: its encoder process goes
+            state._track(-1)
+
+    def ended(sent: Delivery) -> None:
+        """The stream ended (completed, or the client went away): record what was sent."""
+        state.record(key, info, req, synthesized_s, sent, stream=True, request_id=request_id)
+        elapsed = time.perf_counter() - started
+        if state.metrics and synthesized_s:
+            state.metrics.rtf.observe(elapsed / synthesized_s)
+        state.observe(endpoint, 200, elapsed)
+
+    return delivered(chunks(), ended), _audio_headers(info, fmt, req, request_id)
+
+
+def speak_streamed(state: NarratorServer, key: ApiKey, req: SpeechRequest,
+                   endpoint: str = f"/{API_VERSION}/speech/stream", request_id: str | None = None) -> StreamingResponse:
+    stream, headers = spoken_stream(state, key, req, endpoint, request_id)
+    return ClosingStreamingResponse(stream, media_type=media_type(req.format), headers=headers)
+
+
+def create_app(server: Callable[[], NarratorServer], routers: Sequence[APIRouter] = ()) -> FastAPI:
+    """The API over the process's NarratorServer (`server()` returns it; BentoML builds it per worker), with
+    `routers` (the compatible APIs) mounted before the catch-all 404."""
     app = FastAPI(title="Narrator", version=API_VERSION, openapi_url=f"/{API_VERSION}/openapi.json",
                   docs_url=f"/{API_VERSION}/docs", redoc_url=None,
                   description="Multi-voice, streaming, authenticated speech; every output carries the watermark.")
@@ -381,42 +494,10 @@ def create_app(server: Callable[[], NarratorServer]) -> FastAPI:
         found = [info.public() for info in state.catalog.voices().values() if key.may_use(info.voice, info.tenant)]
         return {"tenant": key.tenant, "voices": sorted(found, key=lambda v: v["voice"])}
 
-    def prepared(req: SpeechRequest, key: ApiKey) -> tuple[NarratorServer, VoiceInfo, LoadedVoice]:
-        state = server()
-        state.check(req)
-        info = state.voice_for(key, req.voice)
-        return state, info, state.load(info)
-
     @app.post(f"/{API_VERSION}/speech", summary="the whole text as one audio file",
               responses={200: {"content": {media_type(f): {} for f in FORMATS}}})
     def speech(req: SpeechRequest, request: Request, key: ApiKey = Depends(authorized)) -> Response:
-        started = time.perf_counter()
-        state, info, voice = prepared(req, key)
-        state._track(+1)
-        try:
-            result = state.synthesize(voice, req)
-        finally:
-            state._track(-1)
-        resampler = Resampler(req.sample_rate_hz)
-        samples = resampler.push(result.samples, last=True)
-        fmt = audio_format(req.format)
-        try:
-            body = fmt.encode(samples, req.sample_rate_hz, req.bitrate_kbps)
-        except EncodeError as error:
-            log.error("%s", error)
-            raise errors.unavailable(f"the {req.format} encoder failed; try another format") from None
-        duration_s = len(result.samples) / 32000
-        digest, request_id = hashlib.sha256(body).hexdigest(), _request_id(request)
-        state.record(key, info, req, duration_s, Delivery(COMPLETED, len(body), duration_s, digest), stream=False,
-                     request_id=request_id)
-        elapsed = time.perf_counter() - started
-        if state.metrics:
-            state.metrics.first_audio.labels(endpoint="speech").observe(elapsed)
-            state.metrics.rtf.observe(result.seconds / max(duration_s, 1e-6))
-        state.observe("/v1/speech", 200, elapsed)
-        return Response(body, media_type=fmt.content_type, headers={
-            **_audio_headers(info, fmt, req, request_id), "X-Audio-Duration-S": f"{duration_s:.3f}",
-            "X-Audio-Sha256": digest, "X-Output-Sha256": digest})
+        return speak(server(), key, req, request_id=_request_id(request))
 
     @app.post(f"/{API_VERSION}/speech/stream", summary="the text as audio, streamed sentence by sentence",
               responses={200: {"content": {media_type(f): {} for f in FORMATS}}})
@@ -424,48 +505,7 @@ def create_app(server: Callable[[], NarratorServer]) -> FastAPI:
         """Duration and sha256 are known only when the stream ends (no trailers: uvicorn sends none); the audit
         record of the stream (serving.audit_log, found by the request id in the file name) holds them, with the
         bytes and seconds that reached the client."""
-        started = time.perf_counter()
-        state, info, voice = prepared(req, key)
-        fmt, request_id = audio_format(req.format), _request_id(request)
-
-        synthesized_s = 0.0  # audio seconds synthesized so far
-
-        def chunks() -> Iterator[tuple[bytes, float]]:
-            """Encoded bytes as they become final, each with the audio seconds encoded up to and with them."""
-            nonlocal synthesized_s
-            encoder = fmt.stream(req.sample_rate_hz, req.bitrate_kbps)
-            resampler = Resampler(req.sample_rate_hz)
-            encoded_samples, first = 0, None
-            state._track(+1)
-            try:
-                for samples in state.marked_sentences(voice, req):
-                    synthesized_s += len(samples) / 32000
-                    resampled = resampler.push(samples)
-                    encoded_samples += len(resampled)
-                    data = encoder.write(resampled)
-                    if data:
-                        if first is None:
-                            first = time.perf_counter() - started
-                            if state.metrics:
-                                state.metrics.first_audio.labels(endpoint="speech_stream").observe(first)
-                        yield data, encoded_samples / req.sample_rate_hz
-                rest = resampler.push(np.zeros(0, np.float32), last=True)
-                encoded_samples += len(rest)
-                yield encoder.write(rest) + encoder.close(), encoded_samples / req.sample_rate_hz
-            finally:
-                encoder.abort()  # after close(): nothing; a stream that ended early: its encoder process goes
-                state._track(-1)
-
-        def ended(sent: Delivery) -> None:
-            """The stream ended (completed, or the client went away): record what was sent."""
-            state.record(key, info, req, synthesized_s, sent, stream=True, request_id=request_id)
-            elapsed = time.perf_counter() - started
-            if state.metrics and synthesized_s:
-                state.metrics.rtf.observe(elapsed / synthesized_s)
-            state.observe("/v1/speech/stream", 200, elapsed)
-
-        return ClosingStreamingResponse(delivered(chunks(), ended), media_type=fmt.content_type,
-                                        headers=_audio_headers(info, fmt, req, request_id))
+        return speak_streamed(server(), key, req, request_id=_request_id(request))
 
     @app.post(f"/{API_VERSION}/watermark/detect", summary="look for the watermark in an uploaded audio file",
               openapi_extra={"requestBody": {"content": {"application/octet-stream": {"schema": {
@@ -488,6 +528,9 @@ def create_app(server: Callable[[], NarratorServer]) -> FastAPI:
             raise errors.invalid("send the audio file as the request body (Content-Type: audio/wav, ...)")
         return await anyio.to_thread.run_sync(_detect, state, bytes(body), request.headers.get("content-type", ""),
                                               key)
+
+    for router in routers:
+        app.include_router(router)
 
     @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
     def unknown(path: str) -> None:
