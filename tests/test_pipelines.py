@@ -29,7 +29,7 @@ def compiled(tmp_path_factory):
         if key not in specs:
             params = load_params(None, {"pipeline": {"image": "registry.example/narrator:1.2.3", **pipeline}})
             out = compile_pipeline(name, params, tmp_path_factory.mktemp("compiled") / f"{name}.yaml")
-            specs[key] = yaml.safe_load(out.read_text())
+            specs[key] = next(yaml.safe_load_all(out.read_text()))  # the pipeline; then its Kubernetes settings
         return specs[key]
 
     return compile_once
