@@ -12,7 +12,6 @@ No `from __future__ import annotations` here: KFP reads the annotations to type 
 """
 
 from types import SimpleNamespace
-from typing import List
 
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output, PipelineTaskFinalStatus
@@ -221,7 +220,7 @@ def record_run(voice: str, pipeline: str, settings: str, status: PipelineTaskFin
         record_run(voice, pipeline, status.state, status.error_message, status.pipeline_job_resource_name, params)
 
 
-def summarize(narrators: list, settings: str, summary: Output[Artifact], results: List[str] = []) -> str:
+def summarize(narrators: list, settings: str, summary: Output[Artifact], results: list = None) -> str:
     """pipelines/batch.py: one row per narrator of `narrators` (JSON list): its package result, its failed gate's
     or its refused dataset's reasons, or "failed" when a step of its onboarding failed and left no result (that
     step's log says why). Runs even when some narrator failed (ignore_upstream_failure); written to summary.json."""
