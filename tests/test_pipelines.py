@@ -370,9 +370,12 @@ def test_a_refused_narrator_in_a_batch_is_summarised_with_its_reason_and_the_oth
     from pipelines.run import step_arguments
 
     source, params, root = local_project
-    no_consent = root / "narrator-without-consent"
-    shutil.copytree(source, no_consent)
-    (no_consent / params.validate_.consent_file).unlink()
+    no_consent = root / "narrator-without-consent"  # two of the narrator's clips, no consent record
+    (no_consent / "clips").mkdir(parents=True)
+    lines = (source / "transcripts.list").read_text().splitlines()[:2]
+    for line in lines:
+        shutil.copy2(source / line.split("|")[0], no_consent / line.split("|")[0])
+    (no_consent / "transcripts.list").write_text("\n".join(lines) + "\n")
     monkeypatch.setenv("NARRATOR_WATERMARK_KEY", "test pipeline key")
     narrators = [{"source": str(no_consent), "voice": "dee"}, {"source": str(source), "voice": "cy"}]
     result = run_local("batch", params, {"narrators": narrators, **step_arguments("batch", params)})
