@@ -52,6 +52,6 @@ def build(params: Params) -> Callable:
                                     **{k: a[k] for k in PARAM_ARGS})
             # every narrator's row, also when one of them failed: the others' results and the failed one's name
             summary = steps.summarize(narrators=narrators, results=dsl.Collected(one.output), settings=params_record)
-            summary.set_caching_options(False).ignore_upstream_failure()
+            on_cluster(summary.set_caching_options(False).ignore_upstream_failure(), None, cfg)
 
     return batch

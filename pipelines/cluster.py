@@ -88,10 +88,11 @@ def secret_env(secret: str, name: str, task) -> None:
                                      optional=True)
 
 
-def on_cluster(task, step: str, cfg: PipelineConfig, component: str | None = None):
-    """Give `task` (running step `step` of the step table; `component` its component when that is not the step's
-    name) its secrets, the image pull secret and, when it talks to the network, its retries."""
-    for secret, name in secrets_of(step, cfg).items():
+def on_cluster(task, step: str | None, cfg: PipelineConfig, component: str | None = None):
+    """Give `task` (running step `step` of the step table, None for a task that runs none; `component` its
+    component when that is not the step's name) its secrets, the image pull secret and, when it talks to the
+    network, its retries."""
+    for secret, name in (secrets_of(step, cfg) if step else {}).items():
         secret_env(secret, name, task)
     if cfg.image_pull_secret:
         kubernetes.set_image_pull_secrets(task, [cfg.image_pull_secret])

@@ -103,11 +103,18 @@ def test_the_steps_that_write_the_audit_log_get_the_audit_key_and_the_registry_c
 
 
 def test_secret_names_come_from_the_settings_and_none_leaves_a_secret_out(compiled):
-    _, executors = compiled("onboard", secrets={"s3": "voices-minio", "audit": None}, image_pull_secret="regcred")
+    _, executors = compiled("onboard", secrets={"s3": "voices-minio", "audit": None})
     env = _env_from_secrets(executors["exec-register"])
     assert env["AWS_ACCESS_KEY_ID"] == ("voices-minio", False)
     assert "NARRATOR_AUDIT_KEY" not in env
-    assert executors["exec-register"]["imagePullSecret"][0]["secretName"] == "regcred"
+
+
+@pytest.mark.parametrize("name", ["onboard", "batch", "retrain"])
+def test_every_step_pulls_a_private_image_with_the_pull_secret(compiled, name):
+    spec, executors = compiled(name, image_pull_secret="regcred")
+    assert set(executors) == set(spec["deploymentSpec"]["executors"])
+    assert all(e["imagePullSecret"] == [{"secretName": "regcred", "secretNameParameter": {
+        "runtimeValue": {"constant": "regcred"}}}] for e in executors.values())
 
 
 def test_every_injected_variable_is_a_key_of_its_secret(compiled):
@@ -307,8 +314,9 @@ def test_namespace_and_token_come_from_the_flags_then_the_environment_then_the_s
         str(token_file)
 
 
-def test_submit_gives_the_client_the_namespace_and_token_and_runs_as_the_service_account(monkeypatch):
+def test_submit_gives_the_client_the_namespace_and_token_and_runs_as_the_service_account(monkeypatch, tmp_path):
     import kfp
+    from kfp import compiler
 
     from pipelines import run as runner
 
@@ -320,6 +328,7 @@ def test_submit_gives_the_client_the_namespace_and_token_and_runs_as_the_service
 
         def create_run_from_pipeline_func(self, pipeline, **kwargs):
             runs.update(kwargs)
+            compiler.Compiler().compile(pipeline, str(tmp_path / "submitted.yaml"))
             return type("Run", (), {"run_id": "run-7"})()
 
     monkeypatch.setattr(kfp, "Client", FakeClient)
@@ -329,6 +338,9 @@ def test_submit_gives_the_client_the_namespace_and_token_and_runs_as_the_service
     assert run == "run-7"
     assert made == {"host": "http://kfp.example", "namespace": "team-voices", "existing_token": "t0ken"}
     assert runs["service_account"] == "narrator-pipeline"
+    spec = next(yaml.safe_load_all((tmp_path / "submitted.yaml").read_text()))
+    launcher = next(t for n, t in _tasks(spec).items() if n.startswith("finetune-on-cluster"))
+    assert launcher["inputs"]["parameters"]["namespace"]["runtimeValue"]["constant"] == "team-voices"  # the jobs too
 
 
 def test_a_token_file_becomes_refreshing_credentials(monkeypatch, tmp_path):
