@@ -236,20 +236,21 @@ class PackageConfig(_Section):
 
 class PipelineSecrets(_Section):
     """Kubernetes Secrets (in the runs' namespace) whose keys become environment variables of the steps that need
-    them on a cluster (pipelines/cluster.py lists the keys); None: that secret is not injected (e.g. S3 access
-    through the node's or the service account's IAM role). Local runs ignore them."""
+    them on a cluster, each step only the keys it reads (pipelines/cluster.py lists them); one Secret may hold them
+    all (the default: narrator-secrets, the serving's too) or each its own. None: not injected (e.g. S3 access
+    through the service account's IAM role). Local runs ignore them."""
 
-    s3: str | None = Field("narrator-s3", description="AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (optional "
-                                                      "AWS_ENDPOINT_URL, AWS_DEFAULT_REGION): every step that reads "
-                                                      "or writes s3:// or MLflow's artifacts")
-    watermark: str | None = Field("narrator-watermark", description="NARRATOR_WATERMARK_KEY: the steps that "
-                                                                    "speak or check marked audio")
-    registry: str | None = Field("narrator-registry", description="optional MLFLOW_TRACKING_USERNAME, "
-                                                                  "MLFLOW_TRACKING_PASSWORD, MLFLOW_TRACKING_TOKEN, "
-                                                                  "PGPASSWORD: the steps that talk to MLflow or take "
-                                                                  "the registry lock")
-    audit: str | None = Field("narrator-audit", description="NARRATOR_AUDIT_KEY: the steps that append to the "
-                                                            "audit log")
+    s3: str | None = Field("narrator-secrets", description="AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (optional "
+                                                           "AWS_ENDPOINT_URL, AWS_DEFAULT_REGION): every step that "
+                                                           "reads or writes s3:// or MLflow's artifacts")
+    watermark: str | None = Field("narrator-secrets", description="NARRATOR_WATERMARK_KEY: the steps that speak or "
+                                                                  "check marked audio")
+    registry: str | None = Field("narrator-secrets", description="optional MLFLOW_TRACKING_USERNAME, "
+                                                                 "MLFLOW_TRACKING_PASSWORD, MLFLOW_TRACKING_TOKEN, "
+                                                                 "PGPASSWORD: the steps that talk to MLflow or take "
+                                                                 "the registry lock")
+    audit: str | None = Field("narrator-secrets", description="NARRATOR_AUDIT_KEY: the steps that append to the "
+                                                              "audit log")
 
 
 class PipelineConfig(_Section):

@@ -1,9 +1,11 @@
 """What a step needs on a Kubernetes cluster besides its code: an image the cluster can pull, its secrets as
 environment variables, and retries when it talks to the network.
 
-Secrets. `pipeline.secrets` names four Kubernetes Secrets in the runs' namespace; `SECRET_KEYS` says which of their
-keys a step receives (each key becomes the environment variable of the same name, through kfp-kubernetes
-`use_secret_as_env`), and the step table (`components.STEPS`) says which steps need which secret:
+Secrets. `pipeline.secrets` names the Kubernetes Secret of each of four roles in the runs' namespace (by default
+one Secret, narrator-secrets, holds them all: deploy/kubeflow/secrets.example.yaml); `SECRET_KEYS` says which keys
+a role gives a step (each key becomes the environment variable of the same name, through kfp-kubernetes
+`use_secret_as_env`, so a step sees only its own keys), and the step table (`components.STEPS`) says which steps
+need which role:
 
     s3         AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (+ optional AWS_ENDPOINT_URL, AWS_DEFAULT_REGION)
                steps that read `storage` (s3:// sources, models, outputs), `registry` or `training` (MLflow's
@@ -67,7 +69,7 @@ def check_image(cfg: PipelineConfig) -> None:
 
 
 def secrets_of(step: str, cfg: PipelineConfig) -> dict[str, str]:
-    """The secrets step `step` (a name in components.STEPS) receives: {"s3": "narrator-s3", ...}."""
+    """The secrets step `step` (a name in components.STEPS) receives: {"s3": "narrator-secrets", ...}."""
     from components import STEPS
 
     sections = set(STEPS[step].sections)

@@ -24,7 +24,6 @@ from narrator.errors import NarratorError
 
 GROUP, VERSION, PLURAL = "kubeflow.org", "v1", "pytorchjobs"
 POLL_S = 20.0
-REQUIRED_SECRETS = ("s3",)  # the job exchanges its data through S3; the others' keys are optional in its pods
 TIMEOUT_S = 48 * 3600.0
 
 
@@ -52,19 +51,32 @@ def torchrun_command(name: str, kind: str, features_uri: str, out_uri: str, gpus
             f"finetune-{kind} {features_uri} --out {out_uri} --params /tmp/params.yaml")
 
 
+def secret_env_vars(secrets: dict[str, str]) -> list[dict[str, Any]]:
+    """The environment entries of the keys of `secrets` ({"s3": NAME, "registry": NAME}), each from its Kubernetes
+    Secret; the optional ones may be missing from it (pipelines.cluster.SECRET_KEYS)."""
+    from pipelines.cluster import SECRET_KEYS
+
+    entries = []
+    for role, secret in sorted(secrets.items()):
+        required, optional = SECRET_KEYS[role]
+        entries += [{"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key,
+                                                                 "optional": key in optional}}}
+                    for key in (*required, *optional)]
+    return entries
+
+
 def pytorchjob_manifest(name: str, kind: str, features_uri: str, out_uri: str, settings: str, gpus: int,
                         image: str, namespace: str, gpu_resource: str = "nvidia.com/gpu", nodes: int = 1,
                         service_account: str | None = None,
                         secrets: dict[str, str] | None = None) -> dict[str, Any]:
     """The PyTorchJob custom resource: a Master pod and `nodes - 1` Worker pods, each with `gpus` GPUs, running
-    torchrun over the narrator CLI as `service_account`, with every key of the Kubernetes Secrets `secrets`
-    ({"s3": NAME, "registry": NAME}, pipeline.secrets) in its environment (the registry's is optional)."""
+    torchrun over the narrator CLI as `service_account`, with the keys of the Kubernetes Secrets `secrets`
+    ({"s3": NAME, "registry": NAME}, pipeline.secrets) that training reads in its environment."""
     container = {
         "name": "pytorch", "image": image,
         "command": ["sh", "-c", torchrun_command(name, kind, features_uri, out_uri, gpus, nodes)],
-        "env": [{"name": "NARRATOR_STEP_SETTINGS", "value": settings}, {"name": "NARRATOR_IMAGE", "value": image}],
-        "envFrom": [{"secretRef": {"name": secret, "optional": role not in REQUIRED_SECRETS}}
-                    for role, secret in sorted((secrets or {}).items())],
+        "env": [{"name": "NARRATOR_STEP_SETTINGS", "value": settings}, {"name": "NARRATOR_IMAGE", "value": image},
+                *secret_env_vars(secrets or {})],
         "resources": {"limits": {gpu_resource: gpus}, "requests": {gpu_resource: gpus}},
     }
     pod = {"containers": [container]}

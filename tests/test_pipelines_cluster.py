@@ -80,8 +80,8 @@ def test_steps_that_read_or_write_s3_get_the_s3_credentials(compiled):
     _, executors = compiled("onboard")
     for step in ("snapshot", "validate", "features", "finetune-sovits", "evaluate", "register", "package"):
         env = _env_from_secrets(executors[f"exec-{step}"])
-        assert env["AWS_ACCESS_KEY_ID"] == env["AWS_SECRET_ACCESS_KEY"] == ("narrator-s3", False), step
-        assert env["AWS_ENDPOINT_URL"] == ("narrator-s3", True), step  # optional: AWS itself needs none
+        assert env["AWS_ACCESS_KEY_ID"] == env["AWS_SECRET_ACCESS_KEY"] == ("narrator-secrets", False), step
+        assert env["AWS_ENDPOINT_URL"] == ("narrator-secrets", True), step  # optional: AWS itself needs none
 
 
 def test_only_the_steps_that_mark_or_check_audio_get_the_watermark_key(compiled):
@@ -89,15 +89,15 @@ def test_only_the_steps_that_mark_or_check_audio_get_the_watermark_key(compiled)
     keyed = {name.removeprefix("exec-") for name, e in executors.items()
              if "NARRATOR_WATERMARK_KEY" in _env_from_secrets(e)}
     assert keyed == {"evaluate", "watermark-check", "package"}
-    assert _env_from_secrets(executors["exec-package"])["NARRATOR_WATERMARK_KEY"] == ("narrator-watermark", False)
+    assert _env_from_secrets(executors["exec-package"])["NARRATOR_WATERMARK_KEY"] == ("narrator-secrets", False)
 
 
 def test_the_steps_that_write_the_audit_log_get_the_audit_key_and_the_registry_credentials(compiled):
     _, executors = compiled("onboard")
     for step in ("register", "package", "record-run", "gate-failed", "dataset-refused"):
         env = _env_from_secrets(executors[f"exec-{step}"])
-        assert env["NARRATOR_AUDIT_KEY"] == ("narrator-audit", False), step
-        assert env["MLFLOW_TRACKING_PASSWORD"] == env["PGPASSWORD"] == ("narrator-registry", True), step
+        assert env["NARRATOR_AUDIT_KEY"] == ("narrator-secrets", False), step
+        assert env["MLFLOW_TRACKING_PASSWORD"] == env["PGPASSWORD"] == ("narrator-secrets", True), step
     assert "NARRATOR_AUDIT_KEY" not in _env_from_secrets(executors["exec-features"])
     assert "prepare" not in {n.removeprefix("exec-") for n, e in executors.items() if e.get("secretAsEnv")}
 
@@ -212,15 +212,17 @@ def test_a_single_node_pytorchjob_trains_standalone_without_workers():
         job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["command"][-1]
 
 
-def test_pytorchjob_pods_run_as_the_service_account_with_the_secrets():
-    job = _job(nodes=2, service_account="narrator-pipeline",
-               secrets={"s3": "narrator-s3", "registry": "narrator-registry"})
+def test_pytorchjob_pods_run_as_the_service_account_with_only_the_keys_training_reads():
+    job = _job(nodes=2, service_account="narrator-pipeline", secrets={"s3": "minio-keys", "registry": "mlflow-keys"})
     for replica in job["spec"]["pytorchReplicaSpecs"].values():
         pod = replica["template"]["spec"]
         assert pod["serviceAccountName"] == "narrator-pipeline"
-        assert pod["containers"][0]["envFrom"] == [
-            {"secretRef": {"name": "narrator-registry", "optional": True}},
-            {"secretRef": {"name": "narrator-s3", "optional": False}}]
+        refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in pod["containers"][0]["env"] if "valueFrom" in e}
+        assert refs["AWS_ACCESS_KEY_ID"] == {"name": "minio-keys", "key": "AWS_ACCESS_KEY_ID", "optional": False}
+        assert refs["AWS_ENDPOINT_URL"]["optional"] is True
+        assert refs["MLFLOW_TRACKING_PASSWORD"] == {"name": "mlflow-keys", "key": "MLFLOW_TRACKING_PASSWORD",
+                                                    "optional": True}
+        assert "NARRATOR_WATERMARK_KEY" not in refs and "NARRATOR_AUDIT_KEY" not in refs
 
 
 def test_the_pytorchjob_launcher_gets_nodes_service_account_and_secrets_from_the_settings(compiled):
@@ -231,7 +233,7 @@ def test_the_pytorchjob_launcher_gets_nodes_service_account_and_secrets_from_the
     given = {k: v["runtimeValue"]["constant"] for k, v in launcher["inputs"]["parameters"].items()
              if "runtimeValue" in v}
     assert given["nodes"] == 2 and given["gpus"] == 8 and given["service_account"] == "narrator-pipeline"
-    assert json.loads(given["secrets"]) == {"s3": "narrator-s3", "registry": "narrator-registry"}
+    assert json.loads(given["secrets"]) == {"s3": "narrator-secrets", "registry": "narrator-secrets"}
     assert launcher["retryPolicy"]["maxRetryCount"] == 3  # it talks to the Kubernetes API and S3
 
 
@@ -252,14 +254,13 @@ def test_the_rbac_lets_the_pipelines_service_account_run_pytorchjobs():
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account}]
 
 
-def test_the_example_secrets_carry_every_key_the_steps_read():
+def test_the_example_secret_carries_every_key_the_steps_need():
     import kubernetes_validate
 
     documents = [d for d in yaml.safe_load_all((REPO_ROOT / "deploy/kubeflow/secrets.example.yaml").read_text())
                  if d]
-    secrets = load_params(None, {}).pipeline.secrets.model_dump()
     by_name = {d["metadata"]["name"]: d for d in documents}
-    for role, name in secrets.items():
+    for role, name in load_params(None, {}).pipeline.secrets.model_dump().items():
         kubernetes_validate.validate(by_name[name], "1.30", strict=True)
         assert set(SECRET_KEYS[role][0]) <= set(by_name[name]["stringData"]), role
 
