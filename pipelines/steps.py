@@ -46,6 +46,8 @@ def validate(source: str, source_fingerprint: str, settings: str, validated: Out
     """Validate the recordings into `validated` (the fingerprint only keys the cache). Returns "accepted", or why
     the dataset was refused (no consent, too little speech, an unreadable source): a refusal is a result the
     pipeline branches on, like a failed gate, not a failed step."""
+    import os
+
     from components.validate import validate
     from narrator.errors import SourceError
     from pipelines.runtime import running
@@ -54,6 +56,7 @@ def validate(source: str, source_fingerprint: str, settings: str, validated: Out
         try:
             report = validate(source, validated.path, params)
         except SourceError as error:
+            os.makedirs(validated.path, exist_ok=True)  # an (empty) output artifact for the cluster to store
             validated.metadata.update(source=source, verdict="refused")
             return f"the source cannot be read: {error}"
         validated.metadata.update(source=source, source_fingerprint=source_fingerprint, verdict=report.verdict,

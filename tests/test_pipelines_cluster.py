@@ -354,3 +354,20 @@ def test_a_token_file_becomes_refreshing_credentials(monkeypatch, tmp_path):
     monkeypatch.setattr(kfp, "Client", lambda **kwargs: made.update(kwargs))
     _client(ClusterAccess("http://kfp.example", "voices", token_file=str(tmp_path / "token")))
     assert isinstance(made["credentials"], ServiceAccountTokenVolumeCredentials) and "existing_token" not in made
+
+
+def test_an_unreadable_source_is_a_refusal_the_pipeline_branches_on_not_a_failed_step(tmp_path):
+    from kfp.dsl import Dataset
+
+    from pipelines.runtime import step_settings_json
+    from pipelines.steps import snapshot, validate
+
+    missing = str(tmp_path / "no-such-recordings")
+    settings = step_settings_json(load_params(None, {}), "validate")
+    fingerprint = snapshot(missing, step_settings_json(load_params(None, {}), "snapshot"))
+    out = Dataset(uri=f"file://{tmp_path}/validated")
+    out.path = str(tmp_path / "validated")
+    verdict = validate(missing, fingerprint, settings, out)
+    assert fingerprint.startswith("unreadable: ") and "no such folder" in fingerprint
+    assert verdict.startswith("the source cannot be read: ") and missing in verdict
+    assert (tmp_path / "validated").is_dir() and out.metadata["verdict"] == "refused"
