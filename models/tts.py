@@ -339,7 +339,7 @@ class Synthesizer:
         index = 0
         for k, item in enumerate(items):
             if isinstance(item, Pause):
-                yield SentenceAudio("", np.zeros(int(round(item.seconds * SAMPLE_RATE_HZ)), np.float32), 0, 0, 0.0)
+                yield SentenceAudio("", np.zeros(round(item.seconds * SAMPLE_RATE_HZ), np.float32), 0, 0, 0.0)
                 continue
             sentence, seg_settings, lexicon = item
             audio = self.sentence(sentence.text, reference, sentence.language, seg_settings,

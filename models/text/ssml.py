@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Union
 
 from models.text.clean import clean_text
 from models.text.errors import TextError
@@ -95,7 +94,7 @@ class Pause:
     seconds: float
 
 
-Segment = Union[Speech, Pause]
+Segment = Speech | Pause
 
 
 def is_ssml(text: str) -> bool:
