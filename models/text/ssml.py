@@ -97,9 +97,13 @@ class Pause:
 Segment = Speech | Pause
 
 
+_SSML_START = re.compile(r"\s*(?:<\?xml[^>]*\?>\s*)?(?:<!DOCTYPE|<speak[\s>/])", re.IGNORECASE)
+
+
 def is_ssml(text: str) -> bool:
-    """Whether a request's text is an SSML document (it starts with `<speak`, after cleaning and spaces)."""
-    return clean_text(text).lstrip().startswith("<speak")
+    """Whether a request's text is an SSML document: it starts with `<speak` (or an XML declaration, or a DOCTYPE,
+    which `parse_ssml` then refuses), after cleaning and spaces."""
+    return bool(_SSML_START.match(clean_text(text)))
 
 
 def parse_ssml(markup: str, language: str = "auto", limits: SsmlLimits | None = None) -> list[Segment]:

@@ -181,7 +181,8 @@ def test_entity_expansion_and_external_entities_are_refused_fast(document):
 
 def test_is_ssml():
     assert is_ssml("  <speak>hi</speak>") and is_ssml("\ufeff<speak>hi</speak>")
-    assert not is_ssml("speak <break> please") and not is_ssml("<p>hi</p>")
+    assert is_ssml('<?xml version="1.0"?>\n<speak>hi</speak>') and is_ssml(EXTERNAL_DTD)
+    assert not is_ssml("speak <break> please") and not is_ssml("<p>hi</p>") and not is_ssml("<speaker> hi")
 
 
 # -- cleaning -------------------------------------------------------------------------------------------------------
