@@ -6,7 +6,8 @@ Text pasted from a terminal or a word processor carries characters nobody means 
 `\\x1b[31m` would otherwise reach the normaliser as "[31m" and be read "thirty-one meters". Removed:
 
 - ANSI/ECMA-48 escape sequences: CSI (`ESC [ ... final`, and the 8-bit CSI U+009B), OSC (`ESC ] ... BEL|ESC \\\\`,
-  the 8-bit OSC U+009D), DCS/SOS/PM/APC strings, and two-character escapes (`ESC c`, `ESC =`, ...);
+  the 8-bit OSC U+009D), DCS/SOS/PM/APC strings (terminated, at most 512 characters: an unterminated one loses only
+  its introducer, never the text after it), and two-character escapes (`ESC c`, `ESC =`, ...);
 - C0 and C1 control characters (Unicode category Cc) except line feed, carriage return and tab (the front-end turns
   those into sentence ends and spaces);
 - format characters (category Cf): zero-width space/joiners, word joiner, byte-order mark, soft hyphen, and the
@@ -25,7 +26,7 @@ import unicodedata
 
 _ESCAPES = re.compile(
     r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]"  # CSI ... final byte
-    r"|(?:\x1b[\]PX^_]|[\x90\x98\x9d\x9e\x9f])[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"  # OSC, DCS, SOS, PM, APC strings
+    r"|(?:\x1b[\]PX^_]|[\x90\x98\x9d\x9e\x9f])[^\x07\x1b\x9c]{0,512}(?:\x07|\x1b\\|\x9c)"  # OSC, DCS, SOS, PM, APC
     r"|\x1b[ -/]*[0-~]"  # two-character (and nF) escapes
 )
 _KEEP = frozenset("\n\r\t")
