@@ -336,6 +336,64 @@ class ServingConfig(_Section):
         return self
 
 
+class MasteringConfig(_Section):
+    """Publishable chapter audio (narrator/mastering.py), held to the ACX (Audible) audio submission requirements."""
+
+    sample_rate_hz: int = Field(44100, description="rate of every master, MP3 and M4B (ACX: 44.1 kHz)")
+    mp3_bitrate_kbps: int = Field(192, ge=192, le=320, description="constant MP3 bitrate (ACX: 192 kbps CBR or more)")
+    m4b_bitrate_kbps: int = Field(64, ge=32, le=320, description="AAC bitrate of the M4B book (mono speech)")
+    head_room_tone_s: float = Field(0.75, description="room tone before the first word of a chapter")
+    min_head_room_tone_s: float = Field(0.5, ge=0, description="ACX: at least 0.5 s of room tone at the head ...")
+    max_head_room_tone_s: float = Field(1.0, gt=0, description="... and at most 1 s")
+    tail_room_tone_s: float = Field(2.0, description="room tone after the last word of a chapter")
+    min_tail_room_tone_s: float = Field(1.0, ge=0, description="ACX: at least 1 s of room tone at the tail ...")
+    max_tail_room_tone_s: float = Field(5.0, gt=0, description="... and at most 5 s")
+    target_rms_db: float = Field(-20.0, description="RMS of the whole chapter file, dBFS (20*log10 of the RMS)")
+    min_rms_db: float = Field(-23.0, description="ACX: RMS at least -23 dB ...")
+    max_rms_db: float = Field(-18.0, description="... and at most -18 dB")
+    peak_ceiling_dbfs: float = Field(-3.5, lt=0, description="the limiter keeps every sample at or below this")
+    max_peak_dbfs: float = Field(-3.0, lt=0, description="ACX: sample peaks at or below -3 dBFS (in the MP3 too)")
+    max_noise_floor_db: float = Field(-60.0, description="ACX: noise floor (RMS of the quietest 0.5 s) at most -60 dB")
+    noise_floor_window_s: float = Field(0.5, gt=0, description="window of the noise-floor measurement")
+    room_tone_db: float = Field(-72.0, description="RMS of the room tone laid under the whole chapter: quiet, but "
+                                                   "never digital silence (ACX rejects it)")
+    room_tone_seed: int = Field(0, description="seed of the room tone noise (reruns are byte-identical)")
+    room_tone_threshold_db: float = Field(-50.0, description="head and tail room tone are measured as the time the "
+                                                             "level of 10 ms frames stays below this")
+    highpass_hz: float = Field(60.0, gt=0, description="DC offset and rumble below this are removed")
+    gate_below_speech_db: float = Field(40.0, gt=0, description="frames this far below the speech level (95th "
+                                                                "percentile of frame levels) are expanded downwards")
+    pause_above_noise_db: float = Field(6.0, ge=0, description="frames within this of the noise level (10th "
+                                                               "percentile of frame levels) are pause frames ...")
+    pause_min_below_speech_db: float = Field(10.0, gt=0, description="... when also this far below the speech "
+                                                                     "level (so noisy audio keeps its words)")
+    pause_min_s: float = Field(0.15, gt=0, description="a run of pause frames this long (between words and "
+                                                       "sentences) is silenced down to the room tone")
+    gate_ratio: float = Field(4.0, ge=1, description="downward expansion: each dB below the threshold becomes this "
+                                                     "many dB")
+    gate_smoothing_s: float = Field(0.05, gt=0, description="gate gain changes ramp over this long")
+    limiter_window_s: float = Field(0.02, gt=0, description="the peak limiter's look-ahead and ramp time")
+    rms_tolerance_db: float = Field(0.1, gt=0, description="normalise and limit again until the RMS is this close "
+                                                           "to its target")
+    max_passes: int = Field(8, ge=1, description="at most this many normalise-and-limit passes")
+
+    @model_validator(mode="after")
+    def _targets_inside_limits(self) -> MasteringConfig:
+        for name, low, value, high in (
+                ("head_room_tone_s", self.min_head_room_tone_s, self.head_room_tone_s, self.max_head_room_tone_s),
+                ("tail_room_tone_s", self.min_tail_room_tone_s, self.tail_room_tone_s, self.max_tail_room_tone_s),
+                ("target_rms_db", self.min_rms_db, self.target_rms_db, self.max_rms_db)):
+            if not low <= value <= high:
+                raise ValueError(f"{name} {value:g} lies outside its limits {low:g}..{high:g}: move it inside")
+        if self.peak_ceiling_dbfs > self.max_peak_dbfs:
+            raise ValueError(f"peak_ceiling_dbfs {self.peak_ceiling_dbfs:g} is above max_peak_dbfs "
+                             f"{self.max_peak_dbfs:g}: set it lower (MP3 encoding raises peaks a little)")
+        if self.room_tone_db >= self.max_noise_floor_db:
+            raise ValueError(f"room_tone_db {self.room_tone_db:g} must lie below max_noise_floor_db "
+                             f"{self.max_noise_floor_db:g}")
+        return self
+
+
 class DemoConfig(_Section):
     """The generated demo narrator of `make demo`."""
 
@@ -363,6 +421,7 @@ class Params(_Section):
     package: PackageConfig = PackageConfig()
     pipeline: PipelineConfig = PipelineConfig()
     serving: ServingConfig = ServingConfig()
+    mastering: MasteringConfig = MasteringConfig()
     demo: DemoConfig = DemoConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)

@@ -1,7 +1,8 @@
 """The HTTP API (FastAPI, mounted into the BentoML service), versioned under /v1; OpenAPI at /v1/openapi.json.
 
-    POST /v1/speech             JSON SpeechRequest -> audio (wav/flac/mp3/ogg) of the whole text
-    POST /v1/speech/stream      the same, streamed: a chunk per sentence as soon as it is spoken
+    POST /v1/speech             JSON SpeechRequest -> audio (wav/pcm/flac/mp3/ogg/opus/aac) of the whole text
+    POST /v1/speech/stream      the same, streamed: a chunk per sentence as soon as it is spoken (how each format
+                                streams: serving/encode.py)
     GET  /v1/voices             the voices this key may use, with version and evaluation summary
     POST /v1/watermark/detect   raw audio body -> {"detected", "score", "payload", "voice", "version"}
     GET  /                      the web console
@@ -16,9 +17,11 @@ service cannot synthesize now. Never a stack trace.
 from __future__ import annotations
 
 import hashlib
+import re
 import tempfile
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +34,6 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from narrator.audiofile import encode
 from narrator.audit import load_key as load_audit_key
 from narrator.config import Params
 from narrator.errors import NarratorError
@@ -40,7 +42,7 @@ from narrator.log import get_logger
 from narrator.state import StateUnavailable
 from serving import errors
 from serving.audit import COMPLETED, Delivery, SynthesisAudit, SynthesisRecord, delivered, text_sha256
-from serving.encode import FORMATS, StreamEncoder, media_type
+from serving.encode import FORMATS, AudioFormat, EncodeError, audio_format, media_type
 from serving.engine import GptBatcher, Resampler, WatermarkStream, sentences
 from serving.ratelimit import open_rate_limiter
 from serving.voices import LoadedVoice, VoiceCache, VoiceCatalog, VoiceInfo, VoiceUnavailable
@@ -67,8 +69,11 @@ class SpeechRequest(BaseModel):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     temperature: float = Field(1.0, gt=0.0, le=2.0)
     seed: int | None = Field(None, ge=0, le=2 ** 31 - 1, description="same seed, same audio")
-    format: Literal["wav", "flac", "mp3", "ogg"] = "wav"
+    format: Literal[tuple(FORMATS)] = Field(  # type: ignore[valid-type]  (the registry's names)
+        "wav", description="wav, pcm (raw s16le mono; rate in X-Audio-Sample-Rate-Hz), flac, mp3 (CBR), ogg "
+                           "(Vorbis), opus (Ogg Opus), aac (ADTS)")
     sample_rate_hz: int = Field(32000, description="one of serving.sample_rates_hz")
+    bitrate_kbps: int | None = Field(None, description="mp3/opus/aac only (default 128/64/128 kbps)")
 
 
 class Metrics:
@@ -197,6 +202,9 @@ class NarratorServer:
         if req.sample_rate_hz not in cfg.sample_rates_hz:
             raise errors.invalid(f"sample_rate_hz {req.sample_rate_hz} is not offered; choose one of "
                                  f"{', '.join(map(str, cfg.sample_rates_hz))}")
+        problem = audio_format(req.format).problem(req.sample_rate_hz, req.bitrate_kbps)
+        if problem:
+            raise errors.invalid(problem)
         if self.watermark_key is None:
             raise errors.unavailable("the watermark key is not configured, and no audio leaves unmarked; set "
                                      "$NARRATOR_WATERMARK_KEY or $NARRATOR_WATERMARK_KEY_FILE")
@@ -256,7 +264,7 @@ class NarratorServer:
         return result
 
     def record(self, key: ApiKey, voice: VoiceInfo, req: SpeechRequest, duration_s: float, sent: Delivery,
-               stream: bool) -> None:
+               stream: bool, request_id: str = "") -> None:
         """The audit record of one synthesis: `duration_s` audio seconds synthesized, `sent` what reached the
         client."""
         self.audit.append(SynthesisRecord(key_id=key.id, tenant=key.tenant, voice=voice.voice, version=voice.version,
@@ -264,7 +272,8 @@ class NarratorServer:
                                           language=req.language, format=req.format,
                                           sample_rate_hz=req.sample_rate_hz, duration_s=round(duration_s, 3),
                                           stream=stream, delivery=sent.delivery, bytes_sent=sent.bytes_sent,
-                                          seconds_sent=round(sent.seconds_sent, 3), output_sha256=sent.output_sha256))
+                                          seconds_sent=round(sent.seconds_sent, 3), output_sha256=sent.output_sha256,
+                                          request_id=request_id))
         if self.metrics:
             self.metrics.audio_seconds.inc(duration_s)
 
@@ -316,6 +325,19 @@ class ClosingStreamingResponse(StreamingResponse):
         finally:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(_close, self._stream)
+
+
+def _request_id(request: Request) -> str:
+    """The id in a response's file name: the request's X-Request-Id when it is a plain token, else a new one."""
+    given = request.headers.get("x-request-id", "")
+    return given if re.fullmatch(r"[A-Za-z0-9._-]{1,64}", given) else uuid.uuid4().hex[:16]
+
+
+def _audio_headers(info: VoiceInfo, fmt: AudioFormat, req: SpeechRequest, request_id: str) -> dict[str, str]:
+    """Headers of every audio response, whole or streamed."""
+    return {"X-Voice": info.voice, "X-Voice-Version": str(info.version), "X-Watermark-Payload": info.payload_hex,
+            **fmt.headers(req.sample_rate_hz),
+            "Content-Disposition": f'attachment; filename="{info.voice}-{request_id}.{fmt.extension}"'}
 
 
 def _json_error(error: errors.ApiError) -> JSONResponse:
@@ -380,7 +402,7 @@ def create_app(server: Callable[[], NarratorServer]) -> FastAPI:
 
     @app.post(f"/{API_VERSION}/speech", summary="the whole text as one audio file",
               responses={200: {"content": {media_type(f): {} for f in FORMATS}}})
-    def speech(req: SpeechRequest, key: ApiKey = Depends(authorized)) -> Response:
+    def speech(req: SpeechRequest, request: Request, key: ApiKey = Depends(authorized)) -> Response:
         started = time.perf_counter()
         state, info, voice = prepared(req, key)
         state._track(+1)
@@ -390,32 +412,42 @@ def create_app(server: Callable[[], NarratorServer]) -> FastAPI:
             state._track(-1)
         resampler = Resampler(req.sample_rate_hz)
         samples = resampler.push(result.samples, last=True)
-        body = encode(samples, req.sample_rate_hz, req.format)
+        fmt = audio_format(req.format)
+        try:
+            body = fmt.encode(samples, req.sample_rate_hz, req.bitrate_kbps)
+        except EncodeError as error:
+            log.error("%s", error)
+            raise errors.unavailable(f"the {req.format} encoder failed; try another format") from None
         duration_s = len(result.samples) / 32000
-        digest = hashlib.sha256(body).hexdigest()
-        state.record(key, info, req, duration_s, Delivery(COMPLETED, len(body), duration_s, digest), stream=False)
+        digest, request_id = hashlib.sha256(body).hexdigest(), _request_id(request)
+        state.record(key, info, req, duration_s, Delivery(COMPLETED, len(body), duration_s, digest), stream=False,
+                     request_id=request_id)
         elapsed = time.perf_counter() - started
         if state.metrics:
             state.metrics.first_audio.labels(endpoint="speech").observe(elapsed)
             state.metrics.rtf.observe(result.seconds / max(duration_s, 1e-6))
         state.observe("/v1/speech", 200, elapsed)
-        return Response(body, media_type=media_type(req.format), headers={
-            "X-Voice": info.voice, "X-Voice-Version": str(info.version), "X-Watermark-Payload": info.payload_hex,
-            "X-Audio-Duration-S": f"{duration_s:.3f}", "X-Output-Sha256": digest,
-            "Content-Disposition": f'attachment; filename="{info.voice}.{req.format}"'})
+        return Response(body, media_type=fmt.content_type, headers={
+            **_audio_headers(info, fmt, req, request_id), "X-Audio-Duration-S": f"{duration_s:.3f}",
+            "X-Audio-Sha256": digest, "X-Output-Sha256": digest})
 
     @app.post(f"/{API_VERSION}/speech/stream", summary="the text as audio, streamed sentence by sentence",
               responses={200: {"content": {media_type(f): {} for f in FORMATS}}})
-    def speech_stream(req: SpeechRequest, key: ApiKey = Depends(authorized)) -> StreamingResponse:
+    def speech_stream(req: SpeechRequest, request: Request, key: ApiKey = Depends(authorized)) -> StreamingResponse:
+        """Duration and sha256 are known only when the stream ends (no trailers: uvicorn sends none); the audit
+        record of the stream (serving.audit_log, found by the request id in the file name) holds them, with the
+        bytes and seconds that reached the client."""
         started = time.perf_counter()
         state, info, voice = prepared(req, key)
+        fmt, request_id = audio_format(req.format), _request_id(request)
 
         synthesized_s = 0.0  # audio seconds synthesized so far
 
         def chunks() -> Iterator[tuple[bytes, float]]:
             """Encoded bytes as they become final, each with the audio seconds encoded up to and with them."""
             nonlocal synthesized_s
-            encoder, resampler = StreamEncoder(req.format, req.sample_rate_hz), Resampler(req.sample_rate_hz)
+            encoder = fmt.stream(req.sample_rate_hz, req.bitrate_kbps)
+            resampler = Resampler(req.sample_rate_hz)
             encoded_samples, first = 0, None
             state._track(+1)
             try:
@@ -434,18 +466,19 @@ def create_app(server: Callable[[], NarratorServer]) -> FastAPI:
                 encoded_samples += len(rest)
                 yield encoder.write(rest) + encoder.close(), encoded_samples / req.sample_rate_hz
             finally:
+                encoder.abort()  # after close(): nothing; a stream that ended early: its encoder process goes
                 state._track(-1)
 
         def ended(sent: Delivery) -> None:
             """The stream ended (completed, or the client went away): record what was sent."""
-            state.record(key, info, req, synthesized_s, sent, stream=True)
+            state.record(key, info, req, synthesized_s, sent, stream=True, request_id=request_id)
             elapsed = time.perf_counter() - started
             if state.metrics and synthesized_s:
                 state.metrics.rtf.observe(elapsed / synthesized_s)
             state.observe("/v1/speech/stream", 200, elapsed)
 
-        return ClosingStreamingResponse(delivered(chunks(), ended), media_type=media_type(req.format), headers={
-            "X-Voice": info.voice, "X-Voice-Version": str(info.version), "X-Watermark-Payload": info.payload_hex})
+        return ClosingStreamingResponse(delivered(chunks(), ended), media_type=fmt.content_type,
+                                        headers=_audio_headers(info, fmt, req, request_id))
 
     @app.post(f"/{API_VERSION}/watermark/detect", summary="look for the watermark in an uploaded audio file",
               openapi_extra={"requestBody": {"content": {"application/octet-stream": {"schema": {
@@ -479,7 +512,8 @@ def create_app(server: Callable[[], NarratorServer]) -> FastAPI:
 
 
 _SUFFIXES = {"audio/wav": ".wav", "audio/x-wav": ".wav", "audio/wave": ".wav", "audio/flac": ".flac",
-             "audio/mpeg": ".mp3", "audio/mp3": ".mp3", "audio/ogg": ".ogg", "audio/mp4": ".m4a"}
+             "audio/mpeg": ".mp3", "audio/mp3": ".mp3", "audio/ogg": ".ogg", "audio/opus": ".opus",
+             "audio/aac": ".aac", "audio/mp4": ".m4a"}
 
 
 def _detect(state: NarratorServer, body: bytes, content_type: str, key: ApiKey) -> dict:
