@@ -243,7 +243,8 @@ class NarratorServer:
             yield marker.push(part.samples)
 
     def synthesize(self, voice: LoadedVoice, req: SpeechRequest) -> Synthesis:
-        key = (voice.key, req.text, req.text_type, req.language, req.speed, req.top_k, req.top_p, req.temperature, req.seed)
+        key = (voice.key, req.text, req.text_type, req.language, req.speed, req.top_k, req.top_p, req.temperature,
+               req.seed)
         if req.seed is not None:
             with self._results_lock:
                 if key in self._results:

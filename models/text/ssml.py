@@ -5,15 +5,19 @@
     -> [Speech("Hello", "en"), Pause(0.7), Speech("zqxphonemea", "en", phones={"zqxphonemea": (...)})]
     synth.stream_segments(segments, reference, settings, seed)          # models/tts.py
 
-| element | attributes | becomes |
-|---|---|---|
-| `<speak>` | `xml:lang`, `version`, `xmlns` | the document (root only) |
-| `<break>` | `time` ("700ms", "1.5s"), `strength` (none, x-weak, weak, medium, strong, x-strong) | exactly that much silence, in place of the pause between sentences; `time` wins over `strength`; at most `SsmlLimits.max_break_s` |
-| `<prosody>` | `rate` (x-slow, slow, medium, fast, x-fast, default, "150%", "+20%", "-10%", "1.2") | the synthesizer's speed times the rate (nested rates multiply), bounded to 0.5-2.0 |
-| `<say-as>` | `interpret-as` characters / cardinal / date, `format` (date: mdy, dmy, ymd, md, dm, ym, my, y) | letters spelled (by their names), a number read as a quantity, a date read as words |
-| `<sub>` | `alias` | the alias is spoken instead of the content |
-| `<phoneme>` | `alphabet` x-arpabet / pinyin / ipa, `ph` | that occurrence read with those phones (checked as lexicon entries are) |
-| `<lang>` | `xml:lang` (en, en-US, en-GB, ..., zh, zh-CN, cmn, ...) | the front-end language of its content |
+Elements (and their attributes):
+
+- `<speak>` (`xml:lang`, `version`, `xmlns`): the document, root only.
+- `<break>` (`time`: "700ms", "1.5s"; `strength`: none, x-weak, weak, medium, strong, x-strong): exactly that much
+  silence, in place of the pause between sentences; `time` wins over `strength`; at most `SsmlLimits.max_break_s`.
+- `<prosody>` (`rate`: x-slow, slow, medium, fast, x-fast, default, "150%", "+20%", "-10%", "1.2"): the
+  synthesizer's speed times the rate (nested rates multiply), bounded to 0.5-2.0.
+- `<say-as>` (`interpret-as`: characters, cardinal, date; `format` of a date: mdy, dmy, ymd, md, dm, ym, my, y):
+  letters spelled by their names (digits one by one), a number read as a quantity, a date read as words.
+- `<sub>` (`alias`): the alias is spoken instead of the content.
+- `<phoneme>` (`alphabet`: x-arpabet, pinyin, ipa; `ph`): that occurrence read with those phones, checked as
+  lexicon entries are (`models.text.lexicon`).
+- `<lang>` (`xml:lang`: en, en-US, en-GB, ..., zh, zh-CN, cmn, ...): the front-end language of its content.
 
 Anything else (another element, attribute, namespace or value) raises `SsmlError` naming it; the service answers
 422. The document is parsed with defusedxml and `forbid_dtd`: a DOCTYPE is refused before anything in it is read,

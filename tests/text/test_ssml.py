@@ -37,8 +37,8 @@ def phones_of(segment: Speech) -> list[str]:
 
 def test_plain_speak_is_one_speech_segment():
     assert speak("Hello  there,\n reader.") == [Speech("Hello there, reader.", "en")]
-    assert parse_ssml('<speak xmlns="http://www.w3.org/2001/10/synthesis" version="1.1" xml:lang="zh-CN">你好</speak>',
-                      "auto") == [Speech("你好", "zh")]
+    document = '<speak xmlns="http://www.w3.org/2001/10/synthesis" version="1.1" xml:lang="zh-CN">你好</speak>'
+    assert parse_ssml(document, "auto") == [Speech("你好", "zh")]
 
 
 def test_break_time_and_strength():
