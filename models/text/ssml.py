@@ -245,7 +245,7 @@ class _Walker:
         self._pieces.append(text)
 
     def flush(self) -> None:
-        text = " ".join("".join(self._pieces).split())
+        text = " ".join(clean_text("".join(self._pieces)).split())  # character references (&#x200b;) included
         if text and self._state is not None:
             self.segments.append(Speech(text, self._state.language, self._state.rate, dict(self._phones)))
         self._pieces, self._phones, self._state = [], {}, None

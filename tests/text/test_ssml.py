@@ -206,6 +206,7 @@ def test_escapes_and_control_characters_never_reach_the_front_end(dirty):
 def test_ansi_colour_is_not_read_as_meters():
     assert "meters" not in g2p("\x1b[31mred\x1b[0m", "en").text
     assert parse_ssml("<speak>\x1b[31mred\x1b[0m</speak>") == [Speech("red", "auto")]
+    assert parse_ssml("<speak>r&#x200b;e&#x202e;d&#x9b;</speak>") == [Speech("red", "auto")]
 
 
 def test_clean_text_keeps_ordinary_text_unchanged():
