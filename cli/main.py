@@ -39,6 +39,7 @@ examples:
   narrator approve alice 3 --by "Dana Reviewer"
   narrator lexicon check book.md --voice alice --lexicon lexicon.yaml
   narrator lineage alice@3
+  narrator lineage alice --verify           # exit 2 when tags or the champion alias changed outside narrator
   narrator onboard recordings/alice --voice alice
   narrator pipeline compile onboard --out onboard.yaml
   narrator pipeline run onboard --host http://kubeflow:8888 --source s3://voices/alice --voice alice
@@ -242,6 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "fine-tuning -> evaluation -> registry (with audit events) -> bento of VOICE's "
                                    "champion (or latest version), or of VOICE@VERSION.")
     p.add_argument("voice", metavar="VOICE[@VERSION]", help="e.g. alice or alice@3")
+    p.add_argument("--version", type=int, metavar="N", help="the version (same as VOICE@N)")
+    p.add_argument("--verify", action="store_true",
+                   help="check that nothing changed since registration: the lineage document's digest, every lineage "
+                        "tag, the bundle tags and the champion alias against the audit log; exit 2 naming what "
+                        "changed")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     _common(p)
     p.set_defaults(func=_cmd_lineage)
@@ -608,12 +614,19 @@ def _cmd_approve(args) -> int:
 
 
 def _cmd_lineage(args) -> int:
-    from components.register import RegistryError, lineage
+    from components.register import RegistryError, lineage, verify_lineage
 
     voice, _, version = args.voice.partition("@")
     if version and not version.isdigit():
         raise RegistryError(f"{args.voice!r}: expected VOICE or VOICE@VERSION with a version number, e.g. alice@3")
-    found = lineage(voice, int(version) if version else None, _load(args))
+    if version and args.version is not None and int(version) != args.version:
+        raise RegistryError(f"{args.voice!r} and --version {args.version} name different versions; give one")
+    chosen = int(version) if version else args.version
+    if args.verify:
+        check = verify_lineage(voice, chosen, _load(args))
+        print(check.to_json() if args.json else check.to_text(), end="\n" if args.json else "")
+        return 0 if check.intact else 2
+    found = lineage(voice, chosen, _load(args))
     print(found.to_json() if args.json else found.to_text(), end="\n" if args.json else "")
     return 0
 
@@ -870,7 +883,7 @@ def _cmd_onboard(args) -> int:
 def _cmd_demo(args) -> int:
     import yaml
 
-    from components.register import lineage
+    from components.register import lineage, verify_lineage
     from narrator.config import load_params
     from cli.demo import build_demo_bases, build_demo_narrator, demo_key, demo_overrides
 
@@ -898,6 +911,7 @@ def _cmd_demo(args) -> int:
     sample = Path(shutil.copy2(packaged["sample"], out / "sample.wav"))
     print()
     print(lineage(voice, packaged["version"], demo_params).to_text(), end="")
+    print(verify_lineage(voice, packaged["version"], demo_params).to_text(), end="")
     reports = sorted(Path(demo_params.pipeline.pipeline_root).rglob("validated/report.html"),
                      key=lambda p: p.stat().st_mtime)
     print(f"\nvalidation report: {reports[-1]}" if reports else "")

@@ -33,8 +33,8 @@ from narrator.config import Params
 from narrator.errors import NarratorError
 from narrator.lexicon import Lexicon
 from narrator.log import get_logger
-from narrator.registry import (RegistryError, champion, format_payload, model_name, payload_for,
-                               registry_client)
+from narrator.registry import (RegistryError, actor, champion, format_payload, model_name, payload_for,
+                               registry_client, version_audit)
 from narrator.storage import sha256_file
 
 log = get_logger("package")
@@ -132,6 +132,9 @@ def package(voice: str, version: int, features_dir: str | Path, sovits_path: str
     name = model_name(voice, params)
     client.set_model_version_tag(name, str(version), "bento", tag)
     client.set_model_version_tag(name, str(version), "sample_sha256", sha256_file(sample))
+    # the bundle the service will fetch, on the record: `narrator lineage --verify` compares the tags with it
+    version_audit(params, "packaged", name, voice, version, actor(), bento=tag,
+                  **{BUNDLE_URI_TAG: published.uri, BUNDLE_SHA256_TAG: published.sha256})
     result = PackageResult(voice=voice, version=version, store_tag=tag, bundle_dir=str(bundle), sample=str(sample),
                            payload_hex=payload_hex, sample_watermark=found, bundle_uri=published.uri,
                            bundle_sha256=published.sha256)

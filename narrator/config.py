@@ -8,6 +8,7 @@ repository root repeats them so DVC can track each value.
 from __future__ import annotations
 
 import difflib
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -167,6 +168,25 @@ class FinetuneSoVITSConfig(_Section):
         1, ge=1, description="with random_init: narrow the discriminator's layers by this power of two")
 
 
+class GateConfig(_Section):
+    """One quality gate of `evaluate.gates`: the threshold a metric must meet, and whether it must be measured.
+    A bare number in params.yaml is the threshold of a required gate (`wer: 0.1` = `{threshold: 0.1}`)."""
+
+    threshold: float = Field(description="speaker_similarity, f0_correlation and watermark_detected_share must be at "
+                                         "least it, the others at most it")
+    required: bool = Field(True, description="true: a voice whose metric could not be measured fails the gate "
+                                             "(not_measured); false: the gate is skipped and reported as skipped")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_threshold(cls, data: Any) -> Any:
+        if isinstance(data, (int, float)) and not isinstance(data, bool):
+            return {"threshold": data}
+        if not isinstance(data, (dict, GateConfig)):
+            raise ValueError("a gate is a threshold (e.g. 0.1) or {threshold: 0.1, required: false}")
+        return data
+
+
 class EvaluateConfig(_Section):
     """`narrator evaluate` (components/evaluate.py): held-out comparison, fixed sentences, quality gates."""
 
@@ -181,12 +201,17 @@ class EvaluateConfig(_Section):
                                                              "narrator's rate predicts is outside [1/(1+t), 1+t] "
                                                              "is an outlier (repeated or skipped words)")
     seed: int = 0
-    gates: dict[str, float | None] = Field(
-        {"speaker_similarity": 0.75, "wer": 0.10, "cer": 0.10, "mcd_db": 8.0, "f0_rmse_cents": 300.0,
-         "duration_outliers_share": 0.1, "rtf": 1.0, "watermark_detected_share": 1.0},
-        description="metric: threshold; speaker_similarity, f0_correlation and watermark_detected_share must be at "
-                    "least it, the others at most it; null disables a gate. A metric that was not measured is skipped, "
-                    "not failed")
+    gates: dict[str, GateConfig | None] = Field(
+        {"speaker_similarity": GateConfig(threshold=0.75), "wer": GateConfig(threshold=0.10),
+         "cer": GateConfig(threshold=0.10), "mcd_db": GateConfig(threshold=8.0, required=False),
+         "f0_rmse_cents": GateConfig(threshold=300.0, required=False),
+         "duration_outliers_share": GateConfig(threshold=0.1), "rtf": GateConfig(threshold=1.0),
+         "watermark_detected_share": GateConfig(threshold=1.0)},
+        description="metric: {threshold, required}; speaker_similarity, f0_correlation and watermark_detected_share "
+                    "must be at least the threshold, the others at most it; null disables a gate. A required metric "
+                    "that was not measured fails its gate (not_measured: e.g. WER/CER without an ASR model); a "
+                    "metric the voice cannot have (CER of an English-only voice) and one not required are skipped. "
+                    "MCD and F0 need held-out segments (prepare.holdout_share), so they are not required")
 
 
 class RegistryConfig(_Section):
@@ -427,13 +452,31 @@ class Params(_Section):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+def _entry_model(annotation: Any) -> type[BaseModel] | None:
+    """The section type of a mapping of sections (`dict[str, GateConfig | None]`: GateConfig), else None."""
+    if typing.get_origin(annotation) is not dict:
+        return None
+    entry = typing.get_args(annotation)[1]
+    for kind in typing.get_args(entry) or (entry,):
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            return kind
+    return None
+
+
 def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     """The valid keys of the section that `loc` (a pydantic error location) points into."""
-    for part in loc[:-1]:
+    parts = list(loc[:-1])
+    while parts:
+        part = parts.pop(0)
         field = None
         for name, info in model.model_fields.items():
             if part in (name, info.alias):
                 field = info
+        entry = _entry_model(field.annotation) if field is not None else None
+        if entry is not None and parts:  # a mapping of sections, e.g. evaluate.gates.wer: skip the key
+            parts.pop(0)
+            model = entry
+            continue
         if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
             return []
         model = field.annotation
