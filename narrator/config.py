@@ -359,6 +359,12 @@ class ServingConfig(_Section):
                                                               "recently used voices are evicted beyond it")
     max_voices: int = Field(8, ge=1, description="at most this many voices loaded per process")
     max_text_chars: int = Field(2000, ge=1, description="longer text is refused (413)")
+    ssml_max_break_s: float = Field(10.0, ge=0, description="SSML: the longest <break time> (models/text/ssml.py)")
+    ssml_break_strengths_s: dict[str, float] = Field(
+        {"none": 0.0, "x-weak": 0.1, "weak": 0.25, "medium": 0.4, "strong": 0.7, "x-strong": 1.2},
+        description="SSML: seconds of silence of each <break strength>")
+    ssml_max_elements: int = Field(500, ge=1, description="SSML: elements a document may have")
+    ssml_max_depth: int = Field(16, ge=1, description="SSML: how deep a document's elements may nest")
     max_upload_mb: float = Field(20.0, gt=0, description="larger watermark-detection uploads are refused (413)")
     rate_limit_per_minute: int = Field(60, ge=1, description="requests per API key per minute (token bucket; 429)")
     rate_limit_burst: int = Field(10, ge=1, description="requests a key may make at once before the rate applies")
