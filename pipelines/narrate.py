@@ -18,6 +18,7 @@ from collections.abc import Callable  # no `from __future__ import annotations`:
 from kfp import dsl
 
 from narrator.config import Params
+from pipelines.cluster import on_cluster
 from pipelines.runtime import step_settings_json
 from pipelines.steps import make_steps
 
@@ -41,6 +42,7 @@ def build(params: Params) -> Callable:
         plan = steps.manuscript_chapters(manuscript=manuscript, voice=voice, version=version,
                                          settings=params_narrate).set_caching_options(False)
         plan.set_display_name("split the manuscript")
+        on_cluster(plan, "narrate", cfg, component="manuscript_chapters")
         with dsl.ParallelFor(plan.outputs["chapters"], parallelism=cfg.batch_parallelism,
                              name="each chapter") as chapter:
             one = steps.narrate_chapter(manuscript=manuscript, voice=voice, version=plan.outputs["version"],
@@ -48,8 +50,10 @@ def build(params: Params) -> Callable:
             one.set_cpu_request(cfg.step_cpu).set_memory_request(cfg.step_memory)
             if cfg.evaluate_gpus > 0:
                 one.set_accelerator_type(cfg.gpu_resource).set_accelerator_limit(cfg.evaluate_gpus)
+            on_cluster(one, "narrate", cfg, component="narrate_chapter")
         book = steps.assemble_book(manuscript=manuscript, voice=voice, version=plan.outputs["version"],
                                    narrated=dsl.Collected(one.outputs["narrated"]), settings=params_narrate)
         book.set_caching_options(False).set_display_name("assemble the book")
+        on_cluster(book, "narrate", cfg, component="assemble_book")
 
     return narrate
