@@ -2,14 +2,21 @@
 
 Settings come from params.yaml ($NARRATOR_PARAMS, else ./params.yaml), section `serving`: the GPU request and
 worker count are read when this module is imported (BentoML needs them at class definition). The API is
-serving/api.py, mounted at /; BentoML adds /healthz, /readyz (NarratorService.__is_ready__) and /metrics.
+serving/api.py, mounted at /, serves /metrics itself (by route template, optionally behind a key: BentoML's own
+metrics, labelled by raw path, are off); BentoML adds /healthz and /readyz (NarratorService.__is_ready__).
+Each worker loads the champion voices in a background thread as it starts (serving.preload_champions): /healthz
+answers at once, /readyz only once they are loaded and warmed up, so the first request costs what a warm one
+does. Each worker caps glibc's malloc arenas (serving.malloc_arena_max) so its memory levels off under load.
 The watermark key comes from $NARRATOR_WATERMARK_KEY or $NARRATOR_WATERMARK_KEY_FILE; without it the service
 does not become ready and refuses to synthesize.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
+import threading
 
 import bentoml
 
@@ -22,17 +29,32 @@ _params = load_params(os.environ.get(PARAMS_ENV) or None)
 _cfg = _params.serving
 _resources = {"gpu": _cfg.gpus} if _cfg.gpus else {"cpu": "1"}
 
-app = create_app(lambda: bentoml.get_current_service().server)
+app = create_app(lambda: bentoml.get_current_service().server, _cfg)
+M_ARENA_MAX = -8  # glibc's mallopt parameter
+
+
+def limit_malloc_arenas(arenas: int) -> bool:
+    """Cap glibc's malloc arenas in this process (0: leave glibc's default); False where there is no glibc."""
+    if arenas <= 0:
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.mallopt(M_ARENA_MAX, arenas))
+    except (OSError, AttributeError):
+        return False
 
 
 @bentoml.asgi_app(app, path="/")
 @bentoml.service(name="narrator", resources=_resources, workers=_cfg.workers,
-                 traffic={"timeout": _cfg.traffic_timeout_s}, http={"port": _cfg.port})
+                 traffic={"timeout": _cfg.traffic_timeout_s}, http={"port": _cfg.port},
+                 metrics={"enabled": False, "namespace": "bentoml_service"})
 class NarratorService:
     """Many narrators' voices from one process (LRU within a memory budget), authenticated and watermarked."""
 
     def __init__(self) -> None:
+        limit_malloc_arenas(_cfg.malloc_arena_max)
         self.server = NarratorServer(_params, Metrics(), device="auto")  # the GPU when there is one
+        threading.Thread(target=self.server.preload, name="preload-champions", daemon=True).start()
 
     def __is_ready__(self) -> bool:
         return self.server.ready()
