@@ -400,7 +400,8 @@ def create_app(server: Callable[[], NarratorServer], settings: ServingConfig | N
             state = server()
         except Exception:  # no server yet (starting): nothing to count into
             return
-        state.observe(endpoint, status, seconds)
+        if state is not None:
+            state.observe(endpoint, status, seconds)
 
     if settings.cors_origins:
         from starlette.middleware.cors import CORSMiddleware
