@@ -60,7 +60,8 @@ CONSOLE = Path(__file__).parent / "console" / "index.html"
 DOCS_PAGE = Path(__file__).parent / "console" / "docs.html"
 DOCS_SCRIPT = Path(__file__).parent / "console" / "docs.js"
 API_VERSION = "v1"
-WARM_UP_TEXT = "Ready."  # what each preloaded voice says once, unrecorded, before the service is ready
+# what each preloaded voice says once, unrecorded, before the service is ready: a sentence of ordinary length
+WARM_UP_TEXT = "The service is warming up this voice before it says that it is ready."
 OUTSIDE_TENANT = "marked by a voice outside your tenant"
 
 
