@@ -253,11 +253,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pid", type=int, help="--soak with --url: the worker's process id")
     parser.add_argument("--budget-mb", type=float, help="--soak: serving.memory_budget_mb (default: the local "
                                                         "service's)")
-    parser.add_argument("--overhead-mb", type=float, default=1536.0,
+    parser.add_argument("--overhead-mb", type=float, default=2048.0,
                         help="--soak: what the worker may hold beyond the voices' budget")
     parser.add_argument("--level-share", type=float, default=0.05,
                         help="--soak: largest RSS growth over the last half that still counts as level")
     parser.add_argument("--arenas", type=int, help="--soak, local service: serving.malloc_arena_max")
+    parser.add_argument("--mmap-threshold-kb", type=int,
+                        help="--soak, local service: serving.malloc_mmap_threshold_kb")
     args = parser.parse_args(argv)
     if args.soak:
         return _main_soak(args, parser)
@@ -294,7 +296,9 @@ def _main_soak(args, parser) -> int:
                 parser.error("--soak with --url needs --key, --voice, --pid and --budget-mb")
             url, targets, pids, budget = args.url.rstrip("/"), [(args.key, args.voice)], [args.pid], args.budget_mb
         else:
-            serving = {} if args.arenas is None else {"malloc_arena_max": args.arenas}
+            serving = {key: value for key, value in (("malloc_arena_max", args.arenas),
+                                                     ("malloc_mmap_threshold_kb", args.mmap_threshold_kb))
+                       if value is not None}
             process, url, targets = _start_local(Path(tmp), serving)
             pids = worker_pids(process.pid)
             from narrator.config import load_params

@@ -6,7 +6,8 @@ serving/api.py, mounted at /, serves /metrics itself (by route template, optiona
 metrics, labelled by raw path, are off); BentoML adds /healthz and /readyz (NarratorService.__is_ready__).
 Each worker loads the champion voices in a background thread as it starts (serving.preload_champions): /healthz
 answers at once, /readyz only once they are loaded and warmed up, so the first request costs what a warm one
-does. Each worker caps glibc's malloc arenas (serving.malloc_arena_max) so its memory levels off under load.
+does. Each worker tunes glibc's malloc (serving.malloc_arena_max, malloc_mmap_threshold_kb) so its memory levels
+off under sustained load instead of fragmenting upward (bench.serve_load --soak, docs/benchmarks.md).
 The watermark key comes from $NARRATOR_WATERMARK_KEY or $NARRATOR_WATERMARK_KEY_FILE; without it the service
 does not become ready and refuses to synthesize.
 """
@@ -30,16 +31,23 @@ _cfg = _params.serving
 _resources = {"gpu": _cfg.gpus} if _cfg.gpus else {"cpu": "1"}
 
 app = create_app(lambda: bentoml.get_current_service().server, _cfg)
-M_ARENA_MAX = -8  # glibc's mallopt parameter
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8  # glibc's mallopt parameters
 
 
-def limit_malloc_arenas(arenas: int) -> bool:
-    """Cap glibc's malloc arenas in this process (0: leave glibc's default); False where there is no glibc."""
-    if arenas <= 0:
-        return False
+def tune_malloc(arenas: int, mmap_threshold_kb: int) -> bool:
+    """glibc's malloc in this process: at most `arenas` arenas (one per thread by default: a many-threaded server
+    spreads freed memory over many), and blocks from `mmap_threshold_kb` up mapped on their own and returned when
+    freed (glibc otherwise raises its threshold as tensors come and go, so they land in the arenas and stay);
+    memory above twice that at a heap's top is given back. 0 leaves glibc's default. False without glibc."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(M_ARENA_MAX, arenas))
+        done = True
+        if arenas > 0:
+            done &= bool(libc.mallopt(M_ARENA_MAX, arenas))
+        if mmap_threshold_kb > 0:
+            done &= bool(libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold_kb * 1024))
+            done &= bool(libc.mallopt(M_TRIM_THRESHOLD, 2 * mmap_threshold_kb * 1024))
+        return done
     except (OSError, AttributeError):
         return False
 
@@ -52,7 +60,7 @@ class NarratorService:
     """Many narrators' voices from one process (LRU within a memory budget), authenticated and watermarked."""
 
     def __init__(self) -> None:
-        limit_malloc_arenas(_cfg.malloc_arena_max)
+        tune_malloc(_cfg.malloc_arena_max, _cfg.malloc_mmap_threshold_kb)
         self.server = NarratorServer(_params, Metrics(), device="auto")  # the GPU when there is one
         threading.Thread(target=self.server.preload, name="preload-champions", daemon=True).start()
 
