@@ -229,6 +229,29 @@ def test_no_cors_without_configured_origins():
     assert "access-control-allow-origin" not in response.headers
 
 
+def test_a_failure_no_handler_answered_is_a_json_500_with_the_request_id_and_is_counted():
+    from fastapi.testclient import TestClient
+
+    from narrator.config import ServingConfig
+    from serving.api import create_app
+
+    counted = []
+
+    class Broken:
+        def authorize(self, request):
+            raise RuntimeError("the key store exploded")
+
+        def observe(self, endpoint, status, seconds):
+            counted.append((endpoint, status))
+
+    client = TestClient(create_app(lambda: Broken(), ServingConfig()), raise_server_exceptions=False)
+    response = client.get("/v1/voices", headers={"X-Request-Id": "failing-1"})
+    assert response.status_code == 500 and response.headers["x-request-id"] == "failing-1"
+    assert response.json()["error"]["code"] == "internal" and "failing-1" in response.json()["error"]["message"]
+    assert "exploded" not in response.text and "Traceback" not in response.text
+    assert counted == [("/v1/voices", 500)]
+
+
 # -- metrics --------------------------------------------------------------------------------------------------------
 
 
