@@ -80,6 +80,20 @@ def test_the_first_request_after_ready_costs_at_most_twice_a_warm_one(service, d
     assert first <= 2 * warm, f"first request {first:.2f} s, warm {warm:.2f} s"
 
 
+def test_preloading_stops_at_the_voice_limit_and_only_then_is_the_server_ready(deployment, monkeypatch):
+    from narrator.config import load_params
+    from serving.api import NarratorServer
+
+    monkeypatch.setenv("NARRATOR_WATERMARK_KEY", deployment.watermark_key)
+    server = NarratorServer(load_params(deployment.params_file, {"serving": {"max_voices": 1}}), device="cpu")
+    try:
+        assert not server.ready()  # nothing loaded yet: not ready
+        assert server.preload() == [("alice", 1)]  # by name, as many as fit: one
+        assert server.ready() and server.preload_problem is None
+    finally:
+        server.close()
+
+
 # -- the contract document ------------------------------------------------------------------------------------------
 
 
