@@ -37,7 +37,9 @@ examples:
       --features runs/alice/features --sovits runs/alice/sovits --gpt runs/alice/gpt \
       --evaluation runs/alice/evaluation --watermark runs/alice/watermark
   narrator approve alice 3 --by "Dana Reviewer"
+  narrator lexicon check book.md --voice alice --lexicon lexicon.yaml
   narrator lineage alice@3
+  narrator lineage alice --verify           # exit 2 when tags or the champion alias changed outside narrator
   narrator onboard recordings/alice --voice alice
   narrator pipeline compile onboard --out onboard.yaml
   narrator pipeline run onboard --host http://kubeflow:8888 --source s3://voices/alice --voice alice
@@ -135,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sovits", required=True, metavar="PTH", help="the voice's SoVITS file (finetune-sovits output)")
     p.add_argument("--gpt", required=True, metavar="CKPT", help="the voice's GPT file (finetune-gpt output)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--lexicon", metavar="FILE", help="the voice's pronunciation lexicon (lexicon.yaml) to read with")
     _common(p)
     p.set_defaults(func=_cmd_evaluate)
 
@@ -197,8 +200,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tag", metavar="KEY=VALUE", action="append", default=[],
                    help="an extra tag on the model version, e.g. source_fingerprint=abc123 (repeatable)")
     p.add_argument("--out", metavar="FILE", help="also write the registration JSON to FILE")
+    p.add_argument("--lexicon", metavar="FILE", help="the voice's pronunciation lexicon (lexicon.yaml), registered "
+                                                    "with the version (default: registry.lexicon)")
     _common(p)
     p.set_defaults(func=_cmd_register)
+
+    p = sub.add_parser("lexicon", help="check a manuscript for words the front-end guesses; validate a lexicon",
+                       description="Pronunciation lexicons (docs/lexicon.md): lexicon.yaml maps words to ARPAbet "
+                                   "phones, pinyin or a respelling; a voice version carries one.")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    a = actions.add_parser("check", help="list the words of a manuscript the front-end has to guess",
+                           description="List the words the front-end guesses (not in the dictionary nor the "
+                                       "lexicon, acronyms, ambiguous numbers), each with its count, first context "
+                                       "and the phones it chose, so an editor can fix them in a lexicon first.")
+    a.add_argument("manuscript", metavar="MANUSCRIPT", help="the manuscript (.txt or .md)")
+    a.add_argument("--voice", metavar="VOICE[@VERSION]", help="apply this voice's registered lexicon (its champion "
+                                                             "or newest version without @VERSION)")
+    a.add_argument("--lexicon", metavar="FILE", help="a lexicon.yaml to apply (over the voice's)")
+    a.add_argument("--language", default="auto", choices=["auto", "en", "zh"], help="language of text without words")
+    a.add_argument("--json", action="store_true", help="print JSON instead of text")
+    _common(a)
+    a.set_defaults(func=_cmd_lexicon_check)
+    a = actions.add_parser("validate", help="check a lexicon.yaml against the v2 symbol table",
+                           description="Exit 0: every entry is well formed and every phone is in the v2 symbol "
+                                       "table; 2: the error names the word, the phone and the nearest valid symbols.")
+    a.add_argument("file", metavar="FILE", help="the lexicon.yaml")
+    _common(a)
+    a.set_defaults(func=_cmd_lexicon_validate)
 
     p = sub.add_parser("approve", help="make a registered version the champion (manual deployment policy)",
                        description="Move the alias champion to VERSION of VOICE, recording who approved it in "
@@ -215,6 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "fine-tuning -> evaluation -> registry (with audit events) -> bento of VOICE's "
                                    "champion (or latest version), or of VOICE@VERSION.")
     p.add_argument("voice", metavar="VOICE[@VERSION]", help="e.g. alice or alice@3")
+    p.add_argument("--version", type=int, metavar="N", help="the version (same as VOICE@N)")
+    p.add_argument("--verify", action="store_true",
+                   help="check that nothing changed since registration: the lineage document's digest, every lineage "
+                        "tag, the bundle tags and the champion alias against the audit log; exit 2 naming what "
+                        "changed")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     _common(p)
     p.set_defaults(func=_cmd_lineage)
@@ -492,7 +525,7 @@ def _cmd_evaluate(args) -> int:
 
     params = _load(args)
     with _on_local_disk(args, folders=("features",), files=("sovits", "gpt"), out="out", params=params) as local:
-        report = evaluate(local.features, local.sovits, local.gpt, local.out, params)
+        report = evaluate(local.features, local.sovits, local.gpt, local.out, params, lexicon_file=args.lexicon)
     shown = ", ".join(f"{k} {v:.3g}" for k, v in report.metrics.items() if v is not None)
     print(f"{'PASSED' if report.verdict['passed'] else 'FAILED'}: {shown}")
     for line in report.verdict["reasons"] + report.warnings:
@@ -550,7 +583,7 @@ def _cmd_register(args) -> int:
     registration = register(args.voice, validated_dir=args.validated, prepared_dir=args.prepared,
                             features_dir=args.features, sovits_dir=args.sovits, gpt_dir=args.gpt,
                             evaluation_dir=args.evaluation, watermark=WatermarkCheck.read(args.watermark),
-                            params=_load(args), extra_tags=extra_tags)
+                            params=_load(args), extra_tags=extra_tags, lexicon_file=args.lexicon)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(registration.to_json(), encoding="utf-8")
@@ -560,6 +593,18 @@ def _cmd_register(args) -> int:
               f"[{', '.join(registration.aliases) or 'no aliases'}]", file=sys.stderr)
     print(registration.to_json())
     return 0
+
+
+def _cmd_lexicon_check(args) -> int:
+    from cli.lexicon import check
+
+    return check(args.manuscript, args.voice, args.lexicon, args.language, args.json, _load(args))
+
+
+def _cmd_lexicon_validate(args) -> int:
+    from cli.lexicon import validate
+
+    return validate(args.file)
 
 
 def _cmd_approve(args) -> int:
@@ -572,12 +617,19 @@ def _cmd_approve(args) -> int:
 
 
 def _cmd_lineage(args) -> int:
-    from components.register import RegistryError, lineage
+    from components.register import RegistryError, lineage, verify_lineage
 
     voice, _, version = args.voice.partition("@")
     if version and not version.isdigit():
         raise RegistryError(f"{args.voice!r}: expected VOICE or VOICE@VERSION with a version number, e.g. alice@3")
-    found = lineage(voice, int(version) if version else None, _load(args))
+    if version and args.version is not None and int(version) != args.version:
+        raise RegistryError(f"{args.voice!r} and --version {args.version} name different versions; give one")
+    chosen = int(version) if version else args.version
+    if args.verify:
+        check = verify_lineage(voice, chosen, _load(args))
+        print(check.to_json() if args.json else check.to_text(), end="\n" if args.json else "")
+        return 0 if check.intact else 2
+    found = lineage(voice, chosen, _load(args))
     print(found.to_json() if args.json else found.to_text(), end="\n" if args.json else "")
     return 0
 
@@ -842,7 +894,7 @@ def _cmd_onboard(args) -> int:
 def _cmd_demo(args) -> int:
     import yaml
 
-    from components.register import lineage
+    from components.register import lineage, verify_lineage
     from narrator.config import load_params
     from cli.demo import build_demo_bases, build_demo_narrator, demo_key, demo_overrides
 
@@ -870,6 +922,7 @@ def _cmd_demo(args) -> int:
     sample = Path(shutil.copy2(packaged["sample"], out / "sample.wav"))
     print()
     print(lineage(voice, packaged["version"], demo_params).to_text(), end="")
+    print(verify_lineage(voice, packaged["version"], demo_params).to_text(), end="")
     reports = sorted(Path(demo_params.pipeline.pipeline_root).rglob("validated/report.html"),
                      key=lambda p: p.stat().st_mtime)
     print(f"\nvalidation report: {reports[-1]}" if reports else "")

@@ -8,7 +8,8 @@ Metrics (each in report.json, report.html and MLflow):
     speaker_similarity        cosine of speaker embeddings, synthesized vs held-out real speech (GE2E, the intake
                               model; a WavLM-SV / ECAPA directory when evaluate.speaker_model_dir is set)
     wer / cer                 through Whisper (evaluate.asr_model_dir, else prepare.asr_model_dir), text normalised
-                              as the Seed-TTS protocol does; skipped with a warning when no ASR model is configured
+                              as the Seed-TTS protocol does; not measured (a warning) when no ASR model is
+                              configured, which fails their gates while they are required
     mcd_db, f0_rmse_cents,    against the held-out recording of the same text (DTW-aligned)
     f0_correlation
     duration_outliers_share   share of utterances whose duration is implausible for their phone count at the
@@ -17,7 +18,9 @@ Metrics (each in report.json, report.html and MLflow):
     rtf, first_audio_s        real-time factor and time to first audio
     watermark_detected_share  the synthesized audio, marked as the service marks it, is detected (with its payload
                               from 10 s): each utterance of 3 s or more alone, and all of them joined
-The verdict applies evaluate.gates; `verdict.json` ({"passed": bool, "reasons": [...]}) is what the DAG branches on.
+The verdict applies evaluate.gates: a required gate whose metric was not measured fails (reason `not_measured`,
+with what to set), one not required is skipped, and so is a metric the voice cannot have (CER when nothing Chinese
+was spoken: `not_applicable`). `verdict.json` ({"passed": bool, "reasons": [...]}) is what the DAG branches on.
 """
 
 from __future__ import annotations
@@ -31,10 +34,12 @@ from typing import Any
 import numpy as np
 
 from components.features import FeatureEntry, read_manifest, training_entries
+from models.text.lexicon import compile_lexicon
 from models.tts import REFERENCE_MAX_S, REFERENCE_MIN_S, Reference, Synthesizer, load_synthesizer
 from narrator.audiofile import read_audio, resample
 from narrator.config import Params
 from narrator.errors import NarratorError
+from narrator.lexicon import load_lexicon
 from narrator.log import get_logger
 from narrator.registry import EVALUATION_PAYLOAD
 
@@ -154,14 +159,16 @@ def pick_reference(entries: list[FeatureEntry]) -> FeatureEntry:
     return min(usable, key=lambda e: (abs(e.duration_s - 6.0), e.name))
 
 
-def evaluation_voice(features_dir: str | Path, sovits_path: str, gpt_path: str,
-                     params: Params) -> tuple[Synthesizer, Reference, FeatureEntry]:
+def evaluation_voice(features_dir: str | Path, sovits_path: str, gpt_path: str, params: Params,
+                     lexicon_file: str | Path | None = None) -> tuple[Synthesizer, Reference, FeatureEntry]:
     """The voice as evaluation (and the watermark check) speak with it: the synthesizer of `sovits_path` and
     `gpt_path` (on `evaluate.device`, in `inference.mode`) and its reference prompt from the training segment
-    `pick_reference` chooses, the same clip the package step bundles as the voice's reference."""
+    `pick_reference` chooses, the same clip the package step bundles as the voice's reference; it reads with the
+    pronunciation lexicon `lexicon_file` when given."""
     manifest = read_manifest(features_dir)
     reference_entry = pick_reference(training_entries(manifest))
-    synth = load_synthesizer(sovits_path, gpt_path, params, device=params.evaluate.device)
+    lexicon = compile_lexicon(load_lexicon(lexicon_file)) if lexicon_file else None
+    synth = load_synthesizer(sovits_path, gpt_path, params, device=params.evaluate.device, lexicon=lexicon)
     audio = read_audio(reference_entry.wav_32k)
     reference = synth.reference(audio.mono(), audio.sample_rate_hz, reference_entry.text, reference_entry.language)
     return synth, reference, reference_entry
@@ -179,8 +186,9 @@ def read_verdict(evaluation_dir: str | Path) -> dict[str, Any]:
 
 
 def evaluate(features_dir: str | Path, sovits_path: str, gpt_path: str, out_dir: str | Path, params: Params,
-             logger=None) -> EvaluationReport:
-    """Evaluate the voice (`sovits_path` + `gpt_path`) against the narrator's held-out data in `features_dir`.
+             logger=None, lexicon_file: str | Path | None = None) -> EvaluationReport:
+    """Evaluate the voice (`sovits_path` + `gpt_path`) against the narrator's held-out data in `features_dir`,
+    reading with the pronunciation lexicon `lexicon_file` when given (the one it will be registered with).
 
     Writes out_dir/report.json, report.html, verdict.json and samples/*.wav; returns the report.
     """
@@ -197,7 +205,7 @@ def evaluate(features_dir: str | Path, sovits_path: str, gpt_path: str, out_dir:
     if not holdout:
         warnings.append("no held-out segments (prepare.holdout_share is 0): speaker similarity is measured against "
                         "training segments and MCD/F0 are skipped")
-    synth, reference, reference_entry = evaluation_voice(features_dir, sovits_path, gpt_path, params)
+    synth, reference, reference_entry = evaluation_voice(features_dir, sovits_path, gpt_path, params, lexicon_file)
     speaker = SpeakerModel(cfg.speaker_model_dir)
     asr_dir = cfg.asr_model_dir or params.prepare.asr_model_dir
     transcriber = None
@@ -206,8 +214,8 @@ def evaluate(features_dir: str | Path, sovits_path: str, gpt_path: str, out_dir:
 
         transcriber = Transcriber(asr_dir)
     else:
-        warnings.append("no ASR model configured (evaluate.asr_model_dir): WER/CER and the repeated/skipped word "
-                        "check are skipped")
+        warnings.append("no ASR model configured (evaluate.asr_model_dir): WER/CER are not measured (their gates "
+                        "fail while required) and the repeated/skipped word check is skipped")
     rate_s_per_phone = M.speaking_rate_s_per_phone([e.duration_s for e in train], [len(e.ids) for e in train])
     key, key_note = _watermark_key()
     if key_note:
@@ -260,9 +268,10 @@ def evaluate(features_dir: str | Path, sovits_path: str, gpt_path: str, out_dir:
     metrics = _aggregate(utterances)
     if marked:
         metrics["watermark_detected_share"] = _watermark_share(utterances, marked, key)
-    gates = [M.Gate(metric, ">=" if metric in HIGHER_IS_BETTER else "<=", float(threshold))
-             for metric, threshold in cfg.gates.items() if threshold is not None]
-    verdict = M.evaluate_gates(metrics, gates)
+    gates = [M.Gate(metric, ">=" if metric in HIGHER_IS_BETTER else "<=", gate.threshold, gate.required)
+             for metric, gate in cfg.gates.items() if gate is not None]
+    verdict = M.evaluate_gates(metrics, gates, not_applicable=_not_applicable(utterances),
+                               how_to_measure={gate.metric: _how_to_measure(gate.metric, metrics) for gate in gates})
     report = EvaluationReport(
         voice={"sovits": str(sovits_path), "gpt": str(gpt_path), "speaker_model": speaker.name,
                "asr_model": str(asr_dir) if asr_dir else ""},
@@ -277,6 +286,31 @@ def evaluate(features_dir: str | Path, sovits_path: str, gpt_path: str, out_dir:
     log.info("evaluation %s in %.0f s: %s", "passed" if verdict.passed else "FAILED", report.seconds,
              "; ".join(verdict.reasons) or "every gate met")
     return report
+
+
+# the metric each spoken language is checked by (through ASR): word error rate for English, character for Chinese
+ASR_METRIC_LANGUAGES = {"wer": "en", "cer": "zh"}
+HOLDOUT_METRICS = ("mcd_db", "f0_rmse_cents", "f0_correlation")  # measured against held-out recordings only
+
+
+def _not_applicable(utterances: list[Utterance]) -> dict[str, str]:
+    """The ASR metrics this evaluation could not have (no utterance in their language), and why."""
+    spoken = {u.language for u in utterances}
+    return {metric: f"no utterance in {language!r} was spoken" for metric, language in ASR_METRIC_LANGUAGES.items()
+            if language not in spoken}
+
+
+def _how_to_measure(metric: str, metrics: dict[str, float | None]) -> str:
+    """What to change so a required gate's metric is measured (or how to stop requiring it)."""
+    if metric not in metrics:
+        how = f"evaluation measures no such metric (it measures {', '.join(sorted(metrics))}); check the gate's name"
+    elif metric in ASR_METRIC_LANGUAGES:
+        how = "set evaluate.asr_model_dir (or prepare.asr_model_dir) to a local Whisper directory"
+    elif metric in HOLDOUT_METRICS:
+        how = "keep held-out segments (prepare.holdout_share > 0 and evaluate.max_holdout_segments > 0)"
+    else:
+        how = "let the voice speak (evaluate.max_holdout_segments or evaluate.sentences_per_language above 0)"
+    return f"{how}; or set evaluate.gates.{metric}.required: false to skip it when unmeasured"
 
 
 def _log_to_mlflow(report: EvaluationReport, out_dir: Path, params: Params, logger) -> None:
@@ -417,8 +451,10 @@ def _html(report: EvaluationReport, real_16k: dict[str, np.ndarray], synthesized
     rows = []
     for name, value in report.metrics.items():
         gate = checked.get(name)
-        status = "–" if gate is None else esc(gate.get("status", ""))
-        rule = "" if gate is None else f"{esc(gate.get('op', ''))} {fmt(gate.get('threshold'), 3)}"
+        status = "–" if gate is None else esc(gate.get("status", "") + (f" ({gate['reason']})" if gate.get("reason")
+                                                                         else ""))
+        rule = "" if gate is None else (f"{esc(gate.get('op', ''))} {fmt(gate.get('threshold'), 3)}"
+                                        + (", required" if gate.get("required") else ""))
         rows.append([esc(name), fmt(value, 3), rule, status])
     body.append(table(["metric", "value", "gate", "status"], rows, numeric={1}))
     body.append("<h2>Utterances</h2>")

@@ -25,14 +25,16 @@ import yaml
 
 from components.evaluate import pick_reference
 from components.features import read_manifest, training_entries
+from components.register import registered_lexicon
 from narrator.bundle import (BUNDLE_SHA256_TAG, BUNDLE_URI_TAG, BundleError, BundleReference, fetch_bundle,
                              publish_bundle, save_to_store, store_tag, use_model_store, write_bundle)
 from narrator.bundle import read_manifest as read_bundle_manifest
 from narrator.config import Params
 from narrator.errors import NarratorError
+from narrator.lexicon import Lexicon
 from narrator.log import get_logger
-from narrator.registry import (RegistryError, champion, format_payload, model_name, payload_for,
-                               registry_client)
+from narrator.registry import (RegistryError, actor, champion, format_payload, model_name, payload_for,
+                               registry_client, version_audit)
 from narrator.storage import sha256_file
 
 log = get_logger("package")
@@ -76,13 +78,15 @@ class BuiltBento:
 
 
 def bundle_from_features(bundle: Path, voice: str, version: int, payload_hex: str, features_dir: Path,
-                          sovits_path: Path, gpt_path: Path, params: Params) -> dict:
-    """The bundle of a fine-tuned voice, its reference the training segment evaluation spoke from."""
+                          sovits_path: Path, gpt_path: Path, params: Params, lexicon: Lexicon | None = None) -> dict:
+    """The bundle of a fine-tuned voice, its reference the training segment evaluation spoke from, with its
+    registered pronunciation lexicon (when it has one)."""
     manifest = read_manifest(features_dir)
     picked = pick_reference(training_entries(manifest))
     reference = BundleReference(Path(picked.wav_32k), picked.text, picked.language, picked.duration_s)
     return write_bundle(bundle, voice, version, payload_hex, sovits_path, gpt_path, reference, params,
-                        sovits_version=manifest.get("sovits_version"), voice_json=features_dir / "voice.json")
+                        sovits_version=manifest.get("sovits_version"), voice_json=features_dir / "voice.json",
+                        lexicon=lexicon)
 
 
 def speak_sample(bundle: Path, params: Params, text: str, language: str) -> tuple[Path, dict]:
@@ -117,7 +121,7 @@ def package(voice: str, version: int, features_dir: str | Path, sovits_path: str
     if bundle.exists():
         shutil.rmtree(bundle)
     info = bundle_from_features(bundle, voice, version, payload_hex, features_dir, Path(sovits_path),
-                                 Path(gpt_path), params)
+                                 Path(gpt_path), params, registered_lexicon(voice, version, params))
     sample, found = speak_sample(bundle, params, params.package.sample_text, params.package.sample_language)
     if not (found["detected"] and found["payload"] == payload_hex):
         log.warning("the packaged sample's watermark was not read back whole (it is short); the mark is present: %s",
@@ -128,6 +132,9 @@ def package(voice: str, version: int, features_dir: str | Path, sovits_path: str
     name = model_name(voice, params)
     client.set_model_version_tag(name, str(version), "bento", tag)
     client.set_model_version_tag(name, str(version), "sample_sha256", sha256_file(sample))
+    # the bundle the service will fetch, on the record: `narrator lineage --verify` compares the tags with it
+    version_audit(params, "packaged", name, voice, version, actor(), bento=tag,
+                  **{BUNDLE_URI_TAG: published.uri, BUNDLE_SHA256_TAG: published.sha256})
     result = PackageResult(voice=voice, version=version, store_tag=tag, bundle_dir=str(bundle), sample=str(sample),
                            payload_hex=payload_hex, sample_watermark=found, bundle_uri=published.uri,
                            bundle_sha256=published.sha256)
@@ -157,19 +164,20 @@ def champion_bundle(voice: str, params: Params) -> tuple[int, str]:
 
 
 def _store_published_bundle(voice: str, version: int, model_tag: str, params: Params) -> None:
-    """Put the champion's bundle, fetched from the registry's artifact store (`serving.bundle_cache`), into this
-    machine's BentoML model store as `model_tag`."""
+    """Put the champion's bundle, fetched from the registry's artifact store into a temporary folder (checked by
+    digest), into this machine's BentoML model store as `model_tag`."""
     tags = champion(voice, params).tags
     uri, digest = tags.get(BUNDLE_URI_TAG), tags.get(BUNDLE_SHA256_TAG)
     if not (uri and digest):
         raise BentoBuildError(f"{model_tag} is not in the BentoML model store and the registry names no published "
                               f"bundle for it; package the voice again (`narrator package {voice} --version "
                               f"{version} ...`) or set package.bentoml_home")
-    try:
-        bundle = fetch_bundle(voice, version, uri, digest, params.serving.bundle_cache, params)
-    except BundleError as error:
-        raise BentoBuildError(str(error)) from None
-    save_to_store(bundle, model_tag, read_bundle_manifest(bundle), params)
+    with tempfile.TemporaryDirectory(prefix="narrator-bundle-") as cache:
+        try:
+            bundle = fetch_bundle(voice, version, uri, digest, cache, params)
+        except BundleError as error:
+            raise BentoBuildError(str(error)) from None
+        save_to_store(bundle, model_tag, read_bundle_manifest(bundle), params)
 
 
 def build_bento(voice: str, params: Params, bentofile: str | Path) -> BuiltBento:

@@ -14,12 +14,19 @@ The flow, for a voice VOICE (registered model `registry.model_prefix + VOICE`, e
 3. approve: `narrator approve VOICE VERSION --by NAME` moves `champion` to any version that passed its gates
    (also the way to roll back to an earlier version).
 4. lineage: `narrator lineage VOICE[@VERSION]` prints the chain consent -> dataset -> code -> params -> base
-   checkpoints -> fine-tuning -> evaluation -> registry (+ audit events) -> packaged bento.
+   checkpoints -> fine-tuning -> evaluation -> registry (+ audit events) -> packaged bento. With --verify it checks
+   that nothing changed since registration (`verify_lineage`): the register run's `lineage.json` (the lineage as
+   registered, canonical JSON) still hashes to the version's `lineage_sha256` tag and to the digest the audit log's
+   "registered" event holds, every lineage tag still has its registered value, and the `champion` alias points at
+   the version of the audit log's last promotion or approval. Tags and aliases edited in the MLflow UI, around
+   `narrator approve` and the audit log, are named there (exit 2).
 
-Every registration, promotion and approval is appended to `registry.audit_log`, the hash-chained log of
-`narrator/audit.py`; promotions are also kept as version tags promoted_by/promoted_at. Voice ids, the watermark
-payload codec, aliases and the registry lock live in the library (`narrator/registry.py`), which the service reads
-too.
+Every registration (with its lineage_sha256), promotion and approval, and every packaging (with the bundle's
+bundle_uri and bundle_sha256, written by `components/package.py`), is appended to `registry.audit_log`, the
+hash-chained log of `narrator/audit.py`; promotions are also kept as version tags promoted_by/promoted_at. What the
+audit log holds is what `lineage --verify` trusts over the registry's editable tags and aliases. Voice ids, the
+watermark payload codec, aliases and the registry lock live in the library (`narrator/registry.py`), which the
+service reads too.
 
 Model-version tags:
     voice, registered_by, registered_at, payload_hex (8 hex digits)
@@ -30,8 +37,12 @@ Model-version tags:
     sovits_sha256, gpt_sha256, sovits_run_id, gpt_run_id   (fine-tuning result.json; run ids "unknown" if not found)
     metric.<name> (every measured evaluation metric), verdict (pass/fail), failed_gates
     watermark_check (the check's outcome and score, e.g. "passed (score 14.2)")
+    lineage_sha256 (sha256 of the register run's lineage.json: every tag above as registered, with the model,
+                    version, register run and tenant)
     pending_approval (true/false), promoted_by, promoted_at, approved_by, approved_at
     bento, bundle_uri, bundle_sha256 (set by the package step)
+    lexicon_sha256 (sha256 of the pronunciation lexicon registered with the version, artifact lexicon/lexicon.yaml;
+                    only when it has one: registry.lexicon or --lexicon, over registry.tenant_lexicons[tenant])
 
 dataset_hash is "sha256:" + sha256 of the canonical JSON list of prepared segments (sorted by name: name, text,
 language, split, duration_s, and the sha256 of the wav_32k and wav_16k files). It changes when any audio sample,
@@ -54,7 +65,9 @@ import yaml
 
 from components.watermark import WatermarkCheck
 from narrator import audit
+from narrator.bundle import BUNDLE_SHA256_TAG, BUNDLE_URI_TAG
 from narrator.config import Params
+from narrator.lexicon import LEXICON_ARTIFACTS, LEXICON_FILE, LEXICON_TAG, Lexicon, parse_lexicon, voice_lexicon
 from narrator.log import get_logger
 from narrator.registry import (CHALLENGER, CHAMPION, TENANT_TAG, UNKNOWN, RegistryError, actor, alias_version,
                                compose_payload, ensure_registered_model, format_payload, model_name, model_version,
@@ -71,6 +84,20 @@ GIT_TIMEOUT_S = 10
 # version tags set after registration (promotion, approval, packaging): extra tags may not use these names
 _DECISION_TAGS = ("payload_hex", "pending_approval", "promoted_by", "promoted_at", "approved_by", "approved_at",
                   "bento", "bundle_uri", "bundle_sha256")
+LINEAGE_ARTIFACT = "lineage.json"  # the register run's canonical lineage document (see `lineage_document`)
+LINEAGE_DIGEST_TAG = "lineage_sha256"  # version tag (and field of the "registered" audit event): its sha256
+LINEAGE_FORMAT = 1  # the layout of LINEAGE_ARTIFACT
+PARAMS_ARTIFACT = "params.yaml"  # the register run's copy of the settings params_sha256 hashes
+# the lineage tags of every registration (besides metric.* and extra tags): one of these appearing on a version
+# whose lineage document lacks it was added after registration
+LINEAGE_TAG_NAMES = frozenset({
+    "voice", "registered_by", "registered_at", "consent_hash", "consent_speaker", "consent_organisation",
+    "consent_date", "consent_scope", "dataset_hash", "dataset_segments", "dataset_holdout_segments",
+    "dataset_duration_s", "git_commit", "git_dirty", "params_sha256", "base_sovits_sha256", "base_gpt_sha256",
+    "sovits_sha256", "gpt_sha256", "sovits_run_id", "gpt_run_id", "verdict", "failed_gates", "watermark_check",
+    "payload_hex", LEXICON_TAG})
+CHAMPION_EVENTS = ("promoted", "approved")  # the audit events that move the champion alias
+PACKAGED_EVENT = "packaged"  # the audit event of the package step: the bundle tags it set
 
 
 @dataclass
@@ -87,9 +114,36 @@ class Registration:
     payload_hex: str  # 32-bit watermark payload, 8 hex digits
     run_id: str  # the MLflow run "register" holding the artifacts
     new_version: bool = True  # False: an existing version already held these files and evaluation (nothing done)
+    lineage_sha256: str = ""  # sha256 of the version's lineage document (LINEAGE_ARTIFACT of the register run)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, ensure_ascii=False)
+
+
+@dataclass
+class LineageCheck:
+    """The outcome of `verify_lineage` for one version: what was compared, and every difference found."""
+
+    voice: str
+    model_name: str
+    version: int
+    lineage_sha256: str | None  # recomputed from the lineage document (None when it could not be read)
+    checked: list[str]  # what was compared, one line each
+    problems: list[str]  # one line per difference; empty when the lineage holds
+
+    @property
+    def intact(self) -> bool:
+        return not self.problems
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "intact": self.intact}, indent=1, ensure_ascii=False)
+
+    def to_text(self) -> str:
+        head = (f"{self.model_name} version {self.version}: lineage "
+                f"{'intact' if self.intact else f'NOT intact ({len(self.problems)} problem(s))'}")
+        lines = [head, *(f"  checked  {line}" for line in self.checked),
+                 *(f"  PROBLEM  {line}" for line in self.problems)]
+        return "\n".join(lines) + "\n"
 
 
 @dataclass
@@ -138,6 +192,11 @@ class Lineage:
             lines.append(f"               failed gates: {e['failed_gates']}")
         lines.append(f"  registry     version {self.version}, payload {r.get('payload_hex')}, register run "
                      f"{r.get('run_id')}, registered by {r.get('registered_by')} at {r.get('registered_at')}")
+        if r.get(LINEAGE_DIGEST_TAG):
+            lines.append(f"               lineage sha256 {r[LINEAGE_DIGEST_TAG]} (check it: `narrator lineage "
+                         f"{self.voice} --version {self.version} --verify`)")
+        if r.get(LEXICON_TAG):
+            lines.append(f"               pronunciation lexicon sha256 {r[LEXICON_TAG]}")
         if r.get("promoted_by"):
             lines.append(f"               promoted by {r['promoted_by']} at {r.get('promoted_at')}")
         if r.get("pending_approval") == "true":
@@ -352,13 +411,18 @@ def recordings_changed(source: str, voice: str, params: Params) -> bool:
 
 def register(voice: str, *, validated_dir: str | Path, prepared_dir: str | Path, features_dir: str | Path,
              sovits_dir: str | Path, gpt_dir: str | Path, evaluation_dir: str | Path, watermark: WatermarkCheck,
-             params: Params, extra_tags: dict[str, str] | None = None) -> Registration:
+             params: Params, extra_tags: dict[str, str] | None = None,
+             lexicon_file: str | Path | None = None) -> Registration:
     """Register the fine-tuned voice as a new model version with its lineage, then apply the promotion rule.
 
     `watermark` is the voice's watermark check (`components.watermark.check_voice`): a voice whose marked output
     did not give the mark back is never registered. `extra_tags` are added to the version's tags (e.g. a
-    pipeline's source fingerprint); they may not replace a lineage tag.
+    pipeline's source fingerprint); they may not replace a lineage tag. The voice's pronunciation lexicon
+    (`lexicon_file`, else `registry.lexicon`, over its tenant's) is checked against the v2 symbol table, logged
+    with the run and tagged `lexicon_sha256`.
     """
+    from models.text.lexicon import compile_lexicon
+
     name = model_name(voice, params)
     if not watermark.passed:
         raise RegistryError(f"{voice}: the watermark check failed ({watermark.summary}, payload read "
@@ -373,6 +437,8 @@ def register(voice: str, *, validated_dir: str | Path, prepared_dir: str | Path,
     voice_file = features_dir / "voice.json"
     _read_json(voice_file, "narrator features PREPARED_DIR --out FEATURES_DIR")
     evaluation_tags, metrics = _evaluation_tags(evaluation_dir)
+    lexicon = voice_lexicon(params, lexicon_file)
+    compile_lexicon(lexicon)  # a phone outside the v2 table is refused before anything is registered
     params_text = params_yaml(params)
     by, registered_at = actor(), now()
     tags = {"voice": voice, "registered_by": by, "registered_at": registered_at,
@@ -382,15 +448,20 @@ def register(voice: str, *, validated_dir: str | Path, prepared_dir: str | Path,
             "sovits_run_id": _finetune_run_id(params, "finetune-sovits", "sovits_sha256", sovits_sha256),
             "gpt_run_id": _finetune_run_id(params, "finetune-gpt", "gpt_sha256", gpt_sha256),
             **evaluation_tags, "watermark_check": watermark.summary}
-    clashes = sorted(set(extra_tags or {}) & (set(tags) | set(_DECISION_TAGS)))
+    if lexicon is not None:
+        tags[LEXICON_TAG] = lexicon.sha256
+    clashes = sorted(set(extra_tags or {}) & (set(tags) | set(_DECISION_TAGS) | {LEXICON_TAG, LINEAGE_DIGEST_TAG}))
     if clashes:
         raise RegistryError(f"extra tag(s) {', '.join(clashes)} would replace lineage tags; give them other names")
     tags.update({key: str(value) for key, value in (extra_tags or {}).items()})
 
-    with registry_locked(params):
-        return _register_locked(voice, name, tags, metrics, params_text, by, params, {
-            "model": [sovits_file, gpt_file, voice_file],
-            "evaluation": [evaluation_dir / "verdict.json", evaluation_dir / "report.json"]})
+    artifacts = {"model": [sovits_file, gpt_file, voice_file],
+                 "evaluation": [evaluation_dir / "verdict.json", evaluation_dir / "report.json"]}
+    with tempfile.TemporaryDirectory() as tmp, registry_locked(params):
+        if lexicon is not None:
+            (Path(tmp) / LEXICON_FILE).write_text(lexicon.text, encoding="utf-8")
+            artifacts[LEXICON_ARTIFACTS] = [Path(tmp) / LEXICON_FILE]
+        return _register_locked(voice, name, tags, metrics, params_text, by, params, artifacts)
 
 
 def _register_locked(voice: str, name: str, tags: dict[str, str], metrics: dict[str, float], params_text: str,
@@ -408,7 +479,8 @@ def _register_locked(voice: str, name: str, tags: dict[str, str], metrics: dict[
                             existing.tags.get("promoted_by") is not None, existing.tags.get("pending_approval") == "true",
                             f"already registered as version {version} (same fine-tuned files, dataset, consent and "
                             "evaluation); nothing new registered",
-                            existing.tags.get("payload_hex", ""), existing.run_id or "", new_version=False)
+                            existing.tags.get("payload_hex", ""), existing.run_id or "", new_version=False,
+                            lineage_sha256=existing.tags.get(LINEAGE_DIGEST_TAG, ""))
     voice_id = int(model.tags["voice_id"])
     run_id = _log_register_run(client, params, name, tags, metrics, params_text, artifacts)
     source = client.get_run(run_id).info.artifact_uri
@@ -417,6 +489,10 @@ def _register_locked(voice: str, name: str, tags: dict[str, str], metrics: dict[
     version = int(created.version)
     payload_hex = format_payload(compose_payload(voice_id, version))
     client.set_model_version_tag(name, str(version), "payload_hex", payload_hex)
+    tenant = model.tags.get(TENANT_TAG) or params.registry.tenant or None
+    lineage_sha256 = _log_lineage(client, run_id, lineage_document(
+        name, voice, version, run_id, tenant, {**tags, "payload_hex": payload_hex}))
+    client.set_model_version_tag(name, str(version), LINEAGE_DIGEST_TAG, lineage_sha256)
     champion_version = alias_version(model, CHAMPION)
     champion = client.get_model_version(name, str(champion_version)) if champion_version else None
     client.set_registered_model_alias(name, CHALLENGER, str(version))
@@ -430,7 +506,8 @@ def _register_locked(voice: str, name: str, tags: dict[str, str], metrics: dict[
     if pending:
         reason += "; waiting for `narrator approve` (registry.deployment_policy: manual)"
     version_audit(params, "registered", name, voice, version, by, run_id=run_id, verdict=tags["verdict"],
-           payload_hex=payload_hex, promotable=promotable, pending_approval=pending, reason=reason)
+                  payload_hex=payload_hex, promotable=promotable, pending_approval=pending, reason=reason,
+                  lineage_sha256=lineage_sha256)
     promoted = promotable and not pending
     if promoted:
         previous = move_champion(client, name, version, AUTO_POLICY_ACTOR)
@@ -439,7 +516,7 @@ def _register_locked(voice: str, name: str, tags: dict[str, str], metrics: dict[
     log.info("registered %s v%d (%s): %s%s", name, version, tags["verdict"], reason,
              "; promoted to champion" if promoted else "")
     return Registration(voice, name, version, version_aliases(client, name, version), promoted, pending, reason,
-                        payload_hex, run_id)
+                        payload_hex, run_id, lineage_sha256=lineage_sha256)
 
 
 def _check_tenant(client, model, tenant: str | None) -> None:
@@ -455,7 +532,7 @@ def _check_tenant(client, model, tenant: str | None) -> None:
                             "deliberately")
 
 
-SAME_REGISTRATION_TAGS = ("sovits_sha256", "gpt_sha256", "dataset_hash", "consent_hash", "verdict")
+SAME_REGISTRATION_TAGS = ("sovits_sha256", "gpt_sha256", "dataset_hash", "consent_hash", "verdict", LEXICON_TAG)
 # metrics that time the machine the evaluation ran on, not the voice: evaluating the same files again changes them
 MACHINE_METRIC_TAGS = ("metric.rtf", "metric.first_audio_s")
 
@@ -489,15 +566,67 @@ def _log_register_run(client, params: Params, name: str, tags: dict[str, str], m
             for path in files:
                 client.log_artifact(run_id, str(path), folder)
         with tempfile.TemporaryDirectory() as tmp:
-            (Path(tmp) / "params.yaml").write_text(params_text, encoding="utf-8")
-            (Path(tmp) / "lineage.json").write_text(json.dumps(tags, indent=1, ensure_ascii=False), encoding="utf-8")
-            client.log_artifact(run_id, str(Path(tmp) / "params.yaml"))
-            client.log_artifact(run_id, str(Path(tmp) / "lineage.json"))
+            (Path(tmp) / PARAMS_ARTIFACT).write_text(params_text, encoding="utf-8")
+            client.log_artifact(run_id, str(Path(tmp) / PARAMS_ARTIFACT))
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise
     client.set_terminated(run_id, "FINISHED")
     return run_id
+
+
+def lineage_document(name: str, voice: str, version: int, run_id: str, tenant: str | None,
+                     tags: dict[str, str]) -> dict[str, Any]:
+    """What a registration fixes about a version: the registered model, voice, version, register run and owning
+    tenant, and every lineage tag as registered (consent, dataset, code, params, base and fine-tuned weights with
+    their runs, evaluation metrics and verdict, watermark check and payload, extra tags)."""
+    return {"format": LINEAGE_FORMAT, "model": name, "voice": voice, "version": version, "register_run_id": run_id,
+            "tenant": tenant, "tags": dict(sorted(tags.items()))}
+
+
+def canonical_lineage(document: dict[str, Any]) -> bytes:
+    """The document as canonical JSON (sorted keys, no spaces, UTF-8): the bytes LINEAGE_ARTIFACT holds."""
+    return json.dumps(document, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def lineage_sha256(document: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical_lineage(document)).hexdigest()
+
+
+def _log_lineage(client, run_id: str, document: dict[str, Any]) -> str:
+    """Write the lineage document as LINEAGE_ARTIFACT of the register run; returns its sha256."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / LINEAGE_ARTIFACT
+        path.write_bytes(canonical_lineage(document))
+        client.log_artifact(run_id, str(path))
+    return lineage_sha256(document)
+
+
+def registered_lexicon(voice: str, version: int | None, params: Params) -> Lexicon | None:
+    """The lexicon registered with `version` of `voice` (None: its champion, else its newest version), read from
+    the register run's artifacts and checked against the version's `lexicon_sha256`; None when it has none."""
+    client = registry_client(params)
+    name = model_name(voice, params)
+    model = registered_model(client, name, voice)
+    if version is None:
+        version = alias_version(model, CHAMPION) or max(
+            (int(v.version) for v in client.search_model_versions(f"name = '{name}'")), default=None)
+        if version is None:
+            raise RegistryError(f"{name} has no versions yet; register the voice first (`narrator register {voice} "
+                                "...`)")
+    found = model_version(client, name, version)
+    digest = found.tags.get(LEXICON_TAG)
+    if not digest:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(client.download_artifacts(found.run_id, f"{LEXICON_ARTIFACTS}/{LEXICON_FILE}", tmp))
+        text = local.read_text(encoding="utf-8")
+    lexicon = parse_lexicon(text, f"{name} v{version} {LEXICON_FILE}")
+    if lexicon.sha256 != digest:
+        raise RegistryError(f"the lexicon of {name} v{version} has sha256 {lexicon.sha256[:12]}, but the version was "
+                            f"registered with {digest[:12]} ({LEXICON_TAG}): the artifact changed; register the voice "
+                            "again with its lexicon")
+    return lexicon
 
 
 def approve(voice: str, version: int, by: str, params: Params) -> Registration:
@@ -514,11 +643,12 @@ def _approve_locked(voice: str, version: int, by: str, params: Params) -> Regist
     model = registered_model(client, name, voice)
     mv = model_version(client, name, version)
     payload_hex = mv.tags.get("payload_hex", "")
+    _check_before_approval(client, model, mv, voice, params)
     if mv.tags.get("verdict") != "pass":
         raise RegistryError(f"{name} version {version} failed its evaluation gates "
                             f"({mv.tags.get('failed_gates') or 'no passing verdict recorded'}); it cannot be "
                             "approved. Fix the voice, evaluate and register a new version")
-    if alias_version(model, CHAMPION) == version:
+    if alias_version(model, CHAMPION) == version and _audited_champion(_audit_records(params)[0], name) == version:
         return Registration(voice, name, version, version_aliases(client, name, version), False, False,
                             f"version {version} is already the champion", payload_hex, mv.run_id or "")
     previous = move_champion(client, name, version, by)
@@ -533,26 +663,37 @@ def _approve_locked(voice: str, version: int, by: str, params: Params) -> Regist
                         mv.run_id or "")
 
 
+def _chosen_version(client, model, name: str, voice: str, version: int | None) -> int:
+    """`version`, or (None) the champion, or the latest version when there is none."""
+    if version is not None:
+        return version
+    version = alias_version(model, CHAMPION)
+    if version is None:
+        versions = [int(v.version) for v in client.search_model_versions(f"name = '{name}'")]
+        if not versions:
+            raise RegistryError(f"{name} has no versions yet; run `narrator register {voice} ...`")
+        version = max(versions)
+    return version
+
+
+def _audit_records(params: Params) -> tuple[list[dict[str, Any]], str | None]:
+    """The registry's audit records, oldest first, and why the log failed verification (None when intact)."""
+    try:
+        return audit.read(params.registry.audit_log, audit.load_key(params.registry.audit_key_file)), None
+    except audit.AuditError as error:
+        return [], str(error)
+
+
 def lineage(voice: str, version: int | None, params: Params) -> Lineage:
     """The lineage of `version` of `voice` (None: the champion, or the latest version when there is none)."""
     client = registry_client(params)
     name = model_name(voice, params)
     model = registered_model(client, name, voice)
-    if version is None:
-        version = alias_version(model, CHAMPION)
-        if version is None:
-            versions = [int(v.version) for v in client.search_model_versions(f"name = '{name}'")]
-            if not versions:
-                raise RegistryError(f"{name} has no versions yet; run `narrator register {voice} ...`")
-            version = max(versions)
+    version = _chosen_version(client, model, name, voice, version)
     mv = model_version(client, name, version)
     t = mv.tags
-    try:
-        records = [r for r in audit.read(params.registry.audit_log, audit.load_key(params.registry.audit_key_file))
-                   if r.get("model") == name and r.get("version") == version]
-        problem = None
-    except audit.AuditError as error:
-        records, problem = [], str(error)
+    records, problem = _audit_records(params)
+    records = [r for r in records if r.get("model") == name and r.get("version") == version]
     return Lineage(
         voice=voice, model_name=name, version=version, aliases=sorted(mv.aliases or []),
         consent={"hash": t.get("consent_hash", UNKNOWN), "speaker": t.get("consent_speaker", UNKNOWN),
@@ -569,5 +710,243 @@ def lineage(voice: str, version: int | None, params: Params) -> Lineage:
                     "metrics": {k.removeprefix("metric."): float(v) for k, v in t.items() if k.startswith("metric.")}},
         registry={"run_id": mv.run_id or UNKNOWN, "source": mv.source, **{
             key: t[key] for key in ("payload_hex", "registered_by", "registered_at", "pending_approval",
-                                    "promoted_by", "promoted_at", "approved_by", "approved_at") if key in t}},
+                                    "promoted_by", "promoted_at", "approved_by", "approved_at", LEXICON_TAG,
+                                    LINEAGE_DIGEST_TAG)
+            if key in t}},
         audit=records, audit_problem=problem, bento=t.get("bento"))
+
+
+# -- verification ------------------------------------------------------------------------------------------------
+
+
+def verify_lineage(voice: str, version: int | None, params: Params) -> LineageCheck:
+    """Check `version` of `voice` (None: the champion, else the latest) against what its registration fixed:
+
+    - the lineage document (LINEAGE_ARTIFACT of the register run) hashes to the version's `lineage_sha256` tag and
+      to the digest the audit log's "registered" event recorded;
+    - every lineage tag of the version still holds the value the document records (an edited, removed or added
+      lineage tag is named with its registered and current value), and so do the version's run and the voice's
+      tenant;
+    - the `champion` alias points at the version the audit log's last promotion or approval of the voice names.
+
+    Edits made in the MLflow UI or through its API, around `narrator approve`, show up here."""
+    client = registry_client(params)
+    name = model_name(voice, params)
+    model = registered_model(client, name, voice)
+    version = _chosen_version(client, model, name, voice, version)
+    mv = model_version(client, name, version)
+    records, audit_problem = _audit_records(params)
+    checked: list[str] = []
+    problems: list[str] = []
+    if audit_problem:
+        problems.append(f"the audit log failed verification, so the alias and the digest cannot be checked "
+                        f"against it: {audit_problem}")
+    digest = _version_lineage(client, model, mv, records, checked, problems)
+    if not audit_problem:
+        problems += _champion_problems(model, name, voice, records)
+        checked.append(f"alias {CHAMPION} against the audit log's promotions and approvals of {name}")
+    return LineageCheck(voice, name, version, digest, checked, problems)
+
+
+def _version_lineage(client, model, mv, records: list[dict[str, Any]], checked: list[str],
+                     problems: list[str]) -> str | None:
+    """Check one version against its lineage document (digest, tags, run, tenant, params file), adding to `checked`
+    and `problems`; returns the document's recomputed sha256 (None when it could not be read)."""
+    document = _read_lineage_document(client, mv, problems)
+    if document is None:
+        return None
+    digest = lineage_sha256(document)
+    checked.append(f"{LINEAGE_ARTIFACT} of register run {mv.run_id}: sha256 {digest}")
+    problems += _digest_problems(mv, digest, records, mv.name, int(mv.version))
+    problems += _tag_problems(mv, document)
+    problems += _identity_problems(model, mv, document)
+    problems += _params_problems(client, mv.run_id, document["tags"].get("params_sha256"))
+    problems += _bundle_problems(mv, records)
+    checked.append(f"{len(document['tags'])} lineage tags, the register run, the tenant, the run's "
+                   f"{PARAMS_ARTIFACT} and the bundle tags against the audit log's packaging")
+    return digest
+
+
+def _bundle_problems(mv, records: list[dict[str, Any]]) -> list[str]:
+    """The bundle tags the service fetches by (bundle_uri, bundle_sha256) against the audit log's last packaging of
+    this version; bundle tags on a version the audit log never saw packaged were set outside `narrator package`."""
+    version = int(mv.version)
+    packaged = [r for r in records if r.get("event") == PACKAGED_EVENT and r.get("model") == mv.name
+                and r.get("version") == version]
+    tags = (BUNDLE_URI_TAG, BUNDLE_SHA256_TAG)
+    if not packaged:
+        return [f"tag {tag} was set outside `narrator package` ({mv.tags[tag]!r}): the audit log records no "
+                f"packaging of version {version}; package it again" for tag in tags if tag in mv.tags]
+    last = packaged[-1]
+    return [f"tag {tag} was changed after packaging: the audit log's packaging recorded {last.get(tag)!r}, now "
+            f"{mv.tags.get(tag)!r}; the service would fetch another bundle. Package version {version} again"
+            for tag in tags if mv.tags.get(tag) != last.get(tag)]
+
+
+def _registered_digest(records: list[dict[str, Any]], name: str, version: int) -> str | None:
+    """The lineage_sha256 the audit log's registration of (name, version) recorded, or None."""
+    registered = [r for r in records if r.get("event") == "registered" and r.get("model") == name
+                  and r.get("version") == version and r.get(LINEAGE_DIGEST_TAG)]
+    return registered[-1][LINEAGE_DIGEST_TAG] if registered else None
+
+
+def _check_before_approval(client, model, mv, voice: str, params: Params) -> None:
+    """Refuse to approve a version whose tags no longer match its registered lineage (a verdict edited to "pass"
+    in the MLflow UI, say). A version registered before lineage documents (no digest on the version or in the
+    audit log) is approved on its tags, with a warning."""
+    records, _ = _audit_records(params)
+    version = int(mv.version)
+    if LINEAGE_DIGEST_TAG not in mv.tags and _registered_digest(records, mv.name, version) is None:
+        log.warning("%s v%d has no registered lineage digest (registered before lineage documents): approving it "
+                    "on its tags as they are", mv.name, version)
+        return
+    problems: list[str] = []
+    _version_lineage(client, model, mv, records, [], problems)
+    if problems:
+        raise RegistryError(f"{mv.name} version {version} no longer matches its registered lineage, so it cannot be "
+                            f"approved: {'; '.join(problems)}. Restore what changed (`narrator lineage {voice} "
+                            f"--version {version} --verify` lists it) or register the voice again")
+
+
+def _artifact_text(client, run_id: str, path: str) -> str:
+    """One small text artifact of a run (downloaded without MLflow's progress bar, which would clutter reports)."""
+    import os
+
+    from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
+
+    name = MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name
+    before = os.environ.get(name)
+    os.environ[name] = "false"
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            return Path(client.download_artifacts(run_id, path, tmp)).read_text(encoding="utf-8")
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
+
+
+def _read_lineage_document(client, mv, problems: list[str]) -> dict[str, Any] | None:
+    """The lineage document of a version's register run, or None (with the reason added to `problems`)."""
+    from mlflow.exceptions import MlflowException
+
+    if not mv.run_id:
+        problems.append(f"version {mv.version} names no register run, so it has no lineage document; it was not "
+                        "registered by `narrator register`")
+        return None
+    try:
+        document = json.loads(_artifact_text(client, mv.run_id, LINEAGE_ARTIFACT))
+    except (MlflowException, OSError) as error:
+        problems.append(f"the register run {mv.run_id} has no readable {LINEAGE_ARTIFACT} ({error}): the "
+                        "artifact was removed, or the version was registered before lineage documents; register "
+                        "the voice again to give it one")
+        return None
+    except json.JSONDecodeError as error:
+        problems.append(f"{LINEAGE_ARTIFACT} of the register run {mv.run_id} is not JSON ({error}): the "
+                        "artifact was changed after registration")
+        return None
+    if isinstance(document, dict) and "format" not in document and "tags" not in document:
+        problems.append(f"{LINEAGE_ARTIFACT} of the register run {mv.run_id} holds only tags: the version was "
+                        "registered before lineage documents had a digest; register the voice again to give it one")
+        return None
+    if not isinstance(document, dict) or not isinstance(document.get("tags"), dict):
+        problems.append(f"{LINEAGE_ARTIFACT} of the register run {mv.run_id} is not a lineage document (no tags): "
+                        "the artifact was changed after registration")
+        return None
+    return document
+
+
+def _digest_problems(mv, digest: str, records: list[dict[str, Any]], name: str, version: int) -> list[str]:
+    problems = []
+    tagged = mv.tags.get(LINEAGE_DIGEST_TAG)
+    if tagged is None:
+        problems.append(f"version {version} has no {LINEAGE_DIGEST_TAG} tag: it was removed (or the version was "
+                        "registered before lineage digests)")
+    elif tagged != digest:
+        problems.append(f"{LINEAGE_ARTIFACT} hashes to {digest}, but the version's {LINEAGE_DIGEST_TAG} tag is "
+                        f"{tagged}: the artifact or the tag was changed after registration")
+    audited = _registered_digest(records, name, version)
+    if audited is not None and audited != digest:
+        problems.append(f"the audit log's registration of version {version} recorded {LINEAGE_DIGEST_TAG} "
+                        f"{audited}, but {LINEAGE_ARTIFACT} now hashes to {digest}: the artifact was replaced after "
+                        "registration")
+    return problems
+
+
+def _tag_problems(mv, document: dict[str, Any]) -> list[str]:
+    """Every lineage tag whose value differs from the registered one, was removed or was added later."""
+    recorded: dict[str, str] = document["tags"]
+    current = dict(mv.tags)
+    problems = []
+    for key, value in sorted(recorded.items()):
+        if key not in current:
+            problems.append(f"tag {key} was removed (registered {value!r})")
+        elif current[key] != value:
+            problems.append(f"tag {key} was edited: registered {value!r}, now {current[key]!r}")
+    for key in sorted(set(current) - set(recorded)):
+        if key in LINEAGE_TAG_NAMES or key.startswith("metric."):
+            problems.append(f"tag {key} was added after registration ({current[key]!r}); the registered lineage "
+                            "has no such tag")
+    return problems
+
+
+def _params_problems(client, run_id: str, registered_sha256: str | None) -> list[str]:
+    """The register run's params.yaml still hashes to the params_sha256 the lineage recorded."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        text = _artifact_text(client, run_id, PARAMS_ARTIFACT)
+    except (MlflowException, OSError) as error:
+        return [f"the register run {run_id} has no readable {PARAMS_ARTIFACT} ({error}): it was removed"]
+    actual = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    if actual != registered_sha256:
+        return [f"the register run's {PARAMS_ARTIFACT} hashes to {actual}, but the lineage recorded params_sha256 "
+                f"{registered_sha256}: the settings file was replaced after registration"]
+    return []
+
+
+def _identity_problems(model, mv, document: dict[str, Any]) -> list[str]:
+    """The document belongs to this version and run, and the voice still has the tenant it was registered for."""
+    problems = []
+    for field_name, actual in (("model", mv.name), ("version", int(mv.version)), ("register_run_id", mv.run_id)):
+        if document.get(field_name) != actual:
+            problems.append(f"{LINEAGE_ARTIFACT} names {field_name} {document.get(field_name)!r}, but this is "
+                            f"{actual!r}: the version's source or run was changed")
+    tenant = model.tags.get(TENANT_TAG) or None
+    if document.get("tenant") and tenant != document["tenant"]:
+        problems.append(f"the voice's {TENANT_TAG} tag was changed: registered for {document['tenant']!r}, now "
+                        f"{tenant!r}")
+    return problems
+
+
+def _champion_moves(records: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    """The audit records that moved `name`'s champion alias, oldest first."""
+    return [r for r in records if r.get("model") == name and r.get("event") in CHAMPION_EVENTS]
+
+
+def _audited_champion(records: list[dict[str, Any]], name: str) -> int | None:
+    """The version the audit log's last promotion or approval of `name` names (None: there is none)."""
+    moves = _champion_moves(records, name)
+    return int(moves[-1]["version"]) if moves else None
+
+
+def _champion_problems(model, name: str, voice: str, records: list[dict[str, Any]]) -> list[str]:
+    """The champion alias against the audit log's last promotion or approval of the voice."""
+    champion = alias_version(model, CHAMPION)
+    expected = _audited_champion(records, name)
+    if champion == expected:
+        return []
+    if expected is None:
+        return [f"alias {CHAMPION} points at version {champion}, but the audit log records no promotion or "
+                f"approval of {name}: it was moved outside `narrator register`/`narrator approve`; approve the "
+                f"version that should serve (`narrator approve {voice} VERSION --by NAME` records it)"]
+    last = _champion_moves(records, name)[-1]
+    said = (f"the audit log's last {last.get('event')} (by {last.get('by')} at {last.get('time')}) names version "
+            f"{expected}")
+    if champion is None:
+        return [f"alias {CHAMPION} was removed, but {said}; restore it with "
+                f"`narrator approve {voice} {expected} --by NAME`"]
+    return [f"alias {CHAMPION} points at version {champion}, but {said}: the alias was moved outside `narrator "
+            f"approve`; approve the version that should serve (`narrator approve {voice} {expected} --by NAME` moves "
+            f"it back; approving version {champion} records that move)"]

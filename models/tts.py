@@ -28,13 +28,16 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import numpy as np
 import torch
 
 from narrator.config import Params
 from narrator.errors import NarratorError
+
+if TYPE_CHECKING:
+    from models.text.lexicon import PhoneLexicon
 
 REFERENCE_MIN_S, REFERENCE_MAX_S = 3.0, 10.0  # the official limits on the reference clip
 SAMPLE_RATE_HZ = 32000
@@ -134,8 +137,10 @@ def sentence_seed(seed: int, index: int) -> int:
 class Synthesizer:
     """One SoVITS + one GPT (+ the HuBERT, BERT and sv front models) turned into a text-to-speech engine."""
 
-    def __init__(self, sovits, gpt, hubert=None, bert=None, sv_model=None) -> None:
+    def __init__(self, sovits, gpt, hubert=None, bert=None, sv_model=None,
+                 lexicon: PhoneLexicon | None = None) -> None:
         self.sovits, self.gpt, self.hubert, self.bert, self.sv_model = sovits.eval(), gpt.eval(), hubert, bert, sv_model
+        self.lexicon = lexicon  # the voice's pronunciation lexicon, applied to every text it reads (None: none)
         self.device = next(sovits.parameters()).device
         self.mode = "as loaded"  # until prepare()
         if sovits.is_pro and sv_model is None:
@@ -186,7 +191,7 @@ class Synthesizer:
             wav16 = resample(wav32, SAMPLE_RATE_HZ, 16000)
             ssl = self.hubert([reference_hubert_input(wav16)])[0]
         codes = self.sovits.extract_latent(ssl[None].to(self.device))[0]  # (1, T25)
-        prompt = prepare_for_synthesis(text, language)
+        prompt = prepare_for_synthesis(text, language, lexicon=self.lexicon)
         bert = bert_for_segments(self.bert, prompt.segments, prompt.word2ph)
         sv = None
         if self.sovits.is_pro:
@@ -201,12 +206,12 @@ class Synthesizer:
     @torch.inference_mode()
     def plan(self, text: str, reference: Reference, language: str = "auto",
              settings: SamplingSettings | None = None) -> SentencePlan:
-        """Phones and BERT features of one sentence, after the reference's."""
+        """Phones and BERT features of one sentence (read with the voice's lexicon), after the reference's."""
         from models.features import bert_for_segments
         from models.text import prepare_for_synthesis
 
         s = settings or SamplingSettings()
-        target = prepare_for_synthesis(text, language)
+        target = prepare_for_synthesis(text, language, lexicon=self.lexicon)
         bert = bert_for_segments(self.bert, target.segments, target.word2ph)
         target_phones = torch.tensor(target.ids, dtype=torch.long)
         return SentencePlan(text=target.text, language=language, target_phones=target_phones,
@@ -365,10 +370,12 @@ class FrontModels:
 
 def load_synthesizer(sovits_path: str | Path, gpt_path: str | Path, params: Params,
                      device: str | torch.device = "auto", fronts: FrontModels | None = None,
-                     base_models: dict[str, str | None] | None = None) -> Synthesizer:
+                     base_models: dict[str, str | None] | None = None,
+                     lexicon: PhoneLexicon | None = None) -> Synthesizer:
     """A voice's synthesizer from its two files (local paths or s3:// URIs), on `device`, prepared for
     `inference.mode`. The front models come from `base_models` (a bundle's `base_models`) where it names them,
-    else from `pretrained.*`; `fronts` shares them between voices."""
+    else from `pretrained.*`; `fronts` shares them between voices. `lexicon`: the voice's pronunciation lexicon
+    (`models.text.lexicon.PhoneLexicon`), applied to every text it reads."""
     from models.checkpoints import load_gpt, load_sovits
     from narrator.storage import fetch
 
@@ -382,7 +389,8 @@ def load_synthesizer(sovits_path: str | Path, gpt_path: str | Path, params: Para
     hubert = fronts.get("hubert_dir", hubert_dir)
     bert = fronts.get("bert_dir", bases.get("bert_dir") or pre.bert_dir)
     sv = fronts.get("sv_checkpoint", bases.get("sv_checkpoint") or pre.sv_checkpoint) if sovits.is_pro else None
-    return Synthesizer(sovits, gpt, hubert=hubert, bert=bert, sv_model=sv).prepare(params.inference.mode)
+    return Synthesizer(sovits, gpt, hubert=hubert, bert=bert, sv_model=sv,
+                       lexicon=lexicon).prepare(params.inference.mode)
 
 
 @dataclass
@@ -396,14 +404,17 @@ class BundledVoice:
 
 def load_bundle(bundle: str | Path, params: Params, device: str | torch.device = "auto",
                 fronts: FrontModels | None = None) -> BundledVoice:
-    """The voice in a bundle folder (`narrator/bundle.py`), speaking from the bundle's reference clip."""
+    """The voice in a bundle folder (`narrator/bundle.py`), speaking from the bundle's reference clip with the
+    bundle's pronunciation lexicon (when it has one, checked against its digest and the v2 symbol table)."""
+    from models.text.lexicon import compile_lexicon
     from narrator.audiofile import read_audio
-    from narrator.bundle import read_manifest
+    from narrator.bundle import read_bundle_lexicon, read_manifest
 
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
+    lexicon = compile_lexicon(read_bundle_lexicon(bundle, manifest))
     synth = load_synthesizer(bundle / "sovits.pth", bundle / "gpt.ckpt", params, device, fronts,
-                             manifest.get("base_models") or {})
+                             manifest.get("base_models") or {}, lexicon)
     ref = manifest["reference"]
     audio = read_audio(bundle / ref["file"])
     reference = synth.reference(audio.mono(), audio.sample_rate_hz, ref["text"], ref["language"])

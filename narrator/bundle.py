@@ -13,6 +13,8 @@ reads it, as the packaged sample's synthesis does, with `models.tts.load_bundle`
     reference.wav   the 3-10 s reference clip (32 kHz) the voice speaks from, from the narrator's training data
     voice.json      the narrator's speaker fingerprint (the features step's), when there is one
     sample.wav      the package step's watermarked sample
+    lexicon.yaml    the version's pronunciation lexicon (`narrator/lexicon.py`), when it was registered with one;
+                    voice.yaml's `lexicon` names it with its sha256 (the version's `lexicon_sha256`)
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import yaml
 
 from narrator.config import Params
 from narrator.errors import NarratorError
+from narrator.lexicon import LEXICON_FILE, Lexicon, parse_lexicon
 from narrator.storage import sha256_file
 
 BUNDLE_FORMAT = 1
@@ -64,14 +67,19 @@ class BundleReference:
 
 def write_bundle(bundle: Path, voice: str, version: int, payload_hex: str, sovits_path: Path, gpt_path: Path,
                  reference: BundleReference, params: Params, sovits_version: str | None = None,
-                 voice_json: Path | None = None) -> dict[str, Any]:
-    """Write a voice bundle: the two models, the reference clip and `voice.yaml` (returned as a dict)."""
+                 voice_json: Path | None = None, lexicon: Lexicon | None = None) -> dict[str, Any]:
+    """Write a voice bundle: the two models, the reference clip, the lexicon (when given) and `voice.yaml`
+    (returned as a dict)."""
     bundle.mkdir(parents=True, exist_ok=True)
     shutil.copy2(sovits_path, bundle / "sovits.pth")
     shutil.copy2(gpt_path, bundle / "gpt.ckpt")
     shutil.copy2(reference.wav_32k, bundle / "reference.wav")
     if voice_json is not None and voice_json.exists():
         shutil.copy2(voice_json, bundle / "voice.json")
+    files = ["sovits.pth", "gpt.ckpt", "reference.wav"]
+    if lexicon is not None:
+        (bundle / LEXICON_FILE).write_text(lexicon.text, encoding="utf-8")
+        files.append(LEXICON_FILE)
     pre = params.pretrained
     info = {
         "format": BUNDLE_FORMAT, "voice": voice, "version": version,
@@ -80,8 +88,10 @@ def write_bundle(bundle: Path, voice: str, version: int, payload_hex: str, sovit
         "reference": {"file": "reference.wav", "text": reference.text, "language": reference.language,
                       "duration_s": reference.duration_s},
         "base_models": {"hubert_dir": pre.hubert_dir, "bert_dir": pre.bert_dir, "sv_checkpoint": pre.sv_checkpoint},
-        "sha256": {name: sha256_file(bundle / name) for name in ("sovits.pth", "gpt.ckpt", "reference.wav")},
+        "sha256": {name: sha256_file(bundle / name) for name in files},
     }
+    if lexicon is not None:
+        info["lexicon"] = {"file": LEXICON_FILE, "sha256": lexicon.sha256}
     (bundle / MANIFEST).write_text(yaml.safe_dump(info, sort_keys=False, allow_unicode=True), encoding="utf-8")
     return info
 
@@ -93,6 +103,22 @@ def read_manifest(bundle: str | Path) -> dict[str, Any]:
         raise BundleError(f"{path} not found: {bundle} is not a voice bundle; package the voice with `narrator "
                           "package VOICE --version N ...`")
     return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def read_bundle_lexicon(bundle: str | Path, manifest: dict[str, Any]) -> Lexicon | None:
+    """The pronunciation lexicon of a bundle (None when voice.yaml names none), checked against its sha256."""
+    entry = manifest.get("lexicon")
+    if not entry:
+        return None
+    path = Path(bundle) / entry["file"]
+    if not path.is_file():
+        raise BundleError(f"{path} is missing, but {MANIFEST} lists it; package the voice again")
+    text = path.read_text(encoding="utf-8")
+    lexicon = parse_lexicon(text, str(path))
+    if lexicon.sha256 != entry["sha256"]:
+        raise BundleError(f"{path} has sha256 {lexicon.sha256[:12]}, but {MANIFEST} recorded {entry['sha256'][:12]}: "
+                          "the lexicon changed after packaging; package the voice again")
+    return lexicon
 
 
 def use_model_store(params: Params) -> None:

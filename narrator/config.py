@@ -8,6 +8,7 @@ repository root repeats them so DVC can track each value.
 from __future__ import annotations
 
 import difflib
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -167,6 +168,25 @@ class FinetuneSoVITSConfig(_Section):
         1, ge=1, description="with random_init: narrow the discriminator's layers by this power of two")
 
 
+class GateConfig(_Section):
+    """One quality gate of `evaluate.gates`: the threshold a metric must meet, and whether it must be measured.
+    A bare number in params.yaml is the threshold of a required gate (`wer: 0.1` = `{threshold: 0.1}`)."""
+
+    threshold: float = Field(description="speaker_similarity, f0_correlation and watermark_detected_share must be at "
+                                         "least it, the others at most it")
+    required: bool = Field(True, description="true: a voice whose metric could not be measured fails the gate "
+                                             "(not_measured); false: the gate is skipped and reported as skipped")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_threshold(cls, data: Any) -> Any:
+        if isinstance(data, (int, float)) and not isinstance(data, bool):
+            return {"threshold": data}
+        if not isinstance(data, (dict, GateConfig)):
+            raise ValueError("a gate is a threshold (e.g. 0.1) or {threshold: 0.1, required: false}")
+        return data
+
+
 class EvaluateConfig(_Section):
     """`narrator evaluate` (components/evaluate.py): held-out comparison, fixed sentences, quality gates."""
 
@@ -181,12 +201,17 @@ class EvaluateConfig(_Section):
                                                              "narrator's rate predicts is outside [1/(1+t), 1+t] "
                                                              "is an outlier (repeated or skipped words)")
     seed: int = 0
-    gates: dict[str, float | None] = Field(
-        {"speaker_similarity": 0.75, "wer": 0.10, "cer": 0.10, "mcd_db": 8.0, "f0_rmse_cents": 300.0,
-         "duration_outliers_share": 0.1, "rtf": 1.0, "watermark_detected_share": 1.0},
-        description="metric: threshold; speaker_similarity, f0_correlation and watermark_detected_share must be at "
-                    "least it, the others at most it; null disables a gate. A metric that was not measured is skipped, "
-                    "not failed")
+    gates: dict[str, GateConfig | None] = Field(
+        {"speaker_similarity": GateConfig(threshold=0.75), "wer": GateConfig(threshold=0.10),
+         "cer": GateConfig(threshold=0.10), "mcd_db": GateConfig(threshold=8.0, required=False),
+         "f0_rmse_cents": GateConfig(threshold=300.0, required=False),
+         "duration_outliers_share": GateConfig(threshold=0.1), "rtf": GateConfig(threshold=1.0),
+         "watermark_detected_share": GateConfig(threshold=1.0)},
+        description="metric: {threshold, required}; speaker_similarity, f0_correlation and watermark_detected_share "
+                    "must be at least the threshold, the others at most it; null disables a gate. A required metric "
+                    "that was not measured fails its gate (not_measured: e.g. WER/CER without an ASR model); a "
+                    "metric the voice cannot have (CER of an English-only voice) and one not required are skipped. "
+                    "MCD and F0 need held-out segments (prepare.holdout_share), so they are not required")
 
 
 class RegistryConfig(_Section):
@@ -225,6 +250,13 @@ class RegistryConfig(_Section):
                                                         "(HMAC-SHA256; e.g. a mounted secret); $NARRATOR_AUDIT_KEY "
                                                         "wins; None and no variable: unkeyed sha256 chain, not "
                                                         "tamper-proof")
+    lexicon: str | None = Field(None, description="the voice's pronunciation lexicon (lexicon.yaml, docs/lexicon.md; "
+                                                 "local or s3://) registered with each new version, tagged "
+                                                 "lexicon_sha256 and packaged in its bundle; None: none")
+    tenant_lexicons: dict[str, str] = Field(default_factory=dict, description="tenant: lexicon.yaml merged under "
+                                                                            "the voice's lexicon (the voice's "
+                                                                            "entries win) when registering for "
+                                                                            "that tenant (registry.tenant)")
 
     @model_validator(mode="after")
     def _lock_url_is_postgresql(self) -> "RegistryConfig":
@@ -338,6 +370,64 @@ class ServingConfig(_Section):
         return self
 
 
+class MasteringConfig(_Section):
+    """Publishable chapter audio (narrator/mastering.py), held to the ACX (Audible) audio submission requirements."""
+
+    sample_rate_hz: int = Field(44100, description="rate of every master, MP3 and M4B (ACX: 44.1 kHz)")
+    mp3_bitrate_kbps: int = Field(192, ge=192, le=320, description="constant MP3 bitrate (ACX: 192 kbps CBR or more)")
+    m4b_bitrate_kbps: int = Field(64, ge=32, le=320, description="AAC bitrate of the M4B book (mono speech)")
+    head_room_tone_s: float = Field(0.75, description="room tone before the first word of a chapter")
+    min_head_room_tone_s: float = Field(0.5, ge=0, description="ACX: at least 0.5 s of room tone at the head ...")
+    max_head_room_tone_s: float = Field(1.0, gt=0, description="... and at most 1 s")
+    tail_room_tone_s: float = Field(2.0, description="room tone after the last word of a chapter")
+    min_tail_room_tone_s: float = Field(1.0, ge=0, description="ACX: at least 1 s of room tone at the tail ...")
+    max_tail_room_tone_s: float = Field(5.0, gt=0, description="... and at most 5 s")
+    target_rms_db: float = Field(-20.0, description="RMS of the whole chapter file, dBFS (20*log10 of the RMS)")
+    min_rms_db: float = Field(-23.0, description="ACX: RMS at least -23 dB ...")
+    max_rms_db: float = Field(-18.0, description="... and at most -18 dB")
+    peak_ceiling_dbfs: float = Field(-3.5, lt=0, description="the limiter keeps every sample at or below this")
+    max_peak_dbfs: float = Field(-3.0, lt=0, description="ACX: sample peaks at or below -3 dBFS (in the MP3 too)")
+    max_noise_floor_db: float = Field(-60.0, description="ACX: noise floor (RMS of the quietest 0.5 s) at most -60 dB")
+    noise_floor_window_s: float = Field(0.5, gt=0, description="window of the noise-floor measurement")
+    room_tone_db: float = Field(-72.0, description="RMS of the room tone laid under the whole chapter: quiet, but "
+                                                   "never digital silence (ACX rejects it)")
+    room_tone_seed: int = Field(0, description="seed of the room tone noise (reruns are byte-identical)")
+    room_tone_threshold_db: float = Field(-50.0, description="head and tail room tone are measured as the time the "
+                                                             "level of 10 ms frames stays below this")
+    highpass_hz: float = Field(60.0, gt=0, description="DC offset and rumble below this are removed")
+    gate_below_speech_db: float = Field(40.0, gt=0, description="frames this far below the speech level (95th "
+                                                                "percentile of frame levels) are expanded downwards")
+    pause_above_noise_db: float = Field(6.0, ge=0, description="frames within this of the noise level (10th "
+                                                               "percentile of frame levels) are pause frames ...")
+    pause_min_below_speech_db: float = Field(10.0, gt=0, description="... when also this far below the speech "
+                                                                     "level (so noisy audio keeps its words)")
+    pause_min_s: float = Field(0.15, gt=0, description="a run of pause frames this long (between words and "
+                                                       "sentences) is silenced down to the room tone")
+    gate_ratio: float = Field(4.0, ge=1, description="downward expansion: each dB below the threshold becomes this "
+                                                     "many dB")
+    gate_smoothing_s: float = Field(0.05, gt=0, description="gate gain changes ramp over this long")
+    limiter_window_s: float = Field(0.02, gt=0, description="the peak limiter's look-ahead and ramp time")
+    rms_tolerance_db: float = Field(0.1, gt=0, description="normalise and limit again until the RMS is this close "
+                                                           "to its target")
+    max_passes: int = Field(8, ge=1, description="at most this many normalise-and-limit passes")
+
+    @model_validator(mode="after")
+    def _targets_inside_limits(self) -> MasteringConfig:
+        for name, low, value, high in (
+                ("head_room_tone_s", self.min_head_room_tone_s, self.head_room_tone_s, self.max_head_room_tone_s),
+                ("tail_room_tone_s", self.min_tail_room_tone_s, self.tail_room_tone_s, self.max_tail_room_tone_s),
+                ("target_rms_db", self.min_rms_db, self.target_rms_db, self.max_rms_db)):
+            if not low <= value <= high:
+                raise ValueError(f"{name} {value:g} lies outside its limits {low:g}..{high:g}: move it inside")
+        if self.peak_ceiling_dbfs > self.max_peak_dbfs:
+            raise ValueError(f"peak_ceiling_dbfs {self.peak_ceiling_dbfs:g} is above max_peak_dbfs "
+                             f"{self.max_peak_dbfs:g}: set it lower (MP3 encoding raises peaks a little)")
+        if self.room_tone_db >= self.max_noise_floor_db:
+            raise ValueError(f"room_tone_db {self.room_tone_db:g} must lie below max_noise_floor_db "
+                             f"{self.max_noise_floor_db:g}")
+        return self
+
+
 class DemoConfig(_Section):
     """The generated demo narrator of `make demo`."""
 
@@ -365,18 +455,37 @@ class Params(_Section):
     package: PackageConfig = PackageConfig()
     pipeline: PipelineConfig = PipelineConfig()
     serving: ServingConfig = ServingConfig()
+    mastering: MasteringConfig = MasteringConfig()
     demo: DemoConfig = DemoConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
+def _entry_model(annotation: Any) -> type[BaseModel] | None:
+    """The section type of a mapping of sections (`dict[str, GateConfig | None]`: GateConfig), else None."""
+    if typing.get_origin(annotation) is not dict:
+        return None
+    entry = typing.get_args(annotation)[1]
+    for kind in typing.get_args(entry) or (entry,):
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            return kind
+    return None
+
+
 def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     """The valid keys of the section that `loc` (a pydantic error location) points into."""
-    for part in loc[:-1]:
+    parts = list(loc[:-1])
+    while parts:
+        part = parts.pop(0)
         field = None
         for name, info in model.model_fields.items():
             if part in (name, info.alias):
                 field = info
+        entry = _entry_model(field.annotation) if field is not None else None
+        if entry is not None and parts:  # a mapping of sections, e.g. evaluate.gates.wer: skip the key
+            parts.pop(0)
+            model = entry
+            continue
         if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
             return []
         model = field.annotation

@@ -38,6 +38,8 @@ __all__ = [
     "F0Metrics",
     "Gate",
     "MetricError",
+    "NOT_APPLICABLE",
+    "NOT_MEASURED",
     "Verdict",
     "WordIssues",
     "duration_check",
@@ -550,11 +552,13 @@ def real_time_factor(synthesis_s: float, audio_s: float) -> float:
 
 @dataclass(frozen=True)
 class Gate:
-    """A threshold a metric must meet: value `op` threshold, e.g. Gate("wer", "<=", 0.10)."""
+    """A threshold a metric must meet: value `op` threshold, e.g. Gate("wer", "<=", 0.10). A `required` gate fails
+    when its metric was not measured; one not required is skipped then."""
 
     metric: str
     op: Literal["<=", ">="]
     threshold: float
+    required: bool = False
 
     def __post_init__(self) -> None:
         if self.op not in ("<=", ">="):
@@ -568,8 +572,9 @@ class Verdict:
     """The outcome of `evaluate_gates`.
 
     passed: no gate failed (skipped gates do not fail). reasons: one line per failed or skipped gate, failures
-    first. checked: one dict per gate, in gate order: metric, op, threshold, value (None if not measured) and
-    status "pass", "fail" or "skipped".
+    first. checked: one dict per gate, in gate order: metric, op, threshold, required, value (None if not
+    measured) and status "pass", "fail" or "skipped"; a gate whose metric has no value also has a reason:
+    "not_measured" (failed when required, else skipped) or "not_applicable" (skipped: the metric does not apply).
     """
 
     passed: bool
@@ -613,28 +618,47 @@ def _format_pair(value: float, threshold: float) -> tuple[str, str]:
     return repr(value), repr(threshold)
 
 
-def evaluate_gates(metrics: Mapping[str, float | None], gates: Sequence[Gate] = DEFAULT_GATES) -> Verdict:
+NOT_MEASURED = "not_measured"  # the reason of a gate whose metric has no value
+NOT_APPLICABLE = "not_applicable"  # the reason of a gate whose metric does not apply (e.g. CER of English speech)
+
+
+def evaluate_gates(metrics: Mapping[str, float | None], gates: Sequence[Gate] = DEFAULT_GATES, *,
+                   not_applicable: Mapping[str, str] | None = None,
+                   how_to_measure: Mapping[str, str] | None = None) -> Verdict:
     """Check metric values against gates.
 
     Args:
         metrics: metric name -> value; None (or absent) when not measured, e.g. "wer" without an ASR model.
         gates: the thresholds, e.g. `DEFAULT_GATES`.
+        not_applicable: metric -> why it does not apply to what was measured (skipped even when required).
+        how_to_measure: metric -> what to do so it is measured, the advice of a required gate's failure.
 
     Returns:
-        `Verdict`. A gate whose metric is None or absent is skipped, with a reason line, and does not fail. A NaN
-        value (the metric could not be computed, e.g. no voiced frames) fails. A failure reads
-        "speaker_similarity 0.61 < 0.75 (gate)".
+        `Verdict`. A gate whose metric is None or absent fails when it is required ("wer not measured, but its gate
+        is required ...: set ...") and is skipped with a reason line otherwise. A NaN value (the metric could not
+        be computed, e.g. no voiced frames) fails. A failure reads "speaker_similarity 0.61 < 0.75 (gate)".
     """
     failures: list[str] = []
     skips: list[str] = []
     checked: list[dict] = []
     for gate in gates:
         value = metrics.get(gate.metric)
-        record = {"metric": gate.metric, "op": gate.op, "threshold": gate.threshold, "value": value}
-        if value is None:
+        record = {"metric": gate.metric, "op": gate.op, "threshold": gate.threshold, "required": gate.required,
+                  "value": value}
+        rule = f"gate {gate.op} {gate.threshold:g}"
+        if value is None and gate.metric in (not_applicable or {}):
+            skips.append(f"{gate.metric} skipped: not applicable, {not_applicable[gate.metric]} ({rule})")
+            record.update(status="skipped", reason=NOT_APPLICABLE)
+        elif value is None:
             why = "not measured" if gate.metric in metrics else "not among the metrics given"
-            skips.append(f"{gate.metric} skipped: {why} (gate {gate.op} {gate.threshold:g})")
-            record["status"] = "skipped"
+            record["reason"] = NOT_MEASURED
+            if gate.required:
+                how = (how_to_measure or {}).get(gate.metric, "measure it, or make its gate not required")
+                failures.append(f"{gate.metric} {why}, but its gate is required ({rule}): {how}")
+                record["status"] = "fail"
+            else:
+                skips.append(f"{gate.metric} skipped: {why} (not required; {rule})")
+                record["status"] = "skipped"
         elif isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
             raise MetricError(f"metric {gate.metric!r} has value {value!r}: pass a number or None")
         elif math.isnan(value):

@@ -1,16 +1,20 @@
 """The HTTP API (FastAPI, mounted into the BentoML service), versioned under /v1; OpenAPI at /v1/openapi.json.
 
-    POST /v1/speech             JSON SpeechRequest -> audio (wav/flac/mp3/ogg) of the whole text
-    POST /v1/speech/stream      the same, streamed: a chunk per sentence as soon as it is spoken
+    POST /v1/speech             JSON SpeechRequest -> audio (wav/pcm/flac/mp3/ogg/opus/aac) of the whole text
+    POST /v1/speech/stream      the same, streamed: a chunk per sentence as soon as it is spoken (how each format
+                                streams: serving/encode.py)
     GET  /v1/voices             the voices this key may use, with version and evaluation summary
     POST /v1/watermark/detect   raw audio body -> {"detected", "score", "payload", "voice", "version"}
     GET  /                      the web console
+The OpenAI-compatible (/v1/audio/speech, /v1/models: serving/openai_api.py) and ElevenLabs-compatible
+(/elevenlabs/v1/...: serving/elevenlabs_api.py) routes are mounted with `create_app(routers=...)` and speak through
+`spoken` / `spoken_stream`, the synthesis path of /v1/speech and /v1/speech/stream.
     GET  /metrics               Prometheus (by route template; behind a `metrics` key when
                                 serving.metrics_key_required)
     GET  /v1/docs               the contract, rendered by a page the service ships (no CDN)
 (/healthz and /readyz are BentoML's, fed by `NarratorServer.ready`: ready once the champions are loaded.)
-Every response carries X-Request-Id and security headers, keyed ones X-RateLimit-*; CORS only for
-serving.cors_origins (serving/http.py).
+Every response, the compatible routes' included, carries X-Request-Id and security headers, keyed ones
+X-RateLimit-*, and is counted by route template; CORS only for serving.cors_origins (serving/http.py).
 
 Every request needs `Authorization: Bearer KEY` (or `X-API-Key: KEY`). Errors are JSON
 `{"error": {"code", "message"}}`: 401 no or unknown key, 403 a voice outside the key's tenant or scope, 404 no such
@@ -22,24 +26,26 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 import numpy as np
-from fastapi import Depends, FastAPI, Request, Security
+from fastapi import APIRouter, Depends, FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from narrator.audiofile import encode
 from narrator.audit import load_key as load_audit_key
+from narrator.audiofile import encode
 from narrator.config import Params, ServingConfig
 from narrator.errors import NarratorError
 from narrator.keys import ApiKey, open_key_store
@@ -47,10 +53,10 @@ from narrator.log import get_logger
 from narrator.state import StateUnavailable
 from serving import errors
 from serving.audit import COMPLETED, Delivery, SynthesisAudit, SynthesisRecord, delivered, text_sha256
-from serving.encode import FORMATS, StreamEncoder, media_type
-from serving.http import (EXPOSED_HEADERS, QUOTA_SCOPE_KEY, ServiceMiddleware, error_responses, openapi_document,
-                          page_csp, request_id)
+from serving.encode import FORMATS, AudioFormat, EncodeError, audio_format, media_type
 from serving.engine import GptBatcher, Resampler, WatermarkStream, sentences
+from serving.http import (EXPOSED_HEADERS, ServiceMiddleware, error_responses, note_quota, openapi_document, page_csp,
+                          request_id)
 from serving.ratelimit import open_rate_limiter
 from serving.voices import LoadedVoice, VoiceCache, VoiceCatalog, VoiceInfo, VoiceUnavailable
 
@@ -78,8 +84,11 @@ class SpeechRequest(BaseModel):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     temperature: float = Field(1.0, gt=0.0, le=2.0)
     seed: int | None = Field(None, ge=0, le=2 ** 31 - 1, description="same seed, same audio")
-    format: Literal["wav", "flac", "mp3", "ogg"] = "wav"
+    format: Literal[tuple(FORMATS)] = Field(  # type: ignore[valid-type]  (the registry's names)
+        "wav", description="wav, pcm (raw s16le mono; rate in X-Audio-Sample-Rate-Hz), flac, mp3 (CBR), ogg "
+                           "(Vorbis), opus (Ogg Opus), aac (ADTS)")
     sample_rate_hz: int = Field(32000, description="one of serving.sample_rates_hz")
+    bitrate_kbps: int | None = Field(None, description="mp3/opus/aac only (default 128/64/128 kbps)")
 
 
 class Metrics:
@@ -207,7 +216,7 @@ class NarratorServer:
             self.metrics.queue_depth.set(depth)
 
     def observe(self, endpoint: str, status: int, seconds: float) -> None:
-        """Count a finished request by its route template (ServiceMiddleware)."""
+        """Count a finished request by its route template (ServiceMiddleware counts every request)."""
         if self.metrics:
             self.metrics.requests.labels(endpoint=endpoint, status=str(status)).inc()
             self.metrics.latency.labels(endpoint=endpoint).observe(seconds)
@@ -215,6 +224,10 @@ class NarratorServer:
     def authorize(self, request: Request) -> ApiKey:
         header = request.headers.get("authorization", "")
         presented = header[7:].strip() if header.lower().startswith("bearer ") else request.headers.get("x-api-key")
+        return self.authenticate(presented)
+
+    def authenticate(self, presented: str | None) -> ApiKey:
+        """The key behind a presented secret, after its rate limit (401 unknown or revoked, 429 over its rate)."""
         if not presented:
             raise errors.unauthorized("no API key: send `Authorization: Bearer KEY` (create one with "
                                       "`narrator keys create --tenant T --voices a,b`)")
@@ -226,7 +239,7 @@ class NarratorServer:
             raise errors.unavailable("the service cannot check API keys right now; try again shortly") from None
         if key is None or quota is None:
             raise errors.unauthorized("the API key is unknown or revoked; ask for a new one")
-        request.scope[QUOTA_SCOPE_KEY] = quota  # the X-RateLimit-* headers (serving/http.py)
+        note_quota(quota)  # the response's X-RateLimit-* headers (serving/http.py), whichever route asked
         if quota.wait_s > 0:
             raise errors.rate_limited(quota.wait_s)
         return key
@@ -268,6 +281,9 @@ class NarratorServer:
         if req.sample_rate_hz not in cfg.sample_rates_hz:
             raise errors.invalid(f"sample_rate_hz {req.sample_rate_hz} is not offered; choose one of "
                                  f"{', '.join(map(str, cfg.sample_rates_hz))}")
+        problem = audio_format(req.format).problem(req.sample_rate_hz, req.bitrate_kbps)
+        if problem:
+            raise errors.invalid(problem)
         if self.watermark_key is None:
             raise errors.unavailable("the watermark key is not configured, and no audio leaves unmarked; set "
                                      "$NARRATOR_WATERMARK_KEY or $NARRATOR_WATERMARK_KEY_FILE")
@@ -311,7 +327,7 @@ class NarratorServer:
         return result
 
     def record(self, key: ApiKey, voice: VoiceInfo, req: SpeechRequest, duration_s: float, sent: Delivery,
-               stream: bool) -> None:
+               stream: bool, request_id: str = "") -> None:
         """The audit record of one synthesis: `duration_s` audio seconds synthesized, `sent` what reached the
         client."""
         self.audit.append(SynthesisRecord(key_id=key.id, tenant=key.tenant, voice=voice.voice, version=voice.version,
@@ -319,7 +335,8 @@ class NarratorServer:
                                           language=req.language, format=req.format,
                                           sample_rate_hz=req.sample_rate_hz, duration_s=round(duration_s, 3),
                                           stream=stream, delivery=sent.delivery, bytes_sent=sent.bytes_sent,
-                                          seconds_sent=round(sent.seconds_sent, 3), output_sha256=sent.output_sha256))
+                                          seconds_sent=round(sent.seconds_sent, 3), output_sha256=sent.output_sha256,
+                                          request_id=request_id))
         if self.metrics:
             self.metrics.audio_seconds.inc(duration_s)
 
@@ -374,8 +391,127 @@ class ClosingStreamingResponse(StreamingResponse):
                 await anyio.to_thread.run_sync(_close, self._stream)
 
 
+def _new_request_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+def _request_id(request: Request) -> str:
+    """The id in a response's file name and audit record: the response's X-Request-Id (ServiceMiddleware: the
+    request's when it is a plain token, else a new one)."""
+    if given := request_id(request.scope):
+        return given
+    given = request.headers.get("x-request-id", "")
+    return given if re.fullmatch(r"[A-Za-z0-9._-]{1,64}", given) else _new_request_id()
+
+
+def _audio_headers(info: VoiceInfo, fmt: AudioFormat, req: SpeechRequest, request_id: str) -> dict[str, str]:
+    """Headers of every audio response, whole or streamed."""
+    return {"X-Voice": info.voice, "X-Voice-Version": str(info.version), "X-Watermark-Payload": info.payload_hex,
+            **fmt.headers(req.sample_rate_hz),
+            "Content-Disposition": f'attachment; filename="{info.voice}-{request_id}.{fmt.extension}"'}
+
+
 def _json_error(error: errors.ApiError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
+def _prepared(state: NarratorServer, req: SpeechRequest, key: ApiKey) -> tuple[VoiceInfo, LoadedVoice]:
+    state.check(req)
+    info = state.voice_for(key, req.voice)
+    return info, state.load(info)
+
+
+def spoken(state: NarratorServer, key: ApiKey, req: SpeechRequest, endpoint: str = f"/{API_VERSION}/speech",
+           request_id: str | None = None) -> tuple[bytes, dict[str, str]]:
+    """The whole text as one encoded file (audited, measured under `endpoint`) and its response headers: the
+    synthesis path of POST /v1/speech, which the compatible APIs (serving/openai_api.py, elevenlabs_api.py) share.
+    `request_id` names the file and the audit record (None: a new one)."""
+    started = time.perf_counter()
+    info, voice = _prepared(state, req, key)
+    request_id = request_id or _new_request_id()
+    state._track(+1)
+    try:
+        result = state.synthesize(voice, req)
+    finally:
+        state._track(-1)
+    resampler = Resampler(req.sample_rate_hz)
+    samples = resampler.push(result.samples, last=True)
+    fmt = audio_format(req.format)
+    try:
+        body = fmt.encode(samples, req.sample_rate_hz, req.bitrate_kbps)
+    except EncodeError as error:
+        log.error("%s", error)
+        raise errors.unavailable(f"the {req.format} encoder failed; try another format") from None
+    duration_s = len(result.samples) / 32000
+    digest = hashlib.sha256(body).hexdigest()
+    state.record(key, info, req, duration_s, Delivery(COMPLETED, len(body), duration_s, digest), stream=False,
+                 request_id=request_id)
+    elapsed = time.perf_counter() - started
+    if state.metrics:
+        state.metrics.first_audio.labels(endpoint=endpoint).observe(elapsed)
+        state.metrics.rtf.observe(result.seconds / max(duration_s, 1e-6))
+    return body, {**_audio_headers(info, fmt, req, request_id), "X-Audio-Duration-S": f"{duration_s:.3f}",
+                  "X-Audio-Sha256": digest, "X-Output-Sha256": digest}
+
+
+def speak(state: NarratorServer, key: ApiKey, req: SpeechRequest, endpoint: str = f"/{API_VERSION}/speech",
+          request_id: str | None = None) -> Response:
+    body, headers = spoken(state, key, req, endpoint, request_id)
+    return Response(body, media_type=media_type(req.format), headers=headers)
+
+
+def spoken_stream(state: NarratorServer, key: ApiKey, req: SpeechRequest,
+                  endpoint: str = f"/{API_VERSION}/speech/stream",
+                  request_id: str | None = None) -> tuple[Iterator[bytes], dict[str, str]]:
+    """The text as encoded chunks, one per sentence as soon as it is spoken (audited when the stream ends,
+    completed or not; measured under `endpoint`), and the response headers: the synthesis path of
+    POST /v1/speech/stream, shared with the compatible APIs. Close the iterator when the response ends."""
+    started = time.perf_counter()
+    info, voice = _prepared(state, req, key)
+    fmt, request_id = audio_format(req.format), request_id or _new_request_id()
+
+    synthesized_s = 0.0  # audio seconds synthesized so far
+
+    def chunks() -> Iterator[tuple[bytes, float]]:
+        """Encoded bytes as they become final, each with the audio seconds encoded up to and with them."""
+        nonlocal synthesized_s
+        encoder = fmt.stream(req.sample_rate_hz, req.bitrate_kbps)
+        resampler = Resampler(req.sample_rate_hz)
+        encoded_samples, first = 0, None
+        state._track(+1)
+        try:
+            for samples in state.marked_sentences(voice, req):
+                synthesized_s += len(samples) / 32000
+                resampled = resampler.push(samples)
+                encoded_samples += len(resampled)
+                data = encoder.write(resampled)
+                if data:
+                    if first is None:
+                        first = time.perf_counter() - started
+                        if state.metrics:
+                            state.metrics.first_audio.labels(endpoint=endpoint).observe(first)
+                    yield data, encoded_samples / req.sample_rate_hz
+            rest = resampler.push(np.zeros(0, np.float32), last=True)
+            encoded_samples += len(rest)
+            yield encoder.write(rest) + encoder.close(), encoded_samples / req.sample_rate_hz
+        finally:
+            encoder.abort()  # after close(): nothing; a stream that ended early: its encoder process goes
+            state._track(-1)
+
+    def ended(sent: Delivery) -> None:
+        """The stream ended (completed, or the client went away): record what was sent."""
+        state.record(key, info, req, synthesized_s, sent, stream=True, request_id=request_id)
+        elapsed = time.perf_counter() - started
+        if state.metrics and synthesized_s:
+            state.metrics.rtf.observe(elapsed / synthesized_s)
+
+    return delivered(chunks(), ended), _audio_headers(info, fmt, req, request_id)
+
+
+def speak_streamed(state: NarratorServer, key: ApiKey, req: SpeechRequest,
+                   endpoint: str = f"/{API_VERSION}/speech/stream", request_id: str | None = None) -> StreamingResponse:
+    stream, headers = spoken_stream(state, key, req, endpoint, request_id)
+    return ClosingStreamingResponse(stream, media_type=media_type(req.format), headers=headers)
 
 
 KEYED = error_responses(401, 429, 503)  # any operation that takes an API key
@@ -383,9 +519,11 @@ SPEECH_ERRORS = error_responses(401, 403, 404, 413, 422, 429, 503)
 UNMATCHED_ROUTES = ("unknown",)  # the catch-all route's name: its requests count as `unmatched`
 
 
-def create_app(server: Callable[[], NarratorServer], settings: ServingConfig | None = None) -> FastAPI:
-    """The API over the process's NarratorServer (`server()` returns it; BentoML builds it per worker);
-    `settings` (serving.cors_origins) shape the middleware."""
+def create_app(server: Callable[[], NarratorServer], routers: Sequence[APIRouter] = (),
+               settings: ServingConfig | None = None) -> FastAPI:
+    """The API over the process's NarratorServer (`server()` returns it; BentoML builds it per worker), with
+    `routers` (the compatible APIs) mounted before the catch-all 404; `settings` (serving.cors_origins) shape the
+    middleware, which every route, the routers' included, goes through."""
     settings = settings or ServingConfig()
     app = FastAPI(title="Narrator", version=API_VERSION, openapi_url=f"/{API_VERSION}/openapi.json",
                   docs_url=None, redoc_url=None,
@@ -408,7 +546,8 @@ def create_app(server: Callable[[], NarratorServer], settings: ServingConfig | N
         from starlette.middleware.cors import CORSMiddleware
 
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type", "X-API-Key", "X-Request-Id"],
+                           allow_headers=["Authorization", "Content-Type", "X-API-Key", "X-Request-Id",
+                                          "xi-api-key"],
                            expose_headers=EXPOSED_HEADERS, max_age=600)
     app.add_middleware(ServiceMiddleware, observe=observe, unmatched=UNMATCHED_ROUTES)  # outermost
 
@@ -485,78 +624,18 @@ def create_app(server: Callable[[], NarratorServer], settings: ServingConfig | N
         found = [info.public() for info in state.catalog.voices().values() if key.may_use(info.voice, info.tenant)]
         return {"tenant": key.tenant, "voices": sorted(found, key=lambda v: v["voice"])}
 
-    def prepared(req: SpeechRequest, key: ApiKey) -> tuple[NarratorServer, VoiceInfo, LoadedVoice]:
-        state = server()
-        state.check(req)
-        info = state.voice_for(key, req.voice)
-        return state, info, state.load(info)
-
     @app.post(f"/{API_VERSION}/speech", summary="the whole text as one audio file",
               responses={200: {"content": {media_type(f): {} for f in FORMATS}}, **SPEECH_ERRORS})
-    def speech(req: SpeechRequest, key: ApiKey = Depends(authorized)) -> Response:
-        started = time.perf_counter()
-        state, info, voice = prepared(req, key)
-        state._track(+1)
-        try:
-            result = state.synthesize(voice, req)
-        finally:
-            state._track(-1)
-        resampler = Resampler(req.sample_rate_hz)
-        samples = resampler.push(result.samples, last=True)
-        body = encode(samples, req.sample_rate_hz, req.format)
-        duration_s = len(result.samples) / 32000
-        digest = hashlib.sha256(body).hexdigest()
-        state.record(key, info, req, duration_s, Delivery(COMPLETED, len(body), duration_s, digest), stream=False)
-        elapsed = time.perf_counter() - started
-        if state.metrics:
-            state.metrics.first_audio.labels(endpoint="speech").observe(elapsed)
-            state.metrics.rtf.observe(result.seconds / max(duration_s, 1e-6))
-        return Response(body, media_type=media_type(req.format), headers={
-            "X-Voice": info.voice, "X-Voice-Version": str(info.version), "X-Watermark-Payload": info.payload_hex,
-            "X-Audio-Duration-S": f"{duration_s:.3f}", "X-Output-Sha256": digest,
-            "Content-Disposition": f'attachment; filename="{info.voice}.{req.format}"'})
+    def speech(req: SpeechRequest, request: Request, key: ApiKey = Depends(authorized)) -> Response:
+        return speak(server(), key, req, request_id=_request_id(request))
 
     @app.post(f"/{API_VERSION}/speech/stream", summary="the text as audio, streamed sentence by sentence",
               responses={200: {"content": {media_type(f): {} for f in FORMATS}}, **SPEECH_ERRORS})
-    def speech_stream(req: SpeechRequest, key: ApiKey = Depends(authorized)) -> StreamingResponse:
-        started = time.perf_counter()
-        state, info, voice = prepared(req, key)
-
-        synthesized_s = 0.0  # audio seconds synthesized so far
-
-        def chunks() -> Iterator[tuple[bytes, float]]:
-            """Encoded bytes as they become final, each with the audio seconds encoded up to and with them."""
-            nonlocal synthesized_s
-            encoder, resampler = StreamEncoder(req.format, req.sample_rate_hz), Resampler(req.sample_rate_hz)
-            encoded_samples, first = 0, None
-            state._track(+1)
-            try:
-                for samples in state.marked_sentences(voice, req):
-                    synthesized_s += len(samples) / 32000
-                    resampled = resampler.push(samples)
-                    encoded_samples += len(resampled)
-                    data = encoder.write(resampled)
-                    if data:
-                        if first is None:
-                            first = time.perf_counter() - started
-                            if state.metrics:
-                                state.metrics.first_audio.labels(endpoint="speech_stream").observe(first)
-                        yield data, encoded_samples / req.sample_rate_hz
-                rest = resampler.push(np.zeros(0, np.float32), last=True)
-                encoded_samples += len(rest)
-                yield encoder.write(rest) + encoder.close(), encoded_samples / req.sample_rate_hz
-            finally:
-                state._track(-1)
-
-        def ended(sent: Delivery) -> None:
-            """The stream ended (completed, or the client went away): record what was sent."""
-            state.record(key, info, req, synthesized_s, sent, stream=True)
-            elapsed = time.perf_counter() - started
-            if state.metrics and synthesized_s:
-                state.metrics.rtf.observe(elapsed / synthesized_s)
-
-        return ClosingStreamingResponse(delivered(chunks(), ended), media_type=media_type(req.format), headers={
-            "X-Voice": info.voice, "X-Voice-Version": str(info.version), "X-Watermark-Payload": info.payload_hex})
+    def speech_stream(req: SpeechRequest, request: Request, key: ApiKey = Depends(authorized)) -> StreamingResponse:
+        """Duration and sha256 are known only when the stream ends (no trailers: uvicorn sends none); the audit
+        record of the stream (serving.audit_log, found by the request id in the file name) holds them, with the
+        bytes and seconds that reached the client."""
+        return speak_streamed(server(), key, req, request_id=_request_id(request))
 
     @app.post(f"/{API_VERSION}/watermark/detect", summary="look for the watermark in an uploaded audio file",
               responses=error_responses(401, 413, 422, 429, 503), openapi_extra={"requestBody": {"content": {"application/octet-stream": {"schema": {
@@ -580,6 +659,9 @@ def create_app(server: Callable[[], NarratorServer], settings: ServingConfig | N
         return await anyio.to_thread.run_sync(_detect, state, bytes(body), request.headers.get("content-type", ""),
                                               key)
 
+    for router in routers:
+        app.include_router(router)
+
     @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False,
                    name="unknown")
     def unknown(path: str) -> None:
@@ -591,7 +673,8 @@ def create_app(server: Callable[[], NarratorServer], settings: ServingConfig | N
 
 
 _SUFFIXES = {"audio/wav": ".wav", "audio/x-wav": ".wav", "audio/wave": ".wav", "audio/flac": ".flac",
-             "audio/mpeg": ".mp3", "audio/mp3": ".mp3", "audio/ogg": ".ogg", "audio/mp4": ".m4a"}
+             "audio/mpeg": ".mp3", "audio/mp3": ".mp3", "audio/ogg": ".ogg", "audio/opus": ".opus",
+             "audio/aac": ".aac", "audio/mp4": ".m4a"}
 
 
 def _detect(state: NarratorServer, body: bytes, content_type: str, key: ApiKey) -> dict:

@@ -4,6 +4,8 @@ Record: time, key_id, tenant, voice, version, payload_hex (the watermark), text_
 sample_rate_hz, duration_s (audio seconds synthesized), stream (bool), and what reached the client:
 delivery ("completed", or "aborted" when a stream ended early: the client went away or synthesis failed
 mid-stream), bytes_sent, seconds_sent (audio seconds in those bytes) and output_sha256 (of exactly those bytes);
+request_id, the id in the response's file name (`VOICE-ID.EXT`), so the duration and digest of a stream, known
+only at its end, can be found from the file a client kept;
 plus the chain's seq, prev_mac, chain and mac. A stream's record is written when the stream ends, however it ends.
 `narrator audit verify [FILE|URL]` names the first record that was edited, inserted or deleted, or a cut-off end.
 """
@@ -49,6 +51,7 @@ class SynthesisRecord:
     bytes_sent: int
     seconds_sent: float
     output_sha256: str
+    request_id: str = ""
 
 
 def text_sha256(text: str) -> str:

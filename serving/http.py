@@ -5,7 +5,8 @@ added later): one ASGI middleware and the contract document.
 
 - `X-Request-Id`: the caller's (letters, digits, `.`, `_`, `-`, at most 128) or a new one; also in error logs;
 - `X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset` once the request's API key was charged
-  (`narrator.quota` in the ASGI scope, put there by the authorization);
+  (`note_quota`, called by `NarratorServer.authenticate` whichever route authenticates: the request's scope is in
+  a context variable the worker threads see);
 - `X-Content-Type-Options: nosniff`, `X-Frame-Options: DENY`, `Referrer-Policy: no-referrer` and, unless the route
   set its own (the console, the docs page: `page_csp`), `Content-Security-Policy: default-src 'none';
   frame-ancestors 'none'`;
@@ -22,6 +23,7 @@ operation each status it can answer with.
 from __future__ import annotations
 
 import base64
+import contextvars
 import hashlib
 import re
 import time
@@ -42,6 +44,16 @@ API_CSP = "default-src 'none'; frame-ancestors 'none'"
 EXPOSED_HEADERS = ["X-Request-Id", "X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset", "Retry-After",
                    "X-Voice", "X-Voice-Version", "X-Watermark-Payload", "X-Audio-Duration-S", "X-Output-Sha256",
                    "Content-Disposition"]
+
+
+_REQUEST: contextvars.ContextVar[dict | None] = contextvars.ContextVar("narrator_request_scope", default=None)
+
+
+def note_quota(quota: Any) -> None:
+    """Put the charged key's quota (serving.ratelimit.Quota) on the response of the request being served."""
+    scope = _REQUEST.get()
+    if scope is not None:
+        scope[QUOTA_SCOPE_KEY] = quota
 
 
 def request_id(scope: dict) -> str:
@@ -81,6 +93,7 @@ class ServiceMiddleware:
         incoming = next((v.decode("latin-1") for k, v in scope.get("headers", []) if k == b"x-request-id"), "")
         rid = incoming if _REQUEST_ID_FORMAT.match(incoming) else uuid.uuid4().hex
         scope["narrator.request_id"] = rid
+        _REQUEST.set(scope)  # copied into the threads that run sync routes: note_quota reaches this scope
         started, status = time.perf_counter(), 0
 
         async def sending(message) -> None:

@@ -2,7 +2,8 @@
 
 Settings come from params.yaml ($NARRATOR_PARAMS, else ./params.yaml), section `serving`: the GPU request and
 worker count are read when this module is imported (BentoML needs them at class definition). The API is
-serving/api.py, mounted at /, serves /metrics itself (by route template, optionally behind a key: BentoML's own
+serving/api.py, mounted at /, with the OpenAI- and ElevenLabs-compatible routes (serving/openai_api.py,
+serving/elevenlabs_api.py), serves /metrics itself (by route template, optionally behind a key: BentoML's own
 metrics, labelled by raw path, are off); BentoML adds /healthz and /readyz (NarratorService.__is_ready__).
 Each worker loads the champion voices in a background thread as it starts (serving.preload_champions): /healthz
 answers at once, /readyz only once they are loaded and warmed up, so the first request costs what a warm one
@@ -22,6 +23,7 @@ import threading
 import bentoml
 
 from narrator.config import load_params
+from serving import elevenlabs_api, openai_api
 from serving.api import Metrics, NarratorServer, create_app
 
 PARAMS_ENV = "NARRATOR_PARAMS"
@@ -30,7 +32,13 @@ _params = load_params(os.environ.get(PARAMS_ENV) or None)
 _cfg = _params.serving
 _resources = {"gpu": _cfg.gpus} if _cfg.gpus else {"cpu": "1"}
 
-app = create_app(lambda: bentoml.get_current_service().server, _cfg)
+
+def _server() -> NarratorServer:
+    return bentoml.get_current_service().server
+
+
+# the service's own API, with the OpenAI- and ElevenLabs-compatible routes (serving/openai_api.py, elevenlabs_api.py)
+app = create_app(_server, routers=[openai_api.router(_server), elevenlabs_api.router(_server)], settings=_cfg)
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8  # glibc's mallopt parameters
 
 

@@ -54,3 +54,27 @@ def test_missing_params_file_says_how_to_fix(tmp_path):
 
 def test_defaults_yaml_round_trips():
     assert Params.model_validate(yaml.safe_load(defaults_yaml())) == Params()
+
+
+def test_a_bare_gate_threshold_is_a_required_gate():
+    gate = load_params(None, {"evaluate": {"gates": {"wer": 0.2}}}).evaluate.gates["wer"]
+    assert (gate.threshold, gate.required) == (0.2, True)
+
+
+def test_a_gate_can_be_made_not_required_from_the_command_line():
+    params = load_params(None, parse_set_option(["evaluate.gates.wer.required=false"]))
+    assert params.evaluate.gates["wer"].required is False and params.evaluate.gates["wer"].threshold == 0.1
+
+
+def test_a_gate_whose_required_flag_is_not_a_boolean_is_named(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("evaluate:\n  gates:\n    wer: {threshold: 0.1, required: maybe}\n")
+    with pytest.raises(ConfigError, match=r"'evaluate.gates.wer.required': Input should be a valid boolean"):
+        load_params(path)
+
+
+def test_a_misspelt_gate_setting_is_named_with_a_suggestion(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("evaluate:\n  gates:\n    wer: {treshold: 0.1}\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'evaluate.gates.wer.treshold' \(did you mean 'threshold'\?\)"):
+        load_params(path)

@@ -1,6 +1,7 @@
 """`narrator evaluate` on a tiny voice (random tiny SoVITS + GPT, a tiny HuBERT) and espeak-ng narrator data: every
-metric is measured and reported, the gates decide the verdict with readable reasons, a missing ASR model is a
-warning rather than a failure, and the CLI exits 0 on pass and 2 on fail."""
+metric is measured and reported, the gates decide the verdict with readable reasons, a missing ASR model fails a
+required WER gate (not_measured) and is a warning where the gate is not required, and the CLI exits 0 on pass and
+2 on fail."""
 
 from __future__ import annotations
 
@@ -77,18 +78,46 @@ def test_a_failed_gate_fails_the_verdict_with_its_reason(report):
     assert json.loads((out / "verdict.json").read_text())["passed"] is False
 
 
-def test_without_an_asr_model_wer_is_skipped_with_a_warning_not_failed(report):
+def test_without_an_asr_model_a_required_wer_gate_fails_as_not_measured_naming_the_setting(report):
     result, _ = report
-    assert result.metrics["wer"] is None
-    assert any("ASR" in w for w in result.warnings)
-    assert not any(r.startswith("wer ") and "<" in r and "skipped" not in r for r in result.verdict["reasons"])
+    assert result.metrics["wer"] is None and any("ASR" in w for w in result.warnings)
+    (wer,) = [c for c in result.verdict["checked"] if c["metric"] == "wer"]
+    assert (wer["status"], wer["reason"], wer["required"]) == ("fail", "not_measured", True)
+    (line,) = [r for r in result.verdict["reasons"] if r.startswith("wer ")]
+    assert "not measured" in line and "evaluate.asr_model_dir" in line and "required: false" in line
+
+
+def test_without_an_asr_model_a_wer_gate_not_required_is_skipped_and_reported(voice, tmp_path):
+    result = evaluate(voice[0], voice[1], voice[2], tmp_path, _params(
+        voice, gates={"rtf": 1000.0, "wer": {"threshold": 0.1, "required": False}}, sentences_per_language=0))
+    assert result.verdict["passed"] is True
+    (wer,) = [c for c in result.verdict["checked"] if c["metric"] == "wer"]
+    assert (wer["status"], wer["reason"]) == ("skipped", "not_measured")
+    assert any(r.startswith("wer skipped: not measured (not required") for r in result.verdict["reasons"])
+    assert "skipped (not_measured)" in (tmp_path / "report.html").read_text()
+
+
+def test_a_required_cer_gate_is_skipped_as_not_applicable_when_nothing_chinese_was_spoken(voice, tmp_path):
+    result = evaluate(voice[0], voice[1], voice[2], tmp_path, _params(
+        voice, gates={"rtf": 1000.0, "cer": 0.1}, sentences_per_language=0))
+    assert result.verdict["passed"] is True
+    (cer,) = [c for c in result.verdict["checked"] if c["metric"] == "cer"]
+    assert (cer["status"], cer["reason"], cer["required"]) == ("skipped", "not_applicable", True)
 
 
 def test_report_html_shows_gates_pairs_and_players(report):
     _, out = report
     page = (out / "report.html").read_text()
     assert "Metrics against the gates" in page and "<audio controls" in page and "data:image/png" in page
+    assert "fail (not_measured)" in page and "&lt;= 0.100, required" in page
     assert (out / "samples" / "sentence-00.wav").exists()
+
+
+def test_the_json_report_records_each_gate_status_and_reason(report):
+    _, out = report
+    checked = {c["metric"]: c for c in json.loads((out / "report.json").read_text())["verdict"]["checked"]}
+    assert checked["wer"]["status"] == "fail" and checked["wer"]["reason"] == "not_measured"
+    assert checked["rtf"]["status"] == "pass" and "reason" not in checked["rtf"]
 
 
 def test_met_gates_pass(voice, tmp_path):

@@ -317,12 +317,28 @@ def test_a_failing_gate_fails_the_verdict_with_a_readable_reason():
     assert verdict.reasons == ["speaker_similarity 0.61 < 0.75 (gate)", "wer 0.15 > 0.1 (gate)"]
 
 
-def test_a_metric_that_was_not_measured_is_skipped_not_failed():
+def test_a_metric_that_was_not_measured_is_skipped_not_failed_when_its_gate_is_not_required():
     verdict = evaluate_gates({"speaker_similarity": 0.8, "wer": None}, GATES)
     assert verdict.passed
     assert len(verdict.reasons) == 1 and verdict.reasons[0].startswith("wer skipped")
-    assert verdict.checked[1] == {"metric": "wer", "op": "<=", "threshold": 0.10, "value": None,
-                                  "status": "skipped"}
+    assert verdict.checked[1] == {"metric": "wer", "op": "<=", "threshold": 0.10, "required": False, "value": None,
+                                  "status": "skipped", "reason": "not_measured"}
+
+
+def test_a_required_metric_that_was_not_measured_fails_with_what_to_do():
+    verdict = evaluate_gates({"wer": None}, [Gate("wer", "<=", 0.1, required=True)],
+                             how_to_measure={"wer": "set the ASR model"})
+    assert not verdict.passed
+    assert verdict.reasons == ["wer not measured, but its gate is required (gate <= 0.1): set the ASR model"]
+    assert (verdict.checked[0]["status"], verdict.checked[0]["reason"]) == ("fail", "not_measured")
+
+
+def test_a_required_metric_that_does_not_apply_is_skipped():
+    verdict = evaluate_gates({"cer": None}, [Gate("cer", "<=", 0.1, required=True)],
+                             not_applicable={"cer": "nothing Chinese was spoken"})
+    assert verdict.passed and verdict.reasons == [
+        "cer skipped: not applicable, nothing Chinese was spoken (gate <= 0.1)"]
+    assert (verdict.checked[0]["status"], verdict.checked[0]["reason"]) == ("skipped", "not_applicable")
 
 
 def test_a_metric_absent_from_the_results_is_skipped_with_a_reason():

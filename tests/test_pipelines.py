@@ -240,6 +240,14 @@ def test_the_onboarded_voice_is_registered_champion_and_packaged(onboarded):
     assert found.consent["hash"].startswith("sha256:") and found.consent["speaker"] == "Demo Narrator"
 
 
+def test_the_onboarded_voices_lineage_verifies_after_packaging(onboarded):
+    from components.register import verify_lineage
+
+    _, _, params, _ = onboarded
+    check = verify_lineage("ava", None, params)
+    assert check.intact, check.problems
+
+
 def test_the_packaged_sample_carries_the_versions_watermark(onboarded, monkeypatch):
     from components.watermark import detect_file
 

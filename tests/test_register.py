@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -331,7 +332,7 @@ def test_lineage_text_names_the_whole_chain(steps, tmp_path):
     for expected in (CONSENT_HASH, "Alice Example", "Acme Audio", dataset_tags(steps.prepared)["dataset_hash"],
                      f"git {commit}", "speaker_similarity 0.86", "PASS", "champion", "challenger",
                      steps.finetune_run_ids["sovits_sha256"], done.payload_hex, "promoted by policy:auto",
-                     "not packaged yet"):
+                     f"lineage sha256 {done.lineage_sha256}", "not packaged yet"):
         assert expected in text
     assert json.loads(found.to_json())["evaluation"]["metrics"]["speaker_similarity"] == 0.86
     assert [r["event"] for r in found.audit] == ["registered", "promoted"] and found.audit_problem is None
@@ -451,3 +452,219 @@ def test_a_voice_belongs_to_the_tenant_it_was_first_registered_for(steps, tmp_pa
     assert _client(steps).get_registered_model("narrator-owned").tags["tenant"] == "acme"
     with pytest.raises(RegistryError, match="belongs to tenant 'acme'"):
         register_voice("owned", steps, evaluation(tmp_path, "eval2", 0.9), make_params(steps, tmp_path, tenant="zeta"))
+
+
+# -- the lineage as registered, and its verification -------------------------------------------------------------
+
+
+def _problems(voice: str, params) -> list[str]:
+    from components.register import verify_lineage
+
+    return verify_lineage(voice, None, params).problems
+
+
+def test_the_lineage_document_is_an_artifact_whose_sha256_tags_the_version_and_the_audit_log(steps, tmp_path):
+    from components.register import canonical_lineage
+
+    params = make_params(steps, tmp_path, tenant="acme")
+    done = register_voice("documented", steps, evaluation(tmp_path, "eval", 0.86), params)
+
+    client = _client(steps)
+    data = Path(client.download_artifacts(done.run_id, "lineage.json", str(tmp_path))).read_bytes()
+    document = json.loads(data)
+    mv = client.get_model_version("narrator-documented", "1")
+    assert hashlib.sha256(data).hexdigest() == done.lineage_sha256 == mv.tags["lineage_sha256"]
+    assert data == canonical_lineage(document)
+    assert (document["model"], document["version"], document["register_run_id"], document["tenant"]) == (
+        "narrator-documented", 1, done.run_id, "acme")
+    for key in ("consent_hash", "dataset_hash", "base_gpt_sha256", "sovits_sha256", "sovits_run_id", "gpt_run_id",
+                "metric.speaker_similarity", "verdict", "params_sha256", "git_commit", "payload_hex"):
+        assert document["tags"][key] == mv.tags[key], key
+    assert _audit(tmp_path)[0]["lineage_sha256"] == done.lineage_sha256
+
+
+def test_registering_the_same_outputs_again_keeps_the_registered_lineage_digest(steps, tmp_path):
+    params = make_params(steps, tmp_path)
+    ev = evaluation(tmp_path, "eval", 0.80)
+    first = register_voice("same-lineage", steps, ev, params)
+    second = register_voice("same-lineage", steps, ev, params)
+    assert not second.new_version and second.lineage_sha256 == first.lineage_sha256 != ""
+    assert _problems("same-lineage", params) == []
+
+
+def test_a_registered_and_approved_voice_verifies_intact(steps, tmp_path):
+    from components.register import verify_lineage
+
+    params = make_params(steps, tmp_path, deployment_policy="manual")
+    register_voice("governed", steps, evaluation(tmp_path, "eval", 0.86), params)
+    approve("governed", 1, "Dana Reviewer", params)
+
+    check = verify_lineage("governed", None, params)
+    assert check.intact and check.problems == [] and check.version == 1
+    assert "lineage intact" in check.to_text()
+
+
+def test_a_lineage_tag_edited_in_the_registry_fails_verification_naming_the_tag(steps, tmp_path):
+    params = make_params(steps, tmp_path)
+    register_voice("edited", steps, evaluation(tmp_path, "eval", 0.86), params)
+    _client(steps).set_model_version_tag("narrator-edited", "1", "metric.speaker_similarity", "0.99")
+
+    assert _problems("edited", params) == [
+        "tag metric.speaker_similarity was edited: registered '0.86', now '0.99'"]
+
+
+def test_a_removed_or_added_lineage_tag_fails_verification(steps, tmp_path):
+    params = make_params(steps, tmp_path)
+    register_voice("retagged", steps, evaluation(tmp_path, "eval", 0.86), params)
+    client = _client(steps)
+    client.delete_model_version_tag("narrator-retagged", "1", "consent_hash")
+    client.set_model_version_tag("narrator-retagged", "1", "metric.cer", "0.01")
+
+    assert _problems("retagged", params) == [f"tag consent_hash was removed (registered {CONSENT_HASH!r})",
+                                             "tag metric.cer was added after registration ('0.01'); the registered "
+                                             "lineage has no such tag"]
+
+
+def test_a_champion_alias_moved_outside_narrator_fails_verification_naming_the_audits_version(steps, tmp_path):
+    params = make_params(steps, tmp_path)
+    register_voice("hijacked", steps, evaluation(tmp_path, "eval", 0.86), params)  # v1, promoted (audited)
+    register_voice("hijacked", steps, evaluation(tmp_path, "eval2", 0.60), params)  # v2 failed its gates
+    _client(steps).set_registered_model_alias("narrator-hijacked", "champion", "2")
+
+    (problem,) = _problems("hijacked", params)
+    assert problem.startswith("alias champion points at version 2, but the audit log's last promoted (by "
+                              "policy:auto at ")
+    assert "names version 1" in problem and "narrator approve hijacked 1 --by NAME" in problem
+
+
+def test_approving_the_version_an_alias_was_moved_to_records_the_move_so_it_verifies(steps, tmp_path):
+    params = make_params(steps, tmp_path, deployment_policy="manual")
+    register_voice("adopted", steps, evaluation(tmp_path, "eval", 0.86), params)
+    _client(steps).set_registered_model_alias("narrator-adopted", "champion", "1")  # outside narrator
+
+    done = approve("adopted", 1, "Dana Reviewer", params)
+    assert done.promoted and [r["event"] for r in _audit(tmp_path)] == ["registered", "approved"]
+    assert _problems("adopted", params) == []
+
+
+def test_a_champion_alias_set_without_any_audited_promotion_fails_verification(steps, tmp_path):
+    params = make_params(steps, tmp_path, deployment_policy="manual")
+    register_voice("unapproved", steps, evaluation(tmp_path, "eval", 0.86), params)  # pending approval
+    _client(steps).set_registered_model_alias("narrator-unapproved", "champion", "1")
+
+    (problem,) = _problems("unapproved", params)
+    assert "points at version 1, but the audit log records no promotion or approval" in problem
+
+
+def test_a_replaced_lineage_artifact_fails_verification(steps, tmp_path):
+    from components.register import canonical_lineage
+
+    params = make_params(steps, tmp_path)
+    done = register_voice("forged", steps, evaluation(tmp_path, "eval", 0.86), params)
+    client = _client(steps)
+    document = json.loads(Path(client.download_artifacts(done.run_id, "lineage.json", str(tmp_path))).read_text())
+    document["tags"]["consent_speaker"] = "Someone Else"
+    forged = tmp_path / "forged" / "lineage.json"
+    forged.parent.mkdir()
+    forged.write_bytes(canonical_lineage(document))
+    client.log_artifact(done.run_id, str(forged))  # replaces the registered document
+
+    problems = "\n".join(_problems("forged", params))
+    assert "lineage.json hashes to" in problems and "but the version's lineage_sha256 tag is" in problems
+    assert "the audit log's registration of version 1 recorded lineage_sha256" in problems
+    assert "tag consent_speaker was edited: registered 'Someone Else', now 'Alice Example'" in problems
+
+
+def test_a_replaced_params_file_in_the_register_run_fails_verification(steps, tmp_path):
+    params = make_params(steps, tmp_path)
+    done = register_voice("reparametrised", steps, evaluation(tmp_path, "eval", 0.86), params)
+    replaced = tmp_path / "replaced" / "params.yaml"
+    replaced.parent.mkdir()
+    replaced.write_text("finetune_gpt: {epochs: 99}\n")
+    _client(steps).log_artifact(done.run_id, str(replaced))
+
+    (problem,) = _problems("reparametrised", params)
+    assert "params.yaml hashes to" in problem and "the settings file was replaced after registration" in problem
+
+
+def test_a_failed_version_whose_verdict_tag_was_edited_to_pass_is_not_approved(steps, tmp_path):
+    params = make_params(steps, tmp_path)
+    register_voice("doctored", steps, evaluation(tmp_path, "eval", 0.60), params)  # failed its gates
+    _client(steps).set_model_version_tag("narrator-doctored", "1", "verdict", "pass")
+
+    with pytest.raises(RegistryError, match="no longer matches its registered lineage, so it cannot be approved: "
+                                            "tag verdict was edited: registered 'fail', now 'pass'"):
+        approve("doctored", 1, "Dana Reviewer", params)
+    assert "champion" not in _client(steps).get_registered_model("narrator-doctored").aliases
+
+
+def _packaged(steps: Steps, params, voice: str, version: int, uri: str, sha256: str) -> None:
+    """What `narrator package` leaves in the registry and the audit log about a published bundle."""
+    from narrator.registry import version_audit
+
+    client = _client(steps)
+    client.set_model_version_tag(f"narrator-{voice}", str(version), "bundle_uri", uri)
+    client.set_model_version_tag(f"narrator-{voice}", str(version), "bundle_sha256", sha256)
+    version_audit(params, "packaged", f"narrator-{voice}", voice, version, "packager", bento=f"narrator-{voice}:v1",
+                  bundle_uri=uri, bundle_sha256=sha256)
+
+
+def test_a_packaged_bundle_verifies_and_a_bundle_tag_changed_after_packaging_is_named(steps, tmp_path):
+    params = make_params(steps, tmp_path)
+    done = register_voice("bundled", steps, evaluation(tmp_path, "eval", 0.86), params)
+    _packaged(steps, params, "bundled", 1, f"runs:/{done.run_id}/bundle", "b" * 64)
+    assert _problems("bundled", params) == []
+
+    _client(steps).set_model_version_tag("narrator-bundled", "1", "bundle_sha256", "e" * 64)
+    (problem,) = _problems("bundled", params)
+    assert problem.startswith(f"tag bundle_sha256 was changed after packaging: the audit log's packaging recorded "
+                              f"{'b' * 64!r}, now {'e' * 64!r}")
+
+
+def test_bundle_tags_set_on_a_version_never_packaged_are_named(steps, tmp_path):
+    params = make_params(steps, tmp_path)
+    register_voice("smuggled", steps, evaluation(tmp_path, "eval", 0.86), params)
+    _client(steps).set_model_version_tag("narrator-smuggled", "1", "bundle_uri", "s3://elsewhere/bundle")
+
+    (problem,) = _problems("smuggled", params)
+    assert problem.startswith("tag bundle_uri was set outside `narrator package` ('s3://elsewhere/bundle')")
+
+
+def test_cli_lineage_verify_exits_0_when_intact_and_2_naming_what_changed(steps, tmp_path, capsys, monkeypatch):
+    from cli.main import main
+
+    monkeypatch.chdir(tmp_path)
+    params = make_params(steps, tmp_path)
+    register_voice("cli-verified", steps, evaluation(tmp_path, "eval", 0.86), params)
+    settings = ["--set", f"registry.tracking_uri={steps.uri}",
+                "--set", f"registry.audit_log={tmp_path / 'audit.jsonl'}"]
+
+    assert main(["lineage", "cli-verified", "--version", "1", "--verify", *settings]) == 0
+    assert "lineage intact" in capsys.readouterr().out
+    _client(steps).set_model_version_tag("narrator-cli-verified", "1", "verdict", "pass!")
+    assert main(["lineage", "cli-verified", "--verify", "--json", *settings]) == 2
+    report = json.loads(capsys.readouterr().out)
+    assert report["intact"] is False
+    assert report["problems"] == ["tag verdict was edited: registered 'pass', now 'pass!'"]
+
+
+@pytest.mark.services
+def test_verification_holds_against_an_mlflow_server_on_postgresql_and_s3(steps, tmp_path, mlflow_service,
+                                                                         postgres_service):
+    from tests import services
+
+    lock_url = services.create_database(postgres_service, f"registry_lock_lineage_{uuid.uuid4().hex[:8]}")
+    params = load_params(None, {"registry": {"tracking_uri": mlflow_service.url, "deployment_policy": "manual",
+                                             "audit_log": str(tmp_path / "audit.jsonl"), "lock_url": lock_url},
+                                "training": {"mlflow_tracking_uri": steps.uri, "mlflow_experiment": EXPERIMENT}})
+    register_voice("served-lineage", steps, evaluation(tmp_path, "eval", 0.86), params)
+    approve("served-lineage", 1, "Dana Reviewer", params)
+    assert _problems("served-lineage", params) == []
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=mlflow_service.url, registry_uri=mlflow_service.url)
+    client.set_model_version_tag("narrator-served-lineage", "1", "dataset_hash", "sha256:" + "0" * 64)
+    assert _problems("served-lineage", params) == [
+        f"tag dataset_hash was edited: registered {dataset_tags(steps.prepared)['dataset_hash']!r}, now "
+        f"{'sha256:' + '0' * 64!r}"]

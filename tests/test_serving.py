@@ -204,11 +204,12 @@ def test_concurrent_requests_each_hear_their_own_voice(service, deployment):
             assert _detect_bytes(data, "wav", deployment)["payload"] == deployment.payloads[voice]
 
 
-def test_stream_sends_audio_before_the_last_sentence(service, deployment):
+@pytest.mark.parametrize("fmt", ["wav", "mp3"])  # in process; an ffmpeg process fed sentence by sentence
+def test_stream_sends_audio_before_the_last_sentence(service, deployment, fmt):
     started = time.perf_counter()
     arrivals, data = [], b""
     with httpx.stream("POST", f"{service}/v1/speech/stream", headers=_auth(deployment.keys["globex"]), timeout=120,
-                      json={"voice": "bob", "text": STREAM_TEXT, "seed": 3, "format": "wav"}) as response:
+                      json={"voice": "bob", "text": STREAM_TEXT, "seed": 3, "format": fmt}) as response:
         assert response.status_code == 200
         assert response.headers["x-watermark-payload"] == deployment.payloads["bob"]
         for chunk in response.iter_raw():
@@ -218,19 +219,113 @@ def test_stream_sends_audio_before_the_last_sentence(service, deployment):
     total_at = arrivals[-1][0]
     assert first_size < len(data) / 2, "the first chunk held most of the audio: it waited for the text"
     assert first_at < total_at - 0.2
-    found = _detect_bytes(data, "wav", deployment)
+    found = _detect_bytes(data, fmt, deployment)
     assert found["detected"] and found["payload"] == deployment.payloads["bob"]
 
 
-@pytest.mark.parametrize("fmt", ["flac", "mp3", "ogg"])
-def test_streamed_formats_decode_and_are_marked(service, deployment, fmt):
-    with httpx.stream("POST", f"{service}/v1/speech/stream", headers=_auth(deployment.keys["acme"]), timeout=120,
-                      json={"voice": "alice", "text": LONG_TEXT, "seed": 7, "format": fmt,
-                            "sample_rate_hz": 24000}) as response:
-        assert response.status_code == 200
-        data = b"".join(response.iter_raw())
-    found = _detect_bytes(data, fmt, deployment)
-    assert found["seconds"] >= 10 and found["detected"] and found["payload"] == deployment.payloads["alice"]
+@pytest.fixture(scope="module")
+def served_formats(service, deployment):
+    """Every format of the registry, whole (POST /v1/speech) and streamed (POST /v1/speech/stream): the same
+    voice, text, seed and rate. {format: (whole response, stream headers, stream bytes)}"""
+    from serving.encode import FORMATS
+
+    body = {"voice": "alice", "text": LONG_TEXT, "seed": 7, "sample_rate_hz": 24000}
+    found = {}
+    for fmt in FORMATS:
+        whole = _speech(service, deployment.keys["acme"], **body, format=fmt)
+        assert whole.status_code == 200, whole.text
+        with httpx.stream("POST", f"{service}/v1/speech/stream", headers=_auth(deployment.keys["acme"]),
+                          timeout=120, json={**body, "format": fmt}) as response:
+            assert response.status_code == 200
+            found[fmt] = (whole, response.headers, b"".join(response.iter_raw()))
+    return found
+
+
+@pytest.mark.parametrize("fmt", ["wav", "pcm", "flac", "mp3", "ogg", "opus", "aac"])
+def test_every_streamed_format_decodes_to_the_whole_files_duration(served_formats, deployment, fmt):
+    """soundfile and ffprobe decode a stream to the whole file's duration (tests/test_encode.py's tolerances:
+    equal, except mp3, whose stream carries no gapless tag, and the decoders soundfile lacks); lossless streams
+    hold the whole file's very samples; every stream carries the voice's watermark."""
+    from models.watermark import detect
+    from narrator.registry import format_payload
+    from serving.encode import FORMATS
+    from tests.decoders import SOUNDFILE_CANNOT_READ, ffprobe_decode, soundfile_decode
+    from tests.test_encode import MP3_DELAY
+
+    rate, spec = 24000, FORMATS[fmt]
+    whole, _, stream = served_formats[fmt]
+    low, high = (MP3_DELAY, MP3_DELAY + 575) if fmt == "mp3" else (0, 0)  # 576-sample frames at 24 kHz
+    probes = [ffprobe_decode(data, fmt, rate) for data in (whole.content, stream)]
+    assert [p.codec for p in probes] == [spec.codec] * 2
+    extra = round((probes[1].seconds - probes[0].seconds) * rate)
+    assert low <= extra <= high, f"ffprobe: the stream decodes to {extra} samples more than the whole file"
+    assert probes[0].seconds >= 10
+    if fmt not in SOUNDFILE_CANNOT_READ:
+        whole_audio, whole_rate = soundfile_decode(whole.content, fmt, rate)
+        assert abs(len(whole_audio) / whole_rate - float(whole.headers["x-audio-duration-s"])) < 0.002
+        if fmt != "flac":  # a FLAC of unknown length is beyond libsndfile (serving/encode.py)
+            stream_audio, stream_rate = soundfile_decode(stream, fmt, rate)
+            extra = round((len(stream_audio) / stream_rate - len(whole_audio) / whole_rate) * rate)
+            assert low <= extra <= high, f"soundfile: the stream decodes to {extra} samples more than the whole file"
+    if spec.lossless:  # no seams at the sentence boundaries: the same samples
+        decoded = [subprocess.run(["ffmpeg", "-v", "error", *(["-f", "s16le", "-ar", "24000", "-ac", "1"]
+                                                               if fmt == "pcm" else []), "-i", "pipe:0",
+                                   "-f", "s16le", "pipe:1"], input=data, capture_output=True, check=True).stdout
+                   for data in (whole.content, stream)]
+        assert decoded[0] == decoded[1]
+    samples = subprocess.run(["ffmpeg", "-v", "error", *(["-f", "s16le", "-ar", "24000", "-ac", "1"]
+                                                         if fmt == "pcm" else []), "-i", "pipe:0", "-f", "f32le",
+                              "-ac", "1", "-ar", "32000", "pipe:1"], input=stream, capture_output=True,
+                             check=True).stdout
+    found = detect(np.frombuffer(samples, "<f4"), 32000, deployment.watermark_key)
+    assert found.detected and format_payload(found.payload) == deployment.payloads["alice"]
+
+
+@pytest.mark.parametrize("fmt", ["wav", "pcm", "mp3", "opus", "aac"])
+def test_audio_responses_name_their_file_rate_and_digest(served_formats, deployment, fmt):
+    from serving.encode import FORMATS
+
+    spec = FORMATS[fmt]
+    whole, stream_headers, stream = served_formats[fmt]
+    for headers in (whole.headers, stream_headers):
+        assert headers["content-type"] == spec.content_type
+        assert headers["x-audio-sample-rate-hz"] == "24000" and headers["x-audio-channels"] == "1"
+        disposition = headers["content-disposition"]
+        assert disposition.startswith('attachment; filename="alice-') and disposition.endswith(f'.{spec.extension}"')
+        assert ("x-audio-encoding" in headers) == (fmt == "pcm")
+    assert whole.headers["content-disposition"] != stream_headers["content-disposition"]  # one id per response
+    assert int(whole.headers["content-length"]) == len(whole.content)
+    assert whole.headers["x-audio-sha256"] == hashlib.sha256(whole.content).hexdigest()
+    assert float(whole.headers["x-audio-duration-s"]) >= 10
+    # a stream's duration and digest are known only at its end: its audit record, found by the id in the file
+    # name, holds them (uvicorn sends no HTTP trailers)
+    assert "x-audio-sha256" not in stream_headers and "content-length" not in stream_headers
+    from narrator.config import load_params
+
+    request_id = stream_headers["content-disposition"].split('"')[1][len("alice-"):-len(spec.extension) - 1]
+    path = Path(load_params(deployment.params_file).serving.audit_log)
+    deadline = time.monotonic() + 10
+    while not (found := [r for r in _stream_records(path) if r.get("request_id") == request_id]):
+        assert time.monotonic() < deadline, "no audit record of the stream"
+        time.sleep(0.1)
+    record = found[0]
+    assert record["output_sha256"] == hashlib.sha256(stream).hexdigest() and record["bytes_sent"] == len(stream)
+    assert record["delivery"] == "completed" and record["format"] == fmt
+    assert abs(record["seconds_sent"] - float(whole.headers["x-audio-duration-s"])) < 0.01
+
+
+def test_a_format_refuses_a_rate_or_bitrate_it_cannot_carry(service, deployment):
+    key = deployment.keys["acme"]
+    base = {"voice": "alice", "text": "Hello there.", "seed": 1}
+    message = _error(_speech(service, key, **base, format="flac", bitrate_kbps=128), 422, "invalid_request")
+    assert "flac takes no bitrate" in message
+    message = _error(_speech(service, key, **base, format="mp3", sample_rate_hz=24000, bitrate_kbps=320), 422,
+                     "invalid_request")
+    assert "160" in message
+    from tests.decoders import mp3_frame_bitrates
+
+    fine = _speech(service, key, **base, format="mp3", sample_rate_hz=44100, bitrate_kbps=64)
+    assert fine.status_code == 200 and set(mp3_frame_bitrates(fine.content)) == {64}
 
 
 # -- errors -------------------------------------------------------------------------------------------------------
@@ -371,6 +466,43 @@ def test_a_stream_the_client_abandons_is_recorded_as_aborted_with_what_was_sent(
     assert record["delivery"] == "aborted" and record["voice"] == "bob"
     assert len(received) <= record["bytes_sent"] and record["seconds_sent"] < record["duration_s"]
     assert record["seconds_sent"] == pytest.approx((record["bytes_sent"] - 44) / 2 / 32000, abs=1e-3)
+
+
+def _service_ffmpegs(service: str) -> list[int]:
+    """The ffmpeg processes (stream encoders) under the `bentoml serve` process listening on `service`'s port."""
+    port, children, names = service.rsplit(":", 1)[1], {}, {}
+    root = None
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            command = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+        names[int(entry)] = stat.split("(", 1)[1].rsplit(")", 1)[0]
+        if b"bentoml" in b" ".join(command) and b"--port" in command and port.encode() in command:
+            root = int(entry)
+    assert root is not None, "the service's process was not found"
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found += [child for child in children.get(pid, []) if names.get(child) == "ffmpeg"]
+        todo += children.get(pid, [])
+    return found
+
+
+def test_an_abandoned_stream_ends_its_encoder_process(service, deployment):
+    """A client that hangs up on an mp3 stream: the stream's ffmpeg process ends with it."""
+    with httpx.stream("POST", f"{service}/v1/speech/stream", headers=_auth(deployment.keys["acme"]), timeout=120,
+                      json={"voice": "alice", "text": LONG_TEXT, "seed": 9, "format": "mp3"}) as response:
+        next(response.iter_raw())
+        assert _service_ffmpegs(service), "the mp3 stream is encoded by an ffmpeg process"
+    deadline = time.monotonic() + 30
+    while _service_ffmpegs(service):
+        assert time.monotonic() < deadline, "the abandoned stream's ffmpeg process is still running"
+        time.sleep(0.2)
 
 
 def test_metrics_expose_latency_first_audio_rtf_and_queue_depth(service, deployment):

@@ -7,6 +7,7 @@ word2ph has one entry per word (its phone count) and one per punctuation mark.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 
 _VOWELS = {"AA", "AE", "AH", "AO", "AW", "AY", "EH", "ER", "EY", "IH", "IY", "OW", "OY", "UH", "UW"}
@@ -47,6 +48,20 @@ def lookup(word: str) -> list[str] | None:
         return _PREFERRED[word].split()
     prons = cmu().get(word)
     return list(prons[0]) if prons else None
+
+
+def in_dictionary(word: str) -> bool:
+    """Whether CMUdict (or the everyday readings here) reads `word`, its possessive or contraction base included;
+    other words are guessed by rules."""
+    lower = word.lower()
+    if lower in _PREFERRED or lower == "ok" or cmu().get(lower):
+        return True
+    if lower.endswith("'s") and len(lower) > 2:
+        return in_dictionary(word[:-2])
+    if lower.endswith("s'") and len(lower) > 2:
+        return in_dictionary(word[:-1])
+    return any(lower.endswith(suffix) and len(lower) > len(suffix) and lookup(lower[:-len(suffix)])
+               for suffix in _CONTRACTIONS)
 
 
 def spell(word: str) -> list[str]:
@@ -200,8 +215,23 @@ def _stress(phones: list[str]) -> list[str]:
 _TOKEN_RE = re.compile(r"[A-Za-z][A-Za-z']*|[,.!?…\-]")
 
 
-def g2p_en(text: str) -> tuple[list[str], list[int]]:
-    """Normalised English text -> (phones, word2ph), word2ph with one entry per word or punctuation mark."""
+def lexicon_phones(word: str, lookup: Callable[[str], Sequence[str] | None]) -> list[str] | None:
+    """The phones a pronunciation lexicon (`lookup`: word -> phones or None) gives `word`, its possessive
+    ("Zorblax's") included, or None."""
+    found = lookup(word)
+    if found is not None:
+        return list(found)
+    if word.lower().endswith("'s") and len(word) > 2:
+        base = lookup(word[:-2])
+        if base is not None:
+            return list(base) + _suffix_s(list(base))
+    return None
+
+
+def g2p_en(text: str, lookup: Callable[[str], Sequence[str] | None] | None = None) -> tuple[list[str], list[int]]:
+    """Normalised English text -> (phones, word2ph), word2ph with one entry per word or punctuation mark.
+
+    `lookup` (a pronunciation lexicon's `phones_for`) gives the phones of the words it knows, before any rule."""
     tokens = _TOKEN_RE.findall(text)
     words = [t for t in tokens if t[0].isalpha()]
     shouting = len(words) >= 3 and sum(w.isupper() for w in words) > 0.7 * len(words)
@@ -218,7 +248,9 @@ def g2p_en(text: str) -> tuple[list[str], list[int]]:
             phones.append(token)
             word2ph.append(1)
             continue
-        ph = word_to_phones(token, spell_caps=not shouting)
+        ph = lexicon_phones(token, lookup) if lookup is not None else None
+        if ph is None:
+            ph = word_to_phones(token, spell_caps=not shouting)
         if ph:
             phones += ph
             word2ph.append(len(ph))

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from models.text.errors import LanguageNotSupported, TextError
+from models.text.lexicon import PhoneLexicon
 from models.text.symbols import PUNCTUATION, symbol_to_id, to_ids
 
 LANGUAGES = ("zh", "en", "auto")
@@ -168,23 +169,26 @@ def normalize(text: str, language: str) -> str:
     return normalize_en(text)
 
 
-def _g2p_segment(text: str, language: str) -> tuple[list[str], list[int]]:
+def _g2p_segment(text: str, language: str, lexicon: PhoneLexicon | None = None) -> tuple[list[str], list[int]]:
     if language == "zh":
         from models.text.zh_g2p import g2p_zh
 
-        return g2p_zh(text)
+        return g2p_zh(text, lexicon.chinese_words() if lexicon else None)
     from models.text.en_g2p import g2p_en
 
-    return g2p_en(text)
+    return g2p_en(text, lexicon.phones_for if lexicon else None)
 
 
-def g2p(text: str, language: str = "auto") -> G2PResult:
+def g2p(text: str, language: str = "auto", lexicon: PhoneLexicon | None = None) -> G2PResult:
     """Text -> normalised text, v2 phones, ids, word2ph and language segments.
 
     `language` is "zh", "en" or "auto"; Chinese characters are always read as Mandarin and Latin words
     as English (mixed text is split), the language only decides text without words of either kind.
-    Japanese, Korean and Cantonese raise `LanguageNotSupported`."""
+    Japanese, Korean and Cantonese raise `LanguageNotSupported`. A pronunciation `lexicon`
+    (`models.text.lexicon.compile_lexicon`) respells its `say` words first and gives its words their phones."""
     lang = check_language(language)
+    if lexicon is not None:
+        text = lexicon.respell(text)
     phones: list[str] = []
     word2ph: list[int] = []
     segments: list[Segment] = []
@@ -194,7 +198,7 @@ def g2p(text: str, language: str = "auto") -> G2PResult:
         norm = normalize(raw, seg_lang)
         if not norm.strip():
             continue
-        seg_phones, seg_w2p = _g2p_segment(norm, seg_lang)
+        seg_phones, seg_w2p = _g2p_segment(norm, seg_lang, lexicon)
         if not seg_phones:
             continue
         start = len(phones)
@@ -220,13 +224,13 @@ def _ends_with_punctuation(text: str) -> bool:
 
 
 def prepare_for_synthesis(text: str, language: str = "auto", *, min_phones: int = 6,
-                          min_en_phones: int = 4) -> G2PResult:
+                          min_en_phones: int = 4, lexicon: PhoneLexicon | None = None) -> G2PResult:
     """g2p for a synthesis input (prompt text or one target sentence), with GPT-SoVITS' padding rules:
 
     1. a text that does not end in punctuation gets "。" (zh/auto with Chinese) or "." (en) appended;
     2. a pure-English result with fewer than `min_en_phones` phones is redone with "," prepended;
     3. a result with fewer than `min_phones` phones is redone with "." prepended.
-    Raises TextError when nothing pronounceable is left."""
+    Raises TextError when nothing pronounceable is left. `lexicon`: a voice's pronunciation lexicon (see `g2p`)."""
     lang = check_language(language)
     text = text.strip()
     if not text:
@@ -234,13 +238,13 @@ def prepare_for_synthesis(text: str, language: str = "auto", *, min_phones: int 
     if not _ends_with_punctuation(text):
         chinese_end = re.search(f"[{_CJK}]", text) and lang != "en"
         text += "。" if chinese_end else "."
-    result = g2p(text, lang)
+    result = g2p(text, lang, lexicon)
     if not any(p not in PUNCTUATION for p in result.phones):
         raise TextError(f"nothing pronounceable in {text!r}: it has no Chinese characters, English words or "
                         "numbers the front-end can read.")
     if result.segments and all(s.language == "en" for s in result.segments) and len(result.phones) < min_en_phones:
         text = "," + text
-        result = g2p(text, lang)
+        result = g2p(text, lang, lexicon)
     if len(result.phones) < min_phones:
-        result = g2p("." + text, lang)
+        result = g2p("." + text, lang, lexicon)
     return result

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 
 from models.text.tone_sandhi import apply_sandhi
@@ -84,8 +85,13 @@ def cut(text: str) -> list[tuple[str, str]]:
     return [(w.word, w.flag) for w in _jieba().cut(text)]
 
 
-def g2p_zh(text: str) -> tuple[list[str], list[int]]:
-    """Normalised Chinese text -> (phones, word2ph), word2ph with one entry per character."""
+def g2p_zh(text: str, lexicon: Mapping[str, Sequence[str]] | None = None) -> tuple[list[str], list[int]]:
+    """Normalised Chinese text -> (phones, word2ph), word2ph with one entry per character.
+
+    `lexicon` maps Chinese words to their phones (2 per character, a pronunciation lexicon's): those words are read
+    so wherever they appear (longest first), the text between them as usual."""
+    lexicon = lexicon or {}
+    lexicon_re = "(" + "|".join(map(re.escape, sorted(lexicon, key=len, reverse=True))) + ")" if lexicon else None
     phones: list[str] = []
     word2ph: list[int] = []
     # sandhi works on stretches between punctuation marks
@@ -96,15 +102,24 @@ def g2p_zh(text: str) -> tuple[list[str], list[int]]:
             phones.append(_PUNCT_PHONES.get(chunk, "UNK"))
             word2ph.append(1)
             continue
-        words = cut(chunk)
-        syllables = [_pinyin(w) for w, _ in words]
-        for (word, _), pys in zip(words, syllables):
-            if len(pys) != len(word):  # pypinyin merged or split something: fall back per character
-                pys[:] = [_pinyin(ch)[0] for ch in word]
-        syllables = apply_sandhi(words, syllables)
-        for pys in syllables:
-            for py in pys:
-                initial, final = split_syllable(py)
-                phones += [initial, final]
-                word2ph.append(2)
+        for piece in (re.split(lexicon_re, chunk) if lexicon_re else [chunk]):
+            if piece in lexicon:  # a lexicon word: its syllables as written, 2 phones per character
+                phones += lexicon[piece]
+                word2ph += [2] * len(piece)
+            elif piece:
+                _read_chunk(piece, phones, word2ph)
     return phones, word2ph
+
+
+def _read_chunk(chunk: str, phones: list[str], word2ph: list[int]) -> None:
+    words = cut(chunk)
+    syllables = [_pinyin(w) for w, _ in words]
+    for (word, _), pys in zip(words, syllables):
+        if len(pys) != len(word):  # pypinyin merged or split something: fall back per character
+            pys[:] = [_pinyin(ch)[0] for ch in word]
+    syllables = apply_sandhi(words, syllables)
+    for pys in syllables:
+        for py in pys:
+            initial, final = split_syllable(py)
+            phones += [initial, final]
+            word2ph.append(2)
