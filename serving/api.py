@@ -55,8 +55,8 @@ from serving import errors
 from serving.audit import COMPLETED, Delivery, SynthesisAudit, SynthesisRecord, delivered, text_sha256
 from serving.encode import FORMATS, AudioFormat, EncodeError, audio_format, media_type
 from serving.engine import GptBatcher, Resampler, WatermarkStream, sentences
-from serving.http import (EXPOSED_HEADERS, ServiceMiddleware, error_responses, note_quota, openapi_document, page_csp,
-                          request_id)
+from serving.http import (EXPOSED_HEADERS, ServiceMiddleware, error_responses, keyed_operations, note_quota,
+                          openapi_document, page_csp, request_id)
 from serving.ratelimit import open_rate_limiter
 from serving.voices import LoadedVoice, VoiceCache, VoiceCatalog, VoiceInfo, VoiceUnavailable
 
@@ -557,7 +557,7 @@ def create_app(server: Callable[[], NarratorServer], routers: Sequence[APIRouter
 
             app.openapi_schema = openapi_document(get_openapi(
                 title=app.title, version=app.version, openapi_version=app.openapi_version,
-                description=app.description, routes=app.routes))
+                description=app.description, routes=app.routes), keyed_ops=keyed_operations(app.routes))
         return app.openapi_schema
 
     app.openapi = contract

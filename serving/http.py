@@ -16,7 +16,8 @@ endpoint is the matched route's template (`/v1/speech`, `/v1/voices/{voice}`) or
 add series. An exception no handler answered becomes the JSON 500 here, with its request id.
 
 `openapi_document` post-processes FastAPI's document (OpenAPI 3.1) into the contract the service keeps: the
-`bearer` scheme (and `X-API-Key`) on every operation that takes a key, the real error body (`Error`), and for every
+`bearer` scheme (and `X-API-Key`) on every operation that takes a key (`keyed_operations`), the real error body
+(`Error`; a tagged, compatible API's operations keep their own error format, undescribed), and for every
 operation each status it can answer with.
 """
 
@@ -166,7 +167,24 @@ def error_responses(*statuses: int) -> dict[int, dict[str, Any]]:
             for status in statuses}
 
 
-def openapi_document(schema: dict[str, Any], bearer_scheme: str = "bearer") -> dict[str, Any]:
+def keyed_operations(routes: list) -> set[tuple[str, str]]:
+    """(method, path) of every route that takes an API key: one whose dependencies (at any depth) include a
+    function named `authorized` (the service's and the compatible APIs' key checks are), whether or not it
+    declares a security scheme itself."""
+    from fastapi import routing
+
+    def needs_key(dependant) -> bool:
+        return any(getattr(d.call, "__name__", "") == "authorized" or needs_key(d) for d in dependant.dependencies)
+
+    if hasattr(routing, "iter_route_contexts"):  # FastAPI >= 0.160: included routers stay routers; walk into them
+        found = [c for c in routing.iter_route_contexts(routes) if isinstance(c.original_route, routing.APIRoute)]
+    else:
+        found = [r for r in routes if isinstance(r, routing.APIRoute)]
+    return {(method.lower(), route.path) for route in found if needs_key(route.dependant) for method in route.methods}
+
+
+def openapi_document(schema: dict[str, Any], bearer_scheme: str = "bearer",
+                     keyed_ops: set[tuple[str, str]] = frozenset()) -> dict[str, Any]:
     """FastAPI's generated document made the contract: Error and the security schemes in components, on every
     operation each status it answers with (a keyed operation: 401, 429, 503; every one: 500) with the Error body
     (FastAPI's own 422 body, which the service never sends, replaced), the request-id header on every response and
@@ -179,20 +197,24 @@ def openapi_document(schema: dict[str, Any], bearer_scheme: str = "bearer") -> d
                          "description": "the same API key in a header of its own"}
     schemas = components.setdefault("schemas", {})
     schemas["Error"] = ERROR_SCHEMA
-    for path_item in schema.get("paths", {}).values():
-        for operation in path_item.values():
+    for path, path_item in schema.get("paths", {}).items():
+        for method, operation in path_item.items():
             if not isinstance(operation, dict) or "responses" not in operation:
                 continue
+            if (method, path) in keyed_ops and not operation.get("security"):
+                operation["security"] = [{bearer_scheme: []}]
             responses = operation["responses"]
             security = operation.get("security", [])
             keyed = any(bearer_scheme in r for r in security) and {} not in security  # {}: the key is optional
             if keyed:
                 operation["security"] = [{bearer_scheme: []}, {"apiKey": []}]  # either header
             wanted = set(KEYED_STATUSES if keyed else ()) | {500} | {int(s) for s in responses if s.isdigit()}
+            native = not operation.get("tags")  # ours; a compatible API (tagged) answers in its own error format
             for status in sorted(wanted):
                 key = str(status)
                 if status >= 400 and (key not in responses or status == 422):
-                    responses[key] = error_responses(status)[status]
+                    responses[key] = (error_responses(status)[status] if native else
+                                      {"description": STATUS_TEXT[status] + " (in this API's own error format)"})
                 response = responses[key]
                 headers = response.setdefault("headers", {})
                 headers.update(REQUEST_ID_HEADER)

@@ -114,6 +114,10 @@ def test_openapi_is_a_valid_3_1_document_with_a_bearer_scheme_and_the_real_error
     assert speech["responses"]["422"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
     assert "X-RateLimit-Remaining" in speech["responses"]["200"]["headers"]
     assert "X-Request-Id" in speech["responses"]["500"]["headers"]
+    for path in ("/v1/audio/speech", "/elevenlabs/v1/text-to-speech/{voice_id}"):  # the compatible routes too
+        compat = schema["paths"][path]["post"]
+        assert {"bearer": []} in compat["security"] and {"401", "429", "500"} <= set(compat["responses"]), path
+        assert "X-Request-Id" in compat["responses"]["200"]["headers"]
 
 
 def test_every_status_a_route_answers_with_is_in_the_document(service, deployment, metrics_key):
@@ -238,7 +242,7 @@ def test_no_cors_without_configured_origins():
     from narrator.config import ServingConfig
     from serving.api import create_app
 
-    client = TestClient(create_app(lambda: None, ServingConfig()))
+    client = TestClient(create_app(lambda: None, settings=ServingConfig()))
     response = client.options("/v1/speech", headers={"Origin": ORIGIN, "Access-Control-Request-Method": "POST"})
     assert "access-control-allow-origin" not in response.headers
 
@@ -258,7 +262,7 @@ def test_a_failure_no_handler_answered_is_a_json_500_with_the_request_id_and_is_
         def observe(self, endpoint, status, seconds):
             counted.append((endpoint, status))
 
-    client = TestClient(create_app(lambda: Broken(), ServingConfig()), raise_server_exceptions=False)
+    client = TestClient(create_app(lambda: Broken(), settings=ServingConfig()), raise_server_exceptions=False)
     response = client.get("/v1/voices", headers={"X-Request-Id": "failing-1"})
     assert response.status_code == 500 and response.headers["x-request-id"] == "failing-1"
     assert response.json()["error"]["code"] == "internal" and "failing-1" in response.json()["error"]["message"]
