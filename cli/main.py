@@ -290,6 +290,11 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             a.add_argument("--host", metavar="URL", help="Kubeflow Pipelines API URL (default: pipeline.kfp_host)")
             a.add_argument("--cron", metavar="EXPR", help="six-field cron (default: pipeline.retrain_cron)")
+        a.add_argument("--namespace", metavar="NS", help="cluster runs: Kubernetes namespace (Kubeflow profile) "
+                                                         "(default: $KF_PIPELINES_NAMESPACE, else pipeline.namespace)")
+        a.add_argument("--token", metavar="TOKEN", help="cluster runs: bearer token of the Kubeflow Pipelines API "
+                                                        "(default: $KF_PIPELINES_TOKEN, else the service-account "
+                                                        "token file $KF_PIPELINES_SA_TOKEN_PATH when there is one)")
         a.add_argument("--source", metavar="DIR|S3", help="the narrator's recordings (onboard, retrain)")
         a.add_argument("--voice", metavar="NAME", help="voice name (onboard, retrain)")
         a.add_argument("--narrators", metavar="JSON", help="batch: a JSON file listing {source, voice} objects")
@@ -844,6 +849,11 @@ def _cmd_pipeline_compile(args) -> int:
 
 
 def _print_local_run(result) -> None:
+    for row in result.summary or []:
+        if row.get("verdict") in ("refused", "failed"):
+            print(f"{row['voice']}: {row['verdict']}: {'; '.join(row.get('reasons', []))}", file=sys.stderr)
+    for refusal in result.refusals if result.summary is None else []:
+        print(f"{refusal['voice']}: refused: {'; '.join(refusal['reasons'])}", file=sys.stderr)
     for pkg in result.packages:
         mark = pkg["sample_watermark"]
         print(f"{pkg['voice']} version {pkg['version']}: packaged as {pkg['store_tag']}; sample {pkg['sample']} "
@@ -861,8 +871,9 @@ def _cmd_pipeline_run(args) -> int:
     if args.local:
         result = run_local(args.name, params, arguments, verbose=args.verbose)
         _print_local_run(result)
-        return 2 if result.gate_failures and not result.packages else 0
-    print(f"submitted the {args.name} pipeline: run {submit(args.name, params, arguments, args.host)}")
+        return 2 if (result.gate_failures or result.refusals) and not result.packages else 0
+    run = submit(args.name, params, arguments, args.host, namespace=args.namespace, token=args.token)
+    print(f"submitted the {args.name} pipeline: run {run}")
     return 0
 
 
@@ -870,7 +881,8 @@ def _cmd_pipeline_schedule(args) -> int:
     from pipelines.run import schedule
 
     params = _load(args)
-    job = schedule(args.name, params, _pipeline_arguments(args, params), args.host, args.cron)
+    job = schedule(args.name, params, _pipeline_arguments(args, params), args.host, args.cron,
+                   namespace=args.namespace, token=args.token)
     print(f"scheduled the {args.name} pipeline ({args.cron or params.pipeline.retrain_cron}): recurring run {job}")
     return 0
 

@@ -1,7 +1,9 @@
-"""The pipelines' records: every run, finished or failed, and every voice that failed its quality gates leave an
-MLflow run (tags only, when `training.mlflow_tracking_uri` is set) and a line in the registry's audit log.
+"""The pipelines' records: every run, finished or failed, every voice that failed its quality gates and every
+refused dataset leave an MLflow run (tags only, when `training.mlflow_tracking_uri` is set) and a line in the
+registry's audit log.
 
-Called by the Kubeflow pipelines' exit handler (`record_run`) and their failed-gate branch (`record_gate_failure`).
+Called by the Kubeflow pipelines' exit handler (`record_run`), their failed-gate branch (`record_gate_failure`)
+and their refused-dataset branch (`record_refusal`).
 """
 
 from __future__ import annotations
@@ -54,6 +56,13 @@ def record_gate_failure(voice: str, reasons: list[str], params: Params) -> GateF
     audit_event(params, "gate_failed", voice=voice, reasons=joined, **environment_summary())
     log.warning("%s: the evaluation failed its gates, nothing was registered: %s", voice, joined)
     return GateFailure(voice, list(reasons))
+
+
+def record_refusal(voice: str, reason: str, params: Params) -> None:
+    """Validation refused a voice's recordings: an MLflow run and an audit record say why; nothing was trained."""
+    _mlflow_record(params, f"refused-{voice}", {"voice": voice, "verdict": "refused", "reasons": reason})
+    audit_event(params, "dataset_refused", voice=voice, reasons=reason, **environment_summary())
+    log.warning("%s: the recordings were refused, nothing was trained: %s", voice, reason)
 
 
 def record_run(voice: str, pipeline: str, state: str, error: str | None, job: str, params: Params) -> None:

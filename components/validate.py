@@ -32,7 +32,7 @@ from components.prepare import plan_segments
 from narrator.audiofile import audio_info, read_audio, resample
 from narrator.config import Params, ValidateConfig
 from narrator.dataset import Clip, Consent, discover, inside, list_line
-from narrator.errors import AudioError, NarratorError, OutputError
+from narrator.errors import AudioError, OutputError, SourceError
 from narrator.log import get_logger
 from narrator.speech import SAMPLE_RATE_HZ, SpeakerEncoder, VoiceActivityDetector, cosine, ge2e_mel, vad_frame_s, voiced
 from narrator.storage import (check_free_space, folder_lock, is_s3, is_user_os_error, open_source, output_error,
@@ -161,7 +161,7 @@ def _validate(source: str, out_dir: Path, params: Params) -> ValidationReport:
     for item in ignored:
         log.warning("not read: %s: %s", item.path, item.detail)
     if not clips:
-        raise NarratorError(
+        raise SourceError(
             f"{source}: no audio files ({', '.join(cfg.audio_extensions)}) found; give the folder that holds the clips"
         )
     log.info("validating %d clips from %s", len(clips), source)

@@ -205,13 +205,14 @@ class Synthesizer:
 
     @torch.inference_mode()
     def plan(self, text: str, reference: Reference, language: str = "auto",
-             settings: SamplingSettings | None = None) -> SentencePlan:
-        """Phones and BERT features of one sentence (read with the voice's lexicon), after the reference's."""
+             settings: SamplingSettings | None = None, *, lexicon: PhoneLexicon | None = None) -> SentencePlan:
+        """Phones and BERT features of one sentence (read with the voice's lexicon, or `lexicon` when given: an SSML
+        segment's, `models.text.ssml.segment_lexicon`), after the reference's."""
         from models.features import bert_for_segments
         from models.text import prepare_for_synthesis
 
         s = settings or SamplingSettings()
-        target = prepare_for_synthesis(text, language, lexicon=self.lexicon)
+        target = prepare_for_synthesis(text, language, lexicon=lexicon if lexicon is not None else self.lexicon)
         bert = bert_for_segments(self.bert, target.segments, target.word2ph)
         target_phones = torch.tensor(target.ids, dtype=torch.long)
         return SentencePlan(text=target.text, language=language, target_phones=target_phones,
@@ -280,10 +281,10 @@ class Synthesizer:
 
     def sentence(self, text: str, reference: Reference, language: str = "auto",
                  settings: SamplingSettings | None = None, generator: torch.Generator | None = None,
-                 decode: Decoder | None = None) -> SentenceAudio:
+                 decode: Decoder | None = None, *, lexicon: PhoneLexicon | None = None) -> SentenceAudio:
         """One sentence -> audio `(n,)` float32 at 32 kHz (plan, decode, render)."""
         started = time.perf_counter()
-        plan = self.plan(text, reference, language, settings)
+        plan = self.plan(text, reference, language, settings, lexicon=lexicon)
         if decode is None:
             codes = self.decode(plan, reference, settings, generator)
         else:
@@ -308,6 +309,43 @@ class Synthesizer:
         for i, sentence in enumerate(sentences):
             audio = self.sentence(sentence.text, reference, sentence.language, s, self.generator(seed, i), decode)
             if i + 1 < len(sentences):
+                audio.samples = np.concatenate([audio.samples, pause])
+            yield audio
+
+    def stream_segments(self, segments: list, reference: Reference, settings: SamplingSettings | None = None,
+                        seed: int | None = None, decode: Decoder | None = None) -> Iterator[SentenceAudio]:
+        """An SSML document's segments (`models.text.ssml.parse_ssml`) in order: each `Speech` split into sentences
+        and spoken as `stream` speaks text (sentence i of the document, counting every segment's, is seeded with
+        `sentence_seed(seed, i)`), at `settings.speed` times its rate (bounded 0.5-2) and read with its phones; each
+        `Pause` as exactly that many zero samples, in place of the pause between sentences where it stands."""
+        import dataclasses
+
+        from models.text import split_sentences
+        from models.text.ssml import MAX_RATE, MIN_RATE, Pause, segment_lexicon
+
+        s = settings or SamplingSettings()
+        items: list = []
+        for segment in segments:
+            if isinstance(segment, Pause):
+                items.append(segment)
+                continue
+            speed = min(MAX_RATE, max(MIN_RATE, s.speed * segment.rate))
+            seg_settings = dataclasses.replace(s, speed=speed) if speed != s.speed else s
+            lexicon = segment_lexicon(self.lexicon, segment.phones)
+            items += [(sentence, seg_settings, lexicon) for sentence in split_sentences(segment.text, segment.language)]
+        if not any(not isinstance(item, Pause) for item in items):
+            raise SynthesisError("the SSML document has nothing to speak: give at least one word to synthesize")
+        pause = np.zeros(int(s.pause_s * SAMPLE_RATE_HZ), np.float32)
+        index = 0
+        for k, item in enumerate(items):
+            if isinstance(item, Pause):
+                yield SentenceAudio("", np.zeros(round(item.seconds * SAMPLE_RATE_HZ), np.float32), 0, 0, 0.0)
+                continue
+            sentence, seg_settings, lexicon = item
+            audio = self.sentence(sentence.text, reference, sentence.language, seg_settings,
+                                  self.generator(seed, index), decode, lexicon=lexicon)
+            index += 1
+            if k + 1 < len(items) and not isinstance(items[k + 1], Pause):
                 audio.samples = np.concatenate([audio.samples, pause])
             yield audio
 

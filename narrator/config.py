@@ -285,10 +285,32 @@ class PackageConfig(_Section):
     sample_language: str = Field("en", description="language of sample_text (en or zh)")
 
 
+class PipelineSecrets(_Section):
+    """Kubernetes Secrets (in the runs' namespace) whose keys become environment variables of the steps that need
+    them on a cluster, each step only the keys it reads (pipelines/cluster.py lists them); one Secret may hold them
+    all (the default: narrator-secrets, the serving's too) or each its own. None: not injected (e.g. S3 access
+    through the service account's IAM role). Local runs ignore them."""
+
+    s3: str | None = Field("narrator-secrets", description="AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (optional "
+                                                           "AWS_ENDPOINT_URL, AWS_DEFAULT_REGION): every step that "
+                                                           "reads or writes s3:// or MLflow's artifacts")
+    watermark: str | None = Field("narrator-secrets", description="NARRATOR_WATERMARK_KEY: the steps that speak or "
+                                                                  "check marked audio")
+    registry: str | None = Field("narrator-secrets", description="optional MLFLOW_TRACKING_USERNAME, "
+                                                                 "MLFLOW_TRACKING_PASSWORD, MLFLOW_TRACKING_TOKEN, "
+                                                                 "PGPASSWORD: the steps that talk to MLflow or take "
+                                                                 "the registry lock")
+    audit: str | None = Field("narrator-secrets", description="NARRATOR_AUDIT_KEY: the steps that append to the "
+                                                              "audit log")
+
+
 class PipelineConfig(_Section):
     """The Kubeflow pipelines (pipelines/): image, resources, caching, batch width, retraining schedule."""
 
-    image: str = Field("narrator:latest", description="the project image (Dockerfile) every step runs in on Kubeflow")
+    image: str = Field("narrator:latest", description="the project image (Dockerfile) every step runs in on Kubeflow; "
+                                                      "a cluster pulls it, so compiling or submitting for one needs "
+                                                      "a registry in it (REGISTRY/narrator:TAG, e.g. "
+                                                      "ghcr.io/OWNER/narrator:1.0); local runs do not use it")
     pipeline_root: str = Field("runs/pipeline", description="local runs: where step outputs and the step cache live")
     kfp_host: str | None = Field(None, description="Kubeflow Pipelines API URL for --host runs (else give --host)")
     caching: bool = Field(True, description="reuse a finished step's outputs when its inputs and params are "
@@ -303,10 +325,27 @@ class PipelineConfig(_Section):
     step_memory: str = Field("8G", description="memory request of the other steps")
     work_uri: str | None = Field(None, description="s3:// prefix where multi-GPU PyTorchJobs exchange features "
                                                    "and checkpoints with the pipeline (needed when training_gpus > 1)")
-    namespace: str = Field("kubeflow", description="Kubernetes namespace of PyTorchJobs")
+    namespace: str = Field("kubeflow", description="Kubernetes namespace (Kubeflow profile) runs are submitted to "
+                                                   "and their PyTorchJobs run in; --namespace or "
+                                                   "$KF_PIPELINES_NAMESPACE overrides it")
     batch_parallelism: int = Field(4, ge=1, description="narrators onboarded at once by pipelines/batch.py")
     retrain_cron: str = Field("0 0 3 * * 0", description="schedule of pipelines/retrain.py (KFP cron with seconds: "
                                                          "Sundays 03:00)")
+    image_pull_secret: str | None = Field(None, description="Kubernetes Secret (docker-registry) the cluster pulls "
+                                                           "a private pipeline.image with; None: a public image")
+    service_account: str | None = Field("narrator-pipeline", description="Kubernetes service account of the runs' "
+                                                                          "pods and the PyTorchJobs "
+                                                                          "(deploy/kubeflow/rbac.yaml); None: the "
+                                                                          "cluster's default")
+    secrets: PipelineSecrets = Field(PipelineSecrets(), description="Kubernetes Secrets whose keys become the "
+                                                                      "steps' environment on a cluster; None: not "
+                                                                      "injected")
+    retries: int = Field(3, ge=0, description="retries of a step that talks to the network (snapshot, validate, "
+                                              "register, package, records, the PyTorchJob launcher) on a cluster")
+    retry_backoff_s: int = Field(60, ge=0, description="wait before the first retry; doubles each retry")
+    training_nodes: int = Field(1, ge=1, description="nodes of a multi-GPU fine-tuning PyTorchJob (1 Master + "
+                                                     "N-1 Workers, each with training_gpus GPUs; torchrun "
+                                                     "rendezvous over c10d)")
 
 
 class ServingConfig(_Section):
@@ -320,6 +359,12 @@ class ServingConfig(_Section):
                                                               "recently used voices are evicted beyond it")
     max_voices: int = Field(8, ge=1, description="at most this many voices loaded per process")
     max_text_chars: int = Field(2000, ge=1, description="longer text is refused (413)")
+    ssml_max_break_s: float = Field(10.0, ge=0, description="SSML: the longest <break time> (models/text/ssml.py)")
+    ssml_break_strengths_s: dict[str, float] = Field(
+        {"none": 0.0, "x-weak": 0.1, "weak": 0.25, "medium": 0.4, "strong": 0.7, "x-strong": 1.2},
+        description="SSML: seconds of silence of each <break strength>")
+    ssml_max_elements: int = Field(500, ge=1, description="SSML: elements a document may have")
+    ssml_max_depth: int = Field(16, ge=1, description="SSML: how deep a document's elements may nest")
     max_upload_mb: float = Field(20.0, gt=0, description="larger watermark-detection uploads are refused (413)")
     rate_limit_per_minute: int = Field(60, ge=1, description="requests per API key per minute (token bucket; 429)")
     rate_limit_burst: int = Field(10, ge=1, description="requests a key may make at once before the rate applies")

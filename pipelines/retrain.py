@@ -14,6 +14,7 @@ from collections.abc import Callable  # no `from __future__ import annotations`:
 from kfp import dsl
 
 from narrator.config import Params
+from pipelines.cluster import on_cluster
 from pipelines.onboard import ONBOARD_STEPS, PARAM_ARGS, settings_arguments, steps_pipeline
 from pipelines.steps import make_steps
 
@@ -22,7 +23,8 @@ STEPS = ("new_recordings", *ONBOARD_STEPS)  # the steps whose settings the retra
 
 
 def build(params: Params) -> Callable:
-    steps = make_steps(params.pipeline.image)
+    cfg = params.pipeline
+    steps = make_steps(cfg.image)
     onboard_steps = steps_pipeline(params)
     defaults = settings_arguments(params, STEPS)
 
@@ -42,8 +44,10 @@ def build(params: Params) -> Callable:
                 params_record: str = defaults["params_record"]):
         a = dict(locals())
         record = steps.record_run(voice=voice, pipeline=NAME, settings=params_record).set_caching_options(False)
+        on_cluster(record, "record", cfg)
         with dsl.ExitHandler(record, name="retrain"):
             changed = steps.new_recordings(source=source, voice=voice, settings=params_new_recordings)
+            on_cluster(changed, "new_recordings", cfg)
             changed.set_caching_options(False).set_display_name("new recordings?")
             with dsl.If(changed.output == "yes", name="new recordings"):
                 onboard_steps(source=source, voice=voice, **{k: a[k] for k in PARAM_ARGS})

@@ -46,9 +46,13 @@ def step_arguments(name: str, params: Params) -> dict[str, str]:
 
 
 def compile_pipeline(name: str, params: Params, out: str | Path) -> Path:
-    """Write the pipeline's YAML (the IR Kubeflow runs) to `out`."""
+    """Write the pipeline's YAML (the IR Kubeflow runs, then its Kubernetes settings: secrets, pull secret) to
+    `out`. The YAML is for a cluster, so pipeline.image must name a registry."""
     from kfp import compiler
 
+    from pipelines.cluster import check_image
+
+    check_image(params.pipeline)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     compiler.Compiler().compile(pipeline_function(name, params), str(out))
@@ -57,13 +61,16 @@ def compile_pipeline(name: str, params: Params, out: str | Path) -> Path:
 
 @dataclass
 class LocalRun:
-    """The outcome of a local run: the package results (one per registered voice) and gate failures."""
+    """The outcome of a local run: the package results (one per registered voice), gate failures, refused
+    datasets and (batch) the summary."""
 
     pipeline: str
     seconds: float
     root: str
     packages: list[dict] = field(default_factory=list)
     gate_failures: list[dict] = field(default_factory=list)
+    refusals: list[dict] = field(default_factory=list)  # datasets validation refused: {"voice", "reasons"}
+    summary: list[dict] | None = None  # the batch pipeline's: one row per narrator
     log: str | None = None  # the run's full log (kfp and every step) when it was not streamed
 
 
@@ -207,35 +214,132 @@ def run_local(name: str, params: Params, arguments: dict, verbose: bool = False)
         data = json.loads(verdict.read_text())
         if not data.get("passed"):
             result.gate_failures.append({"evaluation": str(verdict.parent), "reasons": data.get("reasons", [])})
+    result.refusals = [json.loads(p.read_text()) for p in _outputs_since(root, "refusal.json", started)]
+    summaries = _outputs_since(root, "summary.json", started)
+    result.summary = json.loads(summaries[-1].read_text()) if summaries else None
     return result
 
 
-def _client(host: str | None, params: Params):
-    import kfp
+# How `narrator pipeline run --host|schedule` reach a cluster, besides --host/--namespace/--token:
+NAMESPACE_ENV = "KF_PIPELINES_NAMESPACE"  # the Kubeflow profile namespace (multi-user Kubeflow)
+TOKEN_ENV = "KF_PIPELINES_TOKEN"  # a bearer token for the Kubeflow Pipelines API
+TOKEN_FILE_ENV = "KF_PIPELINES_SA_TOKEN_PATH"  # a projected service-account token file (kfp's own variable)
+TOKEN_FILE = "/var/run/secrets/kubeflow/pipelines/token"  # where Kubeflow projects that token in a pod
 
+
+class ClusterUnreachable(PipelineError):
+    """The Kubeflow Pipelines API does not answer, or refuses us: the address, the network or the credentials are
+    the user's to fix."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class ClusterAccess:
+    """Where and as whom runs are submitted: the API URL, the namespace (Kubeflow profile), and a bearer token or a
+    token file (a service account's, refreshed by the kubelet) or neither (an open or port-forwarded API)."""
+
+    host: str
+    namespace: str
+    token: str | None = None
+    token_file: str | None = None
+
+
+def cluster_access(params: Params, host: str | None = None, namespace: str | None = None, token: str | None = None,
+                   environ: dict[str, str] | None = None) -> ClusterAccess:
+    """The cluster to talk to: each of host, namespace and token from the argument (the command line), else the
+    environment ($KF_PIPELINES_NAMESPACE, $KF_PIPELINES_TOKEN, then the token file $KF_PIPELINES_SA_TOKEN_PATH or
+    Kubeflow's projected token when it exists), else params.yaml (pipeline.kfp_host, pipeline.namespace)."""
+    env = os.environ if environ is None else environ
     host = host or params.pipeline.kfp_host
     if not host:
         raise PipelineError("no Kubeflow Pipelines host: give --host URL or set pipeline.kfp_host in params.yaml")
-    return kfp.Client(host=host)
+    token = token or env.get(TOKEN_ENV) or None
+    token_file = None
+    if not token:
+        candidate = env.get(TOKEN_FILE_ENV) or TOKEN_FILE
+        token_file = candidate if Path(candidate).is_file() else None
+    return ClusterAccess(host, namespace or env.get(NAMESPACE_ENV) or params.pipeline.namespace, token, token_file)
 
 
-def submit(name: str, params: Params, arguments: dict, host: str | None = None, experiment: str = "narrator") -> str:
-    """Submit one run to a Kubeflow cluster; returns the run id."""
-    client = _client(host, params)
-    run = client.create_run_from_pipeline_func(pipeline_function(name, params), arguments=arguments,
-                                               experiment_name=experiment, enable_caching=params.pipeline.caching)
+def for_cluster(params: Params, access: ClusterAccess) -> Params:
+    """`params` for a run on the cluster: the image must name a registry, and the PyTorchJobs go to the runs'
+    namespace."""
+    from pipelines.cluster import check_image
+
+    check_image(params.pipeline)
+    if access.namespace == params.pipeline.namespace:
+        return params
+    return params.model_copy(update={"pipeline": params.pipeline.model_copy(update={"namespace": access.namespace})})
+
+
+def _client(access: ClusterAccess):
+    import kfp
+
+    if access.token:
+        return kfp.Client(host=access.host, namespace=access.namespace, existing_token=access.token)
+    if access.token_file:
+        from kfp.client.set_volume_credentials import ServiceAccountTokenVolumeCredentials
+
+        return kfp.Client(host=access.host, namespace=access.namespace,
+                          credentials=ServiceAccountTokenVolumeCredentials(access.token_file))
+    return kfp.Client(host=access.host, namespace=access.namespace)
+
+
+@contextmanager
+def _talking_to(access: ClusterAccess) -> Iterator[None]:
+    """Turn the API's connection and authorisation failures into ClusterUnreachable naming the URL and what to
+    check."""
+    import urllib3
+    from kfp_server_api.exceptions import ApiException
+
+    try:
+        yield
+    except (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError) as error:
+        reason = getattr(error, "reason", None) or error
+        raise ClusterUnreachable(
+            f"cannot reach Kubeflow Pipelines at {access.host} ({type(reason).__name__}). Check the URL (--host or "
+            "pipeline.kfp_host: the API, e.g. http://ml-pipeline-ui.kubeflow or a port-forward such as `kubectl "
+            "port-forward -n kubeflow svc/ml-pipeline-ui 8080:80` and --host http://127.0.0.1:8080), that Kubeflow "
+            "Pipelines is running there, and any proxy between") from None
+    except ApiException as error:
+        if error.status in (401, 403):
+            raise ClusterUnreachable(
+                f"Kubeflow Pipelines at {access.host} refused the request ({error.status} {error.reason}) in "
+                f"namespace {access.namespace}: give a token (--token or ${TOKEN_ENV}; inside the cluster a "
+                f"service-account token file, ${TOKEN_FILE_ENV}) allowed to run pipelines in that namespace, and "
+                f"the namespace of your Kubeflow profile (--namespace or ${NAMESPACE_ENV})") from None
+        raise ClusterUnreachable(f"Kubeflow Pipelines at {access.host} answered {error.status} {error.reason}: "
+                                 f"{(error.body or '').strip()[:500]}") from None
+
+
+def submit(name: str, params: Params, arguments: dict, host: str | None = None, experiment: str = "narrator",
+           namespace: str | None = None, token: str | None = None) -> str:
+    """Submit one run to a Kubeflow cluster (as pipeline.service_account); returns the run id."""
+    access = cluster_access(params, host, namespace, token)
+    params = for_cluster(params, access)
+    with _talking_to(access):
+        client = _client(access)
+        run = client.create_run_from_pipeline_func(pipeline_function(name, params), arguments=arguments,
+                                                   experiment_name=experiment, enable_caching=params.pipeline.caching,
+                                                   service_account=params.pipeline.service_account)
     return run.run_id
 
 
 def schedule(name: str, params: Params, arguments: dict, host: str | None = None, cron: str | None = None,
-             experiment: str = "narrator", job_name: str | None = None, package_dir: str | Path = ".") -> str:
+             experiment: str = "narrator", job_name: str | None = None, package_dir: str | Path = ".",
+             namespace: str | None = None, token: str | None = None) -> str:
     """A recurring run on the cluster (`cron`: KFP's six-field cron, default pipeline.retrain_cron); returns its id."""
-    client = _client(host, params)
+    access = cluster_access(params, host, namespace, token)
+    params = for_cluster(params, access)
     package = compile_pipeline(name, params, Path(package_dir) / f"{name}.yaml")
-    experiment_id = client.create_experiment(experiment).experiment_id
-    job = client.create_recurring_run(experiment_id=experiment_id,
-                                      job_name=job_name or f"narrator-{name}-{arguments.get('voice', 'all')}",
-                                      cron_expression=cron or params.pipeline.retrain_cron,
-                                      pipeline_package_path=str(package), params=arguments, max_concurrency=1,
-                                      no_catchup=True, enable_caching=params.pipeline.caching)
+    with _talking_to(access):
+        client = _client(access)
+        experiment_id = client.create_experiment(experiment).experiment_id
+        job = client.create_recurring_run(experiment_id=experiment_id,
+                                          job_name=job_name or f"narrator-{name}-{arguments.get('voice', 'all')}",
+                                          cron_expression=cron or params.pipeline.retrain_cron,
+                                          pipeline_package_path=str(package), params=arguments, max_concurrency=1,
+                                          no_catchup=True, enable_caching=params.pipeline.caching,
+                                          service_account=params.pipeline.service_account)
     return job.recurring_run_id

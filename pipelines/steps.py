@@ -19,12 +19,17 @@ from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output, PipelineTa
 
 def snapshot(source: str, settings: str) -> str:
     """Fingerprint of the source recordings (names, sizes, dates or ETags); never cached, so new recordings
-    invalidate the cached steps after it."""
+    invalidate the cached steps after it. A source that cannot be read is not an error here: validation refuses
+    it, with the reason, as a result (so one bad source in a batch stops only its own narrator)."""
+    from narrator.errors import SourceError
     from narrator.storage import source_fingerprint
     from pipelines.runtime import running
 
     with running("snapshot", settings) as params:
-        return source_fingerprint(source, params.storage)
+        try:
+            return source_fingerprint(source, params.storage)
+        except SourceError as error:
+            return f"unreadable: {error}"
 
 
 def new_recordings(source: str, voice: str, settings: str) -> str:
@@ -37,18 +42,26 @@ def new_recordings(source: str, voice: str, settings: str) -> str:
         return "yes" if recordings_changed(source, voice, params) else "no"
 
 
-def validate(source: str, source_fingerprint: str, settings: str, validated: Output[Dataset]):
-    """Validate the recordings into `validated` (the fingerprint only keys the cache); a refused dataset fails."""
+def validate(source: str, source_fingerprint: str, settings: str, validated: Output[Dataset]) -> str:
+    """Validate the recordings into `validated` (the fingerprint only keys the cache). Returns "accepted", or why
+    the dataset was refused (no consent, too little speech, an unreadable source): a refusal is a result the
+    pipeline branches on, like a failed gate, not a failed step."""
+    import os
+
     from components.validate import validate
-    from narrator.errors import DatasetRefused
+    from narrator.errors import SourceError
     from pipelines.runtime import running
 
-    with running("validate", settings) as params:
-        report = validate(source, validated.path, params)
+    with running("validate", settings) as params:  # "accepted": pipelines.onboard.ACCEPTED
+        try:
+            report = validate(source, validated.path, params)
+        except SourceError as error:
+            os.makedirs(validated.path, exist_ok=True)  # an (empty) output artifact for the cluster to store
+            validated.metadata.update(source=source, verdict="refused")
+            return f"the source cannot be read: {error}"
         validated.metadata.update(source=source, source_fingerprint=source_fingerprint, verdict=report.verdict,
                                   accepted_speech_s=report.totals["accepted_speech_s"])
-        if not report.accepted:
-            raise DatasetRefused("the dataset was refused: " + "; ".join(report.messages))
+        return "accepted" if report.accepted else "the dataset was refused: " + "; ".join(report.messages)
 
 
 def prepare(validated: Input[Dataset], settings: str, prepared: Output[Dataset]):
@@ -92,15 +105,20 @@ def finetune_gpt(features: Input[Dataset], settings: str, gpt: Output[Model]):
 
 
 def finetune_on_cluster(kind: str, features: Input[Dataset], settings: str, gpus: int, image: str,
-                        namespace: str, work_uri: str, model: Output[Model]):
+                        namespace: str, work_uri: str, nodes: int, service_account: str, secrets: str,
+                        model: Output[Model]):
     """Multi-GPU fine-tuning: a PyTorchJob (Kubeflow Training Operator) runs `narrator finetune-KIND` under
-    torchrun on `gpus` GPUs, reading and writing `work_uri`; the result is copied into `model`."""
+    torchrun on `nodes` nodes of `gpus` GPUs each, as `service_account`, with the Kubernetes Secrets `secrets`
+    (JSON {"s3": NAME, ...}) as environment, reading and writing `work_uri`; the result is copied into `model`."""
+    import json
+
     from pipelines.runtime import running
     from pipelines.training_job import run_pytorchjob
 
     with running(f"finetune_{kind}", settings) as params:
         run_pytorchjob(kind, features.path, model.path, settings, params, gpus=gpus, image=image,
-                       namespace=namespace, work_uri=work_uri)
+                       namespace=namespace, work_uri=work_uri, nodes=nodes, service_account=service_account or None,
+                       secrets=json.loads(secrets))
 
 
 def evaluate(features: Input[Dataset], sovits: Input[Model], gpt: Input[Model], settings: str,
@@ -178,6 +196,24 @@ def gate_failed(voice: str, evaluation: Input[Artifact], settings: str) -> str:
     return json.dumps({"voice": failure.voice, "verdict": "fail", "reasons": failure.reasons})
 
 
+def dataset_refused(voice: str, reason: str, settings: str, refusal: Output[Artifact]) -> str:
+    """Validation refused the recordings: record why (MLflow and the audit log); nothing is trained. Returns the
+    result as JSON (also refusal.json in `refusal`)."""
+    import json
+    import os
+
+    from components.record import record_refusal
+    from pipelines.runtime import running
+
+    with running("record", settings) as params:
+        record_refusal(voice, reason, params)
+    result = json.dumps({"voice": voice, "verdict": "refused", "reasons": [reason]})
+    os.makedirs(refusal.path, exist_ok=True)
+    with open(os.path.join(refusal.path, "refusal.json"), "w", encoding="utf-8") as out:
+        out.write(result)
+    return result
+
+
 def record_run(voice: str, pipeline: str, settings: str, status: PipelineTaskFinalStatus):
     """The exit handler: every run, finished or failed, leaves a record (MLflow run + audit log line)."""
     from components.record import record_run
@@ -187,17 +223,29 @@ def record_run(voice: str, pipeline: str, settings: str, status: PipelineTaskFin
         record_run(voice, pipeline, status.state, status.error_message, status.pipeline_job_resource_name, params)
 
 
-def summarize(results: list, settings: str) -> str:
-    """pipelines/batch.py: one summary of every narrator's result (JSON list)."""
+def summarize(narrators: list, settings: str, summary: Output[Artifact], results: list = None) -> str:
+    """pipelines/batch.py: one row per narrator of `narrators` (JSON list): its package result, its failed gate's
+    or its refused dataset's reasons, or "failed" when a step of its onboarding failed and left no result (that
+    step's log says why). Runs even when some narrator failed (ignore_upstream_failure); written to summary.json."""
     import json
+    import os
 
-    rows = [json.loads(r) if isinstance(r, str) else r for r in results]
-    print(json.dumps(rows, indent=1))
+    done = {}
+    for result in results or []:
+        row = json.loads(result) if isinstance(result, str) else result
+        done[row["voice"]] = row
+    failed = {"verdict": "failed", "reasons": ["a step of its onboarding failed; the run's failed step says why"]}
+    rows = [done.get(n["voice"], {"voice": n["voice"], "source": n["source"], **failed}) for n in narrators]
+    text = json.dumps(rows, indent=1)
+    print(text)
+    os.makedirs(summary.path, exist_ok=True)
+    with open(os.path.join(summary.path, "summary.json"), "w", encoding="utf-8") as out:
+        out.write(text)
     return json.dumps(rows)
 
 
 COMPONENTS = (snapshot, new_recordings, validate, prepare, features, finetune_sovits, finetune_gpt, finetune_on_cluster,
-              evaluate, watermark_check, register, package, gate_failed, record_run, summarize)
+              evaluate, watermark_check, register, package, gate_failed, dataset_refused, record_run, summarize)
 
 
 def make_steps(image: str) -> SimpleNamespace:

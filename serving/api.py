@@ -79,6 +79,9 @@ class SpeechRequest(BaseModel):
     voice: str = Field(..., min_length=1, max_length=100, description="a voice from GET /v1/voices")
     text: str = Field(..., min_length=1, description="what to say (at most serving.max_text_chars characters)")
     language: Literal["auto", "en", "zh"] = "auto"
+    text_type: Literal["auto", "text", "ssml"] = Field(
+        "auto", description="ssml: the text is an SSML document of the supported subset (README: SSML); auto: SSML "
+                            "when it starts with <speak, else plain text")
     speed: float = Field(1.0, ge=0.5, le=2.0, description="speaking rate, 1 = the narrator's")
     top_k: int = Field(15, ge=1, le=100)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
@@ -276,7 +279,11 @@ class NarratorServer:
                                    "request: split it")
         from models.text import split_sentences
 
-        if not req.text.strip() or not split_sentences(req.text, req.language):
+        segments = self.segments(req)
+        if segments is not None:
+            if not any(split_sentences(s.text, s.language) for s in segments if hasattr(s, "text")):
+                raise errors.invalid("the SSML document has nothing to speak: give at least one word to synthesize")
+        elif not req.text.strip() or not split_sentences(req.text, req.language):
             raise errors.invalid("the text has nothing to speak: give at least one word to synthesize")
         if req.sample_rate_hz not in cfg.sample_rates_hz:
             raise errors.invalid(f"sample_rate_hz {req.sample_rate_hz} is not offered; choose one of "
@@ -287,6 +294,21 @@ class NarratorServer:
         if self.watermark_key is None:
             raise errors.unavailable("the watermark key is not configured, and no audio leaves unmarked; set "
                                      "$NARRATOR_WATERMARK_KEY or $NARRATOR_WATERMARK_KEY_FILE")
+
+    def segments(self, req: SpeechRequest) -> list | None:
+        """The request's SSML document as speech and pause segments (`models.text.ssml`), None for plain text; an
+        unsupported or unsafe document is a 422 naming the element or attribute."""
+        from models.text.ssml import SsmlError, SsmlLimits, is_ssml, parse_ssml
+
+        if req.text_type == "text" or req.text_type == "auto" and not is_ssml(req.text):
+            return None
+        cfg = self.params.serving
+        limits = SsmlLimits(max_break_s=cfg.ssml_max_break_s, break_strengths_s=dict(cfg.ssml_break_strengths_s),
+                            max_elements=cfg.ssml_max_elements, max_depth=cfg.ssml_max_depth)
+        try:
+            return parse_ssml(req.text, req.language, limits)
+        except SsmlError as error:
+            raise errors.ApiError(422, "invalid_ssml", str(error)) from None
 
     def load(self, info: VoiceInfo) -> LoadedVoice:
         try:
@@ -302,11 +324,13 @@ class NarratorServer:
     def marked_sentences(self, voice: LoadedVoice, req: SpeechRequest) -> Iterator[np.ndarray]:
         """Marked 32 kHz audio per sentence."""
         marker = WatermarkStream(int(voice.info.payload_hex, 16), self.watermark_key)
-        for part in sentences(voice, req.text, req.language, self.settings(req), req.seed, self.batcher):
+        for part in sentences(voice, req.text, req.language, self.settings(req), req.seed, self.batcher,
+                              segments=self.segments(req)):
             yield marker.push(part.samples)
 
     def synthesize(self, voice: LoadedVoice, req: SpeechRequest) -> Synthesis:
-        key = (voice.key, req.text, req.language, req.speed, req.top_k, req.top_p, req.temperature, req.seed)
+        key = (voice.key, req.text, req.text_type, req.language, req.speed, req.top_k, req.top_p, req.temperature,
+               req.seed)
         if req.seed is not None:
             with self._results_lock:
                 if key in self._results:

@@ -129,8 +129,12 @@ class GptBatcher:
 
 
 def sentences(voice: LoadedVoice, text: str, language: str, settings: SamplingSettings, seed: int | None,
-              batcher: GptBatcher) -> Iterator[SentenceAudio]:
-    """`text` spoken by `voice`, sentence by sentence (with their pauses), each as soon as it is ready."""
+              batcher: GptBatcher, segments: list | None = None) -> Iterator[SentenceAudio]:
+    """`text` spoken by `voice`, sentence by sentence (with their pauses), each as soon as it is ready; `segments`
+    (an SSML document's, `models.text.ssml.parse_ssml`) are spoken instead of `text` when given."""
+    if segments is not None:
+        return voice.synth.stream_segments(segments, voice.reference, settings, seed,
+                                           decode=batcher.decoder(voice, settings))
     return voice.synth.stream(text, voice.reference, language, settings, seed,
                               decode=batcher.decoder(voice, settings))
 

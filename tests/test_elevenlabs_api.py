@@ -28,7 +28,6 @@ OUTPUT_FORMATS = {"mp3_44100_128": ("mp3", 44100), "mp3_22050_32": ("mp3", 22050
                   "pcm_24000": ("pcm", 24000), "pcm_16000": ("pcm", 16000), "opus_48000_64": ("opus", 48000)}
 # the service's streamed MP3 declares no frame count, so it decodes up to ~0.1 s longer than the whole file (issue 17,
 # the streams work in serving/encode.py); strict: once that lands the unexpected pass fails and the mark goes
-STREAMS_NOT_YET_RIGHT = {"mp3_22050_32"}  # at 44.1 kHz the excess is within TOLERANCE_S
 
 
 def _free_port() -> int:
@@ -114,9 +113,7 @@ def test_each_output_format_decodes_at_its_rate_to_the_services_own_duration(cli
     assert audio.seconds == pytest.approx(reference[SHORT_TEXT], abs=TOLERANCE_S)
 
 
-@pytest.mark.parametrize("output_format", [pytest.param(f, marks=pytest.mark.xfail(
-    f in STREAMS_NOT_YET_RIGHT, reason="streamed MP3 is made right in serving/encode.py", strict=True))
-    for f in OUTPUT_FORMATS])
+@pytest.mark.parametrize("output_format", OUTPUT_FORMATS)
 def test_each_streamed_output_format_decodes_to_the_whole_files_duration(client, reference, output_format):
     container, rate = _offered(output_format)
     audio = decode(b"".join(client.text_to_speech.stream("alice", text=SHORT_TEXT, output_format=output_format,

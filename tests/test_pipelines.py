@@ -29,7 +29,7 @@ def compiled(tmp_path_factory):
         if key not in specs:
             params = load_params(None, {"pipeline": {"image": "registry.example/narrator:1.2.3", **pipeline}})
             out = compile_pipeline(name, params, tmp_path_factory.mktemp("compiled") / f"{name}.yaml")
-            specs[key] = yaml.safe_load(out.read_text())
+            specs[key] = next(yaml.safe_load_all(out.read_text()))  # the pipeline; then its Kubernetes settings
         return specs[key]
 
     return compile_once
@@ -153,8 +153,8 @@ def test_schedule_creates_a_recurring_run_with_the_cron(tmp_path, monkeypatch):
     calls = {}
 
     class FakeClient:
-        def __init__(self, host):
-            calls["host"] = host
+        def __init__(self, host, namespace):
+            calls["host"], calls["namespace"] = host, namespace
 
         def create_experiment(self, name):
             return type("E", (), {"experiment_id": "exp-1"})()
@@ -164,10 +164,14 @@ def test_schedule_creates_a_recurring_run_with_the_cron(tmp_path, monkeypatch):
             return type("R", (), {"recurring_run_id": "job-1"})()
 
     monkeypatch.setattr(kfp, "Client", FakeClient)
-    params = load_params(None, {})
+    monkeypatch.delenv("KF_PIPELINES_NAMESPACE", raising=False)
+    monkeypatch.delenv("KF_PIPELINES_TOKEN", raising=False)
+    monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(tmp_path / "no-token"))
+    params = load_params(None, {"pipeline": {"image": "registry.example/narrator:1.2.3"}})
     job = runner.schedule("retrain", params, {"source": "s3://v/alice", "voice": "alice"},
                           host="http://kfp.example", package_dir=tmp_path)
-    assert job == "job-1" and calls["host"] == "http://kfp.example"
+    assert job == "job-1" and calls["host"] == "http://kfp.example" and calls["namespace"] == "kubeflow"
+    assert calls["service_account"] == params.pipeline.service_account
     assert calls["cron_expression"] == params.pipeline.retrain_cron and calls["max_concurrency"] == 1
     assert calls["params"]["voice"] == "alice" and Path(calls["pipeline_package_path"]).exists()
 
@@ -361,6 +365,34 @@ def test_a_scheduled_retrain_without_new_recordings_trains_nothing(onboarded, lo
     assert len(list((root / "pipeline").glob("narrator-retrain-*/validate"))) == before == 0
     last = read_audit_log(params.registry.audit_log)[-1]
     assert (last["pipeline"], last["state"]) == ("narrator-retrain", "SUCCEEDED")
+
+
+def test_a_refused_narrator_in_a_batch_is_summarised_with_its_reason_and_the_others_register(onboarded,
+                                                                                                local_project,
+                                                                                                monkeypatch):
+    """One narrator's recordings have no consent record: the summary says so; the other is registered and packaged
+    (its training steps are the cache's, from the onboarding above)."""
+    import shutil
+
+    from narrator.audit import read as read_audit_log
+    from pipelines.run import step_arguments
+
+    source, params, root = local_project
+    no_consent = root / "narrator-without-consent"  # two of the narrator's clips, no consent record
+    (no_consent / "clips").mkdir(parents=True)
+    lines = (source / "transcripts.list").read_text().splitlines()[:2]
+    for line in lines:
+        shutil.copy2(source / line.split("|")[0], no_consent / line.split("|")[0])
+    (no_consent / "transcripts.list").write_text("\n".join(lines) + "\n")
+    monkeypatch.setenv("NARRATOR_WATERMARK_KEY", "test pipeline key")
+    narrators = [{"source": str(no_consent), "voice": "dee"}, {"source": str(source), "voice": "cy"}]
+    result = run_local("batch", params, {"narrators": narrators, **step_arguments("batch", params)})
+    rows = {row["voice"]: row for row in result.summary}
+    assert rows["dee"]["verdict"] == "refused" and "consent" in rows["dee"]["reasons"][0]
+    assert rows["cy"]["voice"] == "cy" and rows["cy"]["version"] == 1 and rows["cy"]["sample_watermark"]["detected"]
+    assert [p["voice"] for p in result.packages] == ["cy"] and [r["voice"] for r in result.refusals] == ["dee"]
+    refused = [r for r in read_audit_log(params.registry.audit_log) if r.get("event") == "dataset_refused"]
+    assert [r["voice"] for r in refused] == ["dee"]
 
 
 @pytest.mark.slow

@@ -368,6 +368,50 @@ def test_errors_are_json_with_a_code(service, deployment, tmp_path):
     _error(httpx.get(f"{service}/v1/nothing-here", headers=_auth(acme)), 404, "not_found")
 
 
+def _longest_quiet_run_s(samples: np.ndarray, rate: int, floor_db: float = -60.0) -> float:
+    quiet = np.concatenate([[0], (np.abs(samples) < 10 ** (floor_db / 20)).astype(np.int8), [0]])
+    edges = np.flatnonzero(np.diff(quiet))
+    return float((edges[1::2] - edges[::2]).max()) / rate if len(edges) else 0.0
+
+
+def test_ssml_breaks_are_silences_and_unsupported_markup_is_a_422_naming_it(service, deployment):
+    """SSML (models/text/ssml.py) through the service: a <break> is silence of its length in the marked output, an
+    element outside the subset or a DOCTYPE (billion laughs, external entities) is refused at once, naming it."""
+    import io
+
+    import soundfile
+
+    from tests.text.test_ssml import EXTERNAL_ENTITY
+
+    laughs = "".join(f'<!ENTITY l{i} "{f"&l{i - 1};" * 9}">' for i in range(1, 6))  # 9^5 (within max_text_chars)
+    billion_laughs = f'<!DOCTYPE speak [<!ENTITY l0 "lol">{laughs}]><speak>&l5;</speak>'
+
+    acme = deployment.keys["acme"]
+    ssml = '<speak>Hello there, my reader. <break time="700ms"/> The old clock chimed seven times.</speak>'
+    plain = _speech(service, acme, voice="alice", text=ssml.replace('<break time="700ms"/>', "")
+                    .replace("<speak>", "").replace("</speak>", ""), language="en", seed=7, sample_rate_hz=32000)
+    marked = _speech(service, acme, voice="alice", text=ssml, language="en", seed=7, sample_rate_hz=32000)
+    assert plain.status_code == 200 and marked.status_code == 200, marked.text
+    quiet_s = _longest_quiet_run_s(soundfile.read(io.BytesIO(marked.content), dtype="float32")[0], 32000)
+    assert abs(quiet_s - 0.7) <= 0.02, quiet_s  # one 20 ms frame
+    assert _longest_quiet_run_s(soundfile.read(io.BytesIO(plain.content), dtype="float32")[0], 32000) < 0.6
+
+    for body, named in (("<speak>Hi <emphasis>now</emphasis></speak>", "<emphasis>"),
+                        ('<speak><prosody pitch="high">Hi</prosody></speak>', "'pitch' of <prosody>"),
+                        (billion_laughs, "DOCTYPE"), (EXTERNAL_ENTITY, "DOCTYPE")):
+        started = time.perf_counter()
+        response = _speech(service, acme, voice="alice", text=body, text_type="ssml")
+        assert named in _error(response, 422, "invalid_ssml") and time.perf_counter() - started < 5
+    with httpx.stream("POST", f"{service}/v1/speech/stream", headers=_auth(acme),
+                      json={"voice": "alice", "text": "<speak><voice>x</voice></speak>"}) as response:
+        response.read()
+        assert "<voice>" in _error(response, 422, "invalid_ssml")
+    # plain text is cleaned of terminal escapes and control characters before the front-end
+    dirty = _speech(service, acme, voice="alice", text="\x1b[31mHello\x1b[0m there.\x07", language="en", seed=3)
+    clean = _speech(service, acme, voice="alice", text="Hello there.", language="en", seed=3)
+    assert dirty.status_code == 200 and dirty.content == clean.content
+
+
 def test_rate_limit_per_key(service, deployment):
     from narrator.config import load_params
     from narrator.keys import KeyStore

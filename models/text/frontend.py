@@ -14,6 +14,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from models.text.clean import clean_text
 from models.text.errors import LanguageNotSupported, TextError
 from models.text.lexicon import PhoneLexicon
 from models.text.symbols import PUNCTUATION, symbol_to_id, to_ids
@@ -87,6 +88,7 @@ def check_language(language: str) -> str:
 
 
 def _fold(text: str) -> str:
+    text = clean_text(text)  # escapes, control and invisible format characters first (models/text/clean.py)
     # NFKC folds full-width digits/letters/punctuation; keep "…" (NFKC would make it "...")
     text = text.replace("…", "\x00")
     text = unicodedata.normalize("NFKC", text).replace("\x00", "…")
@@ -187,6 +189,7 @@ def g2p(text: str, language: str = "auto", lexicon: PhoneLexicon | None = None) 
     Japanese, Korean and Cantonese raise `LanguageNotSupported`. A pronunciation `lexicon`
     (`models.text.lexicon.compile_lexicon`) respells its `say` words first and gives its words their phones."""
     lang = check_language(language)
+    text = clean_text(text)
     if lexicon is not None:
         text = lexicon.respell(text)
     phones: list[str] = []
@@ -232,7 +235,7 @@ def prepare_for_synthesis(text: str, language: str = "auto", *, min_phones: int 
     3. a result with fewer than `min_phones` phones is redone with "." prepended.
     Raises TextError when nothing pronounceable is left. `lexicon`: a voice's pronunciation lexicon (see `g2p`)."""
     lang = check_language(language)
-    text = text.strip()
+    text = clean_text(text).strip()
     if not text:
         raise TextError("the text is empty: give at least one word to synthesise.")
     if not _ends_with_punctuation(text):
