@@ -8,6 +8,15 @@ Without `--url` it builds two tiny voices in two tenants (tests/deployment.py) a
 port for the run; with `--url URL --key KEY --voice VOICE` it loads a running service instead.
 
     python -m bench.serve_load [--clients 4] [--seconds 10] [--max-requests 200]
+
+`--soak SECONDS` instead keeps `--clients` clients (16 by default there) streaming for SECONDS without a request
+cap and prints the service's resident memory (its worker processes: the service's process tree but the BentoML
+supervisor) every `--every` seconds, then the verdict: the peak within `serving.memory_budget_mb` plus
+`--overhead-mb` (the runtime around the voices' weights: Python, torch, the shared front models, threads), and
+level (the last half of the soak grows less than `--level-share` of the RSS at its middle). With `--url`, give the
+worker's pid as `--pid` (and `--budget-mb`).
+
+    python -m bench.serve_load --soak 60 [--clients 16] [--every 5]
 """
 
 from __future__ import annotations
@@ -29,6 +38,47 @@ import numpy as np
 
 TEXT = "The old clock in the hallway chimed seven times."
 REPO_ROOT = Path(__file__).resolve().parents[1]
+SOAK_CLIENTS = 16
+PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+
+
+def _children(pid: int) -> list[int]:
+    """The process's descendants (Linux /proc)."""
+    found, frontier = [], [pid]
+    while frontier:
+        parent = frontier.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                kids = [int(k) for k in (task / "children").read_text().split()]
+            except OSError:
+                continue
+            found += kids
+            frontier += kids
+    return found
+
+
+def rss_mb(pids: list[int]) -> float:
+    """Resident memory of these processes together (MB)."""
+    total = 0.0
+    for pid in pids:
+        try:
+            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_MB
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+def worker_pids(service_pid: int) -> list[int]:
+    """The service's processes that hold voices: its descendants running BentoML's worker (else all of them)."""
+    workers = []
+    for pid in _children(service_pid):
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "_bentoml_impl.worker" in command:
+            workers.append(pid)
+    return workers or _children(service_pid)
 
 
 @dataclass
@@ -68,9 +118,11 @@ def _one(client: httpx.Client, url: str, key: str, voice: str, phase: Phase, loc
         phase.first_audio.append(first if first is not None else float("nan"))
 
 
-def run_phase(url: str, targets: list[tuple[str, str]], clients: int, seconds: float, max_requests: int) -> Phase:
-    """`clients` threads, client i using targets[i % len(targets)] = (key, voice), for `seconds`."""
-    phase, lock = Phase(clients), threading.Lock()
+def run_phase(url: str, targets: list[tuple[str, str]], clients: int, seconds: float, max_requests: int,
+              phase: Phase | None = None) -> Phase:
+    """`clients` threads, client i using targets[i % len(targets)] = (key, voice), for `seconds` (into `phase`,
+    which others may read as it fills)."""
+    phase, lock = phase or Phase(clients), threading.Lock()
     deadline = time.perf_counter() + seconds
     started = time.perf_counter()
 
@@ -111,11 +163,11 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _start_local(work: Path) -> tuple[subprocess.Popen, str, list[tuple[str, str]]]:
+def _start_local(work: Path, serving: dict | None = None) -> tuple[subprocess.Popen, str, list[tuple[str, str]]]:
     from tests.deployment import build_small_deployment
 
     deployment = build_small_deployment(work, {"serving": {"rate_limit_per_minute": 100000,
-                                                           "rate_limit_burst": 1000}})
+                                                           "rate_limit_burst": 1000, **(serving or {})}})
     port = _free_port()
     process = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "serving.service:NarratorService",
                                 "--host", "127.0.0.1", "--port", str(port), "--working-dir", str(REPO_ROOT)],
@@ -136,6 +188,58 @@ def _start_local(work: Path) -> tuple[subprocess.Popen, str, list[tuple[str, str
     return process, url, targets
 
 
+@dataclass
+class Soak:
+    samples: list[tuple[float, float, int]]  # (seconds since start, worker RSS MB, requests done)
+    budget_mb: float
+    overhead_mb: float
+    level_share: float
+    phase: Phase
+
+    @property
+    def peak_mb(self) -> float:
+        return max(mb for _, mb, _ in self.samples)
+
+    @property
+    def growth_share(self) -> float:
+        """RSS growth over the last half of the soak, as a share of the RSS at its middle."""
+        middle = self.samples[len(self.samples) // 2][1]
+        return (self.samples[-1][1] - middle) / max(middle, 1e-9)
+
+    @property
+    def within_budget(self) -> bool:
+        return self.peak_mb <= self.budget_mb + self.overhead_mb
+
+    @property
+    def level(self) -> bool:
+        return self.growth_share <= self.level_share
+
+    def report(self) -> str:
+        lines = ["| t s | worker RSS MB | requests |", "|---:|---:|---:|"]
+        lines += [f"| {t:.0f} | {mb:.0f} | {n} |" for t, mb, n in self.samples]
+        lines.append("")
+        lines.append(f"peak {self.peak_mb:.0f} MB vs limit {self.budget_mb + self.overhead_mb:.0f} MB "
+                     f"(serving.memory_budget_mb {self.budget_mb:g} + overhead {self.overhead_mb:g}): "
+                     f"{'WITHIN' if self.within_budget else 'OVER'}; last half grew {self.growth_share * 100:+.1f}% "
+                     f"(level: at most {self.level_share * 100:g}%): {'LEVEL' if self.level else 'GROWING'}; "
+                     f"{self.phase.requests} requests, {self.phase.errors} errors, {self.phase.rps:.2f} req/s")
+        return "\n".join(lines)
+
+
+def soak(url: str, targets: list[tuple[str, str]], clients: int, seconds: float, every: float, pids: list[int],
+         budget_mb: float, overhead_mb: float, level_share: float) -> Soak:
+    """`clients` streaming clients for `seconds`, the workers' RSS sampled every `every` seconds."""
+    phase = Phase(clients)
+    runner = threading.Thread(target=run_phase, args=(url, targets, clients, seconds, 10 ** 9, phase))
+    started = time.perf_counter()
+    samples = [(0.0, rss_mb(pids), 0)]
+    runner.start()
+    while runner.is_alive():
+        runner.join(timeout=every)
+        samples.append((time.perf_counter() - started, rss_mb(pids), phase.requests))
+    return Soak(samples, budget_mb, overhead_mb, level_share, phase)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=4)
@@ -144,7 +248,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", help="a running service (else one is started here)")
     parser.add_argument("--key", help="API key for --url")
     parser.add_argument("--voice", help="voice for --url")
+    parser.add_argument("--soak", type=float, metavar="SECONDS", help="sustained load this long, printing RSS")
+    parser.add_argument("--every", type=float, default=5.0, help="--soak: seconds between RSS samples")
+    parser.add_argument("--pid", type=int, help="--soak with --url: the worker's process id")
+    parser.add_argument("--budget-mb", type=float, help="--soak: serving.memory_budget_mb (default: the local "
+                                                        "service's)")
+    parser.add_argument("--overhead-mb", type=float, default=2048.0,
+                        help="--soak: what the worker may hold beyond the voices' budget")
+    parser.add_argument("--level-share", type=float, default=0.05,
+                        help="--soak: largest RSS growth over the last half that still counts as level")
+    parser.add_argument("--arenas", type=int, help="--soak, local service: serving.malloc_arena_max")
+    parser.add_argument("--mmap-threshold-kb", type=int,
+                        help="--soak, local service: serving.malloc_mmap_threshold_kb")
     args = parser.parse_args(argv)
+    if args.soak:
+        return _main_soak(args, parser)
     process = None
     with tempfile.TemporaryDirectory() as tmp:
         if args.url:
@@ -167,6 +285,36 @@ def main(argv: list[str] | None = None) -> int:
           "phase")
     print(table(phases))
     return 0
+
+
+def _main_soak(args, parser) -> int:
+    clients = args.clients if args.clients != 4 else SOAK_CLIENTS
+    process = None
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.url:
+            if not (args.key and args.voice and args.pid and args.budget_mb):
+                parser.error("--soak with --url needs --key, --voice, --pid and --budget-mb")
+            url, targets, pids, budget = args.url.rstrip("/"), [(args.key, args.voice)], [args.pid], args.budget_mb
+        else:
+            serving = {key: value for key, value in (("malloc_arena_max", args.arenas),
+                                                     ("malloc_mmap_threshold_kb", args.mmap_threshold_kb))
+                       if value is not None}
+            process, url, targets = _start_local(Path(tmp), serving)
+            pids = worker_pids(process.pid)
+            from narrator.config import load_params
+
+            budget = args.budget_mb or load_params(Path(tmp) / "params.yaml").serving.memory_budget_mb
+        try:
+            result = soak(url, targets, clients, args.soak, args.every, pids, budget, args.overhead_mb,
+                          args.level_share)
+        finally:
+            if process is not None:
+                os.killpg(process.pid, signal.SIGTERM)
+                process.wait(timeout=15)
+    print(f"soak: {clients} clients streaming one sentence as wav for {args.soak:g} s, {len(targets)} voice(s), "
+          f"RSS of {len(pids)} worker process(es) every {args.every:g} s")
+    print(result.report())
+    return 0 if result.within_budget and result.level else 1
 
 
 if __name__ == "__main__":

@@ -355,7 +355,10 @@ def build_parser() -> argparse.ArgumentParser:
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     a = actions.add_parser("create", help="create a key (printed once)", description="Create an API key.")
     a.add_argument("--tenant", required=True, help="the tenant the key belongs to")
-    a.add_argument("--voices", required=True, help="comma-separated voices it may use, or '*' for all the tenant's")
+    a.add_argument("--voices", default="", help="comma-separated registered voices of the tenant it may use, or '*' "
+                                                "for all the tenant's (checked against the registry)")
+    a.add_argument("--scopes", default="", help="comma-separated extra rights: metrics (read /metrics when "
+                                                "serving.metrics_key_required)")
     a.add_argument("--label", default="", help="a note shown by `keys list`")
     _common(a)
     a.set_defaults(func=_cmd_keys_create)
@@ -802,21 +805,29 @@ def _absolute_paths(data: dict) -> dict:
 
 
 def _cmd_keys_create(args) -> int:
-    from narrator.keys import open_key_store
+    from narrator.keys import ALL_VOICES, check_voices, open_key_store
+    from narrator.registry import voice_tenants
 
-    store = open_key_store(_load(args).serving)
-    secret, record = store.create(args.tenant, args.voices.split(","), args.label)
+    params = _load(args)
+    voices = [v for v in (args.voices or "").split(",") if v.strip()]
+    if any(v.strip() != ALL_VOICES for v in voices):  # named voices: registered, and the tenant's own
+        check_voices(args.tenant, voices, voice_tenants(params))
+    store = open_key_store(params.serving)
+    secret, record = store.create(args.tenant, voices, args.label,
+                                  [s for s in (args.scopes or "").split(",") if s.strip()])
     print(secret)
-    print(f"key {record.id} for tenant {record.tenant}, voices {','.join(record.voices)}: shown once, stored hashed "
-          f"in {store.location}", file=sys.stderr)
+    scopes = f", scopes {','.join(record.scopes)}" if record.scopes else ""
+    print(f"key {record.id} for tenant {record.tenant}, voices {','.join(record.voices) or 'none'}{scopes}: shown "
+          f"once, stored hashed in {store.location}", file=sys.stderr)
     return 0
 
 
 def _cmd_keys_list(args) -> int:
     from narrator.keys import open_key_store
 
-    for key in open_key_store(_load(args).serving):
-        print(f"{key.id}  tenant {key.tenant}  voices {','.join(key.voices)}  created {key.created_at}"
+    for key in open_key_store(_load(args).serving).keys():
+        print(f"{key.id}  tenant {key.tenant}  voices {','.join(key.voices)}"
+              f"{'  scopes ' + ','.join(key.scopes) if key.scopes else ''}  created {key.created_at}"
               f"{'  REVOKED' if key.revoked else ''}{'  ' + key.label if key.label else ''}")
     return 0
 

@@ -387,6 +387,21 @@ class ServingConfig(_Section):
     bentofile: str = Field("bentofile.yaml", description="what `narrator package VOICE` builds the bento from")
     bundle_cache: str = Field("bundle-cache", description="where voice bundles fetched from the registry's artifact "
                                                          "store are kept (VOICE/vN/SHA256), checked by digest")
+    cors_origins: tuple[str, ...] = Field((), description="web origins (https://app.example.com) whose pages may "
+                                                          "call the API from a browser (CORS); none by default")
+    metrics_key_required: bool = Field(False, description="/metrics answers only with an API key whose scopes "
+                                                          "include `metrics` (`narrator keys create --scopes "
+                                                          "metrics`); false: open, as Prometheus scrapes expect")
+    preload_champions: bool = Field(True, description="load the champion voices (up to memory_budget_mb and "
+                                                      "max_voices) before /readyz says ready, so the first request "
+                                                      "costs what a warm one does")
+    malloc_arena_max: int = Field(2, ge=0, description="glibc malloc arenas per worker (as MALLOC_ARENA_MAX), "
+                                                       "which keeps a many-threaded worker's memory from fragmenting "
+                                                       "upward under load; 0 leaves glibc's default (8 per core)")
+    malloc_mmap_threshold_kb: int = Field(1024, ge=0, description="allocations from this size up (KB) are mapped on "
+                                                                  "their own and returned to the system when freed "
+                                                                  "(as MALLOC_MMAP_THRESHOLD_); 0 leaves glibc's "
+                                                                  "rising threshold")
     state_url: str | None = Field(None, description="shared state of every worker and replica: redis://HOST:6379/0 "
                                                     "keeps API keys and rate-limit buckets in Redis (password from "
                                                     "$NARRATOR_STATE_PASSWORD); None: keys_file and a bucket file "

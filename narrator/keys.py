@@ -4,10 +4,12 @@ A key is `nk_<id>_<secret>`: the id (8 hex digits) names it in the audit log and
 sha256(key) is stored. The keys file (serving.keys_file) is JSON:
 
     {"keys": [{"id": "1a2b3c4d", "sha256": "...", "tenant": "acme", "voices": ["alice", "bob"] or ["*"],
-               "created_at": "...", "revoked": false, "label": "..."}]}
+               "created_at": "...", "revoked": false, "label": "...", "scopes": ["metrics"]}]}
 
 A key may use a voice when the voice belongs to the key's tenant (the registered model's `tenant` tag) and the
-voice is in its list (`*`: every voice of the tenant). The file is re-read when it changes, so keys created or
+voice is in its list (`*`: every voice of the tenant). `scopes` grant what is not a voice: `metrics` lets a key read
+/metrics when the service asks for a key there (serving.metrics_key_required). `check_voices` is what `narrator
+keys create` asks before it makes a key: every named voice registered, and the tenant's. The file is re-read when it changes, so keys created or
 revoked (`narrator keys`) while the service runs take effect at the next request.
 
 With `serving.state_url` naming a Redis server, the same records live there instead (`RedisKeyStore`, one hash
@@ -26,7 +28,7 @@ import secrets
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
 
 KEY_PREFIX = "nk_"
 ALL_VOICES = "*"
+SCOPES = ("metrics",)  # what a key may be granted besides voices
 _KEY_FORMAT = re.compile(r"^nk_([0-9a-f]{8})_[A-Za-z0-9_-]{20,}$")
 _TENANT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -60,6 +63,10 @@ class ApiKey:
     created_at: str
     revoked: bool = False
     label: str = ""
+    scopes: list[str] = field(default_factory=list)
+
+    def may(self, scope: str) -> bool:
+        return not self.revoked and scope in self.scopes
 
     def may_use(self, voice: str, voice_tenant: str) -> bool:
         return (not self.revoked and voice_tenant == self.tenant
@@ -80,20 +87,40 @@ def _matches(key: ApiKey | None, presented: str) -> bool:
     return key is not None and not key.revoked and hmac.compare_digest(key.sha256, _hash(presented.strip()))
 
 
-def _new_key(tenant: str, voices: list[str], label: str, taken: set[str]) -> tuple[str, ApiKey]:
-    """A new secret and its record, with an id outside `taken`; refuses an unusable tenant or an empty scope."""
+def check_voices(tenant: str, voices: list[str], registered: dict[str, str]) -> None:
+    """Refuse (KeyStoreError) a voice that is not registered (`registered`: voice -> its tenant) or belongs to
+    another tenant than `tenant`; `*` names every voice of the tenant and is always accepted."""
+    named = [v.strip() for v in voices if v.strip() and v.strip() != ALL_VOICES]
+    unknown = [v for v in named if v not in registered]
+    if unknown:
+        raise KeyStoreError(f"no voice {', '.join(map(repr, unknown))} in the registry; `narrator lineage VOICE` or "
+                            "the registry lists the registered voices (or use --voices '*' for all of the tenant's)")
+    foreign = [v for v in named if registered[v] != tenant]
+    if foreign:
+        raise KeyStoreError(f"voice {', '.join(map(repr, foreign))} does not belong to tenant {tenant!r}; a key may "
+                            "only name its own tenant's voices")
+
+
+def _new_key(tenant: str, voices: list[str], label: str, taken: set[str],
+             scopes: list[str] | None = None) -> tuple[str, ApiKey]:
+    """A new secret and its record, with an id outside `taken`; refuses an unusable tenant, an unknown scope or a key
+    that may do nothing."""
     if not _TENANT.match(tenant):
         raise KeyStoreError(f"tenant {tenant!r} is not usable: letters, digits, '.', '_' or '-', e.g. acme")
     voices = [v.strip() for v in voices if v.strip()]
-    if not voices:
+    scopes = sorted({s.strip() for s in scopes or [] if s.strip()})
+    if unknown := [s for s in scopes if s not in SCOPES]:
+        raise KeyStoreError(f"unknown scope {', '.join(map(repr, unknown))}; scopes are {', '.join(SCOPES)}")
+    if not voices and not scopes:
         raise KeyStoreError("name the voices the key may use: --voices alice,bob (or --voices '*' for all of the "
-                            "tenant's voices)")
+                            "tenant's voices), or a scope: --scopes metrics")
     key_id = secrets.token_hex(4)
     while key_id in taken:
         key_id = secrets.token_hex(4)
     secret = f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(24)}"
     return secret, ApiKey(id=key_id, sha256=_hash(secret), tenant=tenant, voices=voices,
-                          created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), label=label)
+                          created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), label=label,
+                          scopes=scopes)
 
 
 class KeyStoreLike(Protocol):
@@ -105,7 +132,8 @@ class KeyStoreLike(Protocol):
 
     def authenticate(self, presented: str | None) -> ApiKey | None: ...
 
-    def create(self, tenant: str, voices: list[str], label: str = "") -> tuple[str, ApiKey]: ...
+    def create(self, tenant: str, voices: list[str], label: str = "",
+               scopes: list[str] | None = None) -> tuple[str, ApiKey]: ...
 
     def revoke(self, key_id: str) -> ApiKey: ...
 
@@ -164,11 +192,12 @@ class KeyStore:
         os.chmod(tmp, 0o600)
         os.replace(tmp, self.path)
 
-    def create(self, tenant: str, voices: list[str], label: str = "") -> tuple[str, ApiKey]:
+    def create(self, tenant: str, voices: list[str], label: str = "",
+               scopes: list[str] | None = None) -> tuple[str, ApiKey]:
         """A new key for `tenant` limited to `voices` (["*"]: all the tenant's voices): (the secret, shown once,
         and its stored record)."""
         existing = self.keys()
-        secret, record = _new_key(tenant, voices, label, {k.id for k in existing})
+        secret, record = _new_key(tenant, voices, label, {k.id for k in existing}, scopes)
         self._write(existing + [record])
         return secret, record
 
@@ -227,11 +256,12 @@ class RedisKeyStore:
             key = self._record(self._redis.hget(self.HASH, key_id))
         return key if _matches(key, presented) else None
 
-    def create(self, tenant: str, voices: list[str], label: str = "") -> tuple[str, ApiKey]:
+    def create(self, tenant: str, voices: list[str], label: str = "",
+               scopes: list[str] | None = None) -> tuple[str, ApiKey]:
         taken: set[str] = set()
         with self._answering():
             while True:  # HSETNX: two creators drawing the same id cannot overwrite each other
-                secret, record = _new_key(tenant, voices, label, taken)
+                secret, record = _new_key(tenant, voices, label, taken, scopes)
                 if self._redis.hsetnx(self.HASH, record.id, json.dumps(asdict(record))):
                     return secret, record
                 taken.add(record.id)

@@ -269,6 +269,18 @@ def champions(params: Params) -> list[Champion]:
     return found
 
 
+def voice_tenants(params: Params) -> dict[str, str]:
+    """Every registered voice (champion or not) and the tenant that owns it (its `tenant` tag, else
+    serving.default_tenant)."""
+    prefix = params.registry.model_prefix
+    found = {}
+    for model in all_registered_models(registry_client(params)):
+        if model.name.startswith(prefix):
+            voice = model.tags.get("voice") or model.name.removeprefix(prefix)
+            found[voice] = model.tags.get(TENANT_TAG) or params.serving.default_tenant
+    return found
+
+
 def move_champion(client, name: str, version: int, by: str) -> int | None:
     """Point `champion` at `version`, tag who and when; returns the previous champion's version (or None)."""
     previous = alias_version(client.get_registered_model(name), CHAMPION)

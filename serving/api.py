@@ -9,7 +9,12 @@
 The OpenAI-compatible (/v1/audio/speech, /v1/models: serving/openai_api.py) and ElevenLabs-compatible
 (/elevenlabs/v1/...: serving/elevenlabs_api.py) routes are mounted with `create_app(routers=...)` and speak through
 `spoken` / `spoken_stream`, the synthesis path of /v1/speech and /v1/speech/stream.
-(/healthz, /readyz and /metrics are BentoML's, fed by `NarratorServer.ready` and `Metrics`.)
+    GET  /metrics               Prometheus (by route template; behind a `metrics` key when
+                                serving.metrics_key_required)
+    GET  /v1/docs               the contract, rendered by a page the service ships (no CDN)
+(/healthz and /readyz are BentoML's, fed by `NarratorServer.ready`: ready once the champions are loaded.)
+Every response, the compatible routes' included, carries X-Request-Id and security headers, keyed ones
+X-RateLimit-*, and is counted by route template; CORS only for serving.cors_origins (serving/http.py).
 
 Every request needs `Authorization: Bearer KEY` (or `X-API-Key: KEY`). Errors are JSON
 `{"error": {"code", "message"}}`: 401 no or unknown key, 403 a voice outside the key's tenant or scope, 404 no such
@@ -20,6 +25,7 @@ service cannot synthesize now. Never a stack trace.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import tempfile
 import threading
@@ -31,14 +37,16 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Sequence
 
 import numpy as np
-from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from narrator.audit import load_key as load_audit_key
-from narrator.config import Params
+from narrator.audiofile import encode
+from narrator.config import Params, ServingConfig
 from narrator.errors import NarratorError
 from narrator.keys import ApiKey, open_key_store
 from narrator.log import get_logger
@@ -47,13 +55,20 @@ from serving import errors
 from serving.audit import COMPLETED, Delivery, SynthesisAudit, SynthesisRecord, delivered, text_sha256
 from serving.encode import FORMATS, AudioFormat, EncodeError, audio_format, media_type
 from serving.engine import GptBatcher, Resampler, WatermarkStream, checked_sentences, sentences
+from serving.http import (EXPOSED_HEADERS, ServiceMiddleware, error_responses, keyed_operations, note_quota,
+                          openapi_document, page_csp, request_id)
 from serving.ratelimit import open_rate_limiter
 from serving.voices import LoadedVoice, VoiceCache, VoiceCatalog, VoiceInfo, VoiceUnavailable
 
 log = get_logger("serving.api")
 
 CONSOLE = Path(__file__).parent / "console" / "index.html"
+DOCS_PAGE = Path(__file__).parent / "console" / "docs.html"
+DOCS_SCRIPT = Path(__file__).parent / "console" / "docs.js"
 API_VERSION = "v1"
+# what each preloaded voice says once, unrecorded, before the service is ready: a sentence of ordinary length
+WARM_UP_TEXT = "The service is warming up this voice before it says that it is ready."
+OUTSIDE_TENANT = "marked by a voice outside your tenant"
 
 
 class SpeechRequest(BaseModel):
@@ -87,9 +102,7 @@ class Metrics:
     """The service's Prometheus metrics (BentoML serves them at /metrics with its own)."""
 
     def __init__(self) -> None:
-        import bentoml
-
-        m = bentoml.metrics
+        import prometheus_client as m  # imported here: BentoML sets PROMETHEUS_MULTIPROC_DIR before the worker's
         self.latency = m.Histogram(name="narrator_request_seconds", documentation="request latency",
                                    labelnames=["endpoint"],
                                    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64))
@@ -100,9 +113,22 @@ class Metrics:
                                buckets=(0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10))
         self.queue_depth = m.Gauge(name="narrator_queue_depth", documentation="syntheses in progress or waiting",
                                    multiprocess_mode="livesum")
-        self.requests = m.Counter(name="narrator_requests_total", documentation="requests by endpoint and status",
-                                  labelnames=["endpoint", "status"])
+        self.requests = m.Counter(name="narrator_requests_total", documentation="requests by route template "
+                                  "(`unmatched`: no route) and status", labelnames=["endpoint", "status"])
         self.audio_seconds = m.Counter(name="narrator_audio_seconds_total", documentation="audio seconds served")
+
+
+def exposition() -> tuple[bytes, str]:
+    """Every worker's metrics (prometheus_client's multiprocess files when BentoML runs several) as text."""
+    import prometheus_client
+    from prometheus_client import multiprocess
+
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = prometheus_client.CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = prometheus_client.REGISTRY
+    return prometheus_client.generate_latest(registry), prometheus_client.CONTENT_TYPE_LATEST
 
 
 @dataclass
@@ -133,6 +159,8 @@ class NarratorServer:
         self._results_lock = threading.Lock()
         self._in_flight = 0
         self._in_flight_lock = threading.Lock()
+        self.preloaded = threading.Event()  # set once the champions are loaded (or preloading is off)
+        self.preload_problem: str | None = None
         try:
             self.watermark_key: bytes | None = load_key()
             self.key_problem = None
@@ -140,8 +168,9 @@ class NarratorServer:
             self.watermark_key, self.key_problem = None, str(error)
 
     def ready(self) -> bool:
-        """Ready when the watermark key is loaded, the key store answers and the registry answers."""
-        if self.watermark_key is None or not self.keys.reachable():
+        """Ready when the champions are loaded (serving.preload_champions), the watermark key is loaded, the key
+        store answers and the registry answers."""
+        if not self.preloaded.is_set() or self.watermark_key is None or not self.keys.reachable():
             return False
         try:
             self.catalog.voices()
@@ -151,6 +180,38 @@ class NarratorServer:
 
     def close(self) -> None:
         self.batcher.stop()
+
+    def preload(self) -> list[tuple[str, int]]:
+        """Load the champion voices (by name) while they fit serving.memory_budget_mb and serving.max_voices, and
+        have each say `WARM_UP_TEXT` once (unrecorded) so the first request pays no first-call costs; then the
+        service may say it is ready. A voice that cannot load is logged and skipped (its requests answer 503)."""
+        cfg = self.params.serving
+        try:
+            if not cfg.preload_champions or self.watermark_key is None:
+                return []
+            largest = 0.0
+            for info in sorted(self.catalog.voices().values(), key=lambda v: v.voice):
+                if len(self.cache.loaded()) >= cfg.max_voices or self.cache.used_mb() + largest > cfg.memory_budget_mb:
+                    log.info("preloaded %d voice(s); the rest load on first use (memory budget %g MB, %d voices)",
+                             len(self.cache.loaded()), cfg.memory_budget_mb, cfg.max_voices)
+                    break
+                if not info.packaged:
+                    continue
+                try:
+                    voice = self.cache.get(info)
+                except VoiceUnavailable as error:
+                    log.error("voice %s not preloaded: %s", info.voice, error)
+                    continue
+                largest = max(largest, voice.weight_mb)
+                warm = SpeechRequest(voice=info.voice, text=WARM_UP_TEXT, language="en", seed=0)
+                encode(np.concatenate(list(self.marked_sentences(voice, warm))), 32000, "wav")
+            return self.cache.loaded()
+        except Exception as error:  # the registry or a bundle failed: serve anyway, loading on first use
+            self.preload_problem = f"{type(error).__name__}: {error}"
+            log.error("preloading the champions failed (%s); voices load on first use", self.preload_problem)
+            return self.cache.loaded()
+        finally:
+            self.preloaded.set()
 
     # -- helpers ------------------------------------------------------------------------------------------------
 
@@ -162,6 +223,7 @@ class NarratorServer:
             self.metrics.queue_depth.set(depth)
 
     def observe(self, endpoint: str, status: int, seconds: float) -> None:
+        """Count a finished request by its route template (ServiceMiddleware counts every request)."""
         if self.metrics:
             self.metrics.requests.labels(endpoint=endpoint, status=str(status)).inc()
             self.metrics.latency.labels(endpoint=endpoint).observe(seconds)
@@ -178,15 +240,32 @@ class NarratorServer:
                                       "`narrator keys create --tenant T --voices a,b`)")
         try:
             key = self.keys.authenticate(presented)
-            wait = self.limiter.take(key.id) if key is not None else 0.0
+            quota = self.limiter.take_quota(key.id) if key is not None else None
         except StateUnavailable as error:
             log.error("%s", error)
             raise errors.unavailable("the service cannot check API keys right now; try again shortly") from None
-        if key is None:
+        if key is None or quota is None:
             raise errors.unauthorized("the API key is unknown or revoked; ask for a new one")
-        if wait > 0:
-            raise errors.rate_limited(wait)
+        note_quota(quota)  # the response's X-RateLimit-* headers (serving/http.py), whichever route asked
+        if quota.wait_s > 0:
+            raise errors.rate_limited(quota.wait_s)
         return key
+
+    def authorize_metrics(self, request: Request) -> None:
+        """/metrics: open, or (serving.metrics_key_required) only for a key with the `metrics` scope."""
+        if not self.params.serving.metrics_key_required:
+            return
+        header = request.headers.get("authorization", "")
+        presented = header[7:].strip() if header.lower().startswith("bearer ") else request.headers.get("x-api-key")
+        try:
+            key = self.keys.authenticate(presented) if presented else None
+        except StateUnavailable:
+            raise errors.unavailable("the service cannot check API keys right now; try again shortly") from None
+        if key is None:
+            raise errors.unauthorized("/metrics needs an API key with the `metrics` scope (`narrator keys create "
+                                      "--tenant T --scopes metrics`)")
+        if not key.may("metrics"):
+            raise errors.forbidden("this API key may not read /metrics: it lacks the `metrics` scope")
 
     def voice_for(self, key: ApiKey, voice: str) -> VoiceInfo:
         info = self.catalog.get(voice)
@@ -299,20 +378,21 @@ class NarratorServer:
             self.metrics.audio_seconds.inc(duration_s)
 
     def identify(self, payload_hex: str | None, key: ApiKey) -> dict[str, Any]:
-        """Whose voice a detected payload is (only named when it is in the key's tenant)."""
+        """Whose voice a detected payload is: the payload, voice and version only when the voice is in the key's
+        tenant; otherwise only that it is marked by a voice outside the tenant (no payload: a payload names a
+        voice id and version)."""
         if payload_hex is None:
-            return {"voice": None, "version": None}
-        from narrator.registry import lookup_payload
+            return {"payload": None, "voice": None, "version": None}
+        from narrator.registry import lookup_payload, voice_tenants
 
         found = lookup_payload(int(payload_hex, 16), self.params)
-        if found is None:
-            return {"voice": None, "version": None, "note": "the payload belongs to no registered voice version"}
-        voice, version = found
-        info = self.catalog.get(voice)
-        tenant = info.tenant if info else None
-        if tenant != key.tenant:
-            return {"voice": None, "version": None, "note": "the payload belongs to a voice of another tenant"}
-        return {"voice": voice, "version": version}
+        if found is not None:
+            voice, version = found
+            info = self.catalog.get(voice)
+            tenant = info.tenant if info else voice_tenants(self.params).get(voice)
+            if tenant == key.tenant:
+                return {"payload": payload_hex, "voice": voice, "version": version}
+        return {"payload": None, "voice": None, "version": None, "note": OUTSIDE_TENANT}
 
 
 CLOSE_POLL_S = 0.05  # how often the end of a response retries closing a stream a worker thread is still inside
@@ -353,7 +433,10 @@ def _new_request_id() -> str:
 
 
 def _request_id(request: Request) -> str:
-    """The id in a response's file name: the request's X-Request-Id when it is a plain token, else a new one."""
+    """The id in a response's file name and audit record: the response's X-Request-Id (ServiceMiddleware: the
+    request's when it is a plain token, else a new one)."""
+    if given := request_id(request.scope):
+        return given
     given = request.headers.get("x-request-id", "")
     return given if re.fullmatch(r"[A-Za-z0-9._-]{1,64}", given) else _new_request_id()
 
@@ -404,7 +487,6 @@ def spoken(state: NarratorServer, key: ApiKey, req: SpeechRequest, endpoint: str
     if state.metrics:
         state.metrics.first_audio.labels(endpoint=endpoint).observe(elapsed)
         state.metrics.rtf.observe(result.seconds / max(duration_s, 1e-6))
-    state.observe(endpoint, 200, elapsed)
     return body, {**_audio_headers(info, fmt, req, request_id), "X-Audio-Duration-S": f"{duration_s:.3f}",
                   "X-Audio-Sha256": digest, "X-Output-Sha256": digest}
 
@@ -459,7 +541,6 @@ def spoken_stream(state: NarratorServer, key: ApiKey, req: SpeechRequest,
         elapsed = time.perf_counter() - started
         if state.metrics and synthesized_s:
             state.metrics.rtf.observe(elapsed / synthesized_s)
-        state.observe(endpoint, 200, elapsed)
 
     return delivered(chunks(), ended), _audio_headers(info, fmt, req, request_id)
 
@@ -470,12 +551,53 @@ def speak_streamed(state: NarratorServer, key: ApiKey, req: SpeechRequest,
     return ClosingStreamingResponse(stream, media_type=media_type(req.format), headers=headers)
 
 
-def create_app(server: Callable[[], NarratorServer], routers: Sequence[APIRouter] = ()) -> FastAPI:
+KEYED = error_responses(401, 429, 503)  # any operation that takes an API key
+SPEECH_ERRORS = error_responses(401, 403, 404, 413, 422, 429, 503)
+UNMATCHED_ROUTES = ("unknown",)  # the catch-all route's name: its requests count as `unmatched`
+
+
+def create_app(server: Callable[[], NarratorServer], routers: Sequence[APIRouter] = (),
+               settings: ServingConfig | None = None) -> FastAPI:
     """The API over the process's NarratorServer (`server()` returns it; BentoML builds it per worker), with
-    `routers` (the compatible APIs) mounted before the catch-all 404."""
+    `routers` (the compatible APIs) mounted before the catch-all 404; `settings` (serving.cors_origins) shape the
+    middleware, which every route, the routers' included, goes through."""
+    settings = settings or ServingConfig()
     app = FastAPI(title="Narrator", version=API_VERSION, openapi_url=f"/{API_VERSION}/openapi.json",
-                  docs_url=f"/{API_VERSION}/docs", redoc_url=None,
-                  description="Multi-voice, streaming, authenticated speech; every output carries the watermark.")
+                  docs_url=None, redoc_url=None,
+                  description="Multi-voice, streaming, authenticated speech; every output carries the watermark. "
+                              "Send an API key as `Authorization: Bearer KEY` (or `X-API-Key: KEY`). Every "
+                              "response carries `X-Request-Id`; keyed ones `X-RateLimit-Limit`, "
+                              "`X-RateLimit-Remaining` and `X-RateLimit-Reset`. Errors are `{\"error\": {\"code\", "
+                              "\"message\"}}`.")
+    bearer = HTTPBearer(auto_error=False, scheme_name="bearer")  # documents the scheme; `authorized` checks
+
+    def observe(endpoint: str, status: int, seconds: float) -> None:
+        try:
+            state = server()
+        except Exception:  # no server yet (starting): nothing to count into
+            return
+        if state is not None:
+            state.observe(endpoint, status, seconds)
+
+    if settings.cors_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type", "X-API-Key", "X-Request-Id",
+                                          "xi-api-key"],
+                           expose_headers=EXPOSED_HEADERS, max_age=600)
+    app.add_middleware(ServiceMiddleware, observe=observe, unmatched=UNMATCHED_ROUTES)  # outermost
+
+    def contract() -> dict:
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            app.openapi_schema = openapi_document(get_openapi(
+                title=app.title, version=app.version, openapi_version=app.openapi_version,
+                description=app.description, routes=app.routes), keyed_ops=keyed_operations(app.routes))
+        return app.openapi_schema
+
+    app.openapi = contract
 
     @app.exception_handler(errors.ApiError)
     async def _api_error(_: Request, error: errors.ApiError):
@@ -497,37 +619,55 @@ def create_app(server: Callable[[], NarratorServer], routers: Sequence[APIRouter
         return _json_error(errors.invalid(str(error)))
 
     @app.exception_handler(Exception)
-    async def _internal(_: Request, error: Exception):
-        log.error("internal error: %s: %s", type(error).__name__, error, exc_info=error)
-        return JSONResponse({"error": {"code": "internal", "message": "the service failed on this request; it "
-                                                                     "was logged, try again"}}, status_code=500)
+    async def _internal(request: Request, error: Exception):
+        log.error("internal error (request %s): %s: %s", request_id(request.scope), type(error).__name__, error,
+                  exc_info=error)
+        return JSONResponse({"error": {"code": "internal", "message": "the service failed on this request (request "
+                                                                     f"{request_id(request.scope)}); it was logged, "
+                                                                     "try again"}}, status_code=500)
 
-    def authorized(request: Request) -> ApiKey:
-        state = server()
-        started = time.perf_counter()
-        try:
-            return state.authorize(request)
-        except errors.ApiError as error:
-            state.observe(request.url.path, error.status, time.perf_counter() - started)
-            raise
+    def authorized(request: Request, _: Any = Security(bearer)) -> ApiKey:
+        return server().authorize(request)
+
+    console_html = CONSOLE.read_text(encoding="utf-8")
+    docs_html = DOCS_PAGE.read_text(encoding="utf-8")
 
     @app.get("/", include_in_schema=False)
     def console() -> HTMLResponse:
-        return HTMLResponse(CONSOLE.read_text(encoding="utf-8"))
+        return HTMLResponse(console_html, headers={"Content-Security-Policy": page_csp(console_html)})
 
-    @app.get(f"/{API_VERSION}/voices", summary="the voices this key may use")
+    @app.get(f"/{API_VERSION}/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        """The contract rendered by a page of ours (docs.html + docs.js): no CDN, no third-party script."""
+        return HTMLResponse(docs_html, headers={"Content-Security-Policy": page_csp(docs_html)})
+
+    @app.get(f"/{API_VERSION}/docs/docs.js", include_in_schema=False)
+    def docs_script() -> Response:
+        return Response(DOCS_SCRIPT.read_bytes(), media_type="text/javascript")
+
+    @app.get("/metrics", summary="Prometheus metrics of every worker",
+             responses={200: {"content": {"text/plain": {}}}, **error_responses(401, 403, 503)},
+             openapi_extra={"security": [{}, {"bearer": []}, {"apiKey": []}]})
+    def metrics(request: Request) -> Response:
+        """Open unless serving.metrics_key_required: then only for a key with the `metrics` scope (401 without a
+        key, 403 with one that lacks it)."""
+        server().authorize_metrics(request)
+        body, content_type = exposition()
+        return Response(body, media_type=content_type)
+
+    @app.get(f"/{API_VERSION}/voices", summary="the voices this key may use", responses=KEYED)
     def voices(key: ApiKey = Depends(authorized)) -> dict:
         state = server()
         found = [info.public() for info in state.catalog.voices().values() if key.may_use(info.voice, info.tenant)]
         return {"tenant": key.tenant, "voices": sorted(found, key=lambda v: v["voice"])}
 
     @app.post(f"/{API_VERSION}/speech", summary="the whole text as one audio file",
-              responses={200: {"content": {media_type(f): {} for f in FORMATS}}})
+              responses={200: {"content": {media_type(f): {} for f in FORMATS}}, **SPEECH_ERRORS})
     def speech(req: SpeechRequest, request: Request, key: ApiKey = Depends(authorized)) -> Response:
         return speak(server(), key, req, request_id=_request_id(request))
 
     @app.post(f"/{API_VERSION}/speech/stream", summary="the text as audio, streamed sentence by sentence",
-              responses={200: {"content": {media_type(f): {} for f in FORMATS}}})
+              responses={200: {"content": {media_type(f): {} for f in FORMATS}}, **SPEECH_ERRORS})
     def speech_stream(req: SpeechRequest, request: Request, key: ApiKey = Depends(authorized)) -> StreamingResponse:
         """Duration and sha256 are known only when the stream ends (no trailers: uvicorn sends none); the audit
         record of the stream (serving.audit_log, found by the request id in the file name) holds them, with the
@@ -535,7 +675,7 @@ def create_app(server: Callable[[], NarratorServer], routers: Sequence[APIRouter
         return speak_streamed(server(), key, req, request_id=_request_id(request))
 
     @app.post(f"/{API_VERSION}/watermark/detect", summary="look for the watermark in an uploaded audio file",
-              openapi_extra={"requestBody": {"content": {"application/octet-stream": {"schema": {
+              responses=error_responses(401, 413, 422, 429, 503), openapi_extra={"requestBody": {"content": {"application/octet-stream": {"schema": {
                   "type": "string", "format": "binary"}}}, "required": True}})
     async def detect(request: Request, key: ApiKey = Depends(authorized)) -> dict:
         import anyio
@@ -559,7 +699,8 @@ def create_app(server: Callable[[], NarratorServer], routers: Sequence[APIRouter
     for router in routers:
         app.include_router(router)
 
-    @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+    @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False,
+                   name="unknown")
     def unknown(path: str) -> None:
         """Anything else: a JSON 404 (BentoML's own routes, /healthz /readyz /metrics, come first)."""
         raise errors.not_found(f"no such endpoint /{path}; the API lives under /{API_VERSION} (see "
@@ -592,7 +733,6 @@ def _detect(state: NarratorServer, body: bytes, content_type: str, key: ApiKey) 
     if audio.sample_rate_hz < 8000:
         raise errors.invalid(f"the audio is sampled at {audio.sample_rate_hz} Hz; send at least 8 kHz")
     found = detect(audio.samples, audio.sample_rate_hz, state.watermark_key)
-    payload = format_payload(found.payload)
     return {"detected": bool(found.detected), "score": round(float(found.score), 2),
-            "threshold": round(float(found.threshold), 2), "payload": payload,
-            "duration_s": round(audio.duration_s, 2), **state.identify(payload, key)}
+            "threshold": round(float(found.threshold), 2), "duration_s": round(audio.duration_s, 2),
+            **state.identify(format_payload(found.payload), key)}

@@ -34,7 +34,6 @@ Errors are ElevenLabs' `{"detail": {"status", "message"}}`; the package raises `
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -132,13 +131,8 @@ def router(server: Callable[[], NarratorServer]) -> APIRouter:
     """The ElevenLabs-compatible routes over the process's NarratorServer."""
     api = APIRouter(route_class=translating_route(elevenlabs_error), tags=["ElevenLabs-compatible"])
 
-    def authorized(request: Request) -> ApiKey:
-        state, started = server(), time.perf_counter()
-        try:
-            return state.authenticate(request.headers.get("xi-api-key") or bearer(request))
-        except errors.ApiError as error:
-            state.observe(_endpoint(request), error.status, time.perf_counter() - started)
-            raise
+    def authorized(request: Request) -> ApiKey:  # counted by route template, refusals too (serving/http.py)
+        return server().authenticate(request.headers.get("xi-api-key") or bearer(request))
 
     def prepare(voice_id: str, body: ElevenLabsSpeechRequest, fmt_value: str, key: ApiKey):
         state = server()
@@ -213,15 +207,3 @@ def router(server: Callable[[], NarratorServer]) -> APIRouter:
                  "languages": [{"language_id": "en", "name": "English"}, {"language_id": "zh", "name": "Chinese"}]}]
 
     return api
-
-
-def _endpoint(request: Request) -> str:
-    """The route (not the raw path: one metrics series per route, whatever the voice)."""
-    path = request.url.path
-    if path.startswith(PREFIX + "/v1/text-to-speech/"):
-        return STREAM_PATH if path.endswith("/stream") else SPEECH_PATH
-    if path.startswith(VOICES_PATH):
-        return VOICES_PATH
-    if path.startswith(SEARCH_PATH):
-        return SEARCH_PATH
-    return MODELS_PATH

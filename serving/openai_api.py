@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 from collections.abc import Callable, Iterator
 from typing import Literal
 
@@ -120,14 +119,8 @@ def router(server: Callable[[], NarratorServer]) -> APIRouter:
     """The OpenAI-compatible routes over the process's NarratorServer."""
     api = APIRouter(route_class=translating_route(openai_error), tags=["OpenAI-compatible"])
 
-    def authorized(request: Request) -> ApiKey:
-        state, started = server(), time.perf_counter()
-        try:
-            return state.authenticate(bearer(request) or request.headers.get("x-api-key"))
-        except errors.ApiError as error:
-            endpoint = SPEECH_PATH if request.url.path == SPEECH_PATH else MODELS_PATH
-            state.observe(endpoint, error.status, time.perf_counter() - started)
-            raise
+    def authorized(request: Request) -> ApiKey:  # counted by route template, refusals too (serving/http.py)
+        return server().authenticate(bearer(request) or request.headers.get("x-api-key"))
 
     @api.post(SPEECH_PATH, summary="OpenAI-compatible speech (the openai package's audio.speech.create)",
               responses={200: {"content": {**{media_type(f): {} for f in FORMATS}, "text/event-stream": {}}}})

@@ -15,10 +15,12 @@ Who may call is the API key store's business (`narrator/keys.py`, shared with `n
 
 from __future__ import annotations
 
+import math
 import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -33,9 +35,31 @@ BUCKET_FILE_SUFFIX = ".ratelimit.sqlite"
 REDIS_BUCKET_PREFIX = state.STATE_PREFIX + "bucket:"
 
 
+@dataclass(frozen=True)
+class Quota:
+    """A key's bucket after one request: what the X-RateLimit-* headers say."""
+
+    limit: int  # the bucket's size (serving.rate_limit_burst): requests a key may make at once
+    remaining: int  # whole requests left now
+    reset_s: int  # seconds until the bucket is full again
+    wait_s: float  # 0.0: this request went ahead; else the seconds until one may
+
+    def headers(self) -> dict[str, str]:
+        return {"X-RateLimit-Limit": str(self.limit), "X-RateLimit-Remaining": str(self.remaining),
+                "X-RateLimit-Reset": str(self.reset_s)}
+
+
+def quota(tokens: float, wait_s: float, rate_per_s: float, burst: int) -> Quota:
+    return Quota(limit=burst, remaining=max(0, int(tokens)), reset_s=math.ceil(max(0.0, burst - tokens) / rate_per_s),
+                 wait_s=wait_s)
+
+
 class RateLimiter(Protocol):
     def take(self, key_id: str) -> float:
         """0.0 when the request may go ahead (a token was taken), else the seconds until it may."""
+
+    def take_quota(self, key_id: str) -> Quota:
+        """The same, with what is left of the key's bucket."""
 
 
 def refill_and_take(tokens: float, updated_s: float, now_s: float, rate_per_s: float,
@@ -71,6 +95,9 @@ class SqliteRateLimiter:
                          "updated_s REAL NOT NULL)")
 
     def take(self, key_id: str) -> float:
+        return self.take_quota(key_id).wait_s
+
+    def take_quota(self, key_id: str) -> Quota:
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
@@ -89,7 +116,7 @@ class SqliteRateLimiter:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-        return wait_s
+        return quota(tokens, wait_s, self.rate_per_s, self.burst)
 
 
 # KEYS[1]: the bucket; ARGV: tokens a second, burst, seconds until a bucket is full again (its expiry).
@@ -106,7 +133,7 @@ local wait = 0
 if tokens >= 1 then tokens = tokens - 1 else wait = (1 - tokens) / rate end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'updated', tostring(math.max(now, updated)))
 redis.call('EXPIRE', KEYS[1], ttl)
-return tostring(wait)
+return {tostring(wait), tostring(tokens)}
 """
 
 
@@ -122,13 +149,17 @@ class RedisRateLimiter:
         self._take = self._redis.register_script(_TAKE_SCRIPT)
 
     def take(self, key_id: str) -> float:
+        return self.take_quota(key_id).wait_s
+
+    def take_quota(self, key_id: str) -> Quota:
         import redis
 
         try:
-            wait = self._take(keys=[REDIS_BUCKET_PREFIX + key_id], args=[self.rate_per_s, self.burst, self.ttl_s])
+            wait, tokens = self._take(keys=[REDIS_BUCKET_PREFIX + key_id],
+                                      args=[self.rate_per_s, self.burst, self.ttl_s])
         except redis.RedisError as error:
             raise state.unavailable(self.url, error) from None
-        return float(wait)
+        return quota(float(tokens), float(wait), self.rate_per_s, self.burst)
 
 
 def open_rate_limiter(serving: ServingConfig) -> RateLimiter:

@@ -152,7 +152,8 @@ def test_detect_names_no_voice_of_another_tenant_and_nothing_in_silence(service,
     wav = _speech(service, deployment.keys["acme"], voice="alice", text=LONG_TEXT, seed=7).content
     other = httpx.post(f"{service}/v1/watermark/detect", content=wav, timeout=60,
                        headers={**_auth(deployment.keys["globex"]), "Content-Type": "audio/wav"}).json()
-    assert other["detected"] and other["voice"] is None and "another tenant" in other["note"]
+    assert other["detected"] and other["voice"] is None and other["payload"] is None
+    assert other["note"] == "marked by a voice outside your tenant"
     from narrator.audiofile import encode
 
     silence = encode(np.zeros(32000 * 4, np.float32), 32000, "wav")
@@ -651,11 +652,15 @@ def test_a_fast_mode_service_speaks_with_bfloat16_sovits_and_int8_gpt_batches(de
     assert out and out[0].samples.dtype == np.float32 and np.isfinite(out[0].samples).all()
 
 
-def test_keys_cli_shows_the_key_once_and_stores_only_its_hash(tmp_path):
-    params = tmp_path / "params.yaml"
-    params.write_text(f"serving:\n  keys_file: {tmp_path / 'keys.json'}\n")
+def test_keys_cli_shows_the_key_once_and_stores_only_its_hash(tmp_path, deployment):
+    import yaml
+
+    params = tmp_path / "params.yaml"  # the deployment's registry (alice and bob are registered), a keys file of its own
+    settings = yaml.safe_load(deployment.params_file.read_text())
+    params.write_text(yaml.safe_dump({"registry": settings["registry"],
+                                      "serving": {"keys_file": str(tmp_path / "keys.json")}}))
     run = [sys.executable, "-m", "cli"]
-    created = subprocess.run(run + ["keys", "create", "--tenant", "acme", "--voices", "alice,bob", "--params",
+    created = subprocess.run(run + ["keys", "create", "--tenant", "acme", "--voices", "alice,*", "--params",
                                     str(params)], capture_output=True, text=True, cwd=REPO_ROOT)
     assert created.returncode == 0, created.stderr
     secret = created.stdout.strip()
@@ -664,7 +669,7 @@ def test_keys_cli_shows_the_key_once_and_stores_only_its_hash(tmp_path):
     listed = subprocess.run(run + ["keys", "list", "--params", str(params)], capture_output=True, text=True,
                             cwd=REPO_ROOT).stdout
     key_id = secret.split("_")[1]
-    assert key_id in listed and "tenant acme" in listed and "alice,bob" in listed
+    assert key_id in listed and "tenant acme" in listed and "alice,*" in listed
     revoked = subprocess.run(run + ["keys", "revoke", key_id, "--params", str(params)], capture_output=True,
                              text=True, cwd=REPO_ROOT)
     assert revoked.returncode == 0

@@ -206,7 +206,7 @@ def test_keys_cli_creates_lists_and_revokes_keys_in_redis(redis_service, tmp_pat
     params.write_text(yaml.safe_dump({"serving": {"state_url": redis_service.url,
                                                   "keys_file": str(tmp_path / "keys.json")}}))
     run = [sys.executable, "-m", "cli", "keys"]
-    created = subprocess.run(run + ["create", "--tenant", "globex", "--voices", "bob", "--params", str(params)],
+    created = subprocess.run(run + ["create", "--tenant", "globex", "--voices", "*", "--params", str(params)],
                              capture_output=True, text=True, cwd=REPO_ROOT)
     assert created.returncode == 0, created.stderr
     secret = created.stdout.strip()
