@@ -48,6 +48,7 @@ examples:
   narrator serve --port 3000
   narrator audit verify serving-audit.jsonl  # or postgresql://USER@HOST/DB?table=serving_audit
   narrator package alice                   # the champion's bento
+  narrator narrate book.md --voice alice --out runs/alice/book
   narrator demo --out demo
   narrator config --defaults
 
@@ -269,20 +270,21 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=_cmd_package)
 
-    p = sub.add_parser("pipeline", help="compile, run or schedule a Kubeflow pipeline (onboard, batch, retrain)",
+    p = sub.add_parser("pipeline", help="compile, run or schedule a Kubeflow pipeline (onboard, batch, retrain, "
+                                        "narrate)",
                        description="The Kubeflow Pipelines (kfp v2) DAGs of pipelines/: onboard (one narrator), "
                                    "batch (many), retrain (new recordings -> challenger). Run here with kfp's local "
                                    "runner (--local) or on a cluster (--host URL).")
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     a = actions.add_parser("compile", help="write the pipeline YAML", description="Compile a pipeline to YAML.")
-    a.add_argument("name", choices=["onboard", "batch", "retrain"])
+    a.add_argument("name", choices=["onboard", "batch", "retrain", "narrate"])
     a.add_argument("--out", metavar="FILE", help="YAML to write (default: NAME.yaml)")
     _common(a)
     a.set_defaults(func=_cmd_pipeline_compile)
     for action, text in (("run", "run once, here (--local) or on a cluster (--host URL)"),
                          ("schedule", "create a recurring run on a cluster (pipeline.retrain_cron)")):
         a = actions.add_parser(action, help=text, description=text[0].upper() + text[1:] + ".")
-        a.add_argument("name", choices=["onboard", "batch", "retrain"])
+        a.add_argument("name", choices=["onboard", "batch", "retrain", "narrate"])
         if action == "run":
             where = a.add_mutually_exclusive_group(required=True)
             where.add_argument("--local", action="store_true", help="run on this machine with kfp's local runner")
@@ -298,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
         a.add_argument("--source", metavar="DIR|S3", help="the narrator's recordings (onboard, retrain)")
         a.add_argument("--voice", metavar="NAME", help="voice name (onboard, retrain)")
         a.add_argument("--narrators", metavar="JSON", help="batch: a JSON file listing {source, voice} objects")
+        a.add_argument("--manuscript", metavar="FILE|S3", help="narrate: the book (.txt, .md, .epub, .docx)")
         if action == "run":
             _verbose(a)
         _common(a)
@@ -314,6 +317,25 @@ def build_parser() -> argparse.ArgumentParser:
     _verbose(p)
     _common(p)
     p.set_defaults(func=_cmd_onboard)
+
+    p = sub.add_parser("narrate", help="narrate a manuscript (.txt, .md, .epub, .docx) into a publishable audiobook",
+                       description="Narrate a manuscript with a registered voice: one MP3 (192 kbps CBR, 44.1 kHz, "
+                                   "ACX loudness, room tone), WAV master and WebVTT captions per chapter, book.m4b "
+                                   "with chapter marks, narration.json and report.html in --out. Every sentence "
+                                   "passes the quality guard (loops, duration per phone, ASR when "
+                                   "narrate.guard_limits.asr_model_dir is set) or is spoken again with the next "
+                                   "seed (narrate.max_attempts); sentences that still fail are listed. Every chapter "
+                                   "carries the voice's watermark (needs $NARRATOR_WATERMARK_KEY[_FILE]) and gets an "
+                                   "audit record. Re-running the same command after a kill redoes no finished "
+                                   "sentence and gives byte-identical chapters. Exit 2: the manuscript, the voice or "
+                                   "--out was refused.")
+    p.add_argument("manuscript", metavar="MANUSCRIPT", help="the book: .txt (one chapter), .md (headings start "
+                                                            "chapters), .epub or .docx")
+    p.add_argument("--voice", required=True, metavar="VOICE[@VERSION]",
+                   help="registered voice, e.g. alice (its champion) or alice@3")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (resumable: re-run with the same one)")
+    _common(p)
+    p.set_defaults(func=_cmd_narrate)
 
     p = sub.add_parser("serve", help="run the speech service (BentoML): many voices, streaming, API keys, audit",
                        description="Serve the champion voices of the registry over HTTP (serving/service.py): "
@@ -673,6 +695,24 @@ def _cmd_package(args) -> int:
     return 0
 
 
+def _cmd_narrate(args) -> int:
+    from components.narrate import narrate, parse_voice
+
+    params = _load(args)
+    voice, version = parse_voice(args.voice)
+    result = narrate(args.manuscript, voice, version, args.out, params)
+    for chapter in result.chapters:
+        print(f"chapter {chapter.index} {chapter.title!r}: {chapter.audio} ({chapter.duration_s:.1f} s, RMS "
+              f"{chapter.rms_db:.1f} dB, peak {chapter.peak_db:.1f} dBFS, {chapter.sentences} sentences, "
+              f"{chapter.synthesized} spoken now, {chapter.regenerated} regenerated, {len(chapter.failed)} failing)")
+    print(f"narrated {result.title!r} with {result.voice} v{result.version} in {result.seconds:.0f} s -> "
+          f"{Path(args.out) / result.m4b}; report {Path(args.out) / result.report}")
+    for failed in result.failed:
+        print(f"needs a human: chapter {failed['chapter']} sentence {failed['index']} ({failed['attempts']} "
+              f"attempts: {'; '.join(failed['reasons'])}): {failed['text']}", file=sys.stderr)
+    return 0
+
+
 def _cmd_serve(args) -> int:
     import tempfile
 
@@ -831,6 +871,15 @@ def _pipeline_arguments(args, params) -> dict:
             raise NarratorError("the batch pipeline needs --narrators FILE: a JSON list of {\"source\": ..., "
                                 "\"voice\": ...} objects")
         arguments["narrators"] = json.loads(Path(args.narrators).read_text(encoding="utf-8"))
+    elif args.name == "narrate":
+        from components.narrate import parse_voice
+
+        if not (getattr(args, "manuscript", None) and args.voice):
+            raise NarratorError("the narrate pipeline needs --manuscript (a file every step can read, or s3://) and "
+                                "--voice NAME[@VERSION]")
+        voice, version = parse_voice(args.voice)
+        manuscript = args.manuscript if args.manuscript.startswith("s3://") else str(Path(args.manuscript).resolve())
+        arguments.update(manuscript=manuscript, voice=voice, version=version or 0)
     else:
         if not (args.source and args.voice):
             raise NarratorError(f"the {args.name} pipeline needs --source (recordings folder or s3:// prefix) and "
@@ -908,7 +957,6 @@ def _cmd_demo(args) -> int:
 
     from components.register import lineage, verify_lineage
     from narrator.config import load_params
-    from cli.demo import build_demo_bases, build_demo_narrator, demo_key, demo_overrides
 
     params = _load(args)
     out = Path(args.out).resolve()

@@ -77,6 +77,9 @@ STEPS: dict[str, Step] = dict([
           "bundle the version, speak a watermarked sample, store the bundle"),
     _step("record", "components.record:record_run", ("training", "registry"),
           "record a pipeline run or a failed gate in MLflow and the audit log"),
+    _step("narrate", "components.narrate:narrate", ("storage", "pretrained", "inference", "registry", "package",
+                                                     "narrate", "mastering"),
+          "narrate a manuscript with a registered voice: guarded, watermarked, mastered chapters and the book"),
 ])
 
 

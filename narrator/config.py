@@ -88,7 +88,7 @@ class PrepareConfig(_Section):
                                                                 "`narrator evaluate` (at least one when > 0)")
 
     @model_validator(mode="after")
-    def _segments_fit(self) -> "PrepareConfig":
+    def _segments_fit(self) -> PrepareConfig:
         if self.min_segment_s >= self.max_segment_s:
             raise ValueError("min_segment_s must be smaller than max_segment_s")
         return self
@@ -259,7 +259,7 @@ class RegistryConfig(_Section):
                                                                             "that tenant (registry.tenant)")
 
     @model_validator(mode="after")
-    def _lock_url_is_postgresql(self) -> "RegistryConfig":
+    def _lock_url_is_postgresql(self) -> RegistryConfig:
         if self.lock_url and not self.lock_url.startswith(POSTGRESQL_SCHEMES):
             raise ValueError(f"lock_url must be a postgresql:// URL, not {self.lock_url.split('://')[0]}://...")
         return self
@@ -483,6 +483,37 @@ class DemoConfig(_Section):
     speed_wpm: int = Field(150, ge=80, le=400)
 
 
+class GuardConfig(_Section):
+    """The quality guard on every narrated sentence (models/guard.py); the service's `quality: "checked"` too."""
+
+    loop_ngram_tokens: int = Field(8, ge=2, description="semantic tokens per n-gram looked at for loops (25 per s)")
+    loop_max_repeats: int = Field(3, ge=1, description="an n-gram occurring more often is a loop: regenerate")
+    loop_max_run_tokens: int = Field(50, ge=2, description="one token repeated longer (2 s) is a stuck decoder")
+    min_s_per_phone: float = Field(0.03, gt=0, description="faster speech suggests skipped words")
+    max_s_per_phone: float = Field(0.3, gt=0, description="slower speech suggests repeated or babbled words")
+    asr_model_dir: str | None = Field(None, description="local Whisper directory: also score each sentence's "
+                                                        "WER/CER against its text (None: skipped)")
+    max_error_rate: float = Field(0.3, ge=0, description="with asr_model_dir: a higher WER (en) / CER (zh) fails")
+
+
+class NarrateConfig(_Section):
+    """`narrator narrate` (components/narrate.py): a manuscript in, an audiobook out."""
+
+    seed: int = Field(0, ge=0, description="sentence i of chapter c draws from sentence_seed(seed + attempt, "
+                                           "c * 100000 + i): a re-run gives the same audio")
+    language: str = Field("auto", description="en, zh or auto (per sentence)")
+    max_attempts: int = Field(3, ge=1, description="a sentence failing the guard is spoken again with the next "
+                                                   "seed up to this many times; the best attempt is kept")
+    guard: bool = Field(True, description="check every sentence (guard_limits); false: one attempt each")
+    guard_limits: GuardConfig = GuardConfig()
+    parallel_chapters: int = Field(2, ge=1, description="chapters narrated at once (threads)")
+    torch_threads: int = Field(0, ge=0, description="torch threads per chapter; 0: the CPU count over "
+                                                    "parallel_chapters")
+    sentence_pause_s: float = Field(0.45, ge=0, description="silence between sentences")
+    paragraph_pause_s: float = Field(0.9, ge=0, description="silence after a paragraph's last sentence")
+    max_sentence_chars: int = Field(200, ge=20, description="longer sentences are cut at commas, then spaces")
+
+
 class Params(_Section):
     """The whole params.yaml."""
 
@@ -502,6 +533,7 @@ class Params(_Section):
     serving: ServingConfig = ServingConfig()
     mastering: MasteringConfig = MasteringConfig()
     demo: DemoConfig = DemoConfig()
+    narrate: NarrateConfig = NarrateConfig()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -39,9 +39,10 @@ SECRET_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {  # secret ->
 # The params.yaml sections that make a step need a secret (the step table gives each step its sections).
 SECRET_SECTIONS = {"s3": {"storage", "registry", "training"}, "registry": {"registry", "training"},
                    "audit": {"registry"}}
-WATERMARK_STEPS = ("evaluate", "watermark_check", "package")  # they load the key (models.watermark.load_key)
+WATERMARK_STEPS = ("evaluate", "watermark_check", "package", "narrate")  # they load the key (models.watermark.load_key)
 # Steps that talk to the network (object storage, MLflow, the Kubernetes API), all safe to repeat.
-NETWORK_STEPS = ("snapshot", "new_recordings", "validate", "register", "package", "record", "finetune_on_cluster")
+NETWORK_STEPS = ("snapshot", "new_recordings", "validate", "register", "package", "record", "finetune_on_cluster",
+                 "manuscript_chapters", "narrate_chapter", "assemble_book")  # narration: resumable, rewrites its files
 BACKOFF_FACTOR = 2.0  # each retry waits this many times longer than the one before
 
 

@@ -21,7 +21,7 @@ from narrator.config import Params
 from narrator.errors import NarratorError
 from pipelines.runtime import ERROR_FILE_ENV
 
-PIPELINES = ("onboard", "batch", "retrain")
+PIPELINES = ("onboard", "batch", "retrain", "narrate")
 
 
 class PipelineError(NarratorError):
@@ -42,6 +42,10 @@ def step_arguments(name: str, params: Params) -> dict[str, str]:
     from pipelines.onboard import settings_arguments
     from pipelines.retrain import STEPS as RETRAIN_STEPS
 
+    if name == "narrate":
+        from pipelines.narrate import settings_arguments as narrate_arguments
+
+        return narrate_arguments(params)
     return settings_arguments(params, RETRAIN_STEPS) if name == "retrain" else settings_arguments(params)
 
 

@@ -12,6 +12,7 @@ No `from __future__ import annotations` here: KFP reads the annotations to type 
 """
 
 from types import SimpleNamespace
+from typing import List, NamedTuple  # noqa: UP035 - KFP reads typing.List in component signatures
 
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Metrics, Model, Output, PipelineTaskFinalStatus
@@ -244,8 +245,60 @@ def summarize(narrators: list, settings: str, summary: Output[Artifact], results
     return json.dumps(rows)
 
 
+def manuscript_chapters(manuscript: str, voice: str, version: int, settings: str) -> NamedTuple(
+        "BookPlan", [("chapters", list), ("version", int), ("title", str)]):
+    """pipelines/narrate.py: the manuscript's chapter numbers (from 0) to fan out over, and the voice version every
+    chapter speaks with (`version` 0: the champion, resolved once here)."""
+    from collections import namedtuple
+
+    from components.narrate import plan_book
+    from narrator.storage import fetch
+    from pipelines.runtime import running
+
+    with running("narrate", settings) as params:
+        plan = plan_book(fetch(manuscript, params.storage, "manuscript"), voice, version or None, params)
+    return namedtuple("BookPlan", ["chapters", "version", "title"])(list(range(len(plan.chapters))), plan.version,
+                                                                     plan.title)
+
+
+def narrate_chapter(manuscript: str, voice: str, version: int, chapter: int, settings: str,
+                    narrated: Output[Artifact]) -> str:
+    """pipelines/narrate.py: one chapter, guarded, watermarked and mastered, into `narrated`; its result as JSON."""
+    import json
+
+    from components.narrate import narrate_one_chapter
+    from narrator.storage import fetch
+    from pipelines.runtime import running
+
+    with running("narrate", settings) as params:
+        result = narrate_one_chapter(fetch(manuscript, params.storage, "manuscript"), chapter, voice, version,
+                                     narrated.path, params)
+    narrated.metadata.update(chapter=result.index, title=result.title, duration_s=result.duration_s,
+                             regenerated=result.regenerated, failed=len(result.failed))
+    return json.dumps(result.public())
+
+
+def assemble_book(manuscript: str, voice: str, version: int,
+                  narrated: Input[List[Artifact]],  # noqa: UP006 - KFP reads typing.List
+                  settings: str, book: Output[Artifact]) -> str:
+    """pipelines/narrate.py: every chapter's files, book.m4b, narration.json and report.html into `book`."""
+    import json
+
+    from components.narrate import assemble_chapters
+    from narrator.storage import fetch
+    from pipelines.runtime import running
+
+    with running("narrate", settings) as params:
+        result = assemble_chapters(fetch(manuscript, params.storage, "manuscript"), voice, version,
+                                   [a.path for a in narrated], book.path, params)
+    book.metadata.update(title=result.title, chapters=len(result.chapters), failed=len(result.failed))
+    return json.dumps({"title": result.title, "voice": result.voice, "version": result.version,
+                       "m4b": result.m4b, "failed": result.failed})
+
+
 COMPONENTS = (snapshot, new_recordings, validate, prepare, features, finetune_sovits, finetune_gpt, finetune_on_cluster,
-              evaluate, watermark_check, register, package, gate_failed, dataset_refused, record_run, summarize)
+              evaluate, watermark_check, register, package, gate_failed, dataset_refused, record_run, summarize,
+              manuscript_chapters, narrate_chapter, assemble_book)
 
 
 def make_steps(image: str) -> SimpleNamespace:

@@ -54,7 +54,7 @@ from narrator.state import StateUnavailable
 from serving import errors
 from serving.audit import COMPLETED, Delivery, SynthesisAudit, SynthesisRecord, delivered, text_sha256
 from serving.encode import FORMATS, AudioFormat, EncodeError, audio_format, media_type
-from serving.engine import GptBatcher, Resampler, WatermarkStream, sentences
+from serving.engine import GptBatcher, Resampler, WatermarkStream, checked_sentences, sentences
 from serving.http import (EXPOSED_HEADERS, ServiceMiddleware, error_responses, keyed_operations, note_quota,
                           openapi_document, page_csp, request_id)
 from serving.ratelimit import open_rate_limiter
@@ -92,6 +92,10 @@ class SpeechRequest(BaseModel):
                            "(Vorbis), opus (Ogg Opus), aac (ADTS)")
     sample_rate_hz: int = Field(32000, description="one of serving.sample_rates_hz")
     bitrate_kbps: int | None = Field(None, description="mp3/opus/aac only (default 128/64/128 kbps)")
+    quality: Literal["fast", "checked"] = Field(
+        "fast", description="checked: every sentence passes the narration quality guard (loops, duration per phone; "
+                            "narrate.guard_limits) or is spoken again with the next seed, up to narrate.max_attempts; "
+                            "slower, so off by default")
 
 
 class Metrics:
@@ -280,6 +284,9 @@ class NarratorServer:
         from models.text import split_sentences
 
         segments = self.segments(req)
+        if segments is not None and req.quality == "checked":
+            raise errors.invalid('quality "checked" takes plain text, not SSML: send the text without markup, or '
+                                 'quality "fast"')
         if segments is not None:
             if not any(split_sentences(s.text, s.language) for s in segments if hasattr(s, "text")):
                 raise errors.invalid("the SSML document has nothing to speak: give at least one word to synthesize")
@@ -324,13 +331,19 @@ class NarratorServer:
     def marked_sentences(self, voice: LoadedVoice, req: SpeechRequest) -> Iterator[np.ndarray]:
         """Marked 32 kHz audio per sentence."""
         marker = WatermarkStream(int(voice.info.payload_hex, 16), self.watermark_key)
-        for part in sentences(voice, req.text, req.language, self.settings(req), req.seed, self.batcher,
-                              segments=self.segments(req)):
+        segments = self.segments(req)
+        if req.quality == "checked":  # plain text only (check() refuses SSML with it)
+            parts = checked_sentences(voice, req.text, req.language, self.settings(req), req.seed, self.batcher,
+                                      self.params.narrate)
+        else:
+            parts = sentences(voice, req.text, req.language, self.settings(req), req.seed, self.batcher,
+                              segments=segments)
+        for part in parts:
             yield marker.push(part.samples)
 
     def synthesize(self, voice: LoadedVoice, req: SpeechRequest) -> Synthesis:
         key = (voice.key, req.text, req.text_type, req.language, req.speed, req.top_k, req.top_p, req.temperature,
-               req.seed)
+               req.seed, req.quality)
         if req.seed is not None:
             with self._results_lock:
                 if key in self._results:

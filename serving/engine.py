@@ -139,6 +139,19 @@ def sentences(voice: LoadedVoice, text: str, language: str, settings: SamplingSe
                               decode=batcher.decoder(voice, settings))
 
 
+def checked_sentences(voice: LoadedVoice, text: str, language: str, settings: SamplingSettings, seed: int | None,
+                      batcher: GptBatcher, narrate_cfg) -> Iterator[SentenceAudio]:
+    """`sentences` through the narration quality guard (a request's `quality: "checked"`): each sentence is checked
+    (`models.guard`, `narrate.guard_limits`) and spoken again with the next seed when it fails, up to
+    `narrate.max_attempts`. A sentence that passes at once is exactly what `sentences` gives."""
+    from models.guard import GuardLimits, guarded_stream
+
+    for kept in guarded_stream(voice.synth, text, voice.reference, language, settings, seed,
+                               GuardLimits.of(narrate_cfg.guard_limits), narrate_cfg.max_attempts,
+                               decode=batcher.decoder(voice, settings)):
+        yield kept.audio
+
+
 class WatermarkStream:
     """Marks 32 kHz audio as it arrives with one payload, keeping the mark's period phase (module docstring)."""
 

@@ -137,12 +137,25 @@ def test_retrain_yaml_trains_only_when_recordings_changed(compiled):
 
 def test_each_steps_settings_argument_holds_exactly_its_table_sections(compiled):
     from components import STEPS
+    from pipelines.retrain import STEPS as RETRAIN_STEPS
 
-    spec = compiled("retrain")
-    inputs = spec["root"]["inputDefinitions"]["parameters"]
-    for name, entry in STEPS.items():
-        settings = json.loads(inputs[f"params_{name}"]["defaultValue"])
-        assert list(settings) == sorted(entry.sections), name
+    for pipeline, names in (("retrain", RETRAIN_STEPS), ("narrate", ("narrate",))):
+        inputs = compiled(pipeline)["root"]["inputDefinitions"]["parameters"]
+        for name in names:
+            settings = json.loads(inputs[f"params_{name}"]["defaultValue"])
+            assert list(settings) == sorted(STEPS[name].sections), name
+
+
+def test_narrate_yaml_fans_the_chapters_out_in_parallel_and_assembles_the_book(compiled):
+    spec = compiled("narrate", batch_parallelism=3)
+    tasks = _tasks(spec)
+    assert {"manuscript-chapters", "narrate-chapter", "assemble-book"} <= set(tasks)
+    loop = next(t for t in spec["root"]["dag"]["tasks"].values() if "iteratorPolicy" in t)
+    assert loop["iteratorPolicy"]["parallelismLimit"] == 3
+    assert loop["parameterIterator"]["items"]["inputParameter"].endswith("chapters")
+    assemble = spec["root"]["dag"]["tasks"]["assemble-book"]
+    assert "narrate-chapter" in json.dumps(assemble["inputs"]["artifacts"]["narrated"])
+    assert {e["container"]["image"] for e in _executors(spec).values()} == {"registry.example/narrator:1.2.3"}
 
 
 def test_schedule_creates_a_recurring_run_with_the_cron(tmp_path, monkeypatch):
