@@ -33,7 +33,9 @@ import os
 import re
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -228,7 +230,6 @@ def load_narrator(source: VoiceSource, params: Params) -> Narrator:
     except WatermarkError as error:
         raise NarrationError(f"{error}; every chapter carries the voice's watermark, so narration needs the key") \
             from None
-    _set_torch_threads(params)
     voice = load_bundle(source.bundle_dir, params)
     transcriber = None
     if params.narrate.guard and params.narrate.guard_limits.asr_model_dir:
@@ -238,15 +239,19 @@ def load_narrator(source: VoiceSource, params: Params) -> Narrator:
     return Narrator(source, voice.synth, voice.reference, key, transcriber)
 
 
-def _set_torch_threads(params: Params) -> int:
-    """Set torch's threads for narration (`narrate.torch_threads`, else the CPUs shared by the parallel chapters);
-    returns the count before."""
+@contextmanager
+def narration_threads(params: Params) -> Iterator[None]:
+    """torch's threads for narration (`narrate.torch_threads`, else the CPUs shared by the parallel chapters) for
+    the block, then restored: the process's other work (a test run, a service) keeps its own count."""
     import torch
 
     cfg = params.narrate
     before = torch.get_num_threads()
     torch.set_num_threads(cfg.torch_threads or max(1, (os.cpu_count() or 1) // cfg.parallel_chapters))
-    return before
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 # -- sentences ---------------------------------------------------------------------------------------------------
@@ -540,26 +545,21 @@ def narrate(manuscript_path: str | Path, voice: str, version: int | None, out_di
             params: Params) -> NarrationResult:
     """Narrate a manuscript into `out_dir` (see the module docstring). Re-running with the same arguments reuses
     every finished sentence and gives byte-identical chapters."""
-    import torch
 
     from narrator.storage import folder_lock
 
     started = time.perf_counter()
     book = read_manuscript(manuscript_path)
     out = Path(out_dir)
-    threads = torch.get_num_threads()
-    try:
-        with folder_lock(out, "narrator narrate"):
-            source = resolve_voice(voice, version, params)
-            narrator = load_narrator(source, params)
-            workers = min(params.narrate.parallel_chapters, len(book.chapters))
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="chapter") as pool:
-                futures = [pool.submit(narrate_chapter, narrator, i, chapter, out, params, i % workers)
-                           for i, chapter in enumerate(book.chapters)]
-                chapters = [future.result() for future in futures]
-            result = assemble_book(book, source, out, params, chapters)
-    finally:
-        torch.set_num_threads(threads)
+    with folder_lock(out, "narrator narrate"), narration_threads(params):
+        source = resolve_voice(voice, version, params)
+        narrator = load_narrator(source, params)
+        workers = min(params.narrate.parallel_chapters, len(book.chapters))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="chapter") as pool:
+            futures = [pool.submit(narrate_chapter, narrator, i, chapter, out, params, i % workers)
+                       for i, chapter in enumerate(book.chapters)]
+            chapters = [future.result() for future in futures]
+        result = assemble_book(book, source, out, params, chapters)
     result.seconds = time.perf_counter() - started
     return result
 
@@ -593,7 +593,7 @@ def narrate_one_chapter(manuscript_path: str | Path, chapter_index: int, voice: 
     if not 0 <= chapter_index < len(book.chapters):
         raise NarrationError(f"the manuscript has {len(book.chapters)} chapters; there is no chapter "
                              f"{chapter_index + 1}")
-    with folder_lock(out_dir, "narrator narrate (one chapter)"):
+    with folder_lock(out_dir, "narrator narrate (one chapter)"), narration_threads(params):
         narrator = load_narrator(resolve_voice(voice, version, params), params)
         return narrate_chapter(narrator, chapter_index, book.chapters[chapter_index], out_dir, params)
 

@@ -344,3 +344,20 @@ def test_checked_speech_that_needs_no_retry_is_the_same_audio_and_a_failing_one_
             assert np.array_equal(kept.samples[:len(best.samples)], best.samples[:len(kept.samples)])
     finally:
         batcher.stop()
+
+
+def test_narration_leaves_the_processs_torch_threads_as_they_were(deployment, tmp_path):
+    """Narration picks its own thread count for its chapters and gives the process's back: a service or a test run
+    in the same process keeps computing as before (float sums depend on the count)."""
+    import torch
+
+    from components.narrate import load_narrator, narration_threads, resolve_voice
+    from narrator.config import load_params
+
+    params = load_params(deployment.params_file, {"narrate": {"torch_threads": 1}})
+    before = torch.get_num_threads()
+    load_narrator(resolve_voice("alice", None, params), params)
+    assert torch.get_num_threads() == before
+    with narration_threads(params):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
