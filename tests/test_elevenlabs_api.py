@@ -10,7 +10,6 @@ refusals are the package's own errors in ElevenLabs' `{"detail": {"status", "mes
 
 from __future__ import annotations
 
-import socket
 
 import httpx
 import pytest
@@ -20,6 +19,7 @@ from elevenlabs.errors import UnprocessableEntityError
 
 from serving.encode import FORMATS
 from tests.compat_audio import LONG_TEXT, SEED, SHORT_TEXT, TOLERANCE_S, decode, watermark
+from tests.services import free_port
 
 SETTINGS = {"serving": {"max_text_chars": 400, "rate_limit_per_minute": 600, "rate_limit_burst": 50}}
 NO_RETRIES = {"max_retries": 0}
@@ -28,12 +28,6 @@ OUTPUT_FORMATS = {"mp3_44100_128": ("mp3", 44100), "mp3_22050_32": ("mp3", 22050
                   "pcm_24000": ("pcm", 24000), "pcm_16000": ("pcm", 16000), "opus_48000_64": ("opus", 48000)}
 # the service's streamed MP3 declares no frame count, so it decodes up to ~0.1 s longer than the whole file (issue 17,
 # the streams work in serving/encode.py); strict: once that lands the unexpected pass fails and the mark goes
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +41,7 @@ def deployment(tmp_path_factory):
 def service(deployment, tmp_path_factory):
     from tests.deployment import running_service
 
-    port = _free_port()
+    port = free_port()
     with running_service(deployment.env(port), port, tmp_path_factory.mktemp("elevenlabs-log") / "serve.log") as base:
         yield base
 

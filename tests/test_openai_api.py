@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import socket
 
 import httpx
 import openai
@@ -19,6 +18,7 @@ import pytest
 
 from serving.encode import FORMATS
 from tests.compat_audio import LONG_TEXT, SEED, SHORT_TEXT, TOLERANCE_S, decode, watermark
+from tests.services import free_port
 
 SETTINGS = {"serving": {"max_text_chars": 400, "rate_limit_per_minute": 600, "rate_limit_burst": 50}}
 OPENAI_FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm")  # OpenAI's response_format values
@@ -27,12 +27,6 @@ OPENAI_RATE_HZ = 24000
 # the streams work in serving/encode.py): its stream test passes once that lands (strict: an unexpected pass fails,
 # so the mark is removed then)
 OPUS_DECODED_RATE_HZ = 48000  # decoders give Ogg Opus back at 48 kHz, whatever rate went in
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +40,7 @@ def deployment(tmp_path_factory):
 def service(deployment, tmp_path_factory):
     from tests.deployment import running_service
 
-    port = _free_port()
+    port = free_port()
     with running_service(deployment.env(port), port, tmp_path_factory.mktemp("openai-log") / "serve.log") as base:
         yield base
 

@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO_ROOT
+from tests.services import free_port
 from tests.test_register import PASSED_CHECK, _features, _prepared, _validated, evaluation
 
 CHILD_TIMEOUT_S = 240
@@ -382,14 +383,6 @@ def test_a_fetched_bundle_that_does_not_match_its_digest_is_refused_and_a_spoilt
 # -- the fronts on another machine (slow: a service, a bento build) ---------------------------------------------
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 @pytest.mark.services
 def test_narrator_serve_on_another_machine_speaks_the_voice_packaged_on_the_first(packaged, shared, s3_service,
@@ -406,7 +399,7 @@ def test_narrator_serve_on_another_machine_speaks_the_voice_packaged_on_the_firs
     settings["serving"].update({"keys_file": str(folder / "keys.json"), "audit_log": str(folder / "audit.jsonl")})
     params_file.write_text(yaml.safe_dump(settings), encoding="utf-8")
     key, _ = KeyStore(folder / "keys.json").create("default", ["*"], label="tests")
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--params", str(params_file), "--host",
                                "127.0.0.1", "--port", str(port)], cwd=folder, env=child_env(s3_service, folder),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

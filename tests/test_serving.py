@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +24,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO_ROOT
+from tests.services import free_port
 
 # long enough for the payload (~10 s) with the tiny random voices at seed 7
 LONG_TEXT = ("The lighthouse keeper climbed the spiral stairs before the storm arrived. Every morning the baker "
@@ -34,12 +34,6 @@ STREAM_TEXT = ("Hello there. The library on the hill holds more than ten thousan
 AUDIT_KEY = "audit-key-for-the-test-service-0123"  # the service seals its synthesis audit log with it
 SETTINGS = {"serving": {"max_upload_mb": 4.0, "max_text_chars": 400, "rate_limit_per_minute": 600,
                         "rate_limit_burst": 20}}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +46,7 @@ def deployment(tmp_path_factory):
 @pytest.fixture(scope="module")
 def service(deployment, tmp_path_factory):
     """Base URL of a running service (a real `bentoml serve` process)."""
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("serving-log") / "serve.log"
     with open(log, "wb") as out:
         process = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "serving.service:NarratorService",
@@ -699,7 +693,7 @@ def test_package_builds_the_champions_bento(deployment):
 
 @pytest.mark.slow
 def test_narrator_serve_runs_the_service(deployment):
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--params", str(deployment.params_file),
                                 "--host", "127.0.0.1", "--port", str(port)], cwd=REPO_ROOT, env=deployment.env(port),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -16,12 +15,7 @@ from narrator.config import load_params
 from narrator.errors import SourceError
 from narrator.storage import open_source
 from tests.intake import make_narrator
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.services import free_port
 
 
 def _etags(client, prefix: str) -> dict[str, str]:
@@ -35,7 +29,7 @@ def s3(tmp_path_factory):
     """A moto S3 server on loopback with a bucket holding one narrator under narrators/alex/."""
     import boto3
 
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     endpoint = f"http://127.0.0.1:{port}"
@@ -85,7 +79,7 @@ def test_unreachable_endpoint_names_the_setting(tmp_path, monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x")
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # fail at once instead of after botocore's retries
-    params = load_params(None, {"storage": {"s3_endpoint_url": f"http://127.0.0.1:{_free_port()}"}})
+    params = load_params(None, {"storage": {"s3_endpoint_url": f"http://127.0.0.1:{free_port()}"}})
     with pytest.raises(SourceError, match="storage.s3_endpoint_url"):
         open_source("s3://voices/alex", params.storage, tmp_path)
 
@@ -262,7 +256,7 @@ def test_unreachable_endpoint_for_outputs_names_the_setting(tmp_path, monkeypatc
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x")
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
-    cfg = load_params(None, {"storage": {"s3_endpoint_url": f"http://127.0.0.1:{_free_port()}"}}).storage
+    cfg = load_params(None, {"storage": {"s3_endpoint_url": f"http://127.0.0.1:{free_port()}"}}).storage
     with pytest.raises(SourceError, match="storage.s3_endpoint_url"):
         with output_dir("s3://voices/runs/x", cfg, tmp_path):
             pass
