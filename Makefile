@@ -7,7 +7,7 @@ export TRANSFORMERS_OFFLINE := 1
 export BENTOML_DO_NOT_TRACK := true
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 
-.PHONY: setup demo test test-slow lint-imports dvc-stages bench clean help
+.PHONY: setup demo test test-slow lint-imports lint-names dvc-stages bench clean help
 
 help:
 	@echo "make demo       set up, then onboard a generated demo narrator (see demo/)"
@@ -23,11 +23,15 @@ setup:
 demo: setup
 	$(VENV)/bin/narrator demo --out demo
 
-test: setup lint-imports
+test: setup lint-imports lint-names
 	$(PY) -m pytest -m "not slow" -q
 
 lint-imports: setup
 	$(VENV)/bin/lint-imports --no-cache
+
+# Undefined names (a lost import in a merge, a typo in a branch no test reaches) fail before any test runs.
+lint-names: setup
+	$(VENV)/bin/ruff check --no-cache --select F821,F822,F823 .
 
 dvc-stages: setup
 	$(PY) scripts/dvc_stages.py

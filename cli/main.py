@@ -955,6 +955,7 @@ def _cmd_onboard(args) -> int:
 def _cmd_demo(args) -> int:
     import yaml
 
+    from cli.demo import build_demo_bases, build_demo_narrator, demo_key, demo_overrides
     from components.register import lineage, verify_lineage
     from narrator.config import load_params
 
