@@ -345,10 +345,10 @@ def _load_sentence(path: Path) -> KeptSentence | None:
 
 
 def speak_sentence(narrator: Narrator, chapter_index: int, sentence: PlannedSentence, params: Params) -> KeptSentence:
-    from models.guard import GuardLimits, guarded_sentence
+    from models.guard import guarded_sentence
 
     cfg = params.narrate
-    limits = GuardLimits.of(cfg.guard_limits) if cfg.guard else None
+    limits = cfg.guard_limits if cfg.guard else None
     transcriber = None
     if narrator.transcriber is not None:
         def transcriber(wav_16k, language):

@@ -38,6 +38,7 @@ from models.tts import (
     SynthesisError,
     Synthesizer,
 )
+from narrator.config import GuardConfig
 
 TOKENS_PER_S = 25.0  # semantic tokens per second of speech
 ASR_RATE_HZ = 16000
@@ -45,21 +46,8 @@ ASR_RATE_HZ = 16000
 Transcriber = Callable[[np.ndarray, str], str]
 
 
-@dataclass(frozen=True)
-class GuardLimits:
-    """The guard's thresholds (what `narrator.config.GuardConfig` holds)."""
-
-    loop_ngram_tokens: int = 8
-    loop_max_repeats: int = 3
-    loop_max_run_tokens: int = 50
-    min_s_per_phone: float = 0.03
-    max_s_per_phone: float = 0.3
-    max_error_rate: float = 0.3
-
-    @classmethod
-    def of(cls, config) -> GuardLimits:
-        """From a config section with the same field names (`narrate.guard`)."""
-        return cls(**{name: getattr(config, name) for name in cls.__dataclass_fields__})
+# The guard's thresholds are the `narrate.guard_limits` settings themselves: one set of defaults, validated once.
+GuardLimits = GuardConfig
 
 
 @dataclass

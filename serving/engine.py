@@ -144,10 +144,10 @@ def checked_sentences(voice: LoadedVoice, text: str, language: str, settings: Sa
     """`sentences` through the narration quality guard (a request's `quality: "checked"`): each sentence is checked
     (`models.guard`, `narrate.guard_limits`) and spoken again with the next seed when it fails, up to
     `narrate.max_attempts`. A sentence that passes at once is exactly what `sentences` gives."""
-    from models.guard import GuardLimits, guarded_stream
+    from models.guard import guarded_stream
 
     for kept in guarded_stream(voice.synth, text, voice.reference, language, settings, seed,
-                               GuardLimits.of(narrate_cfg.guard_limits), narrate_cfg.max_attempts,
+                               narrate_cfg.guard_limits, narrate_cfg.max_attempts,
                                decode=batcher.decoder(voice, settings)):
         yield kept.audio
 
