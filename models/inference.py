@@ -119,7 +119,9 @@ def _fingerprint(params: Sequence[Tensor]) -> tuple[tuple[int, int], ...]:
     An optimizer step, `load_state_dict` or any in-place edit bumps the version; `.to()`, `.float()` or a new
     Parameter brings new storage. Plain integers, so a cache keeps no old tensor alive. Not seen: a conversion round
     trip (float32 -> bfloat16 -> float32) whose final storage lands on the old address; preparing again always
-    remakes the caches.
+    remakes the caches. Parameters made under `torch.inference_mode()` are inference tensors, which keep no version
+    counter (reading `_version` raises): they count as version 0, so an in-place edit of them (possible only inside
+    inference mode, e.g. `load_state_dict` there) is not seen either; prepare again after one.
     """
     # inference tensors keep no version counter (and cannot be changed in place outside inference mode)
     return tuple((p.data_ptr(), 0 if p.is_inference() else p._version) for p in params)
