@@ -544,7 +544,8 @@ class GraphDecoding(StaticDecoding):
                 self._body(state, layers)
         torch.cuda.current_stream(device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local: other threads (the service renders SoVITS in request threads) may use CUDA meanwhile
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             self._body(state, layers)
         state.graph = graph  # the warm-up's writes are overwritten by `StaticKV.load`
 
