@@ -65,8 +65,11 @@ def _peak_mb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure(model: str, mode: str, device_name: str, batch: int, steps: int, threads: int) -> dict:
-    """One mode in this process: warm-up step, then `steps` timed steps. Returns seconds per step and peak MB."""
+def measure(model: str, mode: str, device_name: str, batch: int, steps: int, threads: int,
+            config: dict | None = None) -> dict:
+    """One mode in this process: warm-up step, then `steps` timed steps. Returns seconds per step and peak MB.
+    `config`: SoVITSConfig / GPTConfig fields replacing the full v2 sizes (bench/gpu.py's small CPU fallback); for
+    SoVITS its "discriminator" entry holds DiscriminatorConfig fields."""
     import torch
 
     from components.training import Precision
@@ -80,19 +83,21 @@ def measure(model: str, mode: str, device_name: str, batch: int, steps: int, thr
     with tempfile.TemporaryDirectory() as tmp:
         if model == "sovits":
             from components.finetune_sovits import SoVITSTask
-            from models.discriminators import MultiPeriodDiscriminator
-            from models.sovits import SoVITS
+            from models.discriminators import DiscriminatorConfig, MultiPeriodDiscriminator
+            from models.sovits import SoVITS, SoVITSConfig
 
-            sovits = SoVITS()
+            sizes = dict(config or {})
+            discriminator = MultiPeriodDiscriminator(DiscriminatorConfig(**sizes.pop("discriminator", {})))
+            sovits = SoVITS(SoVITSConfig(**sizes))
             sovits.gradient_checkpointing = recompute
             examples = _sovits_examples(batch, Path(tmp))
-            task = SoVITSTask(sovits, MultiPeriodDiscriminator(), examples, FinetuneSoVITSConfig(), batch, 0, device,
+            task = SoVITSTask(sovits, discriminator, examples, FinetuneSoVITSConfig(), batch, 0, device,
                               precision)
         else:
             from components.finetune_gpt import GPTTask
             from models.gpt import GPT, GPTConfig
 
-            gpt = GPT(GPTConfig())
+            gpt = GPT(GPTConfig(**(config or {})))
             gpt.h.gradient_checkpointing = recompute
             examples = _gpt_examples(batch)
             task = GPTTask(gpt, examples, FinetuneGPTConfig(accumulate_batches=1), 0, device, batch, precision)

@@ -221,6 +221,8 @@ class KVCache:
         v        (n_layer, B * n_head, max_len, head_dim)
         key_bias (B * n_head, 1, max_len)  additive attention bias, 0 or -inf; None when no position is masked
 
+        rows     (B,) long: the original batch index of each live row (`keep_rows` drops finished ones)
+
     The first `length` positions are valid. A decoding step writes one column and reads a prefix view, so a
     step costs no copy of the cache (torch.cat caches copy it every step). On CPU the cache is float32 whatever
     the weights' dtype: bfloat16 batched matmuls copy strided (prefix-view) operands, float32 ones read them
@@ -233,7 +235,9 @@ class KVCache:
         self.n_head = cfg.n_head
         self.k = torch.empty(cfg.n_layer, bh, cfg.head_dim, max_len, dtype=dtype, device=device)
         self.v = torch.empty(cfg.n_layer, bh, max_len, cfg.head_dim, dtype=dtype, device=device)
-        self.key_bias = None if key_bias is None else key_bias.repeat_interleave(cfg.n_head, dim=0)
+        # in the cache dtype: baddbmm adds it to scores of that dtype (0 and -inf are exact in bfloat16)
+        self.key_bias = None if key_bias is None else key_bias.to(dtype).repeat_interleave(cfg.n_head, dim=0)
+        self.rows = torch.arange(batch, device=device)
         self.no_bias = torch.zeros(1, 1, 1, dtype=dtype, device=device)  # placeholder operand when unmasked
         self.length = 0
         self.max_len = max_len
@@ -266,6 +270,7 @@ class KVCache:
             shape = t.shape
             grouped = t.view(*shape[:dim], -1, self.n_head, *shape[dim + 1:])
             return grouped.index_select(dim, rows).view(*shape[:dim], -1, *shape[dim + 1:])
+        self.rows = self.rows.index_select(0, rows)
         self.k, self.v = select(self.k, 1), select(self.v, 1)
         self.layers = list(zip(self.k.unbind(0), self.v.unbind(0)))
         if self.key_bias is not None:
@@ -373,7 +378,8 @@ class Transformer(nn.Module):
 
 class DecodingStep(Protocol):
     """Another implementation of `Transformer.step` for `generate` / `generate_batch`, set as `GPT.decoding_step`
-    (models/inference.py provides them: the same step on prefetched float weights, or on int8 weights)."""
+    (models/inference.py provides them: the same step on prefetched float weights, on int8 weights, or with every
+    shape fixed for CUDA graphs)."""
 
     name: str  # what the step runs, e.g. "int8"
 

@@ -9,7 +9,23 @@ Entry point (what `models.tts.Synthesizer.prepare` calls):
     "exact"  float32 as loaded: SoVITS with cached weight-norm weights (and on CPU its decoder channels-last), GPT
              decoding on prefetched float weights stored column-major. The official computation up to float
              rounding (waveform within 1e-5 of the model as loaded; greedy tokens equal).
-    "fast"   CPU: bfloat16 SoVITS (same layout) + int8 GPT decoding steps. GPU: bfloat16 SoVITS and GPT.
+    "fast"   CPU: bfloat16 SoVITS (same layout) + int8 GPT decoding steps. GPU: bfloat16 SoVITS and GPT, the GPT's
+             decoding step replayed as a CUDA graph (`GraphDecoding`). "exact" on a GPU keeps the float32 float
+             step (bit-identical to the model's own), not the static one.
+
+GPU decoding (`StaticDecoding`, `GraphDecoding`; unmeasured: no GPU was lent when it was written, `bash bench/gpu.sh`
+measures it). `KVCache.attend` narrows the cache to the positions so far, so every token has new shapes and a
+Python-int write position, which a CUDA graph cannot hold. The static step keeps every shape fixed for a (batch,
+max length): `StaticKV` attends over the whole preallocated cache with an additive bias (-inf after the current
+position, unmasked one position per step in place), writes keys/values with `index_copy_` at a position held in a
+device tensor, and reads/writes static (R, C) input/output buffers. Greedy tokens equal float decoding's; logits
+differ by the order of float additions (tests: atol 1e-5 on CPU). Batches round up to 1, 2, 4, 8, 16, 32 (then
+multiples of 32) rows and cache lengths to multiples of 256, so a few buffer sets (and graphs) serve every
+request of `Synthesizer.decode_batch` / the service's batcher; rows that finish early, and the bucket's padding
+rows, stay in the static batch computing throw-away values (live rows are addressed by `KVCache.rows`), so shapes
+never change within a generation. Each generation copies its prefill into a free buffer set once; concurrent
+generations get their own sets. `GraphDecoding` captures a set's step once (warm-up on a side stream, then
+`torch.cuda.CUDAGraph`) and replays it per token. The static step also runs on CPU, where it is tested.
 
 Measured effects (2-core AMD EPYC VM, 2 torch threads, full v2 size with random weights; docs/benchmarks.md,
 sections "inference at full v2 size" and "Readable models refactor"):
@@ -51,7 +67,9 @@ Whole sentence (250 tokens + decode): float32 RTF 0.81-0.86 ("exact"), int8 GPT 
 
 from __future__ import annotations
 
+import threading
 import warnings
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -59,12 +77,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.gpt import GPT, Block, GPTError, KVCache
+from models.gpt import GPT, Block, GPTConfig, GPTError, KVCache
 from models.sovits import Generator, SoVITS, SoVITSError, WNConv1d, WNConvTranspose1d, _WeightNormMixin
 from narrator.errors import NarratorError
 
 INFERENCE_MODES = ("exact", "fast")
-GPT_DECODINGS = ("model", "float", "int8")  # see `decoding_mode`
+GPT_DECODINGS = ("model", "float", "int8", "static", "graph")  # see `decoding_mode`
 
 
 class InferenceError(NarratorError):
@@ -104,7 +122,12 @@ def prepare_for_inference(sovits: SoVITS, gpt: GPT, mode: str = "exact") -> Infe
         if not on_cpu:
             gpt.to(torch.bfloat16)
     prepare_sovits(sovits, channels_last=on_cpu)
-    prepare_gpt(gpt, decoding="int8" if mode == "fast" and on_cpu else "float")
+    gpt_on_cuda = next(gpt.parameters()).device.type == "cuda"
+    if mode == "fast":
+        decoding = "graph" if gpt_on_cuda else "int8" if on_cpu else "float"
+    else:
+        decoding = "float"  # bit-identical to the model's own float32 step, on any device
+    prepare_gpt(gpt, decoding=decoding)
     return InferencePlan(mode=mode, device=device, sovits_dtype=_param_dtype(sovits), sovits_channels_last=on_cpu,
                          gpt_dtype=_param_dtype(gpt), gpt_decoding=decoding_mode(gpt))
 
@@ -119,7 +142,9 @@ def _fingerprint(params: Sequence[Tensor]) -> tuple[tuple[int, int], ...]:
     An optimizer step, `load_state_dict` or any in-place edit bumps the version; `.to()`, `.float()` or a new
     Parameter brings new storage. Plain integers, so a cache keeps no old tensor alive. Not seen: a conversion round
     trip (float32 -> bfloat16 -> float32) whose final storage lands on the old address; preparing again always
-    remakes the caches.
+    remakes the caches. Parameters made under `torch.inference_mode()` are inference tensors, which keep no version
+    counter (reading `_version` raises): they count as version 0, so an in-place edit of them (possible only inside
+    inference mode, e.g. `load_state_dict` there) is not seen either; prepare again after one.
     """
     # inference tensors keep no version counter (and cannot be changed in place outside inference mode)
     return tuple((p.data_ptr(), 0 if p.is_inference() else p._version) for p in params)
@@ -311,6 +336,237 @@ def _layer_loop(layers: list[LayerStepWeights],
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# GPT: the static decoding step (every shape fixed), replayed as a CUDA graph on a GPU
+
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32)  # static batch sizes; larger batches round up to a multiple of the last
+LENGTH_BUCKET = 256  # static cache lengths are multiples of this many positions
+GRAPH_WARMUP_STEPS = 3  # eager steps on a side stream before a capture (allocator, cuBLAS handles)
+
+
+def batch_bucket(batch: int) -> int:
+    """The static batch size that holds `batch` rows: the next of `BATCH_BUCKETS`, then multiples of the last."""
+    if batch < 1:
+        raise GPTError(f"a decoding batch needs at least one row, got {batch}")
+    for size in BATCH_BUCKETS:
+        if batch <= size:
+            return size
+    return -(-batch // BATCH_BUCKETS[-1]) * BATCH_BUCKETS[-1]
+
+
+def length_bucket(max_len: int) -> int:
+    """The static cache length that holds `max_len` positions: the next multiple of `LENGTH_BUCKET`."""
+    return max(1, -(-max_len // LENGTH_BUCKET)) * LENGTH_BUCKET
+
+
+class StaticKV:
+    """The keys and values of the static step, every shape fixed by (rows R, positions L); written in place.
+
+        k         (n_layer, R * n_head, head_dim, L)  keys stored transposed (as `KVCache`)
+        v         (n_layer, R * n_head, L, head_dim)
+        bias      (R * n_head, 1, L)  additive attention bias: 0 where a key may be seen, -inf elsewhere, in
+                  particular at every position after the one being written (so attention runs over all L)
+        position  (1,) long, on the device: the position the next step writes
+
+    `attend` writes with `index_copy_` at `position` and `advance` moves it on the device, so a step holds no
+    Python integer that changes between tokens: the same kernels on the same addresses every step, which a CUDA
+    graph can replay. Buffers start as zeros, so a masked key never meets a NaN (0 weight x NaN would be NaN).
+    """
+
+    def __init__(self, cfg: GPTConfig, rows: int, max_len: int, dtype: torch.dtype, device: torch.device):
+        bh = rows * cfg.n_head
+        self.n_head, self.rows, self.max_len = cfg.n_head, rows, max_len
+        self.k = torch.zeros(cfg.n_layer, bh, cfg.head_dim, max_len, dtype=dtype, device=device)
+        self.v = torch.zeros(cfg.n_layer, bh, max_len, cfg.head_dim, dtype=dtype, device=device)
+        self.bias = torch.full((bh, 1, max_len), float("-inf"), dtype=dtype, device=device)
+        self.bias[:, :, 0] = 0.0  # a graph's warm-up steps (position 0) then attend to something
+        self.position = torch.zeros(1, dtype=torch.long, device=device)
+        self.layers = list(zip(self.k.unbind(0), self.v.unbind(0)))
+
+    def load(self, cache: KVCache) -> None:
+        """Take over `cache` after its prefill: its `length` positions, for each live row at that row's original
+        index (`cache.rows`), its key bias, and the position to write next. Rows that `cache` does not hold (bucket
+        padding) see positions [0, length] unmasked and compute throw-away values."""
+        t, h = cache.length, self.n_head
+        if t + 1 > self.max_len:
+            raise GPTError(f"the static KV cache holds {self.max_len} positions but the prefill already fills {t}")
+        rows = cache.rows
+        k = self.k.view(self.k.shape[0], self.rows, h, *self.k.shape[2:])  # (n_layer, R, H, hd, L)
+        v = self.v.view(self.v.shape[0], self.rows, h, *self.v.shape[2:])  # (n_layer, R, H, L, hd)
+        k[..., :t].index_copy_(1, rows, cache.k[..., :t].view(k.shape[0], -1, h, k.shape[3], t).to(k.dtype))
+        v[:, :, :, :t].index_copy_(1, rows, cache.v[:, :, :t].view(v.shape[0], -1, h, t, v.shape[4]).to(v.dtype))
+        self.bias.fill_(float("-inf"))
+        self.bias[:, :, : t + 1] = 0.0
+        if cache.key_bias is not None:
+            bias = self.bias.view(self.rows, h, 1, self.max_len)
+            bias[..., :t].index_copy_(0, rows, cache.key_bias[..., :t].view(-1, h, 1, t).to(bias.dtype))
+        self.position.fill_(t)
+
+    def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """`KVCache.attend` with fixed shapes: q, k, v (R, n_head, head_dim) -> (R, n_head * head_dim).
+
+        Stores k and v at `position`, then attends over all L positions with the additive bias (the positions
+        after `position` are -inf, so weigh exactly 0): the same values as attending over [0, position] up to
+        the order of float additions."""
+        b, h, hd = q.shape
+        keys, values = self.layers[layer]  # (R*H, hd, L), (R*H, L, hd)
+        keys.index_copy_(2, self.position, k.reshape(b * h, hd, 1).to(keys.dtype))
+        values.index_copy_(1, self.position, v.reshape(b * h, 1, hd).to(values.dtype))
+        query = q.reshape(b * h, 1, hd).to(keys.dtype)
+        scores = torch.baddbmm(self.bias, query, keys, alpha=hd ** -0.5)  # (R*H, 1, L)
+        return torch.bmm(scores.softmax(dim=-1), values).to(q.dtype).view(b, h * hd)
+
+    def advance(self) -> None:
+        """Move to the next position, on the device, and unmask it (the next step's token sees itself)."""
+        self.position.add_(1)
+        self.bias.index_fill_(2, self.position.clamp(max=self.max_len - 1), 0.0)
+
+
+class _StaticState:
+    """One set of static buffers (and on a GPU its CUDA graph) for a (rows, positions, dtype, device) shape:
+    x (R, C) in, out (R, C) out, the `StaticKV`. Held by one `generate_batch` at a time (`owner`)."""
+
+    def __init__(self, cfg: GPTConfig, rows: int, max_len: int, model_dtype: torch.dtype, cache_dtype: torch.dtype,
+                 device: torch.device):
+        self.key = (rows, max_len, model_dtype, cache_dtype, device)
+        self.kv = StaticKV(cfg, rows, max_len, cache_dtype, device)
+        self.x = torch.zeros(rows, cfg.n_embd, dtype=model_dtype, device=device)
+        self.out = torch.zeros(rows, cfg.n_embd, dtype=model_dtype, device=device)
+        self.graph: Any = None  # torch.cuda.CUDAGraph once captured
+        self.owner: Callable[[], KVCache | None] = lambda: None  # weak reference to the cache decoding with it
+
+
+class StaticDecoding:
+    """`GPT.decoding_step` whose every tensor shape is fixed for a given (batch, max length): `LayerStepWeights.step`
+    on the model's float weights, attending through `StaticKV` (whole preallocated cache, additive -inf bias, write
+    position as a device tensor) from static input/output buffers. Runs anywhere; on CPU it is the tested reference
+    of `GraphDecoding`, which replays the same step as a CUDA graph.
+
+    Shapes are bucketed so that a few buffer sets (and graphs) serve every request: the batch rounds up to
+    `batch_bucket` (1, 2, 4, 8, 16, 32, then multiples of 32), the cache length to `length_bucket` (multiples of
+    256). Rows beyond the batch, and rows that finished while the rest decode on (`generate_batch` drops them
+    with `KVCache.keep_rows`), stay in the static batch computing throw-away values: the live rows are written to
+    and read from their original row index (`KVCache.rows`), so the shapes never change within a generation.
+
+    Each generation loads its prefill into a free buffer set (copying the cache once), so buffers and graphs are
+    reused across requests; generations running at the same time (threads) each get their own set. At most
+    `max_free_states` unused sets are kept. Buffers and graphs are dropped when a transformer parameter gets new
+    storage (`.to()`, a replaced Parameter); in-place value changes are read as they are.
+    """
+
+    name = "static"
+    use_graphs = False
+
+    def __init__(self, max_free_states: int = 8) -> None:
+        self.max_free_states = max_free_states
+        self._states: list[_StaticState] = []
+        self._made_from: tuple[int, ...] | None = None  # data_ptr of every transformer parameter
+        self._lock = threading.Lock()
+
+    def bind(self, model: GPT) -> Callable[[Tensor, KVCache], Tensor]:
+        params = list(model.h.parameters())
+        self._check_device(params[0].device)
+        made_from = tuple(p.data_ptr() for p in params)
+        with self._lock:
+            if made_from != self._made_from:
+                self._states, self._made_from = [], made_from
+        layers = [LayerStepWeights.float_weights(block) for block in model.h.layers]
+        cfg, model_dtype = model.cfg, params[0].dtype
+        held: list[_StaticState] = []  # the state this generation decodes with
+
+        def step(x: Tensor, cache: KVCache) -> Tensor:
+            if not held or held[0].owner() is not cache:
+                held[:] = [self._checkout(cfg, cache, model_dtype, layers)]
+            state = held[0]
+            if cache.length >= state.kv.max_len:
+                raise GPTError(f"the static KV cache holds {state.kv.max_len} positions; decoding past them needs "
+                               "a longer cache (generate_batch sizes it from max_steps)")
+            full = len(cache.rows) == state.kv.rows  # every static row live: rows are 0..R-1 in order
+            if full:
+                state.x.copy_(x)
+            else:
+                state.x.index_copy_(0, cache.rows, x.to(state.x.dtype))
+            if state.graph is not None:
+                state.graph.replay()
+            else:
+                self._body(state, layers)
+            cache.length += 1
+            return (state.out.clone() if full else state.out.index_select(0, cache.rows)).to(x.dtype)
+
+        return step
+
+    def states(self) -> list[tuple]:
+        """(rows, positions, model dtype, cache dtype, device) of every buffer set held, for inspection."""
+        return [state.key for state in self._states]
+
+    def forget(self) -> None:
+        """Drop every buffer set and graph; the next generation makes them afresh."""
+        with self._lock:
+            self._states, self._made_from = [], None
+
+    def _check_device(self, device: torch.device) -> None:
+        pass
+
+    def _checkout(self, cfg: GPTConfig, cache: KVCache, model_dtype: torch.dtype,
+                  layers: list[LayerStepWeights]) -> _StaticState:
+        key = (batch_bucket(len(cache.rows)), length_bucket(cache.max_len), model_dtype, cache.k.dtype,
+               cache.k.device)
+        with self._lock:
+            free = [s for s in self._states if s.owner() is None]
+            state = next((s for s in free if s.key == key), None)
+            if state is None:
+                extra = len(free) - self.max_free_states + 1
+                for old in free[:max(0, extra)]:  # oldest first
+                    self._states.remove(old)
+                state = _StaticState(cfg, *key)
+                self._states.append(state)
+            state.owner = weakref.ref(cache)
+        if self.use_graphs and state.graph is None:
+            self._capture(state, layers)
+        state.kv.load(cache)
+        return state
+
+    def _body(self, state: _StaticState, layers: list[LayerStepWeights]) -> None:
+        """One step on the static buffers: state.x (R, C) -> state.out (R, C); advances `state.kv`."""
+        x = state.x
+        for i, layer in enumerate(layers):
+            x = layer.step(x, state.kv, i)  # type: ignore[arg-type]  # StaticKV serves `attend` as KVCache does
+        state.kv.advance()
+        state.out.copy_(x)
+
+    def _capture(self, state: _StaticState, layers: list[LayerStepWeights]) -> None:
+        raise NotImplementedError  # CUDA only: GraphDecoding
+
+
+class GraphDecoding(StaticDecoding):
+    """`StaticDecoding` replayed as a CUDA graph (inference mode "fast" on a GPU): each buffer set's step is
+    captured once, after `GRAPH_WARMUP_STEPS` eager steps on a side stream, and every token is one `replay()`
+    instead of ~15 kernel launches per layer from Python. One graph per (batch bucket, length bucket, dtype);
+    captured on first use (the first request of a new shape pays the capture)."""
+
+    name = "graph"
+    use_graphs = True
+
+    def _check_device(self, device: torch.device) -> None:
+        if device.type != "cuda":
+            raise GPTError(f"CUDA-graph decoding needs the GPT on a CUDA device, but it is on {device}; use "
+                           "static or float decoding there (models.inference.prepare_gpt(gpt, 'static'))")
+
+    def _capture(self, state: _StaticState, layers: list[LayerStepWeights]) -> None:
+        device = state.x.device
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(GRAPH_WARMUP_STEPS):
+                self._body(state, layers)
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        # thread_local: other threads (the service renders SoVITS in request threads) may use CUDA meanwhile
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            self._body(state, layers)
+        state.graph = graph  # the warm-up's writes are overwritten by `StaticKV.load`
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # GPT: preparation
 
 
@@ -321,7 +577,8 @@ def prepare_gpt(gpt: GPT, decoding: str = "float") -> GPT:
         raise GPTError(f"GPT decoding must be one of {', '.join(map(repr, GPT_DECODINGS))}, got {decoding!r}")
     gpt.eval()
     store_column_major(gpt)
-    {"model": model_decoding, "float": float_decoding, "int8": int8_decoding}[decoding](gpt)
+    {"model": model_decoding, "float": float_decoding, "int8": int8_decoding, "static": static_decoding,
+     "graph": graph_decoding}[decoding](gpt)
     return gpt
 
 
@@ -373,8 +630,30 @@ def int8_decoding(gpt: GPT) -> GPT:
     return gpt
 
 
+def static_decoding(gpt: GPT) -> GPT:
+    """Decode with `StaticDecoding`: fixed shapes (whole cache, -inf bias, device-side position), any device; greedy
+    tokens equal float decoding's, logits up to the order of float additions; returns gpt."""
+    if type(gpt.decoding_step) is not StaticDecoding:
+        gpt.decoding_step = StaticDecoding()
+    return gpt
+
+
+def graph_decoding(gpt: GPT) -> GPT:
+    """Decode with `GraphDecoding`: the static step replayed as a CUDA graph (CUDA only); returns gpt."""
+    device = next(gpt.parameters()).device
+    if device.type != "cuda":
+        raise GPTError(f"CUDA-graph decoding needs the GPT on a CUDA device, but it is on {device}; use "
+                       "models.inference.static_decoding(gpt) for the same fixed-shape step without graphs")
+    if not isinstance(gpt.decoding_step, GraphDecoding):
+        gpt.decoding_step = GraphDecoding()
+    else:
+        gpt.decoding_step.forget()  # preparing again captures afresh
+    return gpt
+
+
 def decoding_mode(gpt: GPT) -> str:
-    """Which step `generate` runs: "model" (`Transformer.step`), "float" (`FloatDecoding`) or "int8"."""
+    """Which step `generate` runs: "model" (`Transformer.step`), "float" (`FloatDecoding`), "int8", "static"
+    (`StaticDecoding`) or "graph" (`GraphDecoding`)."""
     return "model" if gpt.decoding_step is None else gpt.decoding_step.name
 
 

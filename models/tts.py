@@ -152,7 +152,8 @@ class Synthesizer:
 
         "exact": float32 as loaded, the official computation up to float rounding (the decoder's weight-norm
         weights cached and, on CPU, its convolutions channels-last).
-        "fast": on CPU, a bfloat16 SoVITS and int8 GPT decoding steps; on a GPU, bfloat16 SoVITS and GPT. About 2.3x
+        "fast": on CPU, a bfloat16 SoVITS and int8 GPT decoding steps; on a GPU, bfloat16 SoVITS and GPT with the
+        GPT's decoding step replayed as a CUDA graph. About 2.3x
         faster per sentence on a 2-core CPU (docs/benchmarks.md); outputs differ from "exact" by bfloat16 rounding of
         the waveform and occasional different sampled tokens. Both are `models.inference.prepare_for_inference`.
         """

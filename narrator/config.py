@@ -271,7 +271,8 @@ class InferenceConfig(_Section):
 
     mode: Literal["exact", "fast"] = Field(
         "exact", description="exact: float32, the official outputs up to float rounding; fast: on CPU a bfloat16 "
-                             "SoVITS and int8 GPT decoding, on a GPU bfloat16 for both (about 2.3x faster per "
+                             "SoVITS and int8 GPT decoding, on a GPU bfloat16 for both with CUDA-graph GPT decoding "
+                             "steps (GPU figures: bash bench/gpu.sh; CPU: about 2.3x faster per "
                              "sentence on a 2-core CPU, see docs/benchmarks.md)")
 
 

@@ -204,6 +204,21 @@ def test_int8_weights_are_repacked_after_the_parameters_change(golden_gpt, s1):
     assert golden_gpt.decoding_step._layers is packs  # unchanged parameters: the packs are reused
 
 
+def test_int8_decoding_of_a_gpt_built_under_inference_mode_generates(golden, s1):
+    """Parameters made under torch.inference_mode() are inference tensors without a version counter (issue 19,
+    part 6): fingerprinting them for the int8 packs must not fail at the next generate, in or out of the mode."""
+    phones, bert, prompt, _ = s1
+    with torch.inference_mode():
+        model = GPT(GPTConfig.from_official(golden["config"]["s1"])).eval()
+        model.load_official_weights(golden["state_dict_s1"])
+        prepare_gpt(model, "int8")
+        assert next(model.parameters()).is_inference()
+        inside = model.generate(phones, bert, prompt, top_k=1, early_stop_num=10)
+    outside = model.generate(phones, bert, prompt, top_k=1, early_stop_num=10)
+    assert inside.shape[1] > 0
+    assert torch.equal(inside, outside)
+
+
 def test_int8_decoding_is_refused_off_cpu(golden_gpt):
     golden_gpt.to("meta")
     with pytest.raises(GPTError, match="CPU only"):
