@@ -146,8 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="timed runs per mode after one warm-up (default 3)")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     ap.add_argument("--modes", default=",".join(MODES), help=f"comma list of {', '.join(MODES)}")
-    ap.add_argument("--targets", type=float, nargs="*", default=[0.14, 0.07],
-                    help="RTF targets the roofline checks (default: the official 0.14 and the goal 0.07)")
+    ap.add_argument("--targets", type=float, nargs="*", default=[0.1, 0.07],
+                    help="RTF targets the roofline checks (default 0.1 and 0.07); the official code is measured "
+                         "side by side by bench.versus")
     ap.add_argument("--out", default=None, help="folder for the waveforms and results.json (default: a temp dir)")
     ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
