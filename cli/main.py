@@ -14,6 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from narrator.errors import NarratorError
+from narrator.threads import configure_waiting
+
+configure_waiting()  # before anything loads torch: libgomp reads how its idle workers wait only then
 
 if TYPE_CHECKING:
     from narrator.config import Params

@@ -20,7 +20,11 @@ import ctypes.util
 import os
 import threading
 
-import bentoml
+from narrator.threads import configure_waiting
+
+configure_waiting()  # before anything loads torch: libgomp reads how its idle workers wait only then
+
+import bentoml  # noqa: E402
 
 from narrator.config import load_params
 from serving import elevenlabs_api, openai_api

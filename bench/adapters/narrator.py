@@ -24,6 +24,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
+    from narrator.threads import configure_waiting
+
+    configure_waiting()  # as the narrator command and the service do, before torch loads
 
     import torch
 
