@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The peer engines bench/versus.py measures (bench/adapters/), each in its own virtual environment, pinned:
 #   genie-tts 2.0.2, gpt-sovits-cpufast 0.1.0, gsv-tts-lite 0.4.7, each beside CPU torch 2.13.0.
-#   bash bench/peers.sh [DIR]        # default DIR: /work/venvs; PYTHON picks the base interpreter (python3)
+#   bash bench/peers.sh [DIR [NAME ...]]   # default DIR: /work/venvs, NAME: all three; PYTHON: base interpreter
 # then, for example:
 #   python -m bench.versus --official GPT-SoVITS --official-python PY \
 #       --peer genie-tts=DIR/genie-tts/bin/python --peer gpt-sovits-cpufast=DIR/gpt-sovits-cpufast/bin/python \
@@ -21,7 +21,10 @@ mkdir -p "$DIR"
 constraint="$(mktemp)"
 trap 'rm -f "$constraint"' EXIT
 echo "$TORCH" > "$constraint"
-for name in genie-tts gpt-sovits-cpufast gsv-tts-lite; do
+names=("${@:2}")
+[ ${#names[@]} -gt 0 ] || names=(genie-tts gpt-sovits-cpufast gsv-tts-lite)
+for name in "${names[@]}"; do
+    [ -n "${PEERS[$name]:-}" ] || { echo "unknown peer: $name (known: ${!PEERS[*]})" >&2; exit 2; }
     venv="$DIR/$name"
     echo "== $name -> $venv"
     [ -x "$venv/bin/python" ] || "$PYTHON" -m venv "$venv"
