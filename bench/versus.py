@@ -21,7 +21,7 @@ CPU-seconds per token under contention against the quiet figure (goal: at most 1
 
 Peers: `--peer NAME=PYTHON` runs `bench/adapters/<NAME, - as _>.py` with PYTHON, the interpreter of a virtual
 environment holding that engine. Adapters exist for genie-tts 2.0.2, gpt-sovits-cpufast 0.1.0 and gsv-tts-lite
-0.4.7; `bash bench/peers.sh [DIR]` makes their environments (default DIR /work/venvs), then
+0.4.7; `bash bench/peers.sh [DIR [NAME ...]]` makes their environments (default DIR /work/venvs), then
 
     python -m bench.versus --official DIR --official-python PY --peer genie-tts=/work/venvs/genie-tts/bin/python \
         --peer gpt-sovits-cpufast=/work/venvs/gpt-sovits-cpufast/bin/python \

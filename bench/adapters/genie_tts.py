@@ -4,11 +4,11 @@
 
 Needs a virtual environment with genie-tts==2.0.2 and torch (bench/peers.sh makes one). Code path measured: the
 engine's own v2 converter (`genie_tts.Converter.v2.Converter.convert`, official .ckpt/.pth -> its bundled ONNX
-graphs + fp16 weight files; done once, in a child process, and kept in DIR/genie-tts-onnx/), loaded the way its `ModelManager` loads a
-character (`load_session_with_fp16_conversion`: fp16 weights widened to float32 in memory, ORT_ENABLE_ALL, CPU
-execution provider, here with `intra_op_num_threads` = --threads), then the calls its `GENIE.t2s_cpu` and
-`GENIE.tts` make: the T2S encoder, the first-stage decoder, the stage decoder once per further token, and the VITS
-graph. Sampling is baked into its decoder graphs: top-k 15, temperature 1, repetition penalty 1.35, no top-p
+graphs + fp16 weight files; done once, in a child process, and kept in DIR/genie-tts-onnx/), loaded the way its
+`ModelManager` loads a character (`load_session_with_fp16_conversion`: fp16 weights widened to float32 in memory,
+ORT_ENABLE_ALL, CPU execution provider, here with `intra_op_num_threads` = --threads), then the calls its
+`GENIE.t2s_cpu` and `GENIE.tts` make: the T2S encoder, the first-stage decoder, the stage decoder once per further
+token, and the VITS graph. Sampling is baked into its decoder graphs: top-k 15, temperature 1, repetition penalty 1.35, no top-p
 (= top_p 1), the same as the shared workload.
 
 Differences from the shared workload, each forced by the engine's interface:
@@ -92,9 +92,9 @@ def main() -> None:
     import numpy as np
     import onnxruntime
     import torch
+    from genie_tts.ModelManager import GSVModelFile, load_session_with_fp16_conversion
 
     from bench._probe import Engine, emit, measure
-    from genie_tts.ModelManager import GSVModelFile, load_session_with_fp16_conversion
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -47,14 +47,14 @@ def main() -> None:
     spec = importlib.util.find_spec("GPT_SoVITS")
     if spec is None or not spec.submodule_search_locations:
         raise SystemExit("GPT_SoVITS (from gpt-sovits-cpufast) is not installed in this interpreter")
-    sys.path.insert(0, list(spec.submodule_search_locations)[0])
+    sys.path.insert(0, next(iter(spec.submodule_search_locations)))
 
     import torch
-
     from AR.models.t2s_lightning_module import Text2SemanticLightningModule
-    from bench._probe import Engine, emit, measure
     from module.models import SynthesizerTrn
     from process_ckpt import load_sovits_new
+
+    from bench._probe import Engine, emit, measure
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -45,7 +45,7 @@ def _stand_in_for_torchaudio() -> None:
     import types
 
     try:
-        import torchaudio  # noqa: F401
+        import torchaudio
         import torchaudio.compliance.kaldi  # noqa: F401
     except (ImportError, OSError):
         for name in ("torchaudio", "torchaudio.transforms", "torchaudio.compliance", "torchaudio.compliance.kaldi"):
@@ -68,9 +68,10 @@ def main() -> None:
     import torch
 
     _stand_in_for_torchaudio()
-    from bench._probe import Engine, emit, measure
     from gsv_tts.Config import Config
     from gsv_tts.Loader import get_gpt_weights, get_sovits_weights
+
+    from bench._probe import Engine, emit, measure
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
