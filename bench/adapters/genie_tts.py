@@ -20,9 +20,10 @@ Differences from the shared workload, each forced by the engine's interface:
   * Token count: its loop stops on the graph's stop flag or after 500 steps; ours calls the stage decoder exactly
     n_tokens - 1 times after the first-stage decoder (the stop flag is ignored; EOS cannot win anyway).
   * Reference: its VITS graph takes the 32 kHz reference waveform and computes the spectrogram itself (STFT inside
-    the graph), so it is given a fixed random waveform of frames x 640 samples, the length whose spectrogram has
-    the workload's `refer` frame count; the spectrogram values therefore differ, the shapes and cost do not. Noise
-    scale is the graph's own (0.5 in its export, as elsewhere).
+    the graph), so it is given a fixed random waveform of frames x 640 samples (hop 640: the audio the workload's
+    `refer` spectrogram stands for, give or take the STFT's edge frames). Its cost includes that STFT, which the
+    other implementations are handed already done; the spectrogram values differ. Noise scale is the graph's own
+    (0.5 in its export, as elsewhere).
   * No torch module runs per step (ONNX Runtime), so `predict_layer` is None and per-step timings are not taken.
 
 Memory: its loader widens the fp16 weight files to float32 in memory and gives the first-stage and the stage
