@@ -18,6 +18,18 @@ official code's (speed ratios > 1 mean faster than official), the goals of issue
 
 `--contention` also starts one CPU-bound competing process per core for the runs of our implementation and prints
 CPU-seconds per token under contention against the quiet figure (goal: at most 1.3x).
+
+Peers: `--peer NAME=PYTHON` runs `bench/adapters/<NAME, - as _>.py` with PYTHON, the interpreter of a virtual
+environment holding that engine. Adapters exist for genie-tts 2.0.2, gpt-sovits-cpufast 0.1.0 and gsv-tts-lite
+0.4.7; `bash bench/peers.sh [DIR [NAME ...]]` makes their environments (default DIR /work/venvs), then
+
+    python -m bench.versus --official DIR --official-python PY --peer genie-tts=/work/venvs/genie-tts/bin/python \
+        --peer gpt-sovits-cpufast=/work/venvs/gpt-sovits-cpufast/bin/python \
+        --peer gsv-tts-lite=/work/venvs/gsv-tts-lite/bin/python
+
+Each adapter's docstring says which code path of the engine it measures and how it differs from the shared
+workload. An engine with no torch module per decoding step (genie-tts runs ONNX Runtime) has no step timings:
+its cells show '-'.
 """
 
 from __future__ import annotations
