@@ -62,8 +62,9 @@ GOALS = {  # issue 19, as ratios in one run on a quiet 2-core machine, 2 threads
 # -- the workload -------------------------------------------------------------------------------------------------
 
 
-def write_workload(folder: Path, seed: int = 0) -> Path:
-    """Random full-size v2 weights in the official formats and the inputs of every run (see bench/_probe.py)."""
+def write_workload(folder: Path, seed: int = 0, small: bool = False) -> Path:
+    """Random full-size v2 weights in the official formats and the inputs of every run (see bench/_probe.py);
+    `small`: the tiny models of bench/gpu.py's CPU fallback instead (checks the harness, measures nothing)."""
     from bench.infer_gpt import _prompt, _sentence
     from bench.infer_sovits import _inputs
     from models.checkpoints import save_gpt, save_sovits
@@ -71,13 +72,17 @@ def write_workload(folder: Path, seed: int = 0) -> Path:
     from models.sovits import SoVITS, SoVITSConfig
 
     folder.mkdir(parents=True, exist_ok=True)
+    if all((folder / name).exists() for name in ("gpt.ckpt", "sovits.pth", "inputs.pt")):
+        return folder  # a workload folder given again is reused (its converted copies too: genie-tts)
     torch.manual_seed(seed)
-    gpt = GPT(GPTConfig()).eval()
+    from bench.gpu import SMALL_GPT, SMALL_SOVITS
+
+    gpt = GPT(GPTConfig(**(SMALL_GPT if small else {}))).eval()
     with torch.no_grad():  # random weights: keep EOS out of reach so every run decodes the same tokens
         gpt.ar_predict_layer.weight[gpt.cfg.eos] = 0.0
     save_gpt(gpt, folder / "gpt.ckpt", digest=False)
     del gpt
-    save_sovits(SoVITS(SoVITSConfig()).eval(), folder / "sovits.pth", digest=False)
+    save_sovits(SoVITS(SoVITSConfig(**(SMALL_SOVITS if small else {}))).eval(), folder / "sovits.pth", digest=False)
     phones, bert = _sentence(SENTENCE_PHONES, 0)
     _, text, refer, _ = _inputs(TOKENS / 25, seed)
     inputs = {"phones": phones, "bert": bert, "prompt": _prompt(PROMPT_TOKENS), "text": text, "refer": refer}
@@ -164,7 +169,7 @@ def run_rounds(cmds: dict[str, list[str]], rounds: int, log=print) -> dict[str, 
 METRICS = [  # key, label, higher is better, format
     ("ms_per_token@200", "GPT ms/token @200", False, "{:.1f}"),
     ("ms_per_token@1700", "GPT ms/token @1700", False, "{:.1f}"),
-    ("tokens_per_s", "GPT tokens/s (250 tokens)", True, "{:.1f}"),
+    ("tokens_per_s", "GPT tokens/s, whole sentence", True, "{:.1f}"),
     ("cpu_ms_per_token", "GPT CPU ms/token", False, "{:.1f}"),
     ("sovits_rtf", "SoVITS RTF", False, "{:.3f}"),
     ("sentence_rtf", "sentence RTF", False, "{:.3f}"),
@@ -277,7 +282,8 @@ def divergence(workload: Path, threads: int, n_steps: int = 100) -> dict:
     rel = float((exact_logits - fast_logits).abs().max() / exact_logits.abs().max())
     agree = float((exact_logits.argmax(-1) == fast_logits.argmax(-1)).float().mean())
     codes = torch.randint(0, 1024, (1, TOKENS), generator=torch.Generator().manual_seed(3))
-    noise = torch.randn(1, 192, 2 * TOKENS, generator=torch.Generator().manual_seed(4))
+    inter = models["exact"][1].config.inter_channels
+    noise = torch.randn(1, inter, 2 * TOKENS, generator=torch.Generator().manual_seed(4))
     wavs = {}
     for mode, (_, sovits) in models.items():
         dtype = next(sovits.parameters()).dtype
@@ -313,15 +319,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=2, help="best of this many runs per figure, per child")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tokens", type=int, default=TOKENS)
-    parser.add_argument("--workload", help="folder for the workload files (default: a temporary folder)")
+    parser.add_argument("--workload", help="folder for the workload files, reused when they are already there "
+                                           "(default: a temporary folder)")
     parser.add_argument("--contention", action="store_true",
                         help="also run exact and fast beside one CPU-bound process per core and compare CPU time")
     parser.add_argument("--no-divergence", action="store_true", help="skip the fast-vs-exact divergence")
+    parser.add_argument("--small", action="store_true",
+                        help="tiny models: checks the harness in seconds (what the tests run), measures nothing")
     args = parser.parse_args(argv)
 
     print(header(args), flush=True)
     with tempfile.TemporaryDirectory(prefix="versus-") as tmp:
-        workload = write_workload(Path(args.workload or tmp))
+        workload = write_workload(Path(args.workload or tmp), small=args.small)
         cmds = commands(args, workload)
         rows = run_rounds(cmds, args.rounds)
         summary = summarise(rows)

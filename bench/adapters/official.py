@@ -68,7 +68,7 @@ def main() -> None:
 
     def generate(phones, bert, prompt, n_tokens):
         with torch.no_grad():
-            y, idx = gpt.infer_panel(phones, torch.tensor([phones.shape[1]]), prompt, bert, top_k=15, top_p=1.0,
+            y, _ = gpt.infer_panel(phones, torch.tensor([phones.shape[1]]), prompt, bert, top_k=15, top_p=1.0,
                                      temperature=1.0, early_stop_num=n_tokens - 1)
         return y[:, prompt.shape[1]:]
 
