@@ -227,6 +227,8 @@ def test_stream_sends_several_watermarked_chunks_per_sentence(service, deploymen
     """Sub-sentence streaming (inference.stream): the three sentences arrive in more pieces than sentences, and
     the mark, embedded chunk by chunk, still reads back with the voice's payload."""
     from models.text import split_sentences
+    from models.watermark import detect
+    from narrator.registry import format_payload
 
     sentences = len(split_sentences(LONG_TEXT, "en"))
     pieces, data = 0, b""
@@ -239,9 +241,6 @@ def test_stream_sends_several_watermarked_chunks_per_sentence(service, deploymen
             data += chunk
     assert pieces > sentences + 1, f"{pieces} pieces for {sentences} sentences: not streamed within sentences"
     samples = np.frombuffer(data, "<i2").astype(np.float32) / 32768
-    from models.watermark import detect
-    from narrator.registry import format_payload
-
     found = detect(samples, 32000, deployment.watermark_key)
     assert found.detected and format_payload(found.payload) == deployment.payloads["alice"]
 
