@@ -182,8 +182,9 @@ class ChunkedRender:
     is final now: tokens [sent, n - lookahead) (all of them when `last`), decoded as the window
     [sent - context, n) with the sentence's phones and the noise of those frames; the first `crossfade` samples fade
     from the audio held back by the window before. The pieces joined are as long as the whole decode of all the
-    tokens (1280 samples per token), and equal it where the context reaches; samples are clipped to [-1, 1] (a
-    whole decode is scaled down instead, which a stream cannot know in advance).
+    tokens (1280 samples per token) and close to it: a window's attention sees its own tokens, not the whole
+    sentence's (0.18 dB mean log-mel difference at full size, docs/benchmarks.md). Samples are clipped to [-1, 1]
+    (a whole decode is scaled down instead, which a stream cannot know in advance).
     """
 
     def __init__(self, synth: "Synthesizer", plan: SentencePlan, reference: Reference, settings: SamplingSettings,
@@ -193,13 +194,13 @@ class ChunkedRender:
                                  "a sentence at a time for other speeds")
         self.synth, self.plan, self.reference, self.settings = synth, plan, reference, settings
         self.chunking, self.noise = chunking, noise
-        self.hop = synth.sovits.samples_per_code  # samples per token (1280 at 32 kHz)
+        self.samples_per_token = synth.sovits.samples_per_code  # samples per token (1280 at 32 kHz)
         self.frames_per_token = synth.sovits.samples_per_code // synth.sovits.config.upsample_factor  # 2
-        self.fade = min(int(round(chunking.crossfade_ms * SAMPLE_RATE_HZ / 1000)),
-                        chunking.lookahead_tokens * self.hop)
+        self.fade_samples = min(int(round(chunking.crossfade_ms * SAMPLE_RATE_HZ / 1000)),
+                                chunking.lookahead_tokens * self.samples_per_token)
         self.codes = torch.zeros(1, 0, dtype=torch.long)
         self.sent = 0  # audio of tokens [0, sent) has been handed out
-        self._held = np.zeros(0, np.float32)  # the last window's audio from sample sent * hop on (fade source)
+        self._held = np.zeros(0, np.float32)  # the last window's audio after token `sent` (fade source)
 
     def push(self, codes: torch.Tensor, last: bool = False) -> np.ndarray:
         self.codes = torch.cat([self.codes, codes.cpu()], dim=1)
@@ -212,13 +213,13 @@ class ChunkedRender:
             return np.zeros(0, np.float32)
         start = max(0, self.sent - self.chunking.context_tokens)
         wav = self._decode(start, n)
-        out = wav[(self.sent - start) * self.hop:(stop - start) * self.hop].copy()
-        fade = min(len(self._held), len(out))
-        if fade:
-            ramp = (0.5 - 0.5 * np.cos(np.pi * (np.arange(fade) + 0.5) / fade)).astype(np.float32)
-            out[:fade] = self._held[:fade] * (1.0 - ramp) + out[:fade] * ramp
-        held_from = (stop - start) * self.hop
-        self._held = wav[held_from:held_from + self.fade].copy() if not last else np.zeros(0, np.float32)
+        out = wav[(self.sent - start) * self.samples_per_token:(stop - start) * self.samples_per_token].copy()
+        fade_n = min(len(self._held), len(out))
+        if fade_n:
+            ramp = (0.5 - 0.5 * np.cos(np.pi * (np.arange(fade_n) + 0.5) / fade_n)).astype(np.float32)
+            out[:fade_n] = self._held[:fade_n] * (1.0 - ramp) + out[:fade_n] * ramp
+        held_from = (stop - start) * self.samples_per_token
+        self._held = wav[held_from:held_from + self.fade_samples].copy() if not last else np.zeros(0, np.float32)
         self.sent = stop
         return np.clip(out, -1.0, 1.0)
 
@@ -417,8 +418,8 @@ class Synthesizer:
                         decode_chunks: ChunkDecoder | None = None) -> Iterator[SentenceAudio]:
         """One sentence as audio pieces: the whole sentence (`sentence`) without `chunking` or at a speed other
         than 1, else sub-sentence chunks as the GPT makes its tokens (`ChunkedRender`; `decode_chunks` replaces
-        `Synthesizer.decode_chunks`, `decode` is not used). Each piece's `tokens` are the tokens its audio covers; the last
-        piece has `last=True`."""
+        `Synthesizer.decode_chunks`, `decode` is not used). Each piece's `tokens` are the tokens its audio covers;
+        the last piece has `last=True`."""
         s = settings or SamplingSettings()
         if chunking is None or s.speed != 1.0:
             yield self.sentence(text, reference, language, s, generator, decode, lexicon=lexicon)
