@@ -245,6 +245,21 @@ def test_stream_sends_several_watermarked_chunks_per_sentence(service, deploymen
     assert found.detected and format_payload(found.payload) == deployment.payloads["alice"]
 
 
+def test_watermark_stream_holds_a_chunks_last_column_back_until_the_next_push():
+    """An incomplete push (a sub-sentence chunk) hands out only whole mark columns with one more column after them;
+    the next push hands out the rest, and a complete push everything: the same samples in the end."""
+    from serving.engine import WatermarkStream
+
+    audio = (0.1 * np.random.default_rng(0).standard_normal(5 * 32000)).astype(np.float32)
+    stream = WatermarkStream(0x1234ABCD, "key-for-the-test")
+    first = stream.push(audio[:20000], complete=False)
+    assert len(first) == (20000 - stream.margin) // stream.margin * stream.margin < 20000
+    assert len(stream.push(audio[20000:20100], complete=False)) == 0  # not a whole column more
+    rest = stream.push(audio[20100:], complete=True)
+    assert len(first) + len(rest) == len(audio)
+    assert not np.array_equal(np.concatenate([first, rest]), audio)  # marked
+
+
 @pytest.fixture(scope="module")
 def served_formats(service, deployment):
     """Every format of the registry, whole (POST /v1/speech) and streamed (POST /v1/speech/stream): the same
