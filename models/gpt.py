@@ -30,7 +30,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import torch
 import torch.nn as nn
@@ -635,6 +635,49 @@ class GPT(nn.Module):
             raise GPTError("generate_batch takes two lists of equal length: phones (1, n_i) and bert (1, 1024, n_i)")
         if not phones:
             return []
+        results: list[Tensor | None] = [None] * len(phones)
+        for _, _, _, finished in self._decode_steps(phones, bert, prompt, top_k, top_p, temperature,
+                                                    repetition_penalty, early_stop_num, max_steps, generator, seed):
+            for row, tokens in finished:
+                results[row] = tokens
+        return [r if r is not None else torch.zeros(1, 0, dtype=torch.long, device=self._device) for r in results]
+
+    @torch.inference_mode()
+    def generate_chunks(self, phones: Tensor, bert: Tensor, prompt: Tensor | None, first_chunk_tokens: int,
+                        chunk_tokens: int, top_k: int | None = 15, top_p: float | None = 1.0,
+                        temperature: float = 1.0, repetition_penalty: float = 1.35, early_stop_num: int = -1,
+                        max_steps: int = MAX_DECODE_STEPS, generator: torch.Generator | None = None,
+                        seed: int | None = None) -> Iterator[tuple[Tensor, bool]]:
+        """`generate` for one sentence, handed out as it is made: yields `(tokens (1, k), last)`, the new tokens
+        since the last chunk, first once `first_chunk_tokens` tokens are final, then every `chunk_tokens` more, and
+        finally the rest with `last=True` (possibly `(1, 0)`). The chunks joined are exactly what `generate` returns
+        for the same inputs and generator: the decoding steps and draws are the same, only handed out earlier (a
+        step's token is final when that step does not stop on EOS, which the step itself decides)."""
+        if phones.dim() != 2 or phones.shape[0] != 1:
+            raise GPTError("generate_chunks takes one sentence: phones of shape (1, n_phones)")
+        if first_chunk_tokens < 1 or chunk_tokens < 1:
+            raise GPTError(f"chunk sizes must be at least 1 token, got first_chunk_tokens={first_chunk_tokens}, "
+                           f"chunk_tokens={chunk_tokens}")
+        sent, size = 0, first_chunk_tokens
+        for step, _, out, finished in self._decode_steps([phones], [bert], prompt, top_k, top_p, temperature,
+                                                         repetition_penalty, early_stop_num, max_steps, generator,
+                                                         seed):
+            if finished:
+                tokens = finished[0][1]
+                yield tokens[:, sent:], True
+                return
+            if step + 1 - sent >= size:
+                yield out[:, sent:step + 1].clone(), False
+                sent, size = step + 1, chunk_tokens
+
+    def _decode_steps(self, phones: list[Tensor], bert: list[Tensor], prompt: Tensor | None, top_k: int | None,
+                      top_p: float | None, temperature: float, repetition_penalty: float, early_stop_num: int,
+                      max_steps: int, generator: torch.Generator | None, seed: int | None
+                      ) -> Iterator[tuple[int, Tensor, Tensor, list[tuple[int, Tensor]]]]:
+        """The decoding loop of `generate_batch`, one yield per step: `(step, rows (B',), out (B', n_max),
+        finished)`, where `rows` are the original indices of the rows still decoding before this step's drop,
+        `out[:, :step + 1]` their tokens so far, and `finished` the `(row, tokens (1, n_i))` pairs that ended at
+        this step (their results, EOS removed)."""
         for i, (p, b) in enumerate(zip(phones, bert)):
             self._check_text(p, b, f"phones[{i}]")
             if p.shape[0] != 1:
@@ -677,7 +720,6 @@ class GPT(nn.Module):
 
         rows = torch.arange(n, device=device)  # original index of each live row
         out = torch.empty(n, n_max, dtype=torch.long, device=device)
-        results: list[Tensor | None] = [None] * n
         token_step = self.h.step if self.decoding_step is None else self.decoding_step.bind(self)
         h = self.h(x, prefill_mask, cache)[:, -1]  # (B, C)
         for step in range(n_max):
@@ -693,11 +735,14 @@ class GPT(nn.Module):
             done = (token == cfg.eos) | (best == cfg.eos)
             if step + 1 == n_max:  # early_stop_num or the hard step limit
                 done[:] = True
+            finished: list[tuple[int, Tensor]] = []
             if bool(done.any()):  # hand finished rows back, drop them from the batch
                 for j in done.nonzero()[:, 0].tolist():
                     by_eos = bool(token[j] == cfg.eos) or bool(best[j] == cfg.eos)
                     keep = step if by_eos else step + 1  # an EOS step's sample is never kept
-                    results[int(rows[j])] = out[j, :keep].clone()[None]
+                    finished.append((int(rows[j]), out[j, :keep].clone()[None]))
+            yield step, rows, out, finished
+            if finished:
                 alive = (~done).nonzero()[:, 0]
                 if len(alive) == 0:
                     break
@@ -706,4 +751,3 @@ class GPT(nn.Module):
                     cache.keep_rows(alive)
             x = F.embedding(token, self.ar_audio_embedding.word_embeddings.weight) + audio_pe[step]  # (B, C)
             h = token_step(x, cache)  # (B, C)
-        return [r if r is not None else out.new_zeros(1, 0) for r in results]

@@ -17,10 +17,19 @@ Per sentence, three stages:
 Sentences are joined with `pause_s` of silence; `stream` yields them one at a time (time to first audio is one
 sentence's work). The service replaces only `decode`, to batch GPT decodes across concurrent requests.
 
-Seeding rule: with a seed, sentence i of a text draws its GPT sampling and then its decoder noise from one
-generator seeded with `sentence_seed(seed, i)` (on the synthesizer's device). A seeded text therefore gives the
-same audio whichever path speaks it (evaluation, sample, service), whether streamed or whole. Without a seed the
-draws come from torch's global generator.
+Sub-sentence streaming (`stream(..., chunking=StreamingConfig)`, settings `inference.stream`): the GPT hands its
+tokens out in chunks as it makes them (`GPT.generate_chunks`, the same tokens as a whole decode) and `ChunkedRender`
+decodes each chunk with SoVITS together with `context_tokens` tokens before it, holds the last `lookahead_tokens`
+back (their audio lacks right context) and cross-fades the held-back audio into the next chunk's over
+`crossfade_ms`. Time to first audio is then `first_chunk_tokens` of GPT decoding plus one short SoVITS decode. Such
+a sentence decodes its GPT alone (no cross-request batching: `decode` is not used for it), and at `speed` 1 only:
+another speed is spoken a sentence at a time.
+
+Seeding rule: with a seed, sentence i of a text draws its GPT sampling from a generator seeded with
+`sentence_seed(seed, i)` (on the synthesizer's device), and its decoder noise from a `NoiseTrack` seeded from that
+seed: blocks of noise drawn in time order, so every frame's noise is the same whether the sentence is decoded whole
+or chunk by chunk. A seeded text therefore gives the same tokens and noise whichever path speaks it (evaluation,
+sample, service), whether streamed or whole. Without a seed the draws come from torch's global generator.
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 import numpy as np
 import torch
 
-from narrator.config import Params
+from narrator.config import Params, StreamingConfig
 from narrator.errors import NarratorError
 
 if TYPE_CHECKING:
@@ -43,6 +52,8 @@ REFERENCE_MIN_S, REFERENCE_MAX_S = 3.0, 10.0  # the official limits on the refer
 SAMPLE_RATE_HZ = 32000
 SEED_STRIDE = 0x9E3779B1  # sentence_seed: far apart for neighbouring seeds, so no two (seed, sentence) collide
 MAX_SEED = 2 ** 63 - 1
+NOISE_SEED_SALT = 0x2545F4914F6CDD1D  # NoiseTrack: its seed is the sentence's seed mixed with this
+NOISE_BLOCK_FRAMES = 50  # NoiseTrack draws decoder noise in blocks of this many frames (50 Hz: 1 s)
 
 
 class SynthesisError(NarratorError):
@@ -86,6 +97,7 @@ class SentenceAudio:
     tokens: int  # semantic tokens the GPT made (25 per second of speech)
     phones: int
     seconds: float  # wall time to make it
+    last: bool = True  # the sentence's last piece (sub-sentence streaming yields several pieces per sentence)
 
 
 @dataclass
@@ -127,11 +139,100 @@ INFERENCE_MODES = ("exact", "fast")
 
 # A replacement for `Synthesizer.decode` (the service's batcher): (plan, generator or None) -> codes (1, n_new).
 Decoder = Callable[[SentencePlan, "torch.Generator | None"], torch.Tensor]
+# A replacement for `Synthesizer.decode_chunks` (the service's, which takes the voice's lock per chunk):
+# (plan, generator or None) -> (new codes (1, k), last) as the GPT makes them.
+ChunkDecoder = Callable[[SentencePlan, "torch.Generator | None"], Iterator[tuple[torch.Tensor, bool]]]
 
 
 def sentence_seed(seed: int, index: int) -> int:
     """The seed of sentence `index` of a text spoken with `seed` (the seeding rule of the module docstring)."""
     return (seed * SEED_STRIDE + index) % MAX_SEED
+
+
+class NoiseTrack:
+    """The decoder noise of one sentence, N(0, 1) of shape `(1, channels, frames)` at 50 frames per second, drawn
+    in blocks of `NOISE_BLOCK_FRAMES` frames in time order: the noise of a frame does not depend on how many frames
+    are asked for, so a chunked decode and a whole one draw the same noise at the same frame. Seeded from the
+    sentence generator's seed (its draws for the GPT are left alone), or torch's global generator when None."""
+
+    def __init__(self, channels: int, device: torch.device, generator: torch.Generator | None = None) -> None:
+        self.channels, self.device = channels, device
+        self._generator = None
+        if generator is not None:
+            seed = (generator.initial_seed() ^ NOISE_SEED_SALT) % MAX_SEED
+            self._generator = torch.Generator(device=generator.device).manual_seed(seed)
+        self._blocks: list[torch.Tensor] = []
+
+    def frames(self, start: int, stop: int) -> torch.Tensor:
+        """Noise of frames [start, stop): `(1, channels, stop - start)` on the synthesizer's device."""
+        while len(self._blocks) * NOISE_BLOCK_FRAMES < stop:
+            gen = self._generator
+            self._blocks.append(torch.randn(1, self.channels, NOISE_BLOCK_FRAMES, generator=gen,
+                                            device=gen.device if gen is not None else "cpu"))
+        first, last = start // NOISE_BLOCK_FRAMES, max(start, stop - 1) // NOISE_BLOCK_FRAMES
+        block = torch.cat(self._blocks[first:last + 1], dim=2)
+        offset = first * NOISE_BLOCK_FRAMES
+        return block[:, :, start - offset:stop - offset].to(self.device)
+
+
+class ChunkedRender:
+    """SoVITS audio of one sentence as its tokens arrive (sub-sentence streaming, the module docstring).
+
+    `push(codes (1, k), last)` takes the GPT's next tokens and returns the audio `(samples,)` float32 at 32 kHz that
+    is final now: tokens [sent, n - lookahead) (all of them when `last`), decoded as the window
+    [sent - context, n) with the sentence's phones and the noise of those frames; the first `crossfade` samples fade
+    from the audio held back by the window before. The pieces joined are as long as the whole decode of all the
+    tokens (1280 samples per token) and close to it: a window's attention sees its own tokens, not the whole
+    sentence's (0.18 dB mean log-mel difference at full size, docs/benchmarks.md). Samples are clipped to [-1, 1]
+    (a whole decode is scaled down instead, which a stream cannot know in advance).
+    """
+
+    def __init__(self, synth: "Synthesizer", plan: SentencePlan, reference: Reference, settings: SamplingSettings,
+                 chunking: StreamingConfig, noise: NoiseTrack | None) -> None:
+        if settings.speed != 1.0:
+            raise SynthesisError(f"sub-sentence streaming speaks at speed 1 only, got {settings.speed:g}; stream "
+                                 "a sentence at a time for other speeds")
+        self.synth, self.plan, self.reference, self.settings = synth, plan, reference, settings
+        self.chunking, self.noise = chunking, noise
+        self.samples_per_token = synth.sovits.samples_per_code  # samples per token (1280 at 32 kHz)
+        self.frames_per_token = synth.sovits.samples_per_code // synth.sovits.config.upsample_factor  # 2
+        self.fade_samples = min(int(round(chunking.crossfade_ms * SAMPLE_RATE_HZ / 1000)),
+                                chunking.lookahead_tokens * self.samples_per_token)
+        self.codes = torch.zeros(1, 0, dtype=torch.long)
+        self.sent = 0  # audio of tokens [0, sent) has been handed out
+        self._held = np.zeros(0, np.float32)  # the last window's audio after token `sent` (fade source)
+
+    def push(self, codes: torch.Tensor, last: bool = False) -> np.ndarray:
+        self.codes = torch.cat([self.codes, codes.cpu()], dim=1)
+        n = self.codes.shape[1]
+        stop = n if last else n - self.chunking.lookahead_tokens
+        if stop <= self.sent:
+            if last and n == 0:
+                raise SynthesisError(f"the GPT made no audio tokens for {self.plan.text!r}; try again with another "
+                                     "seed")
+            return np.zeros(0, np.float32)
+        start = max(0, self.sent - self.chunking.context_tokens)
+        wav = self._decode(start, n)
+        out = wav[(self.sent - start) * self.samples_per_token:(stop - start) * self.samples_per_token].copy()
+        fade_n = min(len(self._held), len(out))
+        if fade_n:
+            ramp = (0.5 - 0.5 * np.cos(np.pi * (np.arange(fade_n) + 0.5) / fade_n)).astype(np.float32)
+            out[:fade_n] = self._held[:fade_n] * (1.0 - ramp) + out[:fade_n] * ramp
+        held_from = (stop - start) * self.samples_per_token
+        self._held = wav[held_from:held_from + self.fade_samples].copy() if not last else np.zeros(0, np.float32)
+        self.sent = stop
+        return np.clip(out, -1.0, 1.0)
+
+    def _decode(self, start: int, stop: int) -> np.ndarray:
+        """Waveform of the tokens [start, stop) `(samples,)`, with the noise of their frames."""
+        s, synth = self.settings, self.synth
+        noise = None
+        if self.noise is not None and s.noise_scale:
+            noise = self.noise.frames(start * self.frames_per_token, stop * self.frames_per_token)
+        wav = synth.sovits.decode(self.codes[None, :, start:stop].to(synth.device),
+                                  self.plan.target_phones[None].to(synth.device), self.reference.spec,
+                                  noise_scale=s.noise_scale, sv_emb=self.reference.sv, noise=noise)
+        return wav[0, 0].float().cpu().numpy()
 
 
 class Synthesizer:
@@ -256,9 +357,9 @@ class Synthesizer:
             raise SynthesisError(f"the GPT made no audio tokens for {plan.text!r}; try again with another seed")
         noise = None
         if generator is not None and s.noise_scale:
-            frames = int(2 * codes.shape[1] / s.speed) + 1 if s.speed != 1.0 else 2 * codes.shape[1]
-            noise = torch.randn(1, self.sovits.config.inter_channels, frames, generator=generator,
-                                device=generator.device).to(self.device)
+            per_token = self.sovits.samples_per_code // self.sovits.config.upsample_factor  # frames per token: 2
+            frames = int(per_token * codes.shape[1] / s.speed) + 1 if s.speed != 1.0 else per_token * codes.shape[1]
+            noise = self.noise_track(generator).frames(0, frames)
         wav = self.sovits.decode(codes[None].to(self.device), plan.target_phones[None].to(self.device),
                                  reference.spec, noise_scale=s.noise_scale, speed=s.speed, sv_emb=reference.sv,
                                  noise=noise)
@@ -267,6 +368,23 @@ class Synthesizer:
         if peak > 1.0:
             samples = samples / peak
         return samples.astype(np.float32)
+
+    @torch.inference_mode()
+    def decode_chunks(self, plan: SentencePlan, reference: Reference, settings: SamplingSettings | None = None,
+                      generator: torch.Generator | None = None, chunking: StreamingConfig | None = None
+                      ) -> Iterator[tuple[torch.Tensor, bool]]:
+        """`decode` handed out as the GPT makes it: `(new codes (1, k), last)`, the first after
+        `chunking.first_chunk_tokens` tokens, then every `chunking.chunk_tokens`; joined, exactly `decode`'s codes."""
+        s, c = settings or SamplingSettings(), chunking or StreamingConfig()
+        yield from self.gpt.generate_chunks(plan.phones.to(self.device), plan.bert.to(self.device, self._gpt_dtype),
+                                            reference.codes.to(self.device), c.first_chunk_tokens, c.chunk_tokens,
+                                            top_k=s.top_k, top_p=s.top_p, temperature=s.temperature,
+                                            repetition_penalty=s.repetition_penalty,
+                                            early_stop_num=plan.max_new_tokens, generator=generator)
+
+    def noise_track(self, generator: torch.Generator | None) -> NoiseTrack:
+        """The decoder noise of the sentence whose generator is `generator` (None: torch's global one)."""
+        return NoiseTrack(self.sovits.config.inter_channels, self.device, generator)
 
     @property
     def _gpt_dtype(self) -> torch.dtype:
@@ -294,10 +412,59 @@ class Synthesizer:
         return SentenceAudio(plan.text, samples, int(codes.shape[1]), int(plan.target_phones.numel()),
                              time.perf_counter() - started)
 
+    def sentence_pieces(self, text: str, reference: Reference, language: str = "auto",
+                        settings: SamplingSettings | None = None, generator: torch.Generator | None = None,
+                        decode: Decoder | None = None, *, lexicon: PhoneLexicon | None = None,
+                        chunking: StreamingConfig | None = None,
+                        decode_chunks: ChunkDecoder | None = None) -> Iterator[SentenceAudio]:
+        """One sentence as audio pieces: the whole sentence (`sentence`) without `chunking` or at a speed other
+        than 1, else sub-sentence chunks as the GPT makes its tokens (`ChunkedRender`; `decode_chunks` replaces
+        `Synthesizer.decode_chunks`, `decode` is not used). Each piece's `tokens` are the tokens its audio covers;
+        the last piece has `last=True`."""
+        s = settings or SamplingSettings()
+        if chunking is None or s.speed != 1.0:
+            yield self.sentence(text, reference, language, s, generator, decode, lexicon=lexicon)
+            return
+        started = time.perf_counter()
+        plan = self.plan(text, reference, language, s, lexicon=lexicon)
+        planned_s = time.perf_counter() - started
+        for k, piece in enumerate(self.plan_pieces(plan, reference, s, generator, chunking, decode_chunks)):
+            if k == 0:
+                piece.seconds += planned_s  # the first piece's wall time includes the planning
+            yield piece
+
+    def plan_pieces(self, plan: SentencePlan, reference: Reference, settings: SamplingSettings,
+                    generator: torch.Generator | None, chunking: StreamingConfig,
+                    decode_chunks: ChunkDecoder | None = None) -> Iterator[SentenceAudio]:
+        """The sub-sentence pieces of a planned sentence at speed 1 (`sentence_pieces` after `plan`): GPT chunks
+        (`decode_chunks`, or the `ChunkDecoder` given) rendered by `ChunkedRender` as they come."""
+        s = settings
+        started = time.perf_counter()
+        render = ChunkedRender(self, plan, reference, s, chunking, self.noise_track(generator))
+        if decode_chunks is None:
+            chunks = self.decode_chunks(plan, reference, s, generator, chunking)
+        else:
+            chunks = decode_chunks(plan, generator)
+        phones = int(plan.target_phones.numel())
+        try:
+            for codes, last in chunks:
+                before = render.sent
+                samples = render.push(codes, last)
+                if len(samples) or last:
+                    now = time.perf_counter()
+                    yield SentenceAudio(plan.text, samples, render.sent - before, phones, now - started, last)
+                    started = now
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:  # a stream closed early stops its GPT decode here
+                close()
+
     def stream(self, text: str, reference: Reference, language: str = "auto",
                settings: SamplingSettings | None = None, seed: int | None = None,
-               decode: Decoder | None = None) -> Iterator[SentenceAudio]:
-        """Sentence by sentence (split as the official front-end does), each with its trailing pause.
+               decode: Decoder | None = None, *, chunking: StreamingConfig | None = None,
+               decode_chunks: ChunkDecoder | None = None) -> Iterator[SentenceAudio]:
+        """Sentence by sentence (split as the official front-end does), each with its trailing pause; with
+        `chunking`, each sentence in sub-sentence pieces (`sentence_pieces`), the pause after its last.
 
         `decode` replaces `Synthesizer.decode` (the service batches GPT decodes across requests with it)."""
         from models.text import split_sentences
@@ -308,17 +475,21 @@ class Synthesizer:
             raise SynthesisError("the text is empty: give at least one word to synthesize")
         pause = np.zeros(int(s.pause_s * SAMPLE_RATE_HZ), np.float32)
         for i, sentence in enumerate(sentences):
-            audio = self.sentence(sentence.text, reference, sentence.language, s, self.generator(seed, i), decode)
-            if i + 1 < len(sentences):
-                audio.samples = np.concatenate([audio.samples, pause])
-            yield audio
+            for audio in self.sentence_pieces(sentence.text, reference, sentence.language, s, self.generator(seed, i),
+                                              decode, chunking=chunking, decode_chunks=decode_chunks):
+                if audio.last and i + 1 < len(sentences):
+                    audio.samples = np.concatenate([audio.samples, pause])
+                yield audio
 
     def stream_segments(self, segments: list, reference: Reference, settings: SamplingSettings | None = None,
-                        seed: int | None = None, decode: Decoder | None = None) -> Iterator[SentenceAudio]:
+                        seed: int | None = None, decode: Decoder | None = None, *,
+                        chunking: StreamingConfig | None = None,
+                        decode_chunks: ChunkDecoder | None = None) -> Iterator[SentenceAudio]:
         """An SSML document's segments (`models.text.ssml.parse_ssml`) in order: each `Speech` split into sentences
         and spoken as `stream` speaks text (sentence i of the document, counting every segment's, is seeded with
         `sentence_seed(seed, i)`), at `settings.speed` times its rate (bounded 0.5-2) and read with its phones; each
-        `Pause` as exactly that many zero samples, in place of the pause between sentences where it stands."""
+        `Pause` as exactly that many zero samples, in place of the pause between sentences where it stands.
+        `chunking`: sub-sentence pieces for the sentences spoken at speed 1 (`sentence_pieces`)."""
         import dataclasses
 
         from models.text import split_sentences
@@ -343,12 +514,13 @@ class Synthesizer:
                 yield SentenceAudio("", np.zeros(round(item.seconds * SAMPLE_RATE_HZ), np.float32), 0, 0, 0.0)
                 continue
             sentence, seg_settings, lexicon = item
-            audio = self.sentence(sentence.text, reference, sentence.language, seg_settings,
-                                  self.generator(seed, index), decode, lexicon=lexicon)
+            for audio in self.sentence_pieces(sentence.text, reference, sentence.language, seg_settings,
+                                              self.generator(seed, index), decode, lexicon=lexicon,
+                                              chunking=chunking, decode_chunks=decode_chunks):
+                if audio.last and k + 1 < len(items) and not isinstance(items[k + 1], Pause):
+                    audio.samples = np.concatenate([audio.samples, pause])
+                yield audio
             index += 1
-            if k + 1 < len(items) and not isinstance(items[k + 1], Pause):
-                audio.samples = np.concatenate([audio.samples, pause])
-            yield audio
 
     def speak(self, text: str, reference: Reference, language: str = "auto",
               settings: SamplingSettings | None = None, seed: int | None = None,

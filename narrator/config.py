@@ -265,6 +265,33 @@ class RegistryConfig(_Section):
         return self
 
 
+class StreamingConfig(_Section):
+    """Sub-sentence streaming (`models.tts.Synthesizer.stream` with `chunking`): the GPT hands its tokens out in
+    chunks and SoVITS decodes each chunk with left context, holding the last tokens back and cross-fading into the
+    next chunk (25 semantic tokens = 1 s of speech at 32 kHz)."""
+
+    enabled: bool = Field(True, description="the service's streamed routes speak sub-sentence chunks (false: a "
+                                            "chunk per sentence, with GPT decodes batched across requests)")
+    first_chunk_tokens: int = Field(20, ge=1, description="tokens the GPT makes before the first chunk is decoded "
+                                                          "(time to first audio)")
+    chunk_tokens: int = Field(40, ge=1, description="tokens per later chunk")
+    context_tokens: int = Field(24, ge=0, description="tokens before a chunk decoded with it (left context), "
+                                                      "their audio not sent again")
+    lookahead_tokens: int = Field(4, ge=1, description="a chunk's last tokens held back until the next chunk "
+                                                       "gives them right context")
+    crossfade_ms: float = Field(20.0, ge=0.0, description="each join cross-fades the held-back audio of the chunk "
+                                                          "before into the new chunk's over this long")
+
+    @model_validator(mode="after")
+    def _fade_within_lookahead(self) -> "StreamingConfig":
+        lookahead_ms = self.lookahead_tokens * 40.0  # 25 tokens per second
+        if self.crossfade_ms > lookahead_ms:
+            raise ValueError(f"crossfade_ms {self.crossfade_ms:g} is longer than the held-back audio "
+                             f"(lookahead_tokens {self.lookahead_tokens} = {lookahead_ms:g} ms); shorten the "
+                             "cross-fade or hold more tokens back")
+        return self
+
+
 class InferenceConfig(_Section):
     """How a voice speaks wherever it does: evaluation, the watermark check, the packaged sample and the service
     (`models.tts.Synthesizer.prepare`)."""
@@ -274,6 +301,7 @@ class InferenceConfig(_Section):
                              "SoVITS and int8 GPT decoding, on a GPU bfloat16 for both with CUDA-graph GPT decoding "
                              "steps (GPU figures: bash bench/gpu.sh; CPU: about 2.3x faster per "
                              "sentence on a 2-core CPU, see docs/benchmarks.md)")
+    stream: StreamingConfig = StreamingConfig()
 
 
 class PackageConfig(_Section):

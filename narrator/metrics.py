@@ -13,6 +13,9 @@ What each measures and the conventions used:
   normalisation; `repeated_or_skipped_words` reads the same alignment for the GPT stage's typical failures.
 - `speaking_rate_s_per_phone`, `duration_check`: synthesized duration against the narrator's own speaking rate.
 - `real_time_factor`: synthesis time over audio time.
+- `log_mel_distance_db`: mean absolute log-mel difference (dB) of two renderings of the same frames (no alignment),
+  e.g. a streamed decode against the whole one; `join_steps`: sample steps at chunk joins against the signal's own
+  steps (the click check of streamed audio).
 - `Gate`, `evaluate_gates`, `DEFAULT_GATES`: pass/fail thresholds over a dict of metric values.
 
 Audio arguments are mono float arrays, shape ``(samples,)``, values in [-1, 1], both clips at the same
@@ -45,6 +48,8 @@ __all__ = [
     "duration_check",
     "evaluate_gates",
     "f0_metrics",
+    "join_steps",
+    "log_mel_distance_db",
     "mel_cepstral_distortion",
     "normalize_for_wer",
     "real_time_factor",
@@ -127,6 +132,46 @@ def _mel_cepstra(samples: np.ndarray, sample_rate_hz: int, n_coefficients: int) 
     cepstra = scipy.fft.dct(log_magnitude, type=2, axis=1)[:, :n_coefficients] / (2.0 * _N_MELS)
     energy_db = 10.0 * np.log10(mel_power.sum(axis=1))
     return cepstra, energy_db
+
+
+_LOG_MEL_BANDS = 80  # log_mel_distance_db: mel bands per frame
+_LOG_MEL_FLOOR_DB = -80.0  # log_mel_distance_db: band powers below this (relative to full scale) count as this
+
+
+def log_mel_distance_db(a: np.ndarray, b: np.ndarray, sample_rate_hz: int) -> float:
+    """Mean over frames and bands of |10 log10 P_a - 10 log10 P_b| (dB), P the mel-band power of 25 ms Hann
+    frames every 10 ms (`_LOG_MEL_BANDS` bands, floored at `_LOG_MEL_FLOOR_DB`), frame t of one clip against frame
+    t of the other: for two renderings of the same audio `(samples,)` of equal length (no time alignment)."""
+    import librosa
+
+    rate = _check_rate(sample_rate_hz)
+    a, b = _check_audio("a", a, rate), _check_audio("b", b, rate)
+    if len(a) != len(b):
+        raise MetricError(f"log_mel_distance_db compares renderings of the same frames: got {len(a)} and {len(b)} "
+                          "samples; trim both to the same length")
+    win = int(round(_WINDOW_S * rate))
+    n_fft = 1 << (win - 1).bit_length()
+    mel_basis = librosa.filters.mel(sr=rate, n_fft=n_fft, n_mels=_LOG_MEL_BANDS, fmin=0.0, fmax=rate / 2.0)
+
+    def log_mel(x: np.ndarray) -> np.ndarray:
+        power = np.abs(librosa.stft(x, n_fft=n_fft, hop_length=_hop(rate), win_length=win, window="hann",
+                                    center=True, pad_mode="constant")) ** 2
+        return 10.0 * np.log10(np.maximum(mel_basis @ power, 10.0 ** (_LOG_MEL_FLOOR_DB / 10.0)))
+
+    return float(np.mean(np.abs(log_mel(a) - log_mel(b))))
+
+
+def join_steps(samples: np.ndarray, joins: Sequence[int], percentile: float = 99.9) -> tuple[np.ndarray, float]:
+    """The click check of audio joined from chunks: `(steps (len(joins),), threshold)`, where steps[i] is
+    |x[j] - x[j - 1]| at join j (the first sample of a chunk) and threshold is the `percentile` of |x[n+1] - x[n]|
+    over the whole signal. A join whose step is above the threshold is a step the audio itself rarely makes."""
+    x = np.asarray(samples, np.float64)
+    if x.ndim != 1 or len(x) < 2:
+        raise MetricError(f"join_steps takes mono audio (samples,) of at least 2 samples, got shape {x.shape}")
+    if any(not 0 < j < len(x) for j in joins):
+        raise MetricError(f"joins must lie inside the signal (1..{len(x) - 1}), got {list(joins)}")
+    steps = np.abs(np.diff(x))
+    return np.array([steps[j - 1] for j in joins]), float(np.percentile(steps, percentile))
 
 
 def _sounding(energy_db: np.ndarray, trim_silence_db: float | None) -> np.ndarray:

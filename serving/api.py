@@ -1,8 +1,8 @@
 """The HTTP API (FastAPI, mounted into the BentoML service), versioned under /v1; OpenAPI at /v1/openapi.json.
 
     POST /v1/speech             JSON SpeechRequest -> audio (wav/pcm/flac/mp3/ogg/opus/aac) of the whole text
-    POST /v1/speech/stream      the same, streamed: a chunk per sentence as soon as it is spoken (how each format
-                                streams: serving/encode.py)
+    POST /v1/speech/stream      the same, streamed: chunks of each sentence as its GPT tokens come (sub-sentence
+                                streaming, inference.stream; how each format streams: serving/encode.py)
     GET  /v1/voices             the voices this key may use, with version and evaluation summary
     POST /v1/watermark/detect   raw audio body -> {"detected", "score", "payload", "voice", "version"}
     GET  /                      the web console
@@ -328,18 +328,22 @@ class NarratorServer:
 
         return SamplingSettings(top_k=req.top_k, top_p=req.top_p, temperature=req.temperature, speed=req.speed)
 
-    def marked_sentences(self, voice: LoadedVoice, req: SpeechRequest) -> Iterator[np.ndarray]:
-        """Marked 32 kHz audio per sentence."""
+    def marked_sentences(self, voice: LoadedVoice, req: SpeechRequest, stream: bool = False) -> Iterator[np.ndarray]:
+        """Marked 32 kHz audio per sentence; with `stream` (the streamed routes) and `inference.stream.enabled`,
+        per sub-sentence chunk (`quality: "checked"` stays per sentence: the guard judges whole sentences)."""
         marker = WatermarkStream(int(voice.info.payload_hex, 16), self.watermark_key)
         segments = self.segments(req)
         if req.quality == "checked":  # plain text only (check() refuses SSML with it)
             parts = checked_sentences(voice, req.text, req.language, self.settings(req), req.seed, self.batcher,
                                       self.params.narrate)
         else:
+            chunking = self.params.inference.stream if stream and self.params.inference.stream.enabled else None
             parts = sentences(voice, req.text, req.language, self.settings(req), req.seed, self.batcher,
-                              segments=segments)
+                              segments=segments, chunking=chunking)
         for part in parts:
-            yield marker.push(part.samples)
+            marked = marker.push(part.samples, complete=part.last)
+            if len(marked):
+                yield marked
 
     def synthesize(self, voice: LoadedVoice, req: SpeechRequest) -> Synthesis:
         key = (voice.key, req.text, req.text_type, req.language, req.speed, req.top_k, req.top_p, req.temperature,
@@ -500,7 +504,7 @@ def speak(state: NarratorServer, key: ApiKey, req: SpeechRequest, endpoint: str 
 def spoken_stream(state: NarratorServer, key: ApiKey, req: SpeechRequest,
                   endpoint: str = f"/{API_VERSION}/speech/stream",
                   request_id: str | None = None) -> tuple[Iterator[bytes], dict[str, str]]:
-    """The text as encoded chunks, one per sentence as soon as it is spoken (audited when the stream ends,
+    """The text as encoded chunks, sub-sentence pieces as soon as they are spoken (audited when the stream ends,
     completed or not; measured under `endpoint`), and the response headers: the synthesis path of
     POST /v1/speech/stream, shared with the compatible APIs. Close the iterator when the response ends."""
     started = time.perf_counter()
@@ -517,7 +521,7 @@ def spoken_stream(state: NarratorServer, key: ApiKey, req: SpeechRequest,
         encoded_samples, first = 0, None
         state._track(+1)
         try:
-            for samples in state.marked_sentences(voice, req):
+            for samples in state.marked_sentences(voice, req, stream=True):
                 synthesized_s += len(samples) / 32000
                 resampled = resampler.push(samples)
                 encoded_samples += len(resampled)
@@ -666,7 +670,7 @@ def create_app(server: Callable[[], NarratorServer], routers: Sequence[APIRouter
     def speech(req: SpeechRequest, request: Request, key: ApiKey = Depends(authorized)) -> Response:
         return speak(server(), key, req, request_id=_request_id(request))
 
-    @app.post(f"/{API_VERSION}/speech/stream", summary="the text as audio, streamed sentence by sentence",
+    @app.post(f"/{API_VERSION}/speech/stream", summary="the text as audio, streamed in sub-sentence chunks",
               responses={200: {"content": {media_type(f): {} for f in FORMATS}}, **SPEECH_ERRORS})
     def speech_stream(req: SpeechRequest, request: Request, key: ApiKey = Depends(authorized)) -> StreamingResponse:
         """Duration and sha256 are known only when the stream ends (no trailers: uvicorn sends none); the audit

@@ -3,7 +3,7 @@ voice (`ElevenLabs(base_url="http://HOST:3000/elevenlabs", api_key=KEY)`). Under
 service's own GET /v1/voices has another shape.
 
     POST /elevenlabs/v1/text-to-speech/{voice_id}          {"text", "model_id", "voice_settings", ...} -> audio
-    POST /elevenlabs/v1/text-to-speech/{voice_id}/stream   the same, streamed sentence by sentence
+    POST /elevenlabs/v1/text-to-speech/{voice_id}/stream   the same, streamed in sub-sentence chunks
     GET  /elevenlabs/v1/voices                             the key's voices, in ElevenLabs' shape
     GET  /elevenlabs/v1/voices/{voice_id}                  one of them
     GET  /elevenlabs/v2/voices                             the key's voices, searched and paged (voices.search)

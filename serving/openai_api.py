@@ -17,7 +17,7 @@ The request, field by field:
   A format the service's encoders do not offer (serving/encode.py FORMATS) is refused with 400.
 - `speed`: 0.5 to 2.0 (OpenAI allows 0.25 to 4.0; outside our range: 400 naming `speed`).
 - `stream_format`: omitted -> the whole file (exact headers, X-Audio-Duration-S, X-Output-Sha256); `audio` -> the
-  audio streamed sentence by sentence as it is spoken; `sse` -> server-sent events `speech.audio.delta` (base64
+  audio streamed in sub-sentence chunks as it is spoken; `sse` -> server-sent events `speech.audio.delta` (base64
   audio chunks) then `speech.audio.done` (its `usage` counts are not measured: 0).
 - `instructions`: accepted and ignored (a Narrator voice has no style prompt).
 - Narrator extensions (the openai package's `extra_body`): `seed` (the same seed, the same audio, as on
