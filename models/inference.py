@@ -7,8 +7,9 @@ Entry point (what `models.tts.Synthesizer.prepare` calls):
     plan = prepare_for_inference(sovits, gpt, "exact" | "fast")
 
     "exact"  float32 as loaded: SoVITS with cached weight-norm weights (and on CPU its decoder channels-last), GPT
-             decoding on prefetched float weights stored column-major. The official computation up to float
-             rounding (waveform within 1e-5 of the model as loaded; greedy tokens equal).
+             decoding on prefetched float weights: on CPU through oneDNN's inner product on the row-major matrices
+             (`OneDNNDecoding`), elsewhere stored column-major (`FloatDecoding`). The official computation up to
+             float rounding (waveform within 1e-5 of the model as loaded; logits within 1e-5, greedy tokens equal).
     "fast"   CPU: bfloat16 SoVITS (same layout) + int8 GPT decoding steps. GPU: bfloat16 SoVITS and GPT, the GPT's
              decoding step replayed as a CUDA graph (`GraphDecoding`). "exact" on a GPU keeps the float32 float
              step (bit-identical to the model's own), not the static one.
@@ -36,6 +37,11 @@ GPT (stage 1), one token per decoding step, a (B, C) row through 24 layers:
     same values, shape, Parameter and state-dict key, but x @ W.T becomes a plain matrix product, which float32
     BLAS runs up to 2x faster for one row. A float32 step at ~200 positions: about 28 ms row-major, 21 ms
     column-major. linear2 (input 4C) keeps the usual layout: column-major measured 1.3-1.7x slower there.
+  * oneDNN step weights (`onednn_decoding`, CPU float32, what "exact" runs there). The same four projections per
+    layer through `torch.ops.mkldnn._linear_pointwise` on the row-major matrices in place (ReLU fused into linear1):
+    the BLAS behind `F.linear` streams a one-row product's weights at 10-16 GB/s on the 2-core AMD VM, where a
+    plain read runs at 42; oneDNN's kernels are about 15% faster per decoding step (22-24 against 27-28 ms in one
+    run). Float rounding apart the same values: logits within 1e-5 of `FloatDecoding`, greedy tokens equal.
   * Prefetched step weights (`float_decoding`). `LayerStepWeights` names each layer's projections and norms,
     fetched once per `generate` call rather than through nn.Module attribute lookups and calls for every token;
     same kernels in the same order as `Block.step`, so the results are bit-identical; float32 at ~200 positions:
@@ -67,6 +73,7 @@ Whole sentence (250 tokens + decode): float32 RTF 0.81-0.86 ("exact"), int8 GPT 
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import warnings
 import weakref
@@ -82,7 +89,7 @@ from models.sovits import Generator, SoVITS, SoVITSError, WNConv1d, WNConvTransp
 from narrator.errors import NarratorError
 
 INFERENCE_MODES = ("exact", "fast")
-GPT_DECODINGS = ("model", "float", "int8", "static", "graph")  # see `decoding_mode`
+GPT_DECODINGS = ("model", "float", "onednn", "int8", "static", "graph")  # see `decoding_mode`
 
 
 class InferenceError(NarratorError):
@@ -125,6 +132,8 @@ def prepare_for_inference(sovits: SoVITS, gpt: GPT, mode: str = "exact") -> Infe
     gpt_on_cuda = next(gpt.parameters()).device.type == "cuda"
     if mode == "fast":
         decoding = "graph" if gpt_on_cuda else "int8" if on_cpu else "float"
+    elif on_cpu and _param_dtype(gpt) == torch.float32 and onednn_available():
+        decoding = "onednn"  # float32 through oneDNN: the same values up to float rounding, faster on CPU
     else:
         decoding = "float"  # bit-identical to the model's own float32 step, on any device
     prepare_gpt(gpt, decoding=decoding)
@@ -211,6 +220,25 @@ class Int8Projection(Projection):
 
 
 @dataclass(frozen=True)
+class OneDNNProjection(Projection):
+    """The projection on the model's own float32 parameter through oneDNN's inner product (CPU), ReLU fused.
+
+    oneDNN reads the (out, in) matrix as stored (row-major: `store_row_major`) with its own vectorised kernels,
+    which stream a one-row product's weights about 15% faster than the BLAS behind `F.linear` on the 2-core
+    development VM (docs/benchmarks.md, "bench/versus.py"). Same products, summed in another order: float
+    rounding apart, the same values; no copy of the weight.
+    """
+
+    weight: Tensor  # (out, in), contiguous
+    bias: Tensor | None  # (out,)
+    relu: bool = False
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "relu" if self.relu else "none", [],
+                                                  "")
+
+
+@dataclass(frozen=True)
 class Norm:
     """LayerNorm over the last dim: (B, C) -> (B, C)."""
 
@@ -257,6 +285,18 @@ class LayerStepWeights:
         )
 
     @classmethod
+    def onednn_weights(cls, block: Block) -> "LayerStepWeights":
+        """The block's own float32 parameters (no copy) through oneDNN; the matrices must be stored row-major."""
+        a = block.self_attn
+        return dataclasses.replace(
+            cls.float_weights(block),
+            qkv=OneDNNProjection(a.in_proj_weight, a.in_proj_bias),
+            out=OneDNNProjection(a.out_proj.weight, a.out_proj.bias),
+            ffn_up=OneDNNProjection(block.linear1.weight, block.linear1.bias, relu=True),
+            ffn_down=OneDNNProjection(block.linear2.weight, block.linear2.bias),
+        )
+
+    @classmethod
     def int8_weights(cls, block: Block) -> "LayerStepWeights":
         """The four projections packed to int8, the norms in float32 (int8 steps compute in float32)."""
         a = block.self_attn
@@ -290,6 +330,21 @@ class FloatDecoding:
 
     def bind(self, model: GPT) -> Callable[[Tensor, KVCache], Tensor]:
         return _layer_loop([LayerStepWeights.float_weights(block) for block in model.h.layers], compute_dtype=None)
+
+
+class OneDNNDecoding:
+    """`GPT.decoding_step` running `LayerStepWeights.step` on the model's own float32 weights through oneDNN's inner
+    product (CPU; `exact` mode there): float32 throughout, no copies, sums in another order than `F.linear`."""
+
+    name = "onednn"
+
+    def bind(self, model: GPT) -> Callable[[Tensor, KVCache], Tensor]:
+        for p in model.h.parameters():
+            if p.device.type != "cpu" or p.dtype != torch.float32:
+                raise GPTError(f"oneDNN decoding runs float32 on CPU, but the GPT is {_dtype_name(p.dtype)} on "
+                               f"{p.device}; call models.inference.float_decoding(gpt) after moving or converting it")
+            break
+        return _layer_loop([LayerStepWeights.onednn_weights(block) for block in model.h.layers], compute_dtype=None)
 
 
 class Int8Decoding:
@@ -571,15 +626,39 @@ class GraphDecoding(StaticDecoding):
 
 
 def prepare_gpt(gpt: GPT, decoding: str = "float") -> GPT:
-    """eval mode, column-major storage of the decoding matrices, and the decoding step ("model", "float" or "int8",
-    see `decoding_mode`); returns gpt. Preparing again is harmless (int8 packs are remade on the next `generate`)."""
+    """eval mode, the storage of the decoding matrices that the step reads fastest (row-major for "onednn", else
+    column-major), and the decoding step (see `decoding_mode`); returns gpt. Preparing again is harmless (int8
+    packs are remade on the next `generate`)."""
     if decoding not in GPT_DECODINGS:
         raise GPTError(f"GPT decoding must be one of {', '.join(map(repr, GPT_DECODINGS))}, got {decoding!r}")
     gpt.eval()
-    store_column_major(gpt)
-    {"model": model_decoding, "float": float_decoding, "int8": int8_decoding, "static": static_decoding,
-     "graph": graph_decoding}[decoding](gpt)
+    if decoding == "onednn":
+        store_row_major(gpt)
+    else:
+        store_column_major(gpt)
+    {"model": model_decoding, "float": float_decoding, "onednn": onednn_decoding, "int8": int8_decoding,
+     "static": static_decoding, "graph": graph_decoding}[decoding](gpt)
     return gpt
+
+
+def store_row_major(gpt: GPT) -> GPT:
+    """Undo `store_column_major` for the layers' matrices (contiguous (out, in) again, as loaded), which oneDNN reads
+    in place; the output head stays column-major (`F.linear` reads that faster). Values unchanged. Returns gpt."""
+    with torch.no_grad():
+        for block in gpt.h.layers:
+            for w in (block.self_attn.in_proj_weight, block.self_attn.out_proj.weight, block.linear1.weight,
+                      block.linear2.weight):
+                if not w.is_contiguous():
+                    w.data = w.data.contiguous()
+        head = gpt.ar_predict_layer.weight
+        if not head.t().is_contiguous():
+            head.data = head.data.t().contiguous().t()
+    return gpt
+
+
+def onednn_available() -> bool:
+    """Whether this torch build runs oneDNN's fused linear (x86-64 CPU builds do)."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
 def store_column_major(gpt: GPT) -> GPT:
@@ -607,6 +686,16 @@ def float_decoding(gpt: GPT) -> GPT:
     """Decode with `FloatDecoding`: the same step on prefetched float weights, bit-identical; returns gpt."""
     if not isinstance(gpt.decoding_step, FloatDecoding):
         gpt.decoding_step = FloatDecoding()
+    return gpt
+
+
+def onednn_decoding(gpt: GPT) -> GPT:
+    """Decode with `OneDNNDecoding` (float32 on CPU; `prepare_gpt(gpt, "onednn")` also stores the matrices
+    row-major, which it reads fastest); returns gpt."""
+    if not onednn_available():
+        raise GPTError("this torch build has no oneDNN fused linear; use float decoding")
+    if not isinstance(gpt.decoding_step, OneDNNDecoding):
+        gpt.decoding_step = OneDNNDecoding()
     return gpt
 
 
@@ -652,7 +741,8 @@ def graph_decoding(gpt: GPT) -> GPT:
 
 
 def decoding_mode(gpt: GPT) -> str:
-    """Which step `generate` runs: "model" (`Transformer.step`), "float" (`FloatDecoding`), "int8", "static"
+    """Which step `generate` runs: "model" (`Transformer.step`), "float" (`FloatDecoding`), "onednn"
+    (`OneDNNDecoding`), "int8", "static"
     (`StaticDecoding`) or "graph" (`GraphDecoding`)."""
     return "model" if gpt.decoding_step is None else gpt.decoding_step.name
 

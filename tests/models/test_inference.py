@@ -19,11 +19,13 @@ from models.inference import (
     InferenceError,
     InferencePlan,
     Int8Decoding,
+    OneDNNDecoding,
     decoding_mode,
     float_decoding,
     int8_decoding,
     is_channels_last,
     model_decoding,
+    onednn_available,
     prepare_for_inference,
     prepare_gpt,
     prepare_sovits,
@@ -88,7 +90,8 @@ def test_exact_mode_computes_what_the_models_as_loaded_compute(gsv_dir, plain_so
     sovits = load_sovits(gsv_dir / "golden_A_s2_v2Pro.pth", fast=False)
     gpt = load_gpt(gsv_dir / "golden_A_s1.ckpt")
     plan = prepare_for_inference(sovits, gpt, "exact")
-    assert plan == InferencePlan("exact", torch.device("cpu"), torch.float32, True, torch.float32, "float")
+    decoding = "onednn" if onednn_available() else "float"
+    assert plan == InferencePlan("exact", torch.device("cpu"), torch.float32, True, torch.float32, decoding)
     assert _max_diff(sovits.decode(*s2[0], **s2[1]), plain_sovits.decode(*s2[0], **s2[1])) < 1e-5
     want = _logits_per_step(plain_gpt, phones, bert, prompt, 30)
     got = _logits_per_step(gpt, phones, bert, prompt, 30)
@@ -117,7 +120,7 @@ def test_an_unknown_mode_or_decoding_is_refused(gsv_dir, golden_gpt):
     sovits = load_sovits(gsv_dir / "golden_A_s2_v2.pth")
     with pytest.raises(InferenceError, match="exact, fast"):
         prepare_for_inference(sovits, golden_gpt, "turbo")
-    with pytest.raises(NarratorError, match="'model', 'float', 'int8'"):
+    with pytest.raises(NarratorError, match="'model', 'float', 'onednn', 'int8'"):
         prepare_gpt(golden_gpt, "int4")
 
 
@@ -151,6 +154,42 @@ def test_float_decoding_is_bit_identical_to_the_models_own_step(golden_gpt, s1):
     assert all(torch.equal(g, w) for g, w in zip(got, want))
     expected_new = out["greedy_rp1.35_full_y"][:, prompt.shape[1]:]
     assert torch.equal(golden_gpt.generate(phones, bert, prompt, top_k=1, early_stop_num=24), expected_new)
+
+
+@pytest.mark.skipif(not onednn_available(), reason="this torch build has no oneDNN fused linear")
+def test_onednn_decoding_computes_float_decoding_up_to_float_rounding(golden_gpt, s1):
+    phones, bert, prompt, out = s1
+    want = _logits_per_step(prepare_gpt(golden_gpt, "float"), phones, bert, prompt, 30)
+    state = {k: v.clone() for k, v in golden_gpt.state_dict().items()}
+    prepare_gpt(golden_gpt, "onednn")
+    assert isinstance(golden_gpt.decoding_step, OneDNNDecoding) and decoding_mode(golden_gpt) == "onednn"
+    assert golden_gpt.h.layers[0].linear1.weight.is_contiguous()  # read in place, row-major
+    assert all(torch.equal(v, golden_gpt.state_dict()[k]) for k, v in state.items())  # same values, same keys
+    got = _logits_per_step(golden_gpt, phones, bert, prompt, 30)
+    assert max(_max_diff(g, w) for g, w in zip(got, want)) < 1e-5
+    expected_new = out["greedy_rp1.35_full_y"][:, prompt.shape[1]:]
+    assert torch.equal(golden_gpt.generate(phones, bert, prompt, top_k=1, early_stop_num=24), expected_new)
+
+
+@pytest.mark.skipif(not onednn_available(), reason="this torch build has no oneDNN fused linear")
+def test_onednn_decoding_of_a_batch_of_uneven_sentences_equals_float_decoding(golden_gpt, s1):
+    phones, bert, prompt, _ = s1
+    sentences = [(phones[:, :n], bert[:, :, :n]) for n in (phones.shape[1], phones.shape[1] - 3, 5)]
+    want = prepare_gpt(golden_gpt, "float").generate_batch([p for p, _ in sentences], [b for _, b in sentences],
+                                                           prompt, top_k=1, early_stop_num=20)
+    got = prepare_gpt(golden_gpt, "onednn").generate_batch([p for p, _ in sentences], [b for _, b in sentences],
+                                                            prompt, top_k=1, early_stop_num=20)
+    assert all(torch.equal(g, w) for g, w in zip(got, want))
+
+
+def test_onednn_decoding_refuses_a_model_that_is_not_float32():
+    model = prepare_gpt(GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32)).eval(), "onednn" if onednn_available() else
+                        "float").to(torch.bfloat16)
+    if not onednn_available():
+        pytest.skip("this torch build has no oneDNN fused linear")
+    with pytest.raises(GPTError, match="float32 on CPU"):
+        model.generate(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 1024, 4, dtype=torch.bfloat16),
+                       torch.zeros(1, 3, dtype=torch.long), early_stop_num=2)
 
 
 def test_int8_decoding_follows_float32_greedy_tokens_and_logits(golden_gpt, s1):
