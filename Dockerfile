@@ -56,7 +56,10 @@ RUN useradd --uid 1000 --user-group --create-home --home-dir /home/narrator --sh
  && mkdir -p /work \
  && cp /opt/narrator/params.yaml /work/params.yaml \
  && chown -R 1000:1000 /work
-ENV HOME=/home/narrator
+# GOMP_SPINCOUNT: torch's idle OpenMP workers spin briefly, then sleep, so a shared node's other processes do not
+# collapse the decode (narrator/threads.py; the narrator command and the service set the same when it is unset)
+ENV HOME=/home/narrator \
+    GOMP_SPINCOUNT=2000
 WORKDIR /work
 USER 1000:1000
 
