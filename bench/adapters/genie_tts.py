@@ -69,11 +69,10 @@ def _convert(work: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workload", required=True)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--tokens", type=int, default=250)
-    parser.add_argument("--repeats", type=int, default=2)
+    sys.path.insert(0, str(REPO))
+    from bench.adapters._args import adapter_parser
+
+    parser = adapter_parser(__doc__)
     parser.add_argument("--convert-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     # This file's folder comes first on sys.path and this file is named like the package: take the folder off.

@@ -26,7 +26,6 @@ spectrogram) is the workload's own.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -34,13 +33,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workload", required=True)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--tokens", type=int, default=250)
-    parser.add_argument("--repeats", type=int, default=2)
-    args = parser.parse_args()
     sys.path.insert(0, str(REPO))
+    from bench.adapters._args import adapter_parser
+
+    parser = adapter_parser(__doc__)
+    args = parser.parse_args()
 
     import importlib.util
 

@@ -8,7 +8,6 @@ Loads the official-format files with `models.checkpoints` and prepares them with
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -16,14 +15,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mode", choices=("exact", "fast"), required=True)
-    parser.add_argument("--workload", required=True)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--tokens", type=int, default=250)
-    parser.add_argument("--repeats", type=int, default=2)
-    args = parser.parse_args()
     sys.path.insert(0, str(REPO))
+    from bench.adapters._args import adapter_parser
+
+    parser = adapter_parser(__doc__)
+    parser.add_argument("--mode", choices=("exact", "fast"), required=True)
+    args = parser.parse_args()
     from narrator.threads import configure_waiting
 
     configure_waiting()  # as the narrator command and the service do, before torch loads

@@ -12,7 +12,6 @@ that runs this file; `bench.versus --official-python` names it.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -33,12 +32,11 @@ class _Attrs(dict):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sys.path.insert(0, str(REPO))
+    from bench.adapters._args import adapter_parser
+
+    parser = adapter_parser(__doc__)
     parser.add_argument("--official", required=True, help="a GPT-SoVITS checkout (the folder holding GPT_SoVITS/)")
-    parser.add_argument("--workload", required=True)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--tokens", type=int, default=250)
-    parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     checkout = Path(args.official).resolve()
     sys.path[:0] = [str(checkout / "GPT_SoVITS"), str(checkout), str(REPO)]

@@ -9,29 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from models.checkpoints import load_gpt, load_sovits
-from models.tts import NOISE_BLOCK_FRAMES, NoiseTrack, SamplingSettings, Synthesizer
+from models.tts import NOISE_BLOCK_FRAMES, NoiseTrack, SamplingSettings
 from narrator.config import StreamingConfig
 from narrator.metrics import join_steps, log_mel_distance_db
-from tests.intake import speech
 
 SENTENCE = "The quick brown fox jumps over the lazy dog and then it runs all the way home to sleep."
 # small chunks, so that the golden models' short sentences still stream in several pieces
 CHUNKING = StreamingConfig(first_chunk_tokens=6, chunk_tokens=8, context_tokens=8, lookahead_tokens=2,
                            crossfade_ms=20.0)
 MEL_BOUND_DB = 0.5  # streamed vs whole decode: mean absolute log-mel difference at most this (dB)
-
-
-@pytest.fixture(scope="module")
-def synth(gsv_dir):
-    return Synthesizer(load_sovits(gsv_dir / "golden_A_s2_v2.pth"), load_gpt(gsv_dir / "golden_A_s1.ckpt"))
-
-
-@pytest.fixture(scope="module")
-def reference(synth):
-    samples, rate = speech("This is the reference clip of our narrator speaking.")
-    ssl = torch.randn(768, int(len(samples) / rate * 50), generator=torch.Generator().manual_seed(0))
-    return synth.reference(samples, rate, "This is the reference clip of our narrator speaking.", "en", ssl=ssl)
 
 
 @pytest.fixture(scope="module")

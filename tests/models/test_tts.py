@@ -16,18 +16,6 @@ from tests.intake import speech
 TEXT = "The quick brown fox jumps over the lazy dog. Then it runs home."
 
 
-@pytest.fixture(scope="module")
-def synth(gsv_dir):
-    return Synthesizer(load_sovits(gsv_dir / "golden_A_s2_v2.pth"), load_gpt(gsv_dir / "golden_A_s1.ckpt"))
-
-
-@pytest.fixture(scope="module")
-def reference(synth):
-    samples, rate = speech("This is the reference clip of our narrator speaking.")
-    ssl = torch.randn(768, int(len(samples) / rate * 50), generator=torch.Generator().manual_seed(0))
-    return synth.reference(samples, rate, "This is the reference clip of our narrator speaking.", "en", ssl=ssl)
-
-
 def test_reference_holds_spectrogram_prompt_codes_and_phones(reference):
     assert reference.spec.shape[:2] == (1, 1025)
     assert reference.codes.shape[0] == 1 and abs(reference.codes.shape[1] - reference.spec.shape[2] / 2) <= 2
