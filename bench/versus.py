@@ -16,8 +16,9 @@ SoVITS RTF, whole-sentence RTF, peak RSS and the load average of each run; then 
 official code's (speed ratios > 1 mean faster than official), the goals of issue 19 checked, and the divergence of
 `fast` from `exact` (teacher-forced logits, MCD of the decoded audio).
 
-`--contention` also starts one CPU-bound competing process per core for the runs of our implementation and prints
-CPU-seconds per token under contention against the quiet figure (goal: at most 1.3x).
+`--contention` also runs our two modes beside `--competitors` CPU-bound processes (default 1: "another CPU-bound
+process on the machine", issue 19) and prints CPU-seconds per token under contention against the quiet figure
+(goal: at most 1.3x).
 
 Peers: `--peer NAME=PYTHON` runs `bench/adapters/<NAME, - as _>.py` with PYTHON, the interpreter of a virtual
 environment holding that engine. Adapters exist for genie-tts 2.0.2, gpt-sovits-cpufast 0.1.0 and gsv-tts-lite
@@ -108,7 +109,7 @@ def _burn(stop_at: float) -> None:
 
 
 class Competitors:
-    """One CPU-bound process per core while in the `with` block (bounded: each stops by itself after `limit_s`)."""
+    """`n` CPU-bound processes while in the `with` block (bounded: each stops by itself after `limit_s`)."""
 
     def __init__(self, n: int, limit_s: float = 900.0) -> None:
         self.n, self.limit_s, self.procs = n, limit_s, []
@@ -322,7 +323,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workload", help="folder for the workload files, reused when they are already there "
                                            "(default: a temporary folder)")
     parser.add_argument("--contention", action="store_true",
-                        help="also run exact and fast beside one CPU-bound process per core and compare CPU time")
+                        help="also run exact and fast beside CPU-bound processes and compare CPU time per token")
+    parser.add_argument("--competitors", type=int, default=1, help="CPU-bound processes for --contention")
     parser.add_argument("--no-divergence", action="store_true", help="skip the fast-vs-exact divergence")
     parser.add_argument("--small", action="store_true",
                         help="tiny models: checks the harness in seconds (what the tests run), measures nothing")
@@ -350,10 +352,11 @@ def main(argv: list[str] | None = None) -> None:
                   f"decoded audio (same codes and noise): MCD {d['mcd_db']:.3f} dB, SNR {d['snr_db']:.1f} dB")
         if args.contention:
             contended = {}
-            with Competitors(os.cpu_count() or 2):
+            with Competitors(args.competitors):
                 for mode in ("exact", "fast"):
                     contended[mode] = run_child(cmds[mode])
-            print(f"\nunder contention ({os.cpu_count()} CPU-bound competitors):")
+            print(f"\nunder contention ({args.competitors} CPU-bound competing process(es) on {os.cpu_count()} "
+                  "cores):")
             for mode, row in contended.items():
                 quiet = summary[mode]["cpu_ms_per_token"]
                 ratio = row["cpu_ms_per_token"] / quiet

@@ -19,7 +19,7 @@ def _row(sentence_rtf: float, rss_mb: float = 1000.0, step200: float = 10.0, ste
 
 def test_versus_small_prints_both_modes_the_divergence_and_the_contention_ratio(tmp_path):
     done = subprocess.run([sys.executable, "-m", "bench.versus", "--small", "--tokens", "8", "--rounds", "1",
-                           "--repeats", "1", "--contention", "--workload", str(tmp_path)],
+                           "--repeats", "1", "--contention", "--competitors", "2", "--workload", str(tmp_path)],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
