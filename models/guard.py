@@ -35,8 +35,8 @@ from models.tts import (
     Reference,
     SamplingSettings,
     SentenceAudio,
-    SynthesisError,
     Synthesizer,
+    spoken_sentences,
 )
 from narrator.config import GuardConfig
 
@@ -196,13 +196,9 @@ def guarded_stream(synth: Synthesizer, text: str, reference: Reference, language
                    transcriber: Transcriber | None = None, decode: Decoder | None = None) -> Iterator[GuardedSentence]:
     """`Synthesizer.stream` with the guard on every sentence (the service's `quality: "checked"`): the same
     sentences, seeds and pauses; a sentence that fails is spoken again with the next seed."""
-    from models.text import split_sentences
-
     s = settings or SamplingSettings()
-    sentences = split_sentences(text, language)
-    if not sentences:
-        raise SynthesisError("the text is empty: give at least one word to synthesize")
-    pause = np.zeros(int(s.pause_s * SAMPLE_RATE_HZ), np.float32)
+    sentences = spoken_sentences(text, language)
+    pause = s.pause()
     for i, sentence in enumerate(sentences):
         kept = guarded_sentence(synth, reference, sentence.text, sentence.language, s, seed, i, limits, max_attempts,
                                 transcriber, decode)

@@ -134,6 +134,21 @@ class SamplingSettings:
         """Sentences whose settings share this key may be decoded by the GPT in one batch."""
         return self.top_k, self.top_p, self.temperature, self.repetition_penalty
 
+    def pause(self) -> np.ndarray:
+        """The silence between two sentences: `(int(pause_s * 32000),)` float32 zeros."""
+        return np.zeros(int(self.pause_s * SAMPLE_RATE_HZ), np.float32)
+
+
+def spoken_sentences(text: str, language: str) -> list:
+    """`models.text.split_sentences` of a text to speak (split as the official front-end does); an empty text is a
+    SynthesisError."""
+    from models.text import split_sentences
+
+    sentences = split_sentences(text, language)
+    if not sentences:
+        raise SynthesisError("the text is empty: give at least one word to synthesize")
+    return sentences
+
 
 INFERENCE_MODES = ("exact", "fast")
 
@@ -467,13 +482,9 @@ class Synthesizer:
         `chunking`, each sentence in sub-sentence pieces (`sentence_pieces`), the pause after its last.
 
         `decode` replaces `Synthesizer.decode` (the service batches GPT decodes across requests with it)."""
-        from models.text import split_sentences
-
         s = settings or SamplingSettings()
-        sentences = split_sentences(text, language)
-        if not sentences:
-            raise SynthesisError("the text is empty: give at least one word to synthesize")
-        pause = np.zeros(int(s.pause_s * SAMPLE_RATE_HZ), np.float32)
+        sentences = spoken_sentences(text, language)
+        pause = s.pause()
         for i, sentence in enumerate(sentences):
             for audio in self.sentence_pieces(sentence.text, reference, sentence.language, s, self.generator(seed, i),
                                               decode, chunking=chunking, decode_chunks=decode_chunks):
@@ -507,7 +518,7 @@ class Synthesizer:
             items += [(sentence, seg_settings, lexicon) for sentence in split_sentences(segment.text, segment.language)]
         if not any(not isinstance(item, Pause) for item in items):
             raise SynthesisError("the SSML document has nothing to speak: give at least one word to synthesize")
-        pause = np.zeros(int(s.pause_s * SAMPLE_RATE_HZ), np.float32)
+        pause = s.pause()
         index = 0
         for k, item in enumerate(items):
             if isinstance(item, Pause):
