@@ -49,6 +49,8 @@ from pathlib import Path
 
 import torch
 
+from bench._probe import STEP_POSITIONS, STEP_TOKENS
+
 REPO = Path(__file__).resolve().parents[1]
 ADAPTERS = REPO / "bench" / "adapters"
 TOKENS = 250
@@ -87,8 +89,6 @@ def write_workload(folder: Path, seed: int = 0, small: bool = False) -> Path:
     phones, bert = _sentence(SENTENCE_PHONES, 0)
     _, text, refer, _ = _inputs(TOKENS / 25, seed)
     inputs = {"phones": phones, "bert": bert, "prompt": _prompt(PROMPT_TOKENS), "text": text, "refer": refer}
-    from bench._probe import STEP_POSITIONS, STEP_TOKENS
-
     for positions in STEP_POSITIONS:
         step_phones, step_bert = _sentence(40, 0)
         inputs[f"step{positions}_phones"], inputs[f"step{positions}_bert"] = step_phones, step_bert

@@ -339,11 +339,10 @@ class OneDNNDecoding:
     name = "onednn"
 
     def bind(self, model: GPT) -> Callable[[Tensor, KVCache], Tensor]:
-        for p in model.h.parameters():
-            if p.device.type != "cpu" or p.dtype != torch.float32:
-                raise GPTError(f"oneDNN decoding runs float32 on CPU, but the GPT is {_dtype_name(p.dtype)} on "
-                               f"{p.device}; call models.inference.float_decoding(gpt) after moving or converting it")
-            break
+        p = next(model.h.parameters())
+        if p.device.type != "cpu" or p.dtype != torch.float32:
+            raise GPTError(f"oneDNN decoding runs float32 on CPU, but the GPT is {_dtype_name(p.dtype)} on "
+                           f"{p.device}; call models.inference.float_decoding(gpt) after moving or converting it")
         return _layer_loop([LayerStepWeights.onednn_weights(block) for block in model.h.layers], compute_dtype=None)
 
 
