@@ -31,6 +31,7 @@ import platform
 import statistics
 import threading
 import time
+import traceback
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -262,24 +263,36 @@ def train_steps_per_s(model: str, budget: Budget, device: torch.device, small: b
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def run(small: bool, device: torch.device, print_row=print) -> list[tuple[str, str, float, str]]:
-    """Measure every row, printing each as it comes; returns (figure, setting, value, unit) rows."""
+def run(small: bool, device: torch.device, print_row=print,
+        failed: list | None = None) -> list[tuple[str, str, float, str]]:
+    """Measure every row, printing each as it comes; returns (figure, setting, value, unit) rows. Rows that raise
+    are printed as failed and appended to `failed` as (figure, setting, error)."""
     from models.inference import prepare_for_inference, prepare_gpt
     from models.tts import Synthesizer
 
     budget = SMALL if small else FULL
     rows: list[tuple[str, str, float, str]] = []
+    failed = [] if failed is None else failed
     on_gpu = device.type == "cuda"
 
-    def row(figure: str, setting: str, value: float, unit: str) -> None:
+    def row(figure: str, setting: str, measure, unit: str) -> None:
+        """Measure one row (`measure()` -> value) and print it; a row that raises prints its error instead, so
+        one broken row does not lose the rest of a GPU lease's figures (`main` then exits non-zero)."""
+        try:
+            value = float(measure())
+        except Exception as error:  # noqa: BLE001 - reported in the table and on stderr, counted by `main`
+            failed.append((figure, setting, error))
+            traceback.print_exc()
+            print_row(f"| {figure} | {setting} | failed: {type(error).__name__}: {error} | {unit} |", flush=True)
+            return
         rows.append((figure, setting, value, unit))
         print_row(f"| {figure} | {setting} | {value:.3f} | {unit} |", flush=True)
 
     # "exact" (float32, float decoding steps) first, then "fast" (bfloat16; GPU: CUDA graphs)
     gpt, sovits = _models(budget, device)
     prepare_for_inference(sovits, gpt, "exact")
-    row("GPT tokens/s", "fp32 float step, batch 1", gpt_tokens_per_s(gpt, budget, 1, device), "tokens/s")
-    row("SoVITS RTF", f"fp32, {budget.sovits_s:g} s audio", sovits_rtf(sovits, budget, device), "s/s")
+    row("GPT tokens/s", "fp32 float step, batch 1", lambda: gpt_tokens_per_s(gpt, budget, 1, device), "tokens/s")
+    row("SoVITS RTF", f"fp32, {budget.sovits_s:g} s audio", lambda: sovits_rtf(sovits, budget, device), "s/s")
 
     plan = prepare_for_inference(sovits, gpt, "fast")
     if on_gpu:
@@ -288,17 +301,20 @@ def run(small: bool, device: torch.device, print_row=print) -> list[tuple[str, s
         prepare_gpt(gpt.float(), "static")
         label = "fp32 static step (CPU stand-in for the graph)"
     for batch in (1, *budget.batches):
-        row("GPT tokens/s", f"{label}, batch {batch}", gpt_tokens_per_s(gpt, budget, batch, device), "tokens/s")
-    row("SoVITS RTF", f"bf16, {budget.sovits_s:g} s audio", sovits_rtf(sovits, budget, device), "s/s")
+        row("GPT tokens/s", f"{label}, batch {batch}", lambda: gpt_tokens_per_s(gpt, budget, batch, device),
+            "tokens/s")
+    row("SoVITS RTF", f"bf16, {budget.sovits_s:g} s audio", lambda: sovits_rtf(sovits, budget, device), "s/s")
 
     synth = Synthesizer(sovits, gpt)
     synth.mode = "fast"
     row("sentence RTF", f"{label}, bf16 SoVITS, {budget.sentence_tokens} tokens",
-        sentence_rtf(synth, budget, device), "s/s")
+        lambda: sentence_rtf(synth, budget, device), "s/s")
     for streams in budget.streams:
-        median_s, worst_s = time_to_first_audio(synth, budget, streams, device)
-        row("time to first audio", f"{streams} streams, median", median_s, "s")
-        row("time to first audio", f"{streams} streams, worst", worst_s, "s")
+        first: list[tuple[float, float]] = []
+        row("time to first audio", f"{streams} streams, median",
+            lambda: first.append(time_to_first_audio(synth, budget, streams, device)) or first[0][0], "s")
+        if first:
+            row("time to first audio", f"{streams} streams, worst", lambda: first[0][1], "s")
     del synth, gpt, sovits
     if on_gpu:
         torch.cuda.empty_cache()
@@ -306,7 +322,7 @@ def run(small: bool, device: torch.device, print_row=print) -> list[tuple[str, s
     for model in ("sovits", "gpt"):
         mode = "bf16" if on_gpu else "fp32"
         row("fine-tuning steps/s", f"{model} {mode}, batch {budget.train_batch[model]}",
-            train_steps_per_s(model, budget, device, small), "steps/s")
+            lambda: train_steps_per_s(model, budget, device, small), "steps/s")
     return rows
 
 
@@ -327,8 +343,11 @@ def main(argv: list[str] | None = None) -> None:
         "full v2 size, random weights"
     print(f"models: {size}")
     print("| figure | setting | value | unit |\n|---|---|---:|---|", flush=True)
-    run(small, device)
+    failed: list = []
+    run(small, device, failed=failed)
     print(f"total: {time.perf_counter() - started:.1f} s", flush=True)
+    if failed:
+        raise SystemExit(f"{len(failed)} row(s) failed: " + "; ".join(f"{f} ({s})" for f, s, _ in failed))
 
 
 if __name__ == "__main__":

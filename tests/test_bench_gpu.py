@@ -27,3 +27,21 @@ def test_bench_gpu_sh_prints_the_machine_and_every_row_in_its_small_fallback():
     for streams in (1, 8, 32):
         assert any(f"{streams} streams" in cells[1] for cells in table)
     assert all(float(cells[2]) > 0 for cells in table)  # every figure was measured
+
+
+def test_a_row_that_raises_is_printed_as_failed_and_the_other_rows_are_still_measured(monkeypatch):
+    import torch
+
+    import bench.gpu as gpu
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no kernel image for this device")
+
+    monkeypatch.setattr(gpu, "sovits_rtf", broken)
+    printed: list[str] = []
+    failed: list = []
+    rows = gpu.run(True, torch.device("cpu"), print_row=lambda line, **kw: printed.append(line), failed=failed)
+    assert [(figure, setting) for figure, setting, _ in failed] == [
+        ("SoVITS RTF", "fp32, 1 s audio"), ("SoVITS RTF", "bf16, 1 s audio")]
+    assert sum("failed: RuntimeError: no kernel image for this device" in line for line in printed) == 2
+    assert {figure for figure, *_ in rows} == set(ROWS) - {"SoVITS RTF"}
