@@ -315,7 +315,7 @@ def run(small: bool, device: torch.device, print_row=print,
             lambda: first.append(time_to_first_audio(synth, budget, streams, device)) or first[0][0], "s")
         if first:
             row("time to first audio", f"{streams} streams, worst", lambda: first[0][1], "s")
-    del synth, gpt, sovits
+    synth = gpt = sovits = None  # free the GPU memory before fine-tuning (the rows above hold no reference)
     if on_gpu:
         torch.cuda.empty_cache()
 
