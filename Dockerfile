@@ -21,10 +21,11 @@ ENV DEBIAN_FRONTEND=noninteractive \
     BENTOML_DO_NOT_TRACK=true
 
 # Python 3.11 (Ubuntu 22.04's python3.11 packages) as `python` in a virtual environment, and the tools the steps
-# call: espeak-ng (demo speech), ffmpeg and sox (audio formats), git (lineage).
+# call: espeak-ng (demo speech), ffmpeg and sox (audio formats), git (lineage); libgomp1 is the OpenMP runtime
+# of numba's thread-safe pool, which the compiled CPU decoding step runs on (models/kernels.py).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-        python3.11 python3.11-venv espeak-ng ffmpeg sox git ca-certificates \
+        python3.11 python3.11-venv espeak-ng ffmpeg sox git ca-certificates libgomp1 \
  && rm -rf /var/lib/apt/lists/* \
  && python3.11 -m venv /opt/venv
 

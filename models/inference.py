@@ -7,15 +7,17 @@ Entry point (what `models.tts.Synthesizer.prepare` calls):
     plan = prepare_for_inference(sovits, gpt, "exact" | "fast")
 
     "exact"  float32 as loaded: SoVITS with cached weight-norm weights (and on CPU its decoder channels-last), GPT
-             decoding on prefetched float weights: on CPU through oneDNN's inner product on the row-major matrices
-             (`OneDNNDecoding`), elsewhere stored column-major (`FloatDecoding`). The official computation up to
+             decoding on the float32 weights: on CPU as compiled loops over the row-major matrices in place
+             (`NumbaDecoding`, models/kernels.py; without numba's thread-safe pool, oneDNN's inner product,
+             `OneDNNDecoding`), elsewhere stored column-major (`FloatDecoding`). The official computation up to
              float rounding (waveform within 1e-5 of the model as loaded; logits within 1e-5, greedy tokens equal).
-    "fast"   CPU: bfloat16 SoVITS (same layout) + int8 GPT decoding steps. GPU: bfloat16 SoVITS and GPT, the GPT's
-             decoding step replayed as a CUDA graph (`GraphDecoding`). "exact" on a GPU keeps the float32 float
-             step (bit-identical to the model's own), not the static one.
+    "fast"   CPU: bfloat16 SoVITS (same layout) + weight-only int8 GPT decoding steps (`NumbaInt8Decoding`; without
+             numba, torch's dynamic int8, `Int8Decoding`). GPU: bfloat16 SoVITS and GPT, the GPT's decoding step
+             replayed as a CUDA graph (`GraphDecoding`). "exact" on a GPU keeps the float32 float step
+             (bit-identical to the model's own), not the static one.
 
-GPU decoding (`StaticDecoding`, `GraphDecoding`; unmeasured: no GPU was lent when it was written, `bash bench/gpu.sh`
-measures it). `KVCache.attend` narrows the cache to the positions so far, so every token has new shapes and a
+GPU decoding (`StaticDecoding`, `GraphDecoding`; `bash bench/gpu.sh` measures it: on one H100, 744-758 tokens/s at
+batch 1, 3x the float32 eager step, docs/benchmarks.md). `KVCache.attend` narrows the cache to the positions so far, so every token has new shapes and a
 Python-int write position, which a CUDA graph cannot hold. The static step keeps every shape fixed for a (batch,
 max length): `StaticKV` attends over the whole preallocated cache with an additive bias (-inf after the current
 position, unmasked one position per step in place), writes keys/values with `index_copy_` at a position held in a
@@ -37,7 +39,15 @@ GPT (stage 1), one token per decoding step, a (B, C) row through 24 layers:
     same values, shape, Parameter and state-dict key, but x @ W.T becomes a plain matrix product, which float32
     BLAS runs up to 2x faster for one row. A float32 step at ~200 positions: about 28 ms row-major, 21 ms
     column-major. linear2 (input 4C) keeps the usual layout: column-major measured 1.3-1.7x slower there.
-  * oneDNN step weights (`onednn_decoding`, CPU float32, what "exact" runs there). The same four projections per
+  * Compiled step (`numba_decoding`, CPU float32, what "exact" runs there; `numba_int8_decoding` for "fast").
+    models/kernels.py runs every layer of the step in one call of numba-compiled loops: each thread takes blocks
+    of output rows of a matrix, the input row stays in L1, sums are vectorised; attention, LayerNorm and the
+    residuals in the same call, on numpy views of the parameters and of the KV cache. The weights stream at
+    27-33 GB/s against 10-17 through torch's kernels, and ~300 torch calls per token go: float32 at 200
+    positions 12.4 ms per token against 20 (oneDNN); weight-only int8 (float32 activations, one scale per
+    output row) 4.8 against 7.8 (torch's dynamic int8). At 1700 positions the compiled attention is the slower
+    one (19 against 24 ms float32: the cache reads dominate). Logits within 1e-5 of float decoding (tested).
+  * oneDNN step weights (`onednn_decoding`, CPU float32, what "exact" runs without numba). The same four projections per
     layer through `torch.ops.mkldnn._linear_pointwise` on the row-major matrices in place (ReLU fused into linear1):
     the BLAS behind `F.linear` streams a one-row product's weights at 10-16 GB/s on the 2-core AMD VM, where a
     plain read runs at 42; oneDNN's kernels are about 15% faster per decoding step (22-24 against 27-28 ms in one
@@ -80,16 +90,18 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models import kernels
 from models.gpt import GPT, Block, GPTConfig, GPTError, KVCache
 from models.sovits import Generator, SoVITS, SoVITSError, WNConv1d, WNConvTranspose1d, _WeightNormMixin
 from narrator.errors import NarratorError
 
 INFERENCE_MODES = ("exact", "fast")
-GPT_DECODINGS = ("model", "float", "onednn", "int8", "static", "graph")  # see `decoding_mode`
+GPT_DECODINGS = ("model", "float", "onednn", "numba", "numba_int8", "int8", "static", "graph")  # `decoding_mode`
 
 
 class InferenceError(NarratorError):
@@ -105,7 +117,7 @@ class InferencePlan:
     sovits_dtype: torch.dtype
     sovits_channels_last: bool  # the decoder's upsampling stages run channels-last
     gpt_dtype: torch.dtype
-    gpt_decoding: str  # "float" (prefetched float weights) or "int8"; see `decoding_mode`
+    gpt_decoding: str  # "numba", "onednn", "float", "numba_int8", "int8", "graph"...; see `decoding_mode`
 
     def __str__(self) -> str:
         layout = "channels-last decoder, " if self.sovits_channels_last else ""
@@ -130,9 +142,13 @@ def prepare_for_inference(sovits: SoVITS, gpt: GPT, mode: str = "exact") -> Infe
             gpt.to(torch.bfloat16)
     prepare_sovits(sovits, channels_last=on_cpu)
     gpt_on_cuda = next(gpt.parameters()).device.type == "cuda"
+    gpt_cpu_float32 = on_cpu and not gpt_on_cuda and _param_dtype(gpt) == torch.float32
     if mode == "fast":
-        decoding = "graph" if gpt_on_cuda else "int8" if on_cpu else "float"
-    elif on_cpu and _param_dtype(gpt) == torch.float32 and onednn_available():
+        decoding = ("graph" if gpt_on_cuda else "numba_int8" if gpt_cpu_float32 and kernels_available()
+                    else "int8" if on_cpu else "float")
+    elif gpt_cpu_float32 and kernels_available():
+        decoding = "numba"  # float32 compiled loops: the same values up to float rounding, fastest on CPU
+    elif gpt_cpu_float32 and onednn_available():
         decoding = "onednn"  # float32 through oneDNN: the same values up to float rounding, faster on CPU
     else:
         decoding = "float"  # bit-identical to the model's own float32 step, on any device
@@ -371,6 +387,73 @@ class Int8Decoding:
     def forget(self) -> None:
         """Drop the packs; the next `bind` makes them afresh."""
         self._layers, self._made_from = [], None
+
+
+class NumbaDecoding:
+    """`GPT.decoding_step` as compiled loops (`models.kernels.decode_step`, CPU, float32): every layer of the step in
+    one call, on numpy views of the model's own row-major float32 matrices (no copies). `exact` mode's CPU step:
+    float rounding apart the values of `FloatDecoding` (logits within 1e-5, greedy tokens equal; tested), about
+    1.6x faster per step than oneDNN on the 2-core development VM (docs/benchmarks.md, "bench/versus.py")."""
+
+    name = "numba"
+    int8 = False
+
+    def __init__(self) -> None:
+        self._weights: Any = None  # models.kernels.StepWeights
+        self._made_from: tuple | None = None  # `_fingerprint` of the parameters the weights were taken from
+
+    def bind(self, model: GPT) -> Callable[[Tensor, KVCache], Tensor]:
+        params = list(model.h.parameters())
+        if params[0].device.type != "cpu" or params[0].dtype != torch.float32:
+            raise GPTError(f"compiled (numba) decoding runs float32 on CPU, but the GPT is "
+                           f"{_dtype_name(params[0].dtype)} on {params[0].device}; call "
+                           "models.inference.float_decoding(gpt) after moving or converting it")
+        made_from = _fingerprint(params)
+        if made_from != self._made_from:
+            self._weights = None  # free the old int8 copies first
+            self._weights = kernels.step_weights([_layer_arrays(block) for block in model.h.layers], self.int8)
+            self._made_from = made_from
+        weights, n_head, eps = self._weights, model.cfg.n_head, model.h.layers[0].norm1.eps
+
+        def step(x: Tensor, cache: KVCache) -> Tensor:
+            if cache.k.dtype != torch.float32:
+                raise GPTError(f"compiled decoding reads a float32 KV cache, got {cache.k.dtype}")
+            bias = None if cache.key_bias is None else cache.key_bias.contiguous().numpy()
+            out = kernels.decode_step(x.detach().float().contiguous().numpy(), weights, cache.k.numpy(),
+                                      cache.v.numpy(), bias, cache.length, n_head, eps, torch.get_num_threads())
+            cache.length += 1
+            return torch.from_numpy(out).to(x.dtype)
+
+        return step
+
+    def forget(self) -> None:
+        """Drop the step weights; the next `bind` takes them afresh."""
+        self._weights, self._made_from = None, None
+
+
+def _layer_arrays(block: Block) -> dict[str, np.ndarray]:
+    """A layer's step weights as numpy views of its own parameters (`LayerStepWeights` names them), what
+    `models.kernels.step_weights` takes."""
+    w = LayerStepWeights.float_weights(block)
+    arrays = {}
+    for name, projection in (("qkv", w.qkv), ("out", w.out), ("up", w.ffn_up), ("down", w.ffn_down)):
+        if not isinstance(projection, FloatProjection) or projection.bias is None:
+            raise GPTError(f"compiled decoding needs every layer's {name} projection with a bias")
+        arrays[name] = projection.weight.detach().numpy()
+        arrays[f"{name}_bias"] = projection.bias.detach().numpy()
+    for name, norm in (("norm1", w.norm1), ("norm2", w.norm2)):
+        arrays[f"{name}_weight"], arrays[f"{name}_bias"] = norm.weight.detach().numpy(), norm.bias.detach().numpy()
+    return arrays
+
+
+class NumbaInt8Decoding(NumbaDecoding):
+    """`NumbaDecoding` on int8 copies of the four matrices of every layer (one scale per output row, symmetric,
+    max|w| / 127) with float32 activations ("weight-only" int8): `fast` mode's CPU step. A step reads a quarter
+    of the weight bytes; the activations, norms, attention and KV cache stay float32. The copies (+25% of the layer
+    weights) are remade whenever a parameter changes (see `_fingerprint`)."""
+
+    name = "numba_int8"
+    int8 = True
 
 
 def _layer_loop(layers: list[LayerStepWeights],
@@ -631,12 +714,13 @@ def prepare_gpt(gpt: GPT, decoding: str = "float") -> GPT:
     if decoding not in GPT_DECODINGS:
         raise GPTError(f"GPT decoding must be one of {', '.join(map(repr, GPT_DECODINGS))}, got {decoding!r}")
     gpt.eval()
-    if decoding == "onednn":
+    if decoding in ("onednn", "numba", "numba_int8"):
         store_row_major(gpt)
     else:
         store_column_major(gpt)
-    {"model": model_decoding, "float": float_decoding, "onednn": onednn_decoding, "int8": int8_decoding,
-     "static": static_decoding, "graph": graph_decoding}[decoding](gpt)
+    {"model": model_decoding, "float": float_decoding, "onednn": onednn_decoding, "numba": numba_decoding,
+     "numba_int8": numba_int8_decoding, "int8": int8_decoding, "static": static_decoding,
+     "graph": graph_decoding}[decoding](gpt)
     return gpt
 
 
@@ -698,6 +782,34 @@ def onednn_decoding(gpt: GPT) -> GPT:
     return gpt
 
 
+def kernels_available() -> bool:
+    """Whether the compiled decoding loops run here (numba with a thread-safe threading layer)."""
+    return kernels.available()
+
+
+def numba_decoding(gpt: GPT) -> GPT:
+    """Decode with `NumbaDecoding` (float32 on CPU; `prepare_gpt(gpt, "numba")` also stores the matrices row-major,
+    which it reads); returns gpt."""
+    return _numba_decoding(gpt, NumbaDecoding)
+
+
+def numba_int8_decoding(gpt: GPT) -> GPT:
+    """Decode with `NumbaInt8Decoding` (CPU; weight-only int8, matrices stored row-major); returns gpt. Switch back
+    with `float_decoding` or `model_decoding` for bit-exact float32 decoding."""
+    return _numba_decoding(gpt, NumbaInt8Decoding)
+
+
+def _numba_decoding(gpt: GPT, kind: type[NumbaDecoding]) -> GPT:
+    if not kernels.available():
+        raise GPTError(f"compiled decoding needs numba with a thread-safe threading layer (OpenMP or TBB), which "
+                       f"this machine lacks ({kernels.unavailable_reason()}); use 'onednn', 'int8' or 'float'")
+    if type(gpt.decoding_step) is kind:
+        gpt.decoding_step.forget()  # preparing again takes the weights afresh
+    else:
+        gpt.decoding_step = kind()
+    return gpt
+
+
 def int8_decoding(gpt: GPT) -> GPT:
     """Decode with `Int8Decoding` (CPU only): int8 projections in every layer's step; returns gpt.
 
@@ -741,8 +853,8 @@ def graph_decoding(gpt: GPT) -> GPT:
 
 def decoding_mode(gpt: GPT) -> str:
     """Which step `generate` runs: "model" (`Transformer.step`), "float" (`FloatDecoding`), "onednn"
-    (`OneDNNDecoding`), "int8", "static"
-    (`StaticDecoding`) or "graph" (`GraphDecoding`)."""
+    (`OneDNNDecoding`), "numba" (`NumbaDecoding`), "numba_int8" (`NumbaInt8Decoding`), "int8" (`Int8Decoding`),
+    "static" (`StaticDecoding`) or "graph" (`GraphDecoding`)."""
     return "model" if gpt.decoding_step is None else gpt.decoding_step.name
 
 

@@ -19,12 +19,17 @@ from models.inference import (
     InferenceError,
     InferencePlan,
     Int8Decoding,
+    NumbaDecoding,
+    NumbaInt8Decoding,
     OneDNNDecoding,
     decoding_mode,
     float_decoding,
     int8_decoding,
     is_channels_last,
+    kernels_available,
     model_decoding,
+    numba_decoding,
+    numba_int8_decoding,
     onednn_available,
     prepare_for_inference,
     prepare_gpt,
@@ -90,7 +95,7 @@ def test_exact_mode_computes_what_the_models_as_loaded_compute(gsv_dir, plain_so
     sovits = load_sovits(gsv_dir / "golden_A_s2_v2Pro.pth", fast=False)
     gpt = load_gpt(gsv_dir / "golden_A_s1.ckpt")
     plan = prepare_for_inference(sovits, gpt, "exact")
-    decoding = "onednn" if onednn_available() else "float"
+    decoding = "numba" if kernels_available() else "onednn" if onednn_available() else "float"
     assert plan == InferencePlan("exact", torch.device("cpu"), torch.float32, True, torch.float32, decoding)
     assert _max_diff(sovits.decode(*s2[0], **s2[1]), plain_sovits.decode(*s2[0], **s2[1])) < 1e-5
     want = _logits_per_step(plain_gpt, phones, bert, prompt, 30)
@@ -105,11 +110,12 @@ def test_fast_mode_on_cpu_runs_bfloat16_sovits_and_int8_gpt_steps(gsv_dir, s1, s
     phones, bert, prompt, _ = s1
     sovits, gpt = load_sovits(gsv_dir / "golden_A_s2_v2Pro.pth"), load_gpt(gsv_dir / "golden_A_s1.ckpt")
     plan = prepare_for_inference(sovits, gpt, "fast")
+    decoding = "numba_int8" if kernels_available() else "int8"
     assert (plan.sovits_dtype, plan.gpt_dtype, plan.gpt_decoding, plan.sovits_channels_last) == (
-        torch.bfloat16, torch.float32, "int8", True)
+        torch.bfloat16, torch.float32, decoding, True)
     assert str(plan) == ("fast on cpu: SoVITS bfloat16 (channels-last decoder, cached weight norm), GPT float32 "
-                         "with int8 decoding steps")
-    assert next(sovits.parameters()).dtype == torch.bfloat16 and decoding_mode(gpt) == "int8"
+                         f"with {decoding} decoding steps")
+    assert next(sovits.parameters()).dtype == torch.bfloat16 and decoding_mode(gpt) == decoding
     assert is_channels_last(sovits)
     wav = sovits.decode(*s2[0], **s2[1])
     assert wav.dtype == torch.bfloat16 and torch.isfinite(wav.float()).all()
@@ -120,7 +126,7 @@ def test_an_unknown_mode_or_decoding_is_refused(gsv_dir, golden_gpt):
     sovits = load_sovits(gsv_dir / "golden_A_s2_v2.pth")
     with pytest.raises(InferenceError, match="exact, fast"):
         prepare_for_inference(sovits, golden_gpt, "turbo")
-    with pytest.raises(NarratorError, match="'model', 'float', 'onednn', 'int8'"):
+    with pytest.raises(NarratorError, match="'model', 'float', 'onednn', 'numba', 'numba_int8', 'int8'"):
         prepare_gpt(golden_gpt, "int4")
 
 
@@ -190,6 +196,100 @@ def test_onednn_decoding_refuses_a_model_that_is_not_float32():
     with pytest.raises(GPTError, match="float32 on CPU"):
         model.generate(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 1024, 4, dtype=torch.bfloat16),
                        torch.zeros(1, 3, dtype=torch.long), early_stop_num=2)
+
+
+NUMBA = pytest.mark.skipif(not kernels_available(), reason="numba's thread-safe parallel loops do not run here")
+
+
+@NUMBA
+def test_numba_decoding_computes_float_decoding_up_to_float_rounding(golden_gpt, s1):
+    phones, bert, prompt, out = s1
+    want = _logits_per_step(prepare_gpt(golden_gpt, "float"), phones, bert, prompt, 30)
+    state = {k: v.clone() for k, v in golden_gpt.state_dict().items()}
+    prepare_gpt(golden_gpt, "numba")
+    assert type(golden_gpt.decoding_step) is NumbaDecoding and decoding_mode(golden_gpt) == "numba"
+    assert golden_gpt.h.layers[0].linear1.weight.is_contiguous()  # read in place, row-major
+    assert all(torch.equal(v, golden_gpt.state_dict()[k]) for k, v in state.items())  # same values, same keys
+    got = _logits_per_step(golden_gpt, phones, bert, prompt, 30)
+    assert max(_max_diff(g, w) for g, w in zip(got, want)) < 1e-5
+    expected_new = out["greedy_rp1.35_full_y"][:, prompt.shape[1]:]
+    assert torch.equal(golden_gpt.generate(phones, bert, prompt, top_k=1, early_stop_num=24), expected_new)
+
+
+@NUMBA
+@pytest.mark.parametrize("decoding", ["numba", "numba_int8"])
+def test_numba_decoding_of_a_batch_of_uneven_sentences_decodes_each_as_alone(golden_gpt, s1, decoding):
+    """Left padding is masked by the key bias (the compiled attention adds it as the float step does)."""
+    phones, bert, prompt, _ = s1
+    sentences = [(phones[:, :n], bert[:, :, :n]) for n in (phones.shape[1], phones.shape[1] - 3, 5)]
+    prepare_gpt(golden_gpt, decoding)
+    batch = golden_gpt.generate_batch([p for p, _ in sentences], [b for _, b in sentences], prompt, top_k=1,
+                                      early_stop_num=20)
+    alone = [golden_gpt.generate(p, b, prompt, top_k=1, early_stop_num=20) for p, b in sentences]
+    assert all(torch.equal(g, w) for g, w in zip(batch, alone))
+    if decoding == "numba":
+        want = prepare_gpt(golden_gpt, "float").generate_batch([p for p, _ in sentences],
+                                                               [b for _, b in sentences], prompt, top_k=1,
+                                                               early_stop_num=20)
+        assert all(torch.equal(g, w) for g, w in zip(batch, want))
+
+
+@NUMBA
+def test_numba_int8_decoding_follows_float32_greedy_tokens_and_logits(golden_gpt, s1):
+    """Weight-only int8 (float32 activations) of the golden model: greedy tokens follow float32 on at least 90% of
+    40 steps, the first step's logits within 2% of their largest value."""
+    phones, bert, prompt, _ = s1
+    ref = golden_gpt.generate(phones, bert, prompt, top_k=1, early_stop_num=39)
+    ref_logits = _logits_per_step(golden_gpt, phones, bert, prompt, 2)
+    numba_int8_decoding(golden_gpt)
+    assert type(golden_gpt.decoding_step) is NumbaInt8Decoding and decoding_mode(golden_gpt) == "numba_int8"
+    got = golden_gpt.generate(phones, bert, prompt, top_k=1, early_stop_num=39)
+    got_logits = _logits_per_step(golden_gpt, phones, bert, prompt, 2)
+    assert got.shape == ref.shape == (1, 40)
+    assert (got == ref).float().mean() >= 0.9
+    assert torch.equal(got_logits[0], ref_logits[0])  # the prefill and the output head stay float32
+    assert (got_logits[1] - ref_logits[1]).abs().max() / ref_logits[1].abs().max() < 0.02
+
+
+@NUMBA
+def test_numba_int8_weights_are_remade_after_the_parameters_change_and_reused_otherwise(golden_gpt, s1):
+    phones, bert, prompt, _ = s1
+    numba_int8_decoding(golden_gpt)
+    before = golden_gpt.generate(phones, bert, prompt, top_k=1, early_stop_num=30)
+    weights = golden_gpt.decoding_step._weights
+    golden_gpt.generate(phones, bert, prompt, top_k=1, early_stop_num=5)
+    assert golden_gpt.decoding_step._weights is weights  # unchanged parameters: the copies are reused
+    with torch.no_grad():
+        golden_gpt.h.layers[0].linear2.weight.mul_(-3.0)
+    after = golden_gpt.generate(phones, bert, prompt, top_k=1, early_stop_num=30)
+    assert golden_gpt.decoding_step._weights is not weights
+    assert not torch.equal(before, after)
+    numba_decoding(golden_gpt)
+    float32 = golden_gpt.generate(phones, bert, prompt, top_k=1, early_stop_num=30)
+    assert (after == float32).float().mean() >= 0.8
+
+
+@NUMBA
+def test_numba_decoding_refuses_a_model_that_is_not_float32():
+    model = prepare_gpt(GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32)).eval(), "numba").to(torch.bfloat16)
+    with pytest.raises(GPTError, match="float32 on CPU"):
+        model.generate(torch.zeros(1, 4, dtype=torch.long), torch.zeros(1, 1024, 4, dtype=torch.bfloat16),
+                       torch.zeros(1, 3, dtype=torch.long), early_stop_num=2)
+
+
+@NUMBA
+def test_numba_decoding_from_several_threads_at_once_gives_each_its_own_tokens(golden_gpt, s1):
+    """The service decodes in its batcher thread while other requests run: the compiled step is thread-safe."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    phones, bert, prompt, _ = s1
+    prepare_gpt(golden_gpt, "numba")
+    lengths = (phones.shape[1], phones.shape[1] - 2, 6, 9)
+    alone = [golden_gpt.generate(phones[:, :n], bert[:, :, :n], prompt, top_k=1, early_stop_num=25) for n in lengths]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda n: golden_gpt.generate(phones[:, :n], bert[:, :, :n], prompt, top_k=1,
+                                                               early_stop_num=25), lengths))
+    assert all(torch.equal(a, b) for a, b in zip(together, alone))
 
 
 def test_int8_decoding_follows_float32_greedy_tokens_and_logits(golden_gpt, s1):
