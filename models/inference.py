@@ -18,8 +18,8 @@ Entry point (what `models.tts.Synthesizer.prepare` calls):
 
 GPU decoding (`StaticDecoding`, `GraphDecoding`; `bash bench/gpu.sh` measures it: on one H100, 744-758 tokens/s at
 batch 1, 3x the float32 eager step, docs/benchmarks.md). `KVCache.attend` narrows the cache to the positions so
-far, so every token has new shapes and a Python-int write position, which a CUDA graph cannot hold. The static step keeps every shape fixed for a (batch,
-max length): `StaticKV` attends over the whole preallocated cache with an additive bias (-inf after the current
+far, so every token has new shapes and a Python-int write position, which a CUDA graph cannot hold. The static
+step keeps every shape fixed for a (batch, max length): `StaticKV` attends over the whole preallocated cache with an additive bias (-inf after the current
 position, unmasked one position per step in place), writes keys/values with `index_copy_` at a position held in a
 device tensor, and reads/writes static (R, C) input/output buffers. Greedy tokens equal float decoding's; logits
 differ by the order of float additions (tests: atol 1e-5 on CPU). Batches round up to 1, 2, 4, 8, 16, 32 (then
