@@ -17,18 +17,18 @@ Entry point (what `models.tts.Synthesizer.prepare` calls):
              (bit-identical to the model's own), not the static one.
 
 GPU decoding (`StaticDecoding`, `GraphDecoding`; `bash bench/gpu.sh` measures it: on one H100, 744-758 tokens/s at
-batch 1, 3x the float32 eager step, docs/benchmarks.md). `KVCache.attend` narrows the cache to the positions so
-far, so every token has new shapes and a Python-int write position, which a CUDA graph cannot hold. The static
-step keeps every shape fixed for a (batch, max length): `StaticKV` attends over the whole preallocated cache with an additive bias (-inf after the current
-position, unmasked one position per step in place), writes keys/values with `index_copy_` at a position held in a
-device tensor, and reads/writes static (R, C) input/output buffers. Greedy tokens equal float decoding's; logits
-differ by the order of float additions (tests: atol 1e-5 on CPU). Batches round up to 1, 2, 4, 8, 16, 32 (then
-multiples of 32) rows and cache lengths to multiples of 256, so a few buffer sets (and graphs) serve every
-request of `Synthesizer.decode_batch` / the service's batcher; rows that finish early, and the bucket's padding
-rows, stay in the static batch computing throw-away values (live rows are addressed by `KVCache.rows`), so shapes
-never change within a generation. Each generation copies its prefill into a free buffer set once; concurrent
-generations get their own sets. `GraphDecoding` captures a set's step once (warm-up on a side stream, then
-`torch.cuda.CUDAGraph`) and replays it per token. The static step also runs on CPU, where it is tested.
+batch 1, 3x the float32 eager step, docs/benchmarks.md). `KVCache.attend` narrows the cache to the positions so far,
+so every token has new shapes and a Python-int write position, which a CUDA graph cannot hold. The static step keeps
+every shape fixed for a (batch, max length): `StaticKV` attends over the whole preallocated cache with an additive
+bias (-inf after the current position, unmasked one position per step in place), writes keys/values with
+`index_copy_` at a position held in a device tensor, and reads/writes static (R, C) input/output buffers. Greedy
+tokens equal float decoding's; logits differ by the order of float additions (tests: atol 1e-5 on CPU). Batches
+round up to 1, 2, 4, 8, 16, 32 (then multiples of 32) rows and cache lengths to multiples of 256, so a few buffer
+sets (and graphs) serve every request of `Synthesizer.decode_batch` / the service's batcher; rows that finish early,
+and the bucket's padding rows, stay in the static batch computing throw-away values (live rows are addressed by
+`KVCache.rows`), so shapes never change within a generation. Each generation copies its prefill into a free buffer
+set once; concurrent generations get their own sets. `GraphDecoding` captures a set's step once (warm-up on a side
+stream, then `torch.cuda.CUDAGraph`) and replays it per token. The static step also runs on CPU, where it is tested.
 
 Measured effects (2-core AMD EPYC VM, 2 torch threads, full v2 size with random weights; docs/benchmarks.md,
 sections "inference at full v2 size" and "Readable models refactor"):
