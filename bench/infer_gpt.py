@@ -2,9 +2,10 @@
 
     python -m bench.infer_gpt            # prints a table; `bench_gpt()` returns the rows
 
-Per mode (float32, bfloat16, int8-dynamic = float32 model with int8 decoding steps), each prepared by
-`models.inference.prepare_gpt` (column-major decoding matrices; float or int8 step weights) and measured in a fresh
-process so that the peak memory is its own:
+Per mode (float32 and bfloat16: the float step; onednn: float32 through oneDNN; numba: float32 compiled step, what
+"exact" runs on CPU; int8-dynamic: torch's dynamic int8 step; numba-int8: the weight-only int8 compiled step, what
+"fast" runs on CPU), each prepared by `models.inference.prepare_gpt` and measured in a fresh process so that the
+peak memory is its own:
   - ms/token for one decoding step with ~200 and ~1700 positions in the context (median over 32 steps),
   - tokens/s for one sentence and for a batch of 4 sentences sharing a prompt (prefill included),
   - peak resident memory of the process.
@@ -29,7 +30,10 @@ from models.inference import prepare_gpt
 TARGETS = {"ms_per_token@200": 11.0, "ms_per_token@1700": 13.0, "tokens_per_s_single": 80.0}
 
 
-MODES = {"int8-dynamic": (torch.float32, "int8")}  # row name -> (model dtype, prepare_gpt decoding)
+# row name -> (model dtype, prepare_gpt decoding); a plain dtype name runs the "float" step in that dtype
+MODES = {"onednn": (torch.float32, "onednn"), "numba": (torch.float32, "numba"),
+         "int8-dynamic": (torch.float32, "int8"), "numba-int8": (torch.float32, "numba_int8")}
+DEFAULT_ROWS = ("float32", "onednn", "numba", "bfloat16", "int8-dynamic", "numba-int8")
 
 
 def _model(dtype: torch.dtype, decoding: str = "float") -> GPT:
@@ -93,7 +97,7 @@ def _measure(dtype_name: str, threads: int, repeats: int) -> dict:
     return row
 
 
-def bench_gpt(dtypes: tuple[str, ...] = ("float32", "bfloat16", "int8-dynamic"), threads: int = 2,
+def bench_gpt(dtypes: tuple[str, ...] = DEFAULT_ROWS, threads: int = 2,
               repeats: int = 3) -> list[dict]:
     """One row per dtype, each measured in a fresh process."""
     return [in_child(_measure, name, threads, repeats) for name in dtypes]
@@ -114,8 +118,8 @@ def format_table(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dtypes", default="float32,bfloat16,int8-dynamic",
-                        help="comma-separated torch dtypes or modes (int8-dynamic)")
+    parser.add_argument("--dtypes", default=",".join(DEFAULT_ROWS),
+                        help=f"comma-separated torch dtypes or modes ({', '.join(MODES)})")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="best of this many runs per timing")
     args = parser.parse_args()

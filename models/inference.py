@@ -85,6 +85,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 import warnings
 import weakref
 from dataclasses import dataclass
@@ -97,10 +98,19 @@ from torch import Tensor, nn
 
 from models import kernels
 from models.gpt import GPT, Block, GPTConfig, GPTError, KVCache
-from models.sovits import Generator, SoVITS, SoVITSError, WNConv1d, WNConvTranspose1d, _WeightNormMixin
+from models.sovits import (
+    Generator,
+    SoVITS,
+    SoVITSError,
+    WNConv1d,
+    WNConvTranspose1d,
+    _WeightNormMixin,
+)
 from narrator.errors import NarratorError
+from narrator.threads import ThreadGovernor
 
 INFERENCE_MODES = ("exact", "fast")
+GOVERNOR_FIRST_PROBE, GOVERNOR_PERIOD, GOVERNOR_PROBE = 8, 96, 2  # steps: see narrator.threads.ThreadGovernor
 GPT_DECODINGS = ("model", "float", "onednn", "numba", "numba_int8", "int8", "static", "graph")  # `decoding_mode`
 
 
@@ -393,7 +403,11 @@ class NumbaDecoding:
     """`GPT.decoding_step` as compiled loops (`models.kernels.decode_step`, CPU, float32): every layer of the step in
     one call, on numpy views of the model's own row-major float32 matrices (no copies). `exact` mode's CPU step:
     float rounding apart the values of `FloatDecoding` (logits within 1e-5, greedy tokens equal; tested), about
-    1.6x faster per step than oneDNN on the 2-core development VM (docs/benchmarks.md, "bench/versus.py")."""
+    1.6x faster per step than oneDNN on the 2-core development VM (docs/benchmarks.md, "bench/versus.py").
+
+    Each generation's steps run on torch's thread count, or on one thread while timing shows that the machine is
+    shared and one is faster (`narrator.threads.ThreadGovernor`): the step's CPU time per token then stays near its
+    quiet figure instead of doubling."""
 
     name = "numba"
     int8 = False
@@ -414,13 +428,18 @@ class NumbaDecoding:
             self._weights = kernels.step_weights([_layer_arrays(block) for block in model.h.layers], self.int8)
             self._made_from = made_from
         weights, n_head, eps = self._weights, model.cfg.n_head, model.h.layers[0].norm1.eps
+        governor = ThreadGovernor(torch.get_num_threads(), first_probe=GOVERNOR_FIRST_PROBE,
+                                  period=GOVERNOR_PERIOD, probe=GOVERNOR_PROBE)  # one per generation
 
         def step(x: Tensor, cache: KVCache) -> Tensor:
             if cache.k.dtype != torch.float32:
                 raise GPTError(f"compiled decoding reads a float32 KV cache, got {cache.k.dtype}")
             bias = None if cache.key_bias is None else cache.key_bias.contiguous().numpy()
+            threads = governor.threads()
+            start = time.perf_counter()
             out = kernels.decode_step(x.detach().float().contiguous().numpy(), weights, cache.k.numpy(),
-                                      cache.v.numpy(), bias, cache.length, n_head, eps, torch.get_num_threads())
+                                      cache.v.numpy(), bias, cache.length, n_head, eps, threads)
+            governor.record(threads, time.perf_counter() - start)
             cache.length += 1
             return torch.from_numpy(out).to(x.dtype)
 

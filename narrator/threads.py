@@ -32,3 +32,54 @@ def configure_waiting(spin_count: str = DEFAULT_SPIN_COUNT) -> bool:
     if WAIT_POLICY_ENV not in os.environ and SPIN_COUNT_ENV not in os.environ:
         os.environ[SPIN_COUNT_ENV] = spin_count
     return "torch" not in sys.modules
+
+
+class ThreadGovernor:
+    """Chooses how many threads each step of a long loop of short parallel steps runs on (a GPT decode: one step
+    per token), by timing them: all `max_threads` while they are faster, one thread while the machine is shared.
+
+    A parallel step on a busy machine waits for its slowest thread, and a thread the scheduler has paused holds up
+    the others (which spin, then sleep and wake). With one other CPU-bound process on the 2-core development VM,
+    the int8 decoding step on both cores took about twice the CPU time per token it took quiet; on one thread it
+    keeps its quiet CPU time and most of its wall time (docs/benchmarks.md, "contention").
+
+    Policy: run at the current choice; after `first_probe` steps, and then every `period` steps, run `probe`
+    steps at the other count, and keep whichever count gave the shorter median step (the larger count only if
+    faster by `margin`, since it costs more CPU for the same token). Not thread-safe: one governor per loop.
+    """
+
+    def __init__(self, max_threads: int, first_probe: int = 8, period: int = 48, probe: int = 3,
+                 margin: float = 0.1):
+        self.max_threads = max(1, max_threads)
+        self.first_probe, self.period, self.probe, self.margin = first_probe, period, probe, margin
+        self.current = self.max_threads
+        self._step = 0
+        self._next_probe = first_probe
+        self._times: dict[int, list[float]] = {}  # thread count -> its recent step times (s)
+
+    def threads(self) -> int:
+        """How many threads the next step runs on."""
+        if self.max_threads == 1:
+            return 1
+        probing = self._next_probe <= self._step < self._next_probe + self.probe
+        return self._other() if probing else self.current
+
+    def record(self, threads: int, seconds: float) -> None:
+        """The step just run took `seconds` on `threads` threads."""
+        recent = self._times.setdefault(threads, [])
+        recent.append(seconds)
+        del recent[:-self.probe]
+        self._step += 1
+        if self._step == self._next_probe + self.probe:  # a probe just ended: decide, schedule the next
+            self._decide()
+            self._next_probe = self._step + self.period
+
+    def _other(self) -> int:
+        return 1 if self.current == self.max_threads else self.max_threads
+
+    def _decide(self) -> None:
+        many, one = self._times.get(self.max_threads), self._times.get(1)
+        if not many or not one:
+            return
+        many_s, one_s = sorted(many)[len(many) // 2], sorted(one)[len(one) // 2]
+        self.current = self.max_threads if many_s * (1 + self.margin) < one_s else 1
