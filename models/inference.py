@@ -110,7 +110,7 @@ from narrator.errors import NarratorError
 from narrator.threads import ThreadGovernor
 
 INFERENCE_MODES = ("exact", "fast")
-GOVERNOR_FIRST_PROBE, GOVERNOR_PERIOD, GOVERNOR_PROBE = 8, 96, 2  # steps: see narrator.threads.ThreadGovernor
+GOVERNOR_FIRST_PROBE, GOVERNOR_PERIOD, GOVERNOR_PROBE = 16, 96, 3  # steps: see narrator.threads.ThreadGovernor
 GPT_DECODINGS = ("model", "float", "onednn", "numba", "numba_int8", "int8", "static", "graph")  # `decoding_mode`
 
 
@@ -406,7 +406,8 @@ class NumbaDecoding:
     1.6x faster per step than oneDNN on the 2-core development VM (docs/benchmarks.md, "bench/versus.py").
 
     Each generation's steps run on torch's thread count, or on one thread while timing shows that the machine is
-    shared and one is faster (`narrator.threads.ThreadGovernor`): the step's CPU time per token then stays near its
+    shared and one is faster (`narrator.threads.ThreadGovernor`; 3 probe steps at the other count after 16, then every
+    96): the step's CPU time per token then stays near its
     quiet figure instead of doubling."""
 
     name = "numba"

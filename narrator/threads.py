@@ -12,7 +12,11 @@ under contention. OMP_WAIT_POLICY=PASSIVE is as good under contention but 30-90%
 
 libgomp reads its settings once, when it is loaded (by `import torch`), so the fronts call `configure_waiting`
 before anything imports torch: the `narrator` command line (cli/main.py), the service (serving/service.py) and the
-benchmark adapters. A value the user set in the environment always wins.
+benchmark adapters. A value the user set in the environment always wins. numba's OpenMP pool (the compiled GPT step,
+models/kernels.py) loads the system's libgomp later and reads the same variable.
+
+`ThreadGovernor` goes further for a loop of short parallel steps: it times them and runs them on one thread while
+that is faster, which is what a shared machine makes it.
 """
 
 from __future__ import annotations
@@ -44,14 +48,17 @@ class ThreadGovernor:
     keeps its quiet CPU time and most of its wall time (docs/benchmarks.md, "contention").
 
     Policy: run at the current choice; after `first_probe` steps, and then every `period` steps, run `probe`
-    steps at the other count, and keep whichever count gave the shorter median step (the larger count only if
-    faster by `margin`, since it costs more CPU for the same token). Not thread-safe: one governor per loop.
+    steps at the other count, and keep whichever count gave the shorter median step: the current count's last
+    `window` steps against the probe's (the larger count only if faster by `margin`, since it costs more CPU for
+    the same token). Medians of several steps keep one slow step (a scheduler hiccup) from deciding. Not
+    thread-safe: one governor per loop.
     """
 
-    def __init__(self, max_threads: int, first_probe: int = 8, period: int = 48, probe: int = 3,
-                 margin: float = 0.1):
+    def __init__(self, max_threads: int, first_probe: int = 16, period: int = 96, probe: int = 3,
+                 window: int = 8, margin: float = 0.1):
         self.max_threads = max(1, max_threads)
-        self.first_probe, self.period, self.probe, self.margin = first_probe, period, probe, margin
+        self.first_probe, self.period, self.probe, self.window, self.margin = (first_probe, period, probe,
+                                                                               window, margin)
         self.current = self.max_threads
         self._step = 0
         self._next_probe = first_probe
@@ -66,9 +73,11 @@ class ThreadGovernor:
 
     def record(self, threads: int, seconds: float) -> None:
         """The step just run took `seconds` on `threads` threads."""
+        if self._step == self._next_probe:  # a probe starts: only its own steps count for the probed count
+            self._times[threads] = []
         recent = self._times.setdefault(threads, [])
         recent.append(seconds)
-        del recent[:-self.probe]
+        del recent[:-self.window]
         self._step += 1
         if self._step == self._next_probe + self.probe:  # a probe just ended: decide, schedule the next
             self._decide()

@@ -87,3 +87,11 @@ def test_a_governor_of_one_thread_never_probes():
     from narrator.threads import ThreadGovernor
 
     assert set(_run(ThreadGovernor(1), lambda n, i: 0.01, 100)) == {1}
+
+
+def test_one_slow_step_before_a_probe_does_not_send_the_governor_to_one_thread():
+    from narrator.threads import ThreadGovernor
+
+    used = _run(ThreadGovernor(2, first_probe=8, period=48, probe=3),
+                lambda n, i: 0.030 if i == 7 else (0.0045 if n == 2 else 0.007), 60)
+    assert used[11:59] == [2] * 48  # until the next probe
