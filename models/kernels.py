@@ -3,7 +3,7 @@ call, reading the weights at the rate the memory delivers them.
 
 Why: a decoding step multiplies one row per sentence by every matrix of the model, so it is bound by how fast the
 weights stream from memory (302 MB a token in float32 at v2 size). The BLAS behind `F.linear` streams a one-row
-product at 10-16 GB/s on the 2-core development VM, oneDNN at about 17, where a plain read runs at 42; and each of
+product at 10-16 GB/s on the 2-core development VM, oneDNN at about 17, where a plain read runs at 33-42; and each of
 the ~300 torch operations of a step adds a few microseconds. These loops give each thread a block of output rows,
 keep the input row in L1, and sum with vector instructions: 27-33 GB/s there (docs/benchmarks.md, "bench/versus.py").
 
@@ -21,22 +21,27 @@ Shapes (one layer `l` of `n_layer`, B rows, C = n_embd, H heads of hd = C / H, F
     weights    `StepWeights`: per layer qkv (3C, C), out (C, C), up (F, C), down (C, F) + scales and biases,
                norm1 / norm2 weight and bias (C,)
 
-Threads: numba's own pool (`threading_layer()`, OpenMP where the machine has it), as many as torch uses
-(`torch.get_num_threads()`, passed in by the caller). Compiled on first use and cached beside this file.
+Threads: numba's own pool (`threading_layer()`, OpenMP where the machine has it), as many as the caller says
+(`NumbaDecoding` passes torch's count, or one while its `narrator.threads.ThreadGovernor` finds the machine
+shared). Compiled on first use (about 5 s per weight type) and cached beside this file or in the user's cache.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 from typing import NamedTuple
 
 import numpy as np
+
+from narrator.errors import NarratorError
 
 ROW_BLOCK = 16  # output rows per parallel work item: enough work per item, enough items for the threads
 FLOAT_FLAGS = {"nsz", "arcp", "contract", "afn", "reassoc"}  # vectorised sums; NaN and inf kept meaningful
 
 
-class KernelUnavailable(RuntimeError):
+class KernelUnavailable(NarratorError):
     """numba (or a thread-safe threading layer for it) is missing on this machine."""
 
 
@@ -71,13 +76,9 @@ class StepWeights(NamedTuple):
     norm2_bias: object
 
 
-_compiled: dict[str, object] = {}
-
-
+@functools.cache
 def _kernels() -> dict[str, object]:
     """Compile (or load from numba's cache) the kernels once per process."""
-    if _compiled:
-        return _compiled
     numba = _numba()
     njit, prange = numba.njit, numba.prange
     float32 = np.float32
@@ -178,8 +179,7 @@ def _kernels() -> dict[str, object]:
             add_norm(h, proj, w.norm2_weight[layer], w.norm2_bias[layer], eps)
         return h
 
-    _compiled.update(project=project, attend=attend, add_norm=add_norm, step=step)
-    return _compiled
+    return {"project": project, "attend": attend, "add_norm": add_norm, "step": step}
 
 
 def step_weights(layers: list[dict[str, np.ndarray]], int8: bool = False) -> StepWeights:
@@ -216,30 +216,24 @@ def quantize_rows(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return q, scale
 
 
-_availability: list[str] = []  # [] not checked yet, [""] available, [reason] not
-
-
 def available() -> bool:
     """Whether the kernels run here: numba imports and a thread-safe threading layer (OpenMP or TBB) starts. The
     step is called from several threads at once (the service's batcher and stream renders), which numba's
     fallback pool ("workqueue") does not allow. Checked once per process; a run of a tiny parallel loop."""
-    if not _availability:
-        _availability.append(_check())
-    return _availability[0] == ""
+    return _check() == ""
 
 
 def unavailable_reason() -> str:
-    available()
-    return _availability[0] or "available"
+    """Why `available()` is False ("available" when it is not)."""
+    return _check() or "available"
 
 
+@functools.cache
 def _check() -> str:
     try:
         numba = _numba()
     except KernelUnavailable as error:
         return str(error)
-    import os
-
     if "NUMBA_THREADING_LAYER" not in os.environ:
         numba.config.THREADING_LAYER = "threadsafe"
     try:
