@@ -162,13 +162,21 @@ def test_float_decoding_is_bit_identical_to_the_models_own_step(golden_gpt, s1):
     assert torch.equal(golden_gpt.generate(phones, bert, prompt, top_k=1, early_stop_num=24), expected_new)
 
 
-@pytest.mark.skipif(not onednn_available(), reason="this torch build has no oneDNN fused linear")
-def test_onednn_decoding_computes_float_decoding_up_to_float_rounding(golden_gpt, s1):
+ROW_MAJOR_FLOAT32 = [
+    pytest.param("onednn", OneDNNDecoding, marks=pytest.mark.skipif(not onednn_available(),
+                                                                  reason="this torch build has no oneDNN linear")),
+    pytest.param("numba", NumbaDecoding, marks=pytest.mark.skipif(not kernels_available(),
+                                                                reason="numba's thread-safe loops do not run here")),
+]
+
+
+@pytest.mark.parametrize(("decoding", "kind"), ROW_MAJOR_FLOAT32)
+def test_row_major_float32_decodings_compute_float_decoding_up_to_float_rounding(golden_gpt, s1, decoding, kind):
     phones, bert, prompt, out = s1
     want = _logits_per_step(prepare_gpt(golden_gpt, "float"), phones, bert, prompt, 30)
     state = {k: v.clone() for k, v in golden_gpt.state_dict().items()}
-    prepare_gpt(golden_gpt, "onednn")
-    assert isinstance(golden_gpt.decoding_step, OneDNNDecoding) and decoding_mode(golden_gpt) == "onednn"
+    prepare_gpt(golden_gpt, decoding)
+    assert type(golden_gpt.decoding_step) is kind and decoding_mode(golden_gpt) == decoding
     assert golden_gpt.h.layers[0].linear1.weight.is_contiguous()  # read in place, row-major
     assert all(torch.equal(v, golden_gpt.state_dict()[k]) for k, v in state.items())  # same values, same keys
     got = _logits_per_step(golden_gpt, phones, bert, prompt, 30)
@@ -199,21 +207,6 @@ def test_onednn_decoding_refuses_a_model_that_is_not_float32():
 
 
 NUMBA = pytest.mark.skipif(not kernels_available(), reason="numba's thread-safe parallel loops do not run here")
-
-
-@NUMBA
-def test_numba_decoding_computes_float_decoding_up_to_float_rounding(golden_gpt, s1):
-    phones, bert, prompt, out = s1
-    want = _logits_per_step(prepare_gpt(golden_gpt, "float"), phones, bert, prompt, 30)
-    state = {k: v.clone() for k, v in golden_gpt.state_dict().items()}
-    prepare_gpt(golden_gpt, "numba")
-    assert type(golden_gpt.decoding_step) is NumbaDecoding and decoding_mode(golden_gpt) == "numba"
-    assert golden_gpt.h.layers[0].linear1.weight.is_contiguous()  # read in place, row-major
-    assert all(torch.equal(v, golden_gpt.state_dict()[k]) for k, v in state.items())  # same values, same keys
-    got = _logits_per_step(golden_gpt, phones, bert, prompt, 30)
-    assert max(_max_diff(g, w) for g, w in zip(got, want)) < 1e-5
-    expected_new = out["greedy_rp1.35_full_y"][:, prompt.shape[1]:]
-    assert torch.equal(golden_gpt.generate(phones, bert, prompt, top_k=1, early_stop_num=24), expected_new)
 
 
 @NUMBA
