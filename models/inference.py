@@ -43,15 +43,15 @@ GPT (stage 1), one token per decoding step, a (B, C) row through 24 layers:
     models/kernels.py runs every layer of the step in one call of numba-compiled loops: each thread takes blocks
     of output rows of a matrix, the input row stays in L1, sums are vectorised; attention, LayerNorm and the
     residuals in the same call, on numpy views of the parameters and of the KV cache. The weights stream at
-    27-33 GB/s against 10-17 through torch's kernels, and ~300 torch calls per token go: float32 at 200
-    positions 12.4 ms per token against 20 (oneDNN); weight-only int8 (float32 activations, one scale per
-    output row) 4.8 against 7.8 (torch's dynamic int8). At 1700 positions the compiled attention is the slower
-    one (19 against 24 ms float32: the cache reads dominate). Logits within 1e-5 of float decoding (tested).
-  * oneDNN step weights (`onednn_decoding`, CPU float32, what "exact" runs without numba). The same four projections per
-    layer through `torch.ops.mkldnn._linear_pointwise` on the row-major matrices in place (ReLU fused into linear1):
-    the BLAS behind `F.linear` streams a one-row product's weights at 10-16 GB/s on the 2-core AMD VM, where a
-    plain read runs at 42; oneDNN's kernels are about 15% faster per decoding step (22-24 against 27-28 ms in one
-    run). Float rounding apart the same values: logits within 1e-5 of `FloatDecoding`, greedy tokens equal.
+    27-33 GB/s against 10-17 through torch's kernels, and ~300 torch calls per token go (bench/infer_gpt.py):
+    float32 12.9 ms per token at 200 positions and 14.8 at 1700, against 18.7 and 21.2 through oneDNN;
+    weight-only int8 (float32 activations, one scale per output row) 5.4 and 9.5, against 8.2 and 12.1 for
+    torch's dynamic int8. Logits within 1e-5 of float decoding (tested).
+* oneDNN step weights (`onednn_decoding`, CPU float32, what "exact" runs without numba). The same four projections
+    per layer through `torch.ops.mkldnn._linear_pointwise` on the row-major matrices in place (ReLU fused into
+    linear1): the BLAS behind `F.linear` streams a one-row product's weights at 10-16 GB/s on the 2-core AMD VM,
+    where a plain read runs at 42; oneDNN's kernels are about 15% faster per decoding step (22-24 against 27-28 ms
+    in one run). Float rounding apart the same values: logits within 1e-5 of `FloatDecoding`, greedy tokens equal.
   * Prefetched step weights (`float_decoding`). `LayerStepWeights` names each layer's projections and norms,
     fetched once per `generate` call rather than through nn.Module attribute lookups and calls for every token;
     same kernels in the same order as `Block.step`, so the results are bit-identical; float32 at ~200 positions:
@@ -406,9 +406,8 @@ class NumbaDecoding:
     1.6x faster per step than oneDNN on the 2-core development VM (docs/benchmarks.md, "bench/versus.py").
 
     Each generation's steps run on torch's thread count, or on one thread while timing shows that the machine is
-    shared and one is faster (`narrator.threads.ThreadGovernor`; 3 probe steps at the other count after 16, then every
-    96): the step's CPU time per token then stays near its
-    quiet figure instead of doubling."""
+    shared and one is faster (`narrator.threads.ThreadGovernor`: 3 probe steps at the other count after 16 steps,
+    then every 96), so that the step's CPU time per token stays near its quiet figure instead of doubling."""
 
     name = "numba"
     int8 = False
