@@ -47,7 +47,7 @@ GPT (stage 1), one token per decoding step, a (B, C) row through 24 layers:
     float32 12.9 ms per token at 200 positions and 14.8 at 1700, against 18.7 and 21.2 through oneDNN;
     weight-only int8 (float32 activations, one scale per output row) 5.4 and 9.5, against 8.2 and 12.1 for
     torch's dynamic int8. Logits within 1e-5 of float decoding (tested).
-* oneDNN step weights (`onednn_decoding`, CPU float32, what "exact" runs without numba). The same four projections
+  * oneDNN step weights (`onednn_decoding`, CPU float32, what "exact" runs without numba). The same four projections
     per layer through `torch.ops.mkldnn._linear_pointwise` on the row-major matrices in place (ReLU fused into
     linear1): the BLAS behind `F.linear` streams a one-row product's weights at 10-16 GB/s on the 2-core AMD VM,
     where a plain read runs at 42; oneDNN's kernels are about 15% faster per decoding step (22-24 against 27-28 ms
