@@ -41,7 +41,11 @@ ROW_BLOCK = 16  # output rows per parallel work item: enough work per item, enou
 FLOAT_FLAGS = {"nsz", "arcp", "contract", "afn", "reassoc"}  # vectorised sums; NaN and inf kept meaningful
 
 
-class KernelUnavailable(NarratorError):
+class KernelError(NarratorError):
+    """The compiled step cannot take these weights or cannot run here."""
+
+
+class KernelUnavailable(KernelError):
     """numba (or a thread-safe threading layer for it) is missing on this machine."""
 
 
@@ -192,8 +196,9 @@ def step_weights(layers: list[dict[str, np.ndarray]], int8: bool = False) -> Ste
         for name in ("qkv", "out", "up", "down"):
             w = layer[name]
             if w.dtype != np.float32 or not w.flags.c_contiguous:
-                raise ValueError(f"{name}: the step reads float32 row-major matrices, got {w.dtype} "
-                                 f"{'C' if w.flags.c_contiguous else 'strided'}")
+                raise KernelError(f"{name}: the compiled step reads float32 row-major (C-contiguous) matrices, got "
+                                  f"{w.dtype} {'C-contiguous' if w.flags.c_contiguous else 'strided'}; store the "
+                                  "model's matrices row-major first (models.inference.store_row_major)")
             w, scale = quantize_rows(w) if int8 else (w, np.ones(w.shape[0], np.float32))
             fields[name].append(w)
             fields[f"{name}_scale"].append(scale)

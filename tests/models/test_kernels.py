@@ -36,7 +36,7 @@ def test_float32_step_weights_are_the_callers_arrays_and_int8_ones_are_copies():
 def test_a_strided_matrix_is_refused_with_the_layout_the_step_needs():
     layer = _layer(np.random.default_rng(2))
     layer["out"] = np.asfortranarray(layer["out"])
-    with pytest.raises(ValueError, match="row-major"):
+    with pytest.raises(kernels.KernelError, match="row-major"):
         kernels.step_weights([layer])
 
 
