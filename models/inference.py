@@ -110,7 +110,6 @@ from narrator.errors import NarratorError
 from narrator.threads import ThreadGovernor
 
 INFERENCE_MODES = ("exact", "fast")
-GOVERNOR_FIRST_PROBE, GOVERNOR_PERIOD, GOVERNOR_PROBE = 16, 96, 3  # steps: see narrator.threads.ThreadGovernor
 GPT_DECODINGS = ("model", "float", "onednn", "numba", "numba_int8", "int8", "static", "graph")  # `decoding_mode`
 
 
@@ -428,8 +427,7 @@ class NumbaDecoding:
             self._weights = kernels.step_weights([_layer_arrays(block) for block in model.h.layers], self.int8)
             self._made_from = made_from
         weights, n_head, eps = self._weights, model.cfg.n_head, model.h.layers[0].norm1.eps
-        governor = ThreadGovernor(torch.get_num_threads(), first_probe=GOVERNOR_FIRST_PROBE,
-                                  period=GOVERNOR_PERIOD, probe=GOVERNOR_PROBE)  # one per generation
+        governor = ThreadGovernor(torch.get_num_threads())  # one per generation, its default probing
 
         def step(x: Tensor, cache: KVCache) -> Tensor:
             if cache.k.dtype != torch.float32:
