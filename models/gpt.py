@@ -382,6 +382,8 @@ class DecodingStep(Protocol):
     shape fixed for CUDA graphs)."""
 
     name: str  # what the step runs, e.g. "int8"
+    # the dtype the prompt's prefill may compute in (CPU autocast), or None: the model's own dtype
+    prefill_dtype: torch.dtype | None
 
     def bind(self, model: "GPT") -> Callable[[Tensor, KVCache], Tensor]:
         """Called once per `generate_batch`: the per-token step x (B, C) -> (B, C) in the model dtype, which
@@ -721,7 +723,9 @@ class GPT(nn.Module):
         rows = torch.arange(n, device=device)  # original index of each live row
         out = torch.empty(n, n_max, dtype=torch.long, device=device)
         token_step = self.h.step if self.decoding_step is None else self.decoding_step.bind(self)
-        h = self.h(x, prefill_mask, cache)[:, -1]  # (B, C)
+        prefill_dtype = None if self.decoding_step is None else self.decoding_step.prefill_dtype
+        with torch.autocast(device.type, dtype=prefill_dtype, enabled=prefill_dtype is not None):
+            h = self.h(x, prefill_mask, cache)[:, -1].to(dtype)  # (B, C)
         for step in range(n_max):
             logits = self.ar_predict_layer(h).float()  # (B, V)
             if step < MIN_TOKENS_BEFORE_EOS:

@@ -39,6 +39,10 @@ from narrator.errors import NarratorError
 
 ROW_BLOCK = 16  # output rows per parallel work item: enough work per item, enough items for the threads
 FLOAT_FLAGS = {"nsz", "arcp", "contract", "afn", "reassoc"}  # vectorised sums; NaN and inf kept meaningful
+LOG2_E = 1.4426950408889634
+LN2_HI, LN2_LO = 0.693145751953125, 1.428606765330187e-06  # ln 2 in two parts: k * LN2_HI is exact in float32
+EXP_FLOOR = -87.0  # exp(x) for x below this is under float32's smallest normal number: taken as 0
+TINY_SCALE = 1e-12  # the smallest int8 scale (an all-zero row or column)
 
 
 class KernelError(NarratorError):
@@ -58,9 +62,9 @@ def _numba():
 
 
 class StepWeights(NamedTuple):
-    """Every layer's decoding weights as numpy views (no copies of float32 weights), each a numba typed list
-    indexed by layer. Matrices are (out, in) row-major, float32 or int8; `*_scale` (out,) float32 multiplies
-    each output (ones for float32)."""
+    """Every layer's decoding weights, indexed by layer: float32 ones as numba typed lists of numpy views of the
+    model's parameters (no copies), int8 ones as arrays stacked over the layers (n_layer, ...). Matrices are
+    (out, in) row-major, float32 or int8; `*_scale` (out,) float32 multiplies each output (ones for float32)."""
 
     qkv: object
     qkv_scale: object
@@ -78,6 +82,46 @@ class StepWeights(NamedTuple):
     down_bias: object
     norm2_weight: object
     norm2_bias: object
+
+
+class Int8Cache(NamedTuple):
+    """The int8 copy of a KV cache that `decode_step` can attend over instead of the float32 one (`fast` mode):
+
+        keys        (n_layer, B*H, hd, L) int8    keys stored transposed, as `KVCache.k`
+        key_scale   (n_layer, B*H, L)     float32 one scale per head and position: key ~ int8 * scale
+        values      (n_layer, B*H, L, hd) int8
+        value_scale (n_layer, B*H, L)     float32
+
+    Empty arrays (`Int8Cache.none()`) mean "attend over the float32 cache"."""
+
+    keys: np.ndarray
+    key_scale: np.ndarray
+    values: np.ndarray
+    value_scale: np.ndarray
+
+    @classmethod
+    def empty(cls, n_layer: int, rows_heads: int, head_dim: int, length: int) -> Int8Cache:
+        return cls(np.zeros((n_layer, rows_heads, head_dim, length), np.int8),
+                   np.zeros((n_layer, rows_heads, length), np.float32),
+                   np.zeros((n_layer, rows_heads, length, head_dim), np.int8),
+                   np.zeros((n_layer, rows_heads, length), np.float32))
+
+    @classmethod
+    def none(cls) -> Int8Cache:
+        return cls.empty(0, 0, 0, 0)
+
+    def fits(self, keys: np.ndarray) -> bool:
+        """Whether this copy has the sizes of the float32 cache `keys` (n_layer, B*H, hd, L)."""
+        n_layer, rows_heads, head_dim, length = keys.shape
+        return self.keys.shape == keys.shape and self.values.shape == (n_layer, rows_heads, length, head_dim)
+
+
+class Scratch(NamedTuple):
+    """Per-step work arrays of the attention: scores (B*H, L) float32, bits (B*H, L) int32, acc (B*H, hd)."""
+
+    scores: np.ndarray
+    bits: np.ndarray
+    acc: np.ndarray
 
 
 @functools.cache
@@ -102,11 +146,39 @@ def _kernels() -> dict[str, object]:
                     v = acc * scale[r] + bias[r]
                     y[i, r] = float32(0.0) if relu and v < 0 else v
 
+    @njit(fastmath=FLOAT_FLAGS, cache=True, nogil=True)
+    def exp_shifted(s, n, top, bits):
+        """s[:n] = exp(s[:n] - top) in place, for s <= top (-inf allowed: gives 0); returns the sum. Vectorised:
+        k = round((s - top) / ln 2), a degree-6 polynomial of the remainder, times 2**k built from its float bits
+        in `bits` (int32 scratch, n or more). Relative error under 4e-7 (float32's own exp: 1e-7); arguments below
+        EXP_FLOOR give 0, as exp does below float32's smallest normal number."""
+        for p in range(n):
+            x = s[p] - top
+            xc = max(x, float32(EXP_FLOOR))
+            k = np.floor(xc * float32(LOG2_E) + float32(0.5))
+            r = xc - k * float32(LN2_HI) - k * float32(LN2_LO)
+            y = float32(1.0 / 720.0)
+            y = y * r + float32(1.0 / 120.0)
+            y = y * r + float32(1.0 / 24.0)
+            y = y * r + float32(1.0 / 6.0)
+            y = y * r + float32(0.5)
+            y = y * r + float32(1.0)
+            y = y * r + float32(1.0)
+            s[p] = y if x >= float32(EXP_FLOOR) else float32(0.0)
+            bits[p] = (np.int32(k) + np.int32(127)) << np.int32(23)  # 2**k as float32 bits (k >= -126)
+        powers = bits[:n].view(np.float32)
+        total = float32(0.0)
+        for p in range(n):
+            e = s[p] * powers[p]
+            s[p] = e
+            total += e
+        return total
+
     @njit(parallel=True, fastmath=FLOAT_FLAGS, cache=True, nogil=True)
-    def attend(qkv, keys, values, key_bias, t, n_head, scores, out):
+    def attend(qkv, keys, values, key_bias, t, n_head, scratch, out):
         """One new position per row attends over positions [0, t]: qkv (B, 3C) -> out (B, C). Stores its key and
-        value at position t of keys (B*H, hd, L) / values (B*H, L, hd); scores (B*H, L) is scratch. Each loop
-        runs along contiguous memory (keys are stored transposed), so the cache streams once per step."""
+        value at position t of keys (B*H, hd, L) / values (B*H, L, hd). Each loop runs along contiguous memory
+        (keys are stored transposed), so the cache streams once per step. `scratch`: `Scratch`."""
         rows, c3 = qkv.shape
         c = c3 // 3
         hd = c // n_head
@@ -120,24 +192,19 @@ def _kernels() -> dict[str, object]:
             for d in range(hd):
                 head_keys[d, t] = qkv[i, k0 + d]
                 head_values[t, d] = qkv[i, v0 + d]
-            q = qkv[i, q0:q0 + hd] * alpha
-            s = scores[bh, :n]  # scores = alpha q . k_p (+ bias_p)
-            s[:] = q[0] * head_keys[0, :n]
-            for d in range(1, hd):
-                qd, kd = q[d], head_keys[d, :n]
+            s = scratch.scores[bh, :n]  # scores = alpha q . k_p (+ bias_p)
+            s[:] = float32(0.0)
+            for d in range(hd):
+                qd, kd = qkv[i, q0 + d] * alpha, head_keys[d, :n]
                 for p in range(n):
                     s[p] += qd * kd[p]
             if biased:
                 b = key_bias[bh, 0, :n]
                 for p in range(n):
                     s[p] += b[p]
-            top = s.max()
-            total = float32(0.0)
-            for p in range(n):
-                e = math.exp(s[p] - top)  # float32 in, float32 out; exp(-inf) = 0 for masked keys
-                s[p] = e
-                total += e
-            acc = np.zeros(hd, np.float32)
+            total = exp_shifted(s, n, s.max(), scratch.bits[bh])
+            acc = scratch.acc[bh]
+            acc[:] = float32(0.0)
             for p in range(n):
                 wp, vp = s[p], head_values[p]
                 for d in range(hd):
@@ -145,6 +212,81 @@ def _kernels() -> dict[str, object]:
             inv = float32(1.0) / total
             for d in range(hd):
                 out[i, q0 + d] = acc[d] * inv
+
+    @njit(parallel=True, fastmath=FLOAT_FLAGS, cache=True, nogil=True)
+    def attend_int8(qkv, keys, values, keys8, key_scales, values8, value_scales, key_bias, t, n_head, scratch, out):
+        """`attend` reading one layer's int8 copy of the cache (the arrays of an `Int8Cache` at one layer: one scale
+        per head and position): stores the new key and value in both the float32 cache and the copy, then attends
+        over the copy. A quarter of the cache bytes per step; each key and value within half a step of its scale
+        (max|.| / 127 over the head)."""
+        rows, c3 = qkv.shape
+        c = c3 // 3
+        hd = c // n_head
+        alpha = float32(1.0 / math.sqrt(hd))
+        biased = key_bias.shape[0] > 0
+        n = t + 1
+        for bh in prange(rows * n_head):
+            i, h = bh // n_head, bh % n_head
+            q0, k0, v0 = h * hd, c + h * hd, 2 * c + h * hd
+            head_keys, head_values = keys8[bh], values8[bh]  # (hd, L), (L, hd) int8
+            key_scale, value_scale = key_scales[bh], value_scales[bh]  # (L,)
+            for d in range(hd):
+                keys[bh, d, t] = qkv[i, k0 + d]
+                values[bh, t, d] = qkv[i, v0 + d]
+            key_scale[t] = _store_int8(qkv[i, k0:k0 + hd], head_keys[:, t])
+            value_scale[t] = _store_int8(qkv[i, v0:v0 + hd], head_values[t])
+            s = scratch.scores[bh, :n]
+            s[:] = float32(0.0)
+            for d in range(hd):
+                qd, kd = qkv[i, q0 + d] * alpha, head_keys[d, :n]
+                for p in range(n):
+                    s[p] += qd * float32(kd[p])
+            for p in range(n):
+                s[p] *= key_scale[p]
+            if biased:
+                b = key_bias[bh, 0, :n]
+                for p in range(n):
+                    s[p] += b[p]
+            total = exp_shifted(s, n, s.max(), scratch.bits[bh])
+            acc = scratch.acc[bh]
+            acc[:] = float32(0.0)
+            for p in range(n):
+                wp, vp = s[p] * value_scale[p], head_values[p]
+                for d in range(hd):
+                    acc[d] += wp * float32(vp[d])
+            inv = float32(1.0) / total
+            for d in range(hd):
+                out[i, q0 + d] = acc[d] * inv
+
+    @njit(fastmath=FLOAT_FLAGS, cache=True, nogil=True)
+    def _store_int8(x, q):
+        """q (n,) int8 = round(x (n,) / scale) with scale = max|x| / 127; returns the scale."""
+        top = float32(0.0)
+        for d in range(x.shape[0]):
+            top = max(top, abs(x[d]))
+        scale = max(top / float32(127.0), float32(TINY_SCALE))
+        inv = float32(1.0) / scale
+        for d in range(x.shape[0]):
+            q[d] = np.int8(min(max(np.rint(x[d] * inv), float32(-127.0)), float32(127.0)))
+        return scale
+
+    @njit(parallel=True, fastmath=FLOAT_FLAGS, cache=True, nogil=True)
+    def quantize_cache(keys, values, n, keys8, key_scale, values8, value_scale):
+        """The int8 copy of positions [0, n) of the float32 cache keys (n_layer, B*H, hd, L) / values
+        (n_layer, B*H, L, hd) into the arrays of an `Int8Cache` of the same sizes (passed one by one: numba's
+        parallel loops lose stores made through a tuple's field)."""
+        n_layer, bh_count, hd = keys.shape[0], keys.shape[1], keys.shape[2]
+        for job in prange(n_layer * bh_count):
+            layer, bh = job // bh_count, job % bh_count
+            head_keys, head_values = keys[layer, bh], values[layer, bh]
+            head_keys8, head_values8 = keys8[layer, bh], values8[layer, bh]
+            head_key_scale, head_value_scale = key_scale[layer, bh], value_scale[layer, bh]
+            column = np.empty(hd, np.float32)
+            for p in range(n):
+                for d in range(hd):
+                    column[d] = head_keys[d, p]
+                head_key_scale[p] = _store_int8(column, head_keys8[:, p])
+                head_value_scale[p] = _store_int8(head_values[p], head_values8[p])
 
     @njit(fastmath=FLOAT_FLAGS, cache=True, nogil=True)
     def add_norm(x, y, weight, bias, eps):
@@ -164,26 +306,40 @@ def _kernels() -> dict[str, object]:
                 x[i, j] = float32((x[i, j] - mean) * inv) * weight[j] + bias[j]
 
     @njit(cache=True, nogil=True)
-    def step(x, w, keys, values, key_bias, t, n_head, eps):
-        """Every layer of `Block.step` for one new position per row: x (B, C) -> (B, C), a new array."""
+    def ffn(h, att, proj, up, w, layer, eps):
+        """The rest of layer `layer` after attention: h = norm2(h' + FFN(h')), h' = norm1(h + out(att))."""
+        project(w.out[layer], w.out_scale[layer], w.out_bias[layer], att, proj, False)
+        add_norm(h, proj, w.norm1_weight[layer], w.norm1_bias[layer], eps)
+        project(w.up[layer], w.up_scale[layer], w.up_bias[layer], h, up, True)
+        project(w.down[layer], w.down_scale[layer], w.down_bias[layer], up, proj, False)
+        add_norm(h, proj, w.norm2_weight[layer], w.norm2_bias[layer], eps)
+
+    @njit(cache=True, nogil=True)
+    def step(x, w, keys, values, key_bias, t, n_head, eps, cache8):
+        """Every layer of `Block.step` for one new position per row: x (B, C) -> (B, C), a new array. Attention
+        reads `cache8` (an `Int8Cache`) when it holds any layer, else the float32 cache."""
         rows, c = x.shape
         h = x.copy()
         qkv = np.empty((rows, w.qkv[0].shape[0]), np.float32)
         att = np.empty((rows, c), np.float32)
         proj = np.empty((rows, c), np.float32)
         up = np.empty((rows, w.up[0].shape[0]), np.float32)
-        scores = np.empty((keys.shape[1], keys.shape[3]), np.float32)
+        bh, hd, length = keys.shape[1], keys.shape[2], keys.shape[3]
+        scratch = Scratch(np.empty((bh, length), np.float32), np.empty((bh, length), np.int32),
+                          np.empty((bh, hd), np.float32))
+        quantized = cache8.keys.shape[0] > 0
         for layer in range(keys.shape[0]):
             project(w.qkv[layer], w.qkv_scale[layer], w.qkv_bias[layer], h, qkv, False)
-            attend(qkv, keys[layer], values[layer], key_bias, t, n_head, scores, att)
-            project(w.out[layer], w.out_scale[layer], w.out_bias[layer], att, proj, False)
-            add_norm(h, proj, w.norm1_weight[layer], w.norm1_bias[layer], eps)
-            project(w.up[layer], w.up_scale[layer], w.up_bias[layer], h, up, True)
-            project(w.down[layer], w.down_scale[layer], w.down_bias[layer], up, proj, False)
-            add_norm(h, proj, w.norm2_weight[layer], w.norm2_bias[layer], eps)
+            if quantized:
+                attend_int8(qkv, keys[layer], values[layer], cache8.keys[layer], cache8.key_scale[layer],
+                            cache8.values[layer], cache8.value_scale[layer], key_bias, t, n_head, scratch, att)
+            else:
+                attend(qkv, keys[layer], values[layer], key_bias, t, n_head, scratch, att)
+            ffn(h, att, proj, up, w, layer, eps)
         return h
 
-    return {"project": project, "attend": attend, "add_norm": add_norm, "step": step}
+    return {"project": project, "attend": attend, "attend_int8": attend_int8, "add_norm": add_norm, "step": step,
+            "exp_shifted": exp_shifted, "quantize_cache": quantize_cache}
 
 
 def step_weights(layers: list[dict[str, np.ndarray]], int8: bool = False) -> StepWeights:
@@ -205,6 +361,8 @@ def step_weights(layers: list[dict[str, np.ndarray]], int8: bool = False) -> Ste
             fields[f"{name}_bias"].append(np.ascontiguousarray(layer[f"{name}_bias"], np.float32))
         for name in ("norm1_weight", "norm1_bias", "norm2_weight", "norm2_bias"):
             fields[name].append(np.ascontiguousarray(layer[name], np.float32))
+    if int8:  # copies anyway: stacked per field, which numba's dispatcher types at once (lists: ~0.2 ms a call)
+        return StepWeights(**{name: np.stack(arrays) for name, arrays in fields.items()})
     typed = {}
     for name, arrays in fields.items():
         typed[name] = numba.typed.List()
@@ -258,11 +416,30 @@ def _check() -> str:
 
 
 def decode_step(x: np.ndarray, weights: StepWeights, keys: np.ndarray, values: np.ndarray,
-                key_bias: np.ndarray | None, t: int, n_head: int, eps: float, threads: int) -> np.ndarray:
+                key_bias: np.ndarray | None, t: int, n_head: int, eps: float, threads: int,
+                cache8: Int8Cache | None = None) -> np.ndarray:
     """Every layer of the decoding step at position `t` (shapes in the module docstring); returns (B, C) float32.
-    Writes this position's keys and values into `keys` / `values`."""
+    Writes this position's keys and values into `keys` / `values` (and `cache8`, whose copy the attention then
+    reads instead of them: `quantize_cache` makes it)."""
     numba = _numba()
     kernels = _kernels()
     numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
-    bias = np.zeros((0, 1, 0), np.float32) if key_bias is None else key_bias
-    return kernels["step"](x, weights, keys, values, bias, t, n_head, eps)
+    bias = _NO_BIAS if key_bias is None else key_bias
+    return kernels["step"](x, weights, keys, values, bias, t, n_head, eps, _NO_CACHE8 if cache8 is None else cache8)
+
+
+def quantize_cache(keys: np.ndarray, values: np.ndarray, length: int, cache8: Int8Cache | None = None) -> Int8Cache:
+    """The int8 copy of positions [0, length) of the float32 cache keys (n_layer, B*H, hd, L) / values
+    (n_layer, B*H, L, hd): into `cache8` when given (same sizes), else into a new `Int8Cache` of L positions."""
+    n_layer, rows_heads, head_dim, positions = keys.shape
+    if cache8 is None:
+        cache8 = Int8Cache.empty(n_layer, rows_heads, head_dim, positions)
+    if not cache8.fits(keys):
+        raise KernelError(f"the int8 cache holds {cache8.values.shape} values but the float32 cache "
+                          f"{values.shape}; make a new one (kernels.quantize_cache(keys, values, length))")
+    _kernels()["quantize_cache"](keys, values, length, *cache8)
+    return cache8
+
+
+_NO_BIAS = np.zeros((0, 1, 0), np.float32)
+_NO_CACHE8 = Int8Cache.none()

@@ -229,8 +229,9 @@ def test_numba_decoding_of_a_batch_of_uneven_sentences_decodes_each_as_alone(gol
 
 @NUMBA
 def test_numba_int8_decoding_follows_float32_greedy_tokens_and_logits(golden_gpt, s1):
-    """Weight-only int8 (float32 activations) of the golden model: greedy tokens follow float32 on at least 90% of
-    40 steps, the first step's logits within 2% of their largest value."""
+    """Weight-only int8 (float32 activations, int8 copy of the KV cache) of the golden model: greedy tokens follow
+    float32 on at least 90% of 40 steps; the logits of the prefill (bfloat16 where the CPU has it, else float32)
+    and of the first step within 2% of their largest value."""
     phones, bert, prompt, _ = s1
     ref = golden_gpt.generate(phones, bert, prompt, top_k=1, early_stop_num=39)
     ref_logits = _logits_per_step(golden_gpt, phones, bert, prompt, 2)
@@ -240,8 +241,10 @@ def test_numba_int8_decoding_follows_float32_greedy_tokens_and_logits(golden_gpt
     got_logits = _logits_per_step(golden_gpt, phones, bert, prompt, 2)
     assert got.shape == ref.shape == (1, 40)
     assert (got == ref).float().mean() >= 0.9
-    assert torch.equal(got_logits[0], ref_logits[0])  # the prefill and the output head stay float32
-    assert (got_logits[1] - ref_logits[1]).abs().max() / ref_logits[1].abs().max() < 0.02
+    if golden_gpt.decoding_step.prefill_dtype is None:
+        assert torch.equal(got_logits[0], ref_logits[0])  # the prefill and the output head stay float32
+    for step in (0, 1):
+        assert (got_logits[step] - ref_logits[step]).abs().max() / ref_logits[step].abs().max() < 0.02
 
 
 @NUMBA
