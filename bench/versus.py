@@ -271,7 +271,7 @@ def divergence(workload: Path, threads: int, n_steps: int = 100) -> dict:
         lx, ty = phones.shape[1], prompt.shape[1]
         cache = KVCache(gpt.cfg, 1, lx + ty + n_steps + 1, torch.float32, torch.device("cpu"))
         step = gpt.h.step if gpt.decoding_step is None else gpt.decoding_step.bind(gpt)
-        h = gpt.h(x, inference_mask(lx, ty), cache)[:, -1]
+        h = gpt.prefill(x, inference_mask(lx, ty), cache)
         out = []
         for i in range(tokens.shape[1]):
             out.append(gpt.ar_predict_layer(h).float())

@@ -672,6 +672,14 @@ class GPT(nn.Module):
                 yield out[:, sent:step + 1].clone(), False
                 sent, size = step + 1, chunk_tokens
 
+    def prefill(self, x: Tensor, mask: Tensor, cache: KVCache) -> Tensor:
+        """The prompt's positions through every layer at once, filling `cache`: x (B, L, C), mask (L, L) or
+        (B, 1, L, L) -> the last position's output (B, C) in the model's dtype. Computes in the decoding step's
+        `prefill_dtype` when it names one (CPU autocast: the products in bfloat16), else in the model's dtype."""
+        dtype = None if self.decoding_step is None else self.decoding_step.prefill_dtype
+        with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+            return self.h(x, mask, cache)[:, -1].to(self._dtype)
+
     def _decode_steps(self, phones: list[Tensor], bert: list[Tensor], prompt: Tensor | None, top_k: int | None,
                       top_p: float | None, temperature: float, repetition_penalty: float, early_stop_num: int,
                       max_steps: int, generator: torch.Generator | None, seed: int | None
@@ -723,9 +731,7 @@ class GPT(nn.Module):
         rows = torch.arange(n, device=device)  # original index of each live row
         out = torch.empty(n, n_max, dtype=torch.long, device=device)
         token_step = self.h.step if self.decoding_step is None else self.decoding_step.bind(self)
-        prefill_dtype = None if self.decoding_step is None else self.decoding_step.prefill_dtype
-        with torch.autocast(device.type, dtype=prefill_dtype, enabled=prefill_dtype is not None):
-            h = self.h(x, prefill_mask, cache)[:, -1].to(dtype)  # (B, C)
+        h = self.prefill(x, prefill_mask, cache)  # (B, C)
         for step in range(n_max):
             logits = self.ar_predict_layer(h).float()  # (B, V)
             if step < MIN_TOKENS_BEFORE_EOS:

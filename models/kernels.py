@@ -281,11 +281,19 @@ def _kernels() -> dict[str, object]:
             head_keys, head_values = keys[layer, bh], values[layer, bh]
             head_keys8, head_values8 = keys8[layer, bh], values8[layer, bh]
             head_key_scale, head_value_scale = key_scale[layer, bh], value_scale[layer, bh]
-            column = np.empty(hd, np.float32)
+            top = np.zeros(n, np.float32)  # keys: along the positions (contiguous), as `_store_int8` per column
+            for d in range(hd):
+                for p in range(n):
+                    top[p] = max(top[p], abs(head_keys[d, p]))
+            inv = np.empty(n, np.float32)
             for p in range(n):
-                for d in range(hd):
-                    column[d] = head_keys[d, p]
-                head_key_scale[p] = _store_int8(column, head_keys8[:, p])
+                head_key_scale[p] = max(top[p] / float32(127.0), float32(TINY_SCALE))
+                inv[p] = float32(1.0) / head_key_scale[p]
+            for d in range(hd):
+                for p in range(n):
+                    head_keys8[d, p] = np.int8(min(max(np.rint(head_keys[d, p] * inv[p]), float32(-127.0)),
+                                                   float32(127.0)))
+            for p in range(n):
                 head_value_scale[p] = _store_int8(head_values[p], head_values8[p])
 
     @njit(fastmath=FLOAT_FLAGS, cache=True, nogil=True)
