@@ -250,10 +250,19 @@ def _kernels() -> dict[str, object]:
             value_scale[t] = _store_int8(qkv[i, v0:v0 + hd], head_values[t])
             s = scratch.scores[bh, :n]
             s[:] = float32(0.0)
-            for d in range(hd):
-                qd, kd = qkv[i, q0 + d] * alpha, head_keys[d, :n]
+            d = 0
+            while d + 4 <= hd:  # four key rows per pass over the scores: a quarter of the loads and stores of s
+                qa, qb = qkv[i, q0 + d] * alpha, qkv[i, q0 + d + 1] * alpha
+                qc, qd = qkv[i, q0 + d + 2] * alpha, qkv[i, q0 + d + 3] * alpha
+                ka, kb, kc, kd = head_keys[d, :n], head_keys[d + 1, :n], head_keys[d + 2, :n], head_keys[d + 3, :n]
                 for p in range(n):
-                    s[p] += qd * float32(kd[p])
+                    s[p] += (qa * float32(ka[p]) + qb * float32(kb[p])) + (qc * float32(kc[p]) + qd * float32(kd[p]))
+                d += 4
+            while d < hd:
+                qa, ka = qkv[i, q0 + d] * alpha, head_keys[d, :n]
+                for p in range(n):
+                    s[p] += qa * float32(ka[p])
+                d += 1
             for p in range(n):
                 s[p] *= key_scale[p]
             if biased:
@@ -263,13 +272,22 @@ def _kernels() -> dict[str, object]:
             total = exp_shifted(s, n, s.max(), scratch.bits[bh])
             acc = scratch.acc[bh]
             acc[:] = float32(0.0)
-            for p in range(n):
-                wp, vp = s[p] * value_scale[p], head_values[p]
-                for d in range(hd):
-                    acc[d] += wp * float32(vp[d])
+            p = 0
+            while p + 4 <= n:  # four positions per pass over the output: a quarter of the loads and stores of acc
+                wa, wb = s[p] * value_scale[p], s[p + 1] * value_scale[p + 1]
+                wc, wd = s[p + 2] * value_scale[p + 2], s[p + 3] * value_scale[p + 3]
+                va, vb, vc, vd = head_values[p], head_values[p + 1], head_values[p + 2], head_values[p + 3]
+                for e in range(hd):
+                    acc[e] += (wa * float32(va[e]) + wb * float32(vb[e])) + (wc * float32(vc[e]) + wd * float32(vd[e]))
+                p += 4
+            while p < n:
+                wa, va = s[p] * value_scale[p], head_values[p]
+                for e in range(hd):
+                    acc[e] += wa * float32(va[e])
+                p += 1
             inv = float32(1.0) / total
-            for d in range(hd):
-                out[i, q0 + d] = acc[d] * inv
+            for e in range(hd):
+                out[i, q0 + e] = acc[e] * inv
 
     @njit(fastmath=FLOAT_FLAGS, cache=True, nogil=True)
     def _store_int8(x, q):
