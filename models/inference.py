@@ -11,8 +11,9 @@ Entry point (what `models.tts.Synthesizer.prepare` calls):
              (`NumbaDecoding`, models/kernels.py; without numba's thread-safe pool, oneDNN's inner product,
              `OneDNNDecoding`), elsewhere stored column-major (`FloatDecoding`). The official computation up to
              float rounding (waveform within 1e-5 of the model as loaded; logits within 1e-5, greedy tokens equal).
-    "fast"   CPU: bfloat16 SoVITS (same layout) + weight-only int8 GPT decoding steps (`NumbaInt8Decoding`; without
-             numba, torch's dynamic int8, `Int8Decoding`). GPU: bfloat16 SoVITS and GPT, the GPT's decoding step
+    "fast"   CPU: bfloat16 SoVITS (same layout) + weight-only int8 GPT decoding steps over an int8 copy of the KV
+             cache, the prompt prefilled in bfloat16 where the CPU multiplies it natively (`NumbaInt8Decoding`;
+             without numba, torch's dynamic int8, `Int8Decoding`). GPU: bfloat16 SoVITS and GPT, the GPT's decoding step
              replayed as a CUDA graph (`GraphDecoding`). "exact" on a GPU keeps the float32 float step
              (bit-identical to the model's own), not the static one.
 
@@ -43,10 +44,13 @@ GPT (stage 1), one token per decoding step, a (B, C) row through 24 layers:
     models/kernels.py runs every layer of the step in one call of numba-compiled loops: each thread takes blocks
     of output rows of a matrix, the input row stays in L1, sums are vectorised; attention, LayerNorm and the
     residuals in the same call, on numpy views of the parameters and of the KV cache. The weights stream at
-    27-33 GB/s against 10-17 through torch's kernels, and ~300 torch calls per token go (bench/infer_gpt.py):
-    float32 12.9 ms per token at 200 positions and 14.8 at 1700, against 18.7 and 21.2 through oneDNN;
-    weight-only int8 (float32 activations, one scale per output row) 5.4 and 9.5, against 8.2 and 12.1 for
-    torch's dynamic int8. Logits within 1e-5 of float decoding (tested).
+    about 30 GB/s against 10-17 through torch's kernels, and ~300 torch calls per token go (bench/infer_gpt.py,
+    11:42 UTC): float32 12.9 ms per token at 200 positions and 14.8 at 1700, against 18.7 and 21.2 through
+    oneDNN; weight-only int8 (float32 activations, one scale per output row) 5.4 and 9.5, against 8.2 and 12.1
+    for torch's dynamic int8. Logits within 1e-5 of float decoding (tested). `fast` then also attends over an
+    int8 copy of the KV cache and prefills in bfloat16 where the CPU has it, and both modes read two row
+    blocks at once: bench/versus.py (14:56 UTC) measured 11.9 / 16.9 ms (float32) and 3.8 / 5.9 ms (int8) per
+    step at 200 / 1700 positions.
   * oneDNN step weights (`onednn_decoding`, CPU float32, what "exact" runs without numba). The same four projections
     per layer through `torch.ops.mkldnn._linear_pointwise` on the row-major matrices in place (ReLU fused into
     linear1): the BLAS behind `F.linear` streams a one-row product's weights at 10-16 GB/s on the 2-core AMD VM,

@@ -4,8 +4,14 @@ call, reading the weights at the rate the memory delivers them.
 Why: a decoding step multiplies one row per sentence by every matrix of the model, so it is bound by how fast the
 weights stream from memory (302 MB a token in float32 at v2 size). The BLAS behind `F.linear` streams a one-row
 product at 10-16 GB/s on the 2-core development VM, oneDNN at about 17, where a plain read runs at 33-42; and each of
-the ~300 torch operations of a step adds a few microseconds. These loops give each thread a block of output rows,
-keep the input row in L1, and sum with vector instructions: 27-33 GB/s there (docs/benchmarks.md, "bench/versus.py").
+the ~300 torch operations of a step adds a few microseconds. These loops give each thread blocks of output rows
+(two blocks half a matrix apart at once: two memory streams per core, which one core reads about 1.5x faster than
+one), keep the input row in L1, and sum with vector instructions: about 30 GB/s there (docs/benchmarks.md, "The
+compiled CPU decoding step").
+
+Attention reads the float32 cache (`exact`) or an int8 copy of it (`Int8Cache`, `fast`: a quarter of the bytes,
+which matter once the context is long: 167 MB a step at 1700 positions in float32). Its softmax exponentials are a
+vectorised polynomial (`exp_shifted`, relative error under 5e-7), not a call per score.
 
 Numbers: float32 everywhere (no bfloat16 in numba). `project` takes float32 or int8 weights (int8: one scale per
 output row, the activations stay float32: "weight-only" int8, nearer float32 than quantizing the activations too).
