@@ -193,6 +193,16 @@ def _kernels() -> dict[str, object]:
             total += e
         return total
 
+    @njit(fastmath=FLOAT_FLAGS, cache=True, nogil=True)
+    def softmax_weights(s, n, key_bias, bh, bits):
+        """Scores s[:n] of head-row `bh` -> unnormalised softmax weights in place (plus the key bias, when there is
+        one: (B*H, 1, L)); returns their sum, by which the weighted values are divided."""
+        if key_bias.shape[0] > 0:
+            b = key_bias[bh, 0, :n]
+            for p in range(n):
+                s[p] += b[p]
+        return exp_shifted(s, n, s.max(), bits)
+
     @njit(parallel=True, fastmath=FLOAT_FLAGS, cache=True, nogil=True)
     def attend(qkv, keys, values, key_bias, t, n_head, scratch, out):
         """One new position per row attends over positions [0, t]: qkv (B, 3C) -> out (B, C). Stores its key and
@@ -202,7 +212,6 @@ def _kernels() -> dict[str, object]:
         c = c3 // 3
         hd = c // n_head
         alpha = float32(1.0 / math.sqrt(hd))
-        biased = key_bias.shape[0] > 0
         n = t + 1
         for bh in prange(rows * n_head):
             i, h = bh // n_head, bh % n_head
@@ -217,11 +226,7 @@ def _kernels() -> dict[str, object]:
                 qd, kd = qkv[i, q0 + d] * alpha, head_keys[d, :n]
                 for p in range(n):
                     s[p] += qd * kd[p]
-            if biased:
-                b = key_bias[bh, 0, :n]
-                for p in range(n):
-                    s[p] += b[p]
-            total = exp_shifted(s, n, s.max(), scratch.bits[bh])
+            total = softmax_weights(s, n, key_bias, bh, scratch.bits[bh])
             acc = scratch.acc[bh]
             acc[:] = float32(0.0)
             for p in range(n):
@@ -242,7 +247,6 @@ def _kernels() -> dict[str, object]:
         c = c3 // 3
         hd = c // n_head
         alpha = float32(1.0 / math.sqrt(hd))
-        biased = key_bias.shape[0] > 0
         n = t + 1
         for bh in prange(rows * n_head):
             i, h = bh // n_head, bh % n_head
@@ -271,11 +275,7 @@ def _kernels() -> dict[str, object]:
                 d += 1
             for p in range(n):
                 s[p] *= key_scale[p]
-            if biased:
-                b = key_bias[bh, 0, :n]
-                for p in range(n):
-                    s[p] += b[p]
-            total = exp_shifted(s, n, s.max(), scratch.bits[bh])
+            total = softmax_weights(s, n, key_bias, bh, scratch.bits[bh])
             acc = scratch.acc[bh]
             acc[:] = float32(0.0)
             p = 0
