@@ -296,15 +296,25 @@ def _kernels() -> dict[str, object]:
                 out[i, q0 + e] = acc[e] * inv
 
     @njit(fastmath=FLOAT_FLAGS, cache=True, nogil=True)
+    def int8_scale(top):
+        """The scale of values whose largest magnitude is `top`: top / 127 (at least TINY_SCALE)."""
+        return max(top / float32(127.0), float32(TINY_SCALE))
+
+    @njit(fastmath=FLOAT_FLAGS, cache=True, nogil=True)
+    def to_int8(v, inv):
+        """round(v * inv) as int8, within [-127, 127]; inv = 1 / scale."""
+        return np.int8(min(max(np.rint(v * inv), float32(-127.0)), float32(127.0)))
+
+    @njit(fastmath=FLOAT_FLAGS, cache=True, nogil=True)
     def _store_int8(x, q):
         """q (n,) int8 = round(x (n,) / scale) with scale = max|x| / 127; returns the scale."""
         top = float32(0.0)
         for d in range(x.shape[0]):
             top = max(top, abs(x[d]))
-        scale = max(top / float32(127.0), float32(TINY_SCALE))
+        scale = int8_scale(top)
         inv = float32(1.0) / scale
         for d in range(x.shape[0]):
-            q[d] = np.int8(min(max(np.rint(x[d] * inv), float32(-127.0)), float32(127.0)))
+            q[d] = to_int8(x[d], inv)
         return scale
 
     @njit(parallel=True, fastmath=FLOAT_FLAGS, cache=True, nogil=True)
@@ -324,12 +334,11 @@ def _kernels() -> dict[str, object]:
                     top[p] = max(top[p], abs(head_keys[d, p]))
             inv = np.empty(n, np.float32)
             for p in range(n):
-                head_key_scale[p] = max(top[p] / float32(127.0), float32(TINY_SCALE))
+                head_key_scale[p] = int8_scale(top[p])
                 inv[p] = float32(1.0) / head_key_scale[p]
             for d in range(hd):
                 for p in range(n):
-                    head_keys8[d, p] = np.int8(min(max(np.rint(head_keys[d, p] * inv[p]), float32(-127.0)),
-                                                   float32(127.0)))
+                    head_keys8[d, p] = to_int8(head_keys[d, p], inv[p])
             for p in range(n):
                 head_value_scale[p] = _store_int8(head_values[p], head_values8[p])
 
