@@ -791,7 +791,7 @@ def store_row_major(gpt: GPT) -> GPT:
 def native_bfloat16() -> bool:
     """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX), where oneDNN's bfloat16 products run
     about twice as fast as float32; elsewhere they are emulated and slower than float32. Linux: /proc/cpuinfo."""
-    return _cpu_flags() >= {"avx512_bf16"} or "amx_bf16" in _cpu_flags()
+    return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
 @functools.cache
